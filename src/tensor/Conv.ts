@@ -39,7 +39,7 @@ const convSame: Conv = tf.customGrad(((x: tf.Tensor4D, kernel: tf.Tensor4D, save
       return [dx, dk]
     }
   }
-}) as unknown as (...args: Array<tf.Tensor>) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: Array<tf.Tensor>) => Array<tf.Tensor> }) as unknown as Conv
+}) as never) as unknown as Conv
 
 /**
  * `conv2d(x, k, 1, "same")` whose gradient works on every tfjs backend.

@@ -1,0 +1,61 @@
+/**
+ * Entry point for the project's CLIs: runs a command on Node, and turns any
+ * failure into one line on stderr (`error: <what> (<where>)`) with exit code
+ * 1 and no stack trace. Ctrl-C interrupts the command, whose finalizers run
+ * (checkpoints are written by them), and exits with 130.
+ *
+ * @since 0.1.0
+ */
+import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { Cause, Effect } from "effect"
+import { Command } from "effect/cli"
+
+/** One line describing a failure: tag, message and location fields. */
+export const describeError = (e: unknown): string => {
+  if (e === null || typeof e !== "object") return String(e)
+  const o = e as Record<string, unknown>
+  const tag = typeof o._tag === "string" ? o._tag : e instanceof Error ? e.name : "Error"
+  const where = ["file", "path", "url", "line", "tensor", "field", "index", "iteration"]
+    .filter((k) => o[k] !== undefined)
+    .map((k) => `${k}: ${String(o[k])}`)
+  let message = typeof o.message === "string" && o.message !== "" ? o.message : ""
+  if (message === "") {
+    const fields = Object.entries(o).filter(([k]) => k !== "_tag" && k !== "stack" && !where.some((w) => w.startsWith(k + ":")))
+    message = fields.map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ")
+  }
+  return `${tag}: ${message.split("\n")[0]}${where.length > 0 ? ` (${where.join(", ")})` : ""}`
+}
+
+export const run = <Name extends string, Input, E, R>(
+  command: Command.Command<Name, Input, {}, E, R>,
+  version = "0.1.0"
+): void => {
+  const program = Command.run(command, { version }).pipe(
+    Effect.catchCause((cause) => {
+      if (Cause.hasInterruptsOnly(cause)) {
+        return Effect.sync(() => {
+          process.exitCode = 130
+        })
+      }
+      const failure = Cause.findErrorOption(cause)
+      // The CLI already printed help and the parse error for these.
+      if (failure._tag === "Some" && (failure.value as { _tag?: string })._tag === "ShowHelp") {
+        return Effect.sync(() => {
+          process.exitCode = 1
+        })
+      }
+      const defect = cause.reasons.find((r) => r._tag === "Die")
+      const text = failure._tag === "Some"
+        ? describeError(failure.value)
+        : defect !== undefined
+        ? describeError((defect as { defect: unknown }).defect)
+        : Cause.pretty(cause).split("\n")[0]
+      return Effect.sync(() => {
+        process.stderr.write(`error: ${text}\n`)
+        process.exitCode = 1
+      })
+    }),
+    Effect.provide(NodeServices.layer)
+  )
+  NodeRuntime.runMain(program as Effect.Effect<void>, { disableErrorReporting: true })
+}

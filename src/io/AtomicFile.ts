@@ -1,0 +1,28 @@
+/**
+ * Atomic file replacement: write to a temporary sibling, fsync, rename.
+ * A crash or Ctrl-C at any point leaves either the old file or the new one,
+ * never a torn one (rename is atomic within a directory on POSIX).
+ *
+ * @since 0.1.0
+ */
+import { Effect, FileSystem, Path } from "effect"
+
+export const writeFile = Effect.fn("AtomicFile.writeFile")(function*(file: string, bytes: Uint8Array) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  yield* fs.makeDirectory(path.dirname(file), { recursive: true })
+  const tmp = `${file}.${process.pid}.${Date.now()}.tmp`
+  yield* Effect.acquireUseRelease(
+    Effect.succeed(tmp),
+    (t) =>
+      Effect.gen(function*() {
+        yield* fs.writeFile(t, bytes)
+        // Flush to disk before the rename makes it visible.
+        yield* Effect.scoped(Effect.flatMap(fs.open(t, { flag: "r+" }), (h) => h.sync))
+        yield* fs.rename(t, file)
+      }),
+    (t, exit) => (exit._tag === "Failure" ? fs.remove(t).pipe(Effect.ignore) : Effect.void)
+  )
+})
+
+export const writeText = (file: string, text: string) => writeFile(file, new TextEncoder().encode(text))

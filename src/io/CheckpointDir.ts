@@ -1,0 +1,66 @@
+/**
+ * Multi-file checkpoints that are atomic as a whole.
+ *
+ * Each checkpoint is written to its own directory `ckpt-<step>/`; only when
+ * every file is on disk does the `LATEST` pointer (itself replaced
+ * atomically) move to it, and only then are older checkpoints removed. A
+ * crash at any moment leaves `LATEST` naming a complete checkpoint.
+ *
+ * @since 0.1.0
+ */
+import { Effect, FileSystem, Option, Path, Schema } from "effect"
+import * as AtomicFile from "./AtomicFile.ts"
+
+export const LATEST = "LATEST"
+
+/**
+ * A checkpoint directory is unreadable or incomplete.
+ *
+ * @since 0.1.0
+ */
+export class CheckpointError extends Schema.TaggedError<CheckpointError>()("CheckpointError", {
+  path: Schema.String,
+  message: Schema.String
+}) {}
+
+const name = (step: number) => `ckpt-${String(step).padStart(7, "0")}`
+
+export const save = Effect.fn("CheckpointDir.save")(function*(
+  runDir: string,
+  step: number,
+  files: Readonly<Record<string, Uint8Array>>,
+  keep = 1
+) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const dir = path.join(runDir, name(step))
+  for (const [file, bytes] of Object.entries(files)) yield* AtomicFile.writeFile(path.join(dir, file), bytes)
+  yield* AtomicFile.writeText(path.join(runDir, LATEST), name(step) + "\n")
+  const old = (yield* fs.readDirectory(runDir)).filter((d) => d.startsWith("ckpt-") && d !== name(step)).sort()
+  for (const d of old.slice(0, Math.max(0, old.length - (keep - 1)))) {
+    yield* fs.remove(path.join(runDir, d), { recursive: true }).pipe(Effect.ignore)
+  }
+  return dir
+})
+
+/**
+ * The latest complete checkpoint, if any: its directory and a reader.
+ *
+ * @since 0.1.0
+ */
+export const latest = Effect.fn("CheckpointDir.latest")(function*(runDir: string) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const pointer = path.join(runDir, LATEST)
+  if (!(yield* fs.exists(pointer).pipe(Effect.orElseSucceed(() => false)))) return Option.none()
+  const dirName = (yield* fs.readFileString(pointer).pipe(
+    Effect.mapError(() => new CheckpointError({ path: pointer, message: "cannot read the LATEST pointer" }))
+  )).trim()
+  const dir = path.join(runDir, dirName)
+  const read = (file: string) =>
+    fs.readFile(path.join(dir, file)).pipe(
+      Effect.mapError(() => new CheckpointError({ path: path.join(dir, file), message: "checkpoint file missing or unreadable" }))
+    )
+  const readText = (file: string) => Effect.map(read(file), (b) => new TextDecoder().decode(b))
+  return Option.some({ dir, read, readText })
+})

@@ -1,0 +1,159 @@
+/**
+ * A denoiser eps_theta(x_t, t, prompt): a UNet config plus its parameters,
+ * and the `Denoiser` service that owns one in a Scope.
+ *
+ * The functions on {@link Model} are synchronous and tensor-in/tensor-out
+ * (call them inside `tf.tidy` or a gradient function); the service adds
+ * loading, saving, cloning and lifetime management as Effects.
+ *
+ * @since 0.1.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Context, Effect, Layer } from "effect"
+import type { StoredTensor } from "../io/Safetensors.ts"
+import { Rng } from "../tensor/Random.ts"
+import * as Scoped from "../tensor/Scoped.ts"
+import { initParams } from "./Layers.ts"
+import { encode } from "./Tokenizer.ts"
+import { forward, paramSpecs } from "./UNet.ts"
+import type { UNetConfig } from "./UNetConfig.ts"
+import * as Weights from "./Weights.ts"
+
+/**
+ * A model in memory. `params` are tf.Variables (trainable or frozen).
+ *
+ * @since 0.1.0
+ */
+export interface Model {
+  readonly config: UNetConfig
+  readonly params: Readonly<Record<string, tf.Variable>>
+}
+
+const variables = (tensors: Record<string, tf.Tensor>, trainable: boolean): Record<string, tf.Variable> => {
+  const out: Record<string, tf.Variable> = {}
+  for (const [k, t] of Object.entries(tensors)) {
+    out[k] = tf.variable(t, trainable)
+    t.dispose()
+  }
+  return out
+}
+
+/** A freshly initialised model (seeded). */
+export const init = (config: UNetConfig, seed: number, trainable = true): Model => ({
+  config,
+  params: variables(initParams(paramSpecs(config.architecture, config.vocabulary.length), Rng.fromSeed(seed)), trainable)
+})
+
+export const fromStored = (config: UNetConfig, weights: Readonly<Record<string, StoredTensor>>, trainable = true): Model => {
+  const tensors: Record<string, tf.Tensor> = {}
+  for (const s of paramSpecs(config.architecture, config.vocabulary.length)) {
+    const w = weights[s.name]
+    tensors[s.name] = tf.tensor(w.data, w.shape as Array<number>, "float32")
+  }
+  return { config, params: variables(tensors, trainable) }
+}
+
+export const toStored = (m: Model): Record<string, StoredTensor> => {
+  const out: Record<string, StoredTensor> = {}
+  for (const [k, v] of Object.entries(m.params)) out[k] = { shape: v.shape, data: v.dataSync() as Float32Array }
+  return out
+}
+
+/** A copy with its own variables (e.g. the frozen reference for DPO). */
+export const clone = (m: Model, trainable = false): Model => {
+  const out: Record<string, tf.Variable> = {}
+  for (const [k, v] of Object.entries(m.params)) out[k] = tf.variable(v.clone(), trainable)
+  return { config: m.config, params: out }
+}
+
+export const dispose = (m: Model): void => {
+  for (const v of Object.values(m.params)) v.dispose()
+}
+
+export const parameterCount = (m: Model | UNetConfig): number => {
+  const config = "params" in m ? m.config : m
+  return paramSpecs(config.architecture, config.vocabulary.length)
+    .reduce((a, s) => a + s.shape.reduce((x, y) => x * y, 1), 0)
+}
+
+/** FLOPs (2 per multiply-add) of one forward pass at a batch size. */
+export const flopsPerForward = (config: UNetConfig, batch: number): number => {
+  const counter = { flops: 0 }
+  const m = init(config, 0, false)
+  tf.tidy(() => {
+    forward(m.params, config.architecture, encodeInputs(config, tf.zeros([batch, config.architecture.imageSize, config.architecture.imageSize, config.architecture.channels]) as tf.Tensor4D, new Array(batch).fill(0), new Array(batch).fill("")), counter)
+  })
+  dispose(m)
+  return counter.flops
+}
+
+/** Tokenise prompts ("" = null prompt) and bundle the UNet input. */
+export const encodeInputs = (config: UNetConfig, x: tf.Tensor4D, t: ReadonlyArray<number>, prompts: ReadonlyArray<string>) => {
+  const tok = encode(config.vocabulary, config.architecture.maxTokens, prompts)
+  return {
+    x,
+    t,
+    tokens: tf.tensor2d(tok.ids, [tok.batch, tok.maxLen], "int32"),
+    mask: tf.tensor2d(tok.mask, [tok.batch, tok.maxLen], "float32")
+  }
+}
+
+/**
+ * Predicted noise for x_t at timesteps t (one per item, or one for all).
+ * Throws TokenizeError for prompts outside the vocabulary.
+ *
+ * @since 0.1.0
+ */
+export const eps = (m: Model, x: tf.Tensor4D, t: number | ReadonlyArray<number>, prompts: ReadonlyArray<string>): tf.Tensor4D =>
+  tf.tidy(() => {
+    const ts = typeof t === "number" ? new Array(x.shape[0]).fill(t) : t
+    return forward(m.params, m.config.architecture, encodeInputs(m.config, x, ts, prompts))
+  })
+
+/**
+ * Classifier-free guided noise: eps_u + scale * (eps_c - eps_u), with the
+ * conditional and null prompts run as one doubled batch.
+ *
+ * @since 0.1.0
+ */
+export const guidedEps = (m: Model, x: tf.Tensor4D, t: number, prompts: ReadonlyArray<string>, scale: number): tf.Tensor4D =>
+  tf.tidy(() => {
+    if (scale === 1) return eps(m, x, t, prompts)
+    const b = x.shape[0]
+    const both = eps(m, tf.concat([x, x], 0) as tf.Tensor4D, t, [...prompts, ...prompts.map(() => "")])
+    const [c, u] = tf.split(both, [b, b], 0)
+    return tf.add(u, tf.mul(tf.sub(c, u), scale)) as tf.Tensor4D
+  })
+
+/**
+ * The policy model of a run, owned by the layer's scope.
+ *
+ * @since 0.1.0
+ */
+export class Denoiser extends Context.Service<Denoiser, {
+  readonly model: Model
+}>()("sharpen/model/Denoiser") {
+  /** Load a model directory; variables are disposed when the layer closes. */
+  static readonly fromDir = (dir: string, trainable = true) =>
+    Layer.effect(
+      Denoiser,
+      Effect.gen(function*() {
+        const files = yield* Weights.load(dir)
+        const model = yield* Scoped.acquireWith(() => fromStored(files.config, files.weights, trainable), dispose)
+        return Denoiser.of({ model })
+      })
+    )
+
+  /** A seeded, freshly initialised model (tests, pretraining from scratch). */
+  static readonly fromInit = (config: UNetConfig, seed: number) =>
+    Layer.effect(
+      Denoiser,
+      Effect.map(Scoped.acquireWith(() => init(config, seed), dispose), (model) => Denoiser.of({ model }))
+    )
+}
+
+/** A frozen copy owned by the current scope. */
+export const cloneScoped = (m: Model) => Scoped.acquireWith(() => clone(m, false), dispose)
+
+export const save = (dir: string, m: Model, metadata: Readonly<Record<string, string>> = {}) =>
+  Weights.save(dir, m.config, toStored(m), metadata)

@@ -1,0 +1,125 @@
+/**
+ * Which tfjs backend runs the tensors.
+ *
+ * `auto` tries, in order, tfjs-node-gpu (CUDA), tfjs-node (native CPU), wasm
+ * and the pure-JS cpu backend, and logs its choice once. `SHARPEN_BACKEND` or
+ * an explicit name overrides it; a name that cannot load fails with
+ * {@link BackendUnavailable}, listing what can.
+ *
+ * The native packages are optional dependencies: they download libtensorflow
+ * at install time, and npm silently drops them where that fails (offline,
+ * no CUDA). Where they installed, `auto` picks them up with no change.
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, Layer, Schema } from "effect"
+import { createRequire } from "node:module"
+// The union package registers every gradient and the cpu backend; tfjs-core
+// alone (its CommonJS entry, which Node loads) registers no gradients.
+import "@tensorflow/tfjs"
+import * as tf from "@tensorflow/tfjs-core"
+
+export const BackendName = Schema.Literals(["auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu"])
+export type BackendName = typeof BackendName.Type
+
+/**
+ * The requested backend cannot be loaded here.
+ *
+ * @since 0.1.0
+ */
+export class BackendUnavailable extends Schema.TaggedError<BackendUnavailable>()("BackendUnavailable", {
+  requested: Schema.String,
+  available: Schema.Array(Schema.String),
+  reason: Schema.String
+}) {
+  override get message() {
+    return `backend "${this.requested}" is unavailable (${this.reason}); available here: ${this.available.join(", ")}`
+  }
+}
+
+const require = createRequire(import.meta.url)
+
+/** tfjs name of each concrete backend and the package that provides it. */
+const candidates = [
+  { name: "tensorflow-gpu", tfName: "tensorflow", pkg: "@tensorflow/tfjs-node-gpu" },
+  { name: "tensorflow", tfName: "tensorflow", pkg: "@tensorflow/tfjs-node" },
+  { name: "wasm", tfName: "wasm", pkg: "@tensorflow/tfjs-backend-wasm" },
+  { name: "cpu", tfName: "cpu", pkg: "@tensorflow/tfjs-backend-cpu" }
+] as const
+
+const tryLoad = async (c: (typeof candidates)[number]): Promise<string | undefined> => {
+  try {
+    // The native packages only exist where their install succeeded.
+    require(c.pkg)
+    const ok = await tf.setBackend(c.tfName)
+    if (!ok) return `tf.setBackend("${c.tfName}") returned false`
+    await tf.ready()
+    return undefined
+  } catch (e) {
+    return e instanceof Error ? e.message.split("\n")[0] : String(e)
+  }
+}
+
+/** Backends whose package resolves here (cheap: no initialisation). */
+export const installed = (): Array<string> =>
+  candidates.filter((c) => {
+    try {
+      require.resolve(c.pkg)
+      return true
+    } catch {
+      return false
+    }
+  }).map((c) => c.name)
+
+/**
+ * Initialise a backend by name. Promise-based so that scripts and tests
+ * without an Effect runtime can call it too.
+ *
+ * @since 0.1.0
+ */
+export const initialise = async (requested: BackendName): Promise<{ name: string } | BackendUnavailable> => {
+  const order = requested === "auto" ? candidates : candidates.filter((c) => c.name === requested)
+  const reasons: Array<string> = []
+  for (const c of order) {
+    const reason = await tryLoad(c)
+    if (reason === undefined) return { name: c.name }
+    reasons.push(`${c.name}: ${reason}`)
+  }
+  return new BackendUnavailable({ requested, available: installed(), reason: reasons.join("; ") })
+}
+
+/** `SHARPEN_BACKEND` if set, else "auto". */
+export const fromEnv = (): BackendName => {
+  const v = process.env.SHARPEN_BACKEND
+  return v !== undefined && v !== "" ? (v as BackendName) : "auto"
+}
+
+/**
+ * The active backend. Its layer initialises tfjs once per process.
+ *
+ * @since 0.1.0
+ */
+export class Backend extends Context.Service<Backend, {
+  /** Backend actually running ("wasm", "cpu", "tensorflow", ...). */
+  readonly name: string
+}>()("sharpen/tensor/Backend") {
+  static readonly make = (requested: BackendName) =>
+    Layer.effect(
+      Backend,
+      Effect.gen(function*() {
+        if (!Schema.is(BackendName)(requested)) {
+          return yield* new BackendUnavailable({ requested, available: installed(), reason: "unknown backend name" })
+        }
+        const result = yield* Effect.promise(() => initialise(requested))
+        if (result instanceof BackendUnavailable) return yield* result
+        yield* Effect.logInfo(`tensor backend: ${result.name}${requested === "auto" ? " (auto)" : ""}`)
+        return Backend.of({ name: result.name })
+      })
+    )
+
+  /** `auto` unless `SHARPEN_BACKEND` says otherwise. */
+  static readonly layer = Layer.suspend(() => Backend.make(fromEnv()))
+
+  /** The pure-JS backend: slow but exact, for tests that compare numerics. */
+  static readonly layerCpu = Backend.make("cpu")
+}
