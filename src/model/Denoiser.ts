@@ -61,9 +61,9 @@ export const toStored = (m: Model): Record<string, StoredTensor> => {
 
 /** A copy with its own variables (e.g. the frozen reference for DPO). */
 export const clone = (m: Model, trainable = false): Model => {
-  const out: Record<string, tf.Variable> = {}
-  for (const [k, v] of Object.entries(m.params)) out[k] = tf.variable(v.clone(), trainable)
-  return { config: m.config, params: out }
+  const copies: Record<string, tf.Tensor> = {}
+  for (const [k, v] of Object.entries(m.params)) copies[k] = v.clone()
+  return { config: m.config, params: variables(copies, trainable) }
 }
 
 export const dispose = (m: Model): void => {

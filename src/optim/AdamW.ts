@@ -42,9 +42,15 @@ export interface AdamWState {
 export const init = (params: Readonly<Record<string, tf.Tensor>>): AdamWState => {
   const m: Record<string, tf.Variable> = {}
   const v: Record<string, tf.Variable> = {}
+  const zeros = (p: tf.Tensor) => {
+    const z = tf.zerosLike(p)
+    const variable = tf.variable(z, false)
+    z.dispose()
+    return variable
+  }
   for (const [k, p] of Object.entries(params)) {
-    m[k] = tf.variable(tf.zerosLike(p), false)
-    v[k] = tf.variable(tf.zerosLike(p), false)
+    m[k] = zeros(p)
+    v[k] = zeros(p)
   }
   return { step: 0, m, v }
 }

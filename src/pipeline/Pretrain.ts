@@ -23,6 +23,7 @@ import * as AdamW from "../optim/AdamW.ts"
 import * as Progress from "../cli/Progress.ts"
 import { Rng, RngState } from "../tensor/Random.ts"
 import { Backend } from "../tensor/Backend.ts"
+import { paramGrads } from "../tensor/Grad.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 
 export const PretrainOptions = Schema.Struct({
@@ -99,15 +100,14 @@ export const trainStep = (
   const c = model.config.architecture.channels
   const t = Array.from({ length: b }, () => rng.int(schedule.trainSteps))
   const noise = rng.normals(b * s * s * c)
-  const { value, grads } = tf.variableGrads(() =>
+  const { value, grads } = paramGrads(() =>
     tf.tidy(() => {
       const x0 = tf.tensor4d(batch.images, [b, s, s, c])
       const eps = tf.tensor4d(noise, [b, s, s, c])
       const xt = Noise.addNoise(schedule, x0, eps, t)
       const inputs = Denoiser.encodeInputs(model.config, xt, t, batch.prompts)
       return tf.mean(tf.squaredDifference(forward(model.params, model.config.architecture, inputs), eps)) as tf.Scalar
-    })
-  )
+    }), model.params)
   const loss = value.dataSync()[0]
   value.dispose()
   const gradNorm = Number.isFinite(loss) ? AdamW.step(model.params, grads, adam, lr, adamConfig) : NaN
