@@ -1,0 +1,56 @@
+import { NodeServices } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import * as fsNode from "node:fs"
+import * as os from "node:os"
+import * as nodePath from "node:path"
+import * as Weights from "../../src/model/Weights.ts"
+import { defaultConfig, type UNetConfig } from "../../src/model/UNetConfig.ts"
+import * as Pretrain from "../../src/pipeline/Pretrain.ts"
+import { Backend } from "../../src/tensor/Backend.ts"
+
+const tiny32: UNetConfig = {
+  ...defaultConfig,
+  architecture: { ...defaultConfig.architecture, baseChannels: 8, channelMult: [1, 2], attentionResolutions: [16], heads: 2, groups: 4, textDim: 16, textLayers: 1 }
+}
+
+const layers = Layer.mergeAll(NodeServices.layer, Backend.layerCpu)
+
+const options = (dir: string, steps: number, resume: boolean): Pretrain.PretrainOptions => ({
+  steps,
+  batchSize: 2,
+  lr: 1e-3,
+  warmupSteps: 2,
+  emaDecay: 0.9,
+  nullPromptFraction: 0.2,
+  seed: 11,
+  checkpointEvery: 2,
+  maxMinutes: 0,
+  runDir: nodePath.join(dir, "run"),
+  out: nodePath.join(dir, "model"),
+  resume,
+  config: tiny32
+})
+
+const losses = (dir: string): Array<number> =>
+  JSON.parse(fsNode.readFileSync(nodePath.join(dir, "run", "losses.json"), "utf8")).losses
+
+describe("Pretrain", () => {
+  it.effect("a resumed run reproduces an uninterrupted one exactly", () =>
+    Effect.gen(function*() {
+      const a = fsNode.mkdtempSync(nodePath.join(os.tmpdir(), "pre-a-"))
+      const b = fsNode.mkdtempSync(nodePath.join(os.tmpdir(), "pre-b-"))
+      yield* Effect.scoped(Pretrain.run(options(a, 4, false)))
+      yield* Effect.scoped(Pretrain.run(options(b, 2, false)))
+      yield* Effect.scoped(Pretrain.run(options(b, 4, true)))
+      assert.strictEqual(losses(a).length, 4)
+      assert.deepStrictEqual(losses(b), losses(a))
+      const ma = yield* Weights.load(nodePath.join(a, "model"))
+      const mb = yield* Weights.load(nodePath.join(b, "model"))
+      for (const k of Object.keys(ma.weights)) {
+        assert.deepStrictEqual(Array.from(mb.weights[k].data), Array.from(ma.weights[k].data), k)
+      }
+      assert.strictEqual(ma.metadata.trainedSteps, "4")
+      assert.isTrue(fsNode.existsSync(nodePath.join(a, "model", "loss.svg")))
+    }).pipe(Effect.provide(layers)))
+})
