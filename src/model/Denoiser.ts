@@ -11,6 +11,7 @@
 import * as tf from "@tensorflow/tfjs-core"
 import { Context, Effect, Layer } from "effect"
 import type { StoredTensor } from "../io/Safetensors.ts"
+import { Backend } from "../tensor/Backend.ts"
 import { Rng } from "../tensor/Random.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import { initParams } from "./Layers.ts"
@@ -138,6 +139,7 @@ export class Denoiser extends Context.Service<Denoiser, {
     Layer.effect(
       Denoiser,
       Effect.gen(function*() {
+        yield* Backend // tensors need an initialised backend
         const files = yield* Weights.load(dir)
         const model = yield* Scoped.acquireWith(() => fromStored(files.config, files.weights, trainable), dispose)
         return Denoiser.of({ model })
@@ -148,7 +150,7 @@ export class Denoiser extends Context.Service<Denoiser, {
   static readonly fromInit = (config: UNetConfig, seed: number) =>
     Layer.effect(
       Denoiser,
-      Effect.map(Scoped.acquireWith(() => init(config, seed), dispose), (model) => Denoiser.of({ model }))
+      Effect.andThen(Effect.service(Backend), Effect.map(Scoped.acquireWith(() => init(config, seed), dispose), (model) => Denoiser.of({ model })))
     )
 }
 
