@@ -1,0 +1,73 @@
+/**
+ * Evaluate a generator on prompt sets: per-category exact-verifier accuracy,
+ * partial credit, clip score and NFE per image, at fixed sampler settings.
+ *
+ *   npx tsx pipelines/evaluate.ts --model models/shapeworld-base
+ *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --prompts data/eval/prompts-heldout.txt
+ *
+ * Prints one markdown table per prompt set and writes them all as JSON.
+ */
+import { Console, Effect, FileSystem, Layer, Option, Path } from "effect"
+import { Command, Flag } from "effect/cli"
+import * as Inputs from "../src/cli/Inputs.ts"
+import * as Main from "../src/cli/Main.ts"
+import * as Progress from "../src/cli/Progress.ts"
+import * as Evaluate from "../src/eval/Evaluate.ts"
+import * as AtomicFile from "../src/io/AtomicFile.ts"
+import * as Denoiser from "../src/model/Denoiser.ts"
+import * as ClipModel from "../src/reward/ClipModel.ts"
+import { Backend, BackendName } from "../src/tensor/Backend.ts"
+import * as Scoped from "../src/tensor/Scoped.ts"
+
+export const DEFAULT_PROMPTS = ["data/eval/prompts-seen.txt", "data/eval/prompts-heldout.txt"]
+export const DEFAULT_CLIP = "models/shapeworld-clip"
+
+const command = Command.make(
+  "evaluate",
+  {
+    model: Flag.String("model").pipe(Flag.withDescription("model directory to evaluate")),
+    prompts: Flag.String("prompts").pipe(Flag.withDescription("prompt file (repeatable; default: both eval sets)"), Flag.atLeast(0)),
+    clip: Flag.String("clip").pipe(Flag.withDescription(`clip reward model directory (default ${DEFAULT_CLIP})`), Flag.optional),
+    seed: Flag.Int("seed").pipe(Flag.withDefault(0)),
+    steps: Flag.Int("steps").pipe(Flag.withDescription("DDIM steps"), Flag.withDefault(50)),
+    cfg: Flag.Finite("cfg").pipe(Flag.withDescription("classifier-free guidance scale"), Flag.withDefault(5)),
+    eta: Flag.Finite("eta").pipe(Flag.withDefault(0)),
+    batchSize: Flag.Int("batch-size").pipe(Flag.withDefault(16)),
+    json: Flag.String("json").pipe(Flag.withDescription("where to write the JSON report (default out/evaluate/<model>.json)"), Flag.optional),
+    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+  },
+  Effect.fn(function*(f) {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const files = f.prompts.length > 0 ? f.prompts : DEFAULT_PROMPTS
+    const sets: Array<Evaluate.PromptSet> = []
+    for (const file of files) sets.push({ name: path.basename(file, ".txt"), prompts: yield* Inputs.prompts(file) })
+    const jsonFile = Option.getOrElse(f.json, () => path.join("out", "evaluate", `${path.basename(path.resolve(f.model))}.json`))
+    yield* Inputs.writableDirectory(path.dirname(jsonFile))
+    const { model } = yield* Denoiser.Denoiser
+    // The default clip model is optional (evaluation still runs without it);
+    // an explicitly requested one must load.
+    const clipDir = Option.getOrElse(f.clip, () => DEFAULT_CLIP)
+    const useClip = Option.isSome(f.clip) || (yield* fs.exists(clipDir))
+    const clip = useClip ? yield* Effect.flatMap(ClipModel.loadFiles(clipDir), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose)) : undefined
+    if (!useClip) yield* Console.error(`note: ${clipDir} not found; clip score omitted`)
+    const sampler = { steps: f.steps, cfg: f.cfg, eta: f.eta, seed: f.seed, batchSize: f.batchSize }
+    const total = sets.reduce((a, s) => a + s.prompts.length, 0)
+    const bar = Progress.make({ label: "evaluate", total })
+    let offset = 0
+    const reports = Evaluate.evaluate(model, sets, sampler, clip, (set, done, n) => {
+      bar.tick(offset + done)
+      if (done === n) offset += n
+    })
+    bar.end()
+    for (const r of reports) yield* Console.log(`\n${Evaluate.markdown(r)}`)
+    yield* AtomicFile.writeText(jsonFile, JSON.stringify({ model: f.model, clip: useClip ? clipDir : null, sampler, reports }, null, 2) + "\n")
+    yield* Console.log(`\nwrote ${jsonFile}`)
+  }, (effect, f) =>
+    effect.pipe(
+      Effect.provide(Denoiser.Denoiser.fromDir(f.model, false).pipe(Layer.provideMerge(Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)))),
+      Effect.scoped
+    ))
+).pipe(Command.withDescription("Evaluate a generator: per-category verifier accuracy, partial credit, clip score, NFE per image."))
+
+Main.run(command)
