@@ -371,8 +371,10 @@ export const degrade = {
 
 /**
  * Verifier agreement on degraded and mis-rendered images (see module doc).
- * `byDegradation` pools clean renders with each degradation so every entry
- * has both verdicts; `negativeRenders.pairwiseByKind` is the rate at which
+ * `byDegradation[k]` is the agreement among the images of degradation k
+ * alone (AUC NaN when the verifier fails or passes all of them), with
+ * `aucVsClean`, the AUC after adding the clean renders (defined for every
+ * k), and `degradedPassRate`; `negativeRenders.pairwiseByKind` is the rate at which
  * the clean render outscores a render of a hard negative of that kind,
  * both scored against the original prompt.
  *
@@ -382,7 +384,7 @@ export interface VerifierAgreement {
   readonly prompts: number
   readonly overall: Agreement
   readonly byCategory: Record<string, Agreement>
-  readonly byDegradation: Record<string, Agreement & { readonly degradedPassRate: number }>
+  readonly byDegradation: Record<string, Agreement & { readonly aucVsClean: number; readonly degradedPassRate: number }>
   readonly negativeRenders: {
     readonly pairwiseByKind: Record<string, Rate>
     readonly pairwiseByCategory: Record<string, Rate>
@@ -424,12 +426,13 @@ export const verifierAgreement = (m: Clip.Model, rng: Rng, perCategory: number):
     return agreement(idx.map((i) => scores[i]), idx.map((i) => pass[i]))
   }
   const kinds = [...new Set(items.map((it) => it.kind))].filter((k) => k !== "clean")
-  const byDegradation: Record<string, Agreement & { degradedPassRate: number }> = {}
+  const byDegradation: Record<string, Agreement & { aucVsClean: number; degradedPassRate: number }> = {}
   for (const k of kinds) {
-    const degraded = items.flatMap((it, i) => (it.kind === k ? [pass[i]] : []))
+    const within = subset((it) => it.kind === k)
     byDegradation[k] = {
-      ...subset((it) => it.kind === k || it.kind === "clean"),
-      degradedPassRate: degraded.filter((x) => x).length / degraded.length
+      ...within,
+      aucVsClean: subset((it) => it.kind === k || it.kind === "clean").auc,
+      degradedPassRate: within.passRate
     }
   }
   const byCategory: Record<string, Agreement> = {}
@@ -500,6 +503,8 @@ const pct = (r: Rate | number) => {
   return Number.isNaN(v) ? "   -  " : `${(100 * v).toFixed(1)}%`.padStart(6)
 }
 
+const fmt = (v: number) => (Number.isNaN(v) ? "  -  " : v.toFixed(3))
+
 /**
  * A short text summary of a report (for logs and docs).
  *
@@ -522,10 +527,10 @@ export const formatReport = (r: Report): string => {
     `  pooled: AUC ${r.verifierAgreement.overall.auc.toFixed(3)}, corr ${r.verifierAgreement.overall.correlation.toFixed(3)}, best-threshold accuracy ${pct(r.verifierAgreement.overall.accuracy)} (pass rate ${pct(r.verifierAgreement.overall.passRate)})`,
     `  clean render > negative render (same prompt): ${pct(r.verifierAgreement.negativeRenders.pairwiseOverall)}`,
     ...Object.entries(r.verifierAgreement.negativeRenders.pairwiseByKind).map(([k, v]) => `    ${k.padEnd(14)} ${pct(v)}  (n=${v.n})`),
-    `  degradation      verifier-pass  mean-score  AUC(vs clean)`,
-    `    ${"clean".padEnd(14)} ${pct(1)}         ${r.verifierAgreement.meanScore.clean.toFixed(3)}`,
+    `  ${"images".padEnd(24)} verifier-pass  mean-score  AUC(within)  AUC(with clean)`,
+    `    ${"clean".padEnd(22)} ${pct(1)}        ${r.verifierAgreement.meanScore.clean.toFixed(3)}`,
     ...Object.entries(r.verifierAgreement.byDegradation).map(([k, v]) =>
-      `    ${k.padEnd(14)} ${pct(v.degradedPassRate)}         ${r.verifierAgreement.meanScore[k].toFixed(3)}      ${Number.isNaN(v.auc) ? "  -  " : v.auc.toFixed(3)}`
+      `    ${k.padEnd(22)} ${pct(v.degradedPassRate)}        ${r.verifierAgreement.meanScore[k].toFixed(3)}       ${fmt(v.auc)}        ${fmt(v.aucVsClean)}`
     )
   ]
   return lines.join("\n")

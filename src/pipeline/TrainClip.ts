@@ -1,0 +1,376 @@
+/**
+ * Contrastive training of the ShapeWorld-32 reward model ("clip") on the
+ * full distribution (no held-out compositions: the reward "knows more" than
+ * the generator).
+ *
+ * Batches: `batchSize` renders, of which a fraction (`pairedFraction`) are
+ * renders of a hard negative of another batch item, so that the in-batch
+ * contrast holds image-side hard negatives in both directions. Each image
+ * also gets `negatives` hard-negative prompts (see HardNegatives.ts).
+ *
+ * Loss: symmetric InfoNCE with the learned logit scale s. Image -> text rows
+ * hold the B batch prompts plus the image's K hard-negative prompts; text ->
+ * image rows hold the B batch images. Batch prompts that are also true of an
+ * image (the same prompt drawn twice, or e.g. "a red square to the left of a
+ * blue circle" on a render of "a red square above ..." that happens to hold)
+ * are masked out rather than treated as negatives. Truth is exact: same
+ * object multiset and, for relation prompts, the verifier on the render.
+ *
+ * AdamW with warm-up and cosine decay, atomic checkpoints, exact --resume,
+ * a time budget, and a loss plot (same structure as Pretrain.ts).
+ *
+ * @since 0.1.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Effect, Option, Path, Schema } from "effect"
+import * as Progress from "../cli/Progress.ts"
+import { sampleCategory } from "../data/Dataset.ts"
+import { fromBytes, IMAGE_LENGTH } from "../data/Image.ts"
+import { type ParsedPrompt, sample as samplePrompt } from "../data/Prompt.ts"
+import { render } from "../data/Render.ts"
+import { verify } from "../data/Verifier.ts"
+import * as AtomicFile from "../io/AtomicFile.ts"
+import * as CheckpointDir from "../io/CheckpointDir.ts"
+import * as Safetensors from "../io/Safetensors.ts"
+import * as AdamW from "../optim/AdamW.ts"
+import * as Clip from "../reward/ClipModel.ts"
+import * as HardNegatives from "../reward/HardNegatives.ts"
+import { Backend } from "../tensor/Backend.ts"
+import { paramGrads } from "../tensor/Grad.ts"
+import { Rng, RngState } from "../tensor/Random.ts"
+import * as Scoped from "../tensor/Scoped.ts"
+import { lossPlot, NonFiniteLoss } from "./Pretrain.ts"
+
+export const TrainClipOptions = Schema.Struct({
+  steps: Schema.Int.check(Schema.isGreaterThan(0)),
+  batchSize: Schema.Int.check(Schema.isGreaterThan(1)),
+  /** Hard-negative prompts per image (extra columns of its logits row). */
+  negatives: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
+  /** Fraction of the batch rendered from a hard negative of another item. */
+  pairedFraction: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isLessThanOrEqualTo(0.5)),
+  /** Max std of Gaussian pixel noise added to half the images ([-1, 1] units). */
+  noiseStd: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)),
+  lr: Schema.Number.check(Schema.isGreaterThan(0)),
+  warmupSteps: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
+  weightDecay: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)),
+  seed: Schema.Int,
+  checkpointEvery: Schema.Int.check(Schema.isGreaterThan(0)),
+  /** Stop (with a checkpoint) after this many minutes of training; 0 = no limit. */
+  maxMinutes: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)),
+  runDir: Schema.String,
+  out: Schema.String,
+  resume: Schema.Boolean,
+  config: Clip.ClipConfig
+})
+export type TrainClipOptions = typeof TrainClipOptions.Type
+
+/**
+ * Hard-negative kinds the model finds hardest come first more often (see
+ * `HardNegatives.sample`); changes of one color, counts and dropped objects
+ * are learned early and need less weight.
+ *
+ * @since 0.1.0
+ */
+export const KIND_WEIGHTS: Partial<Record<HardNegatives.NegativeKind, number>> = {
+  "swap-colors": 3,
+  "swap-shapes": 3,
+  shape: 3,
+  relation: 3
+}
+
+const TrainState = Schema.Struct({
+  step: Schema.Int,
+  rng: RngState,
+  adamStep: Schema.Int,
+  wallMs: Schema.Number,
+  losses: Schema.Array(Schema.Number),
+  accuracies: Schema.Array(Schema.Number),
+  options: Schema.Unknown
+})
+type TrainState = typeof TrainState.Type
+
+/**
+ * One contrastive batch: images (signed, B x 32 x 32 x 3), their prompts,
+ * K hard-negative prompts per image (row-major B x K), and the mask of batch
+ * prompts true of each image (B x B, 1 = true, diagonal included).
+ *
+ * @since 0.1.0
+ */
+export interface ClipBatch {
+  readonly batchSize: number
+  readonly images: Float32Array
+  readonly parsed: ReadonlyArray<ParsedPrompt>
+  readonly negatives: ReadonlyArray<string>
+  readonly negativesPerImage: number
+  readonly truth: Float32Array
+}
+
+/** Whether prompt `p` is true of `image`, a render of `source`. */
+const trueOf = (p: ParsedPrompt, source: ParsedPrompt, image: Uint8Array): boolean => {
+  if (p.text === source.text || HardNegatives.sameMeaning(p, source)) return true
+  if (HardNegatives.objectMultiset(p) !== HardNegatives.objectMultiset(source)) return false
+  return verify(p, image).pass
+}
+
+/**
+ * Renders a contrastive batch (see module doc). Deterministic in `rng`.
+ *
+ * @since 0.1.0
+ */
+export const nextBatch = (
+  rng: Rng,
+  o: { readonly batchSize: number; readonly negatives: number; readonly pairedFraction: number; readonly noiseStd: number }
+): ClipBatch => {
+  const b = o.batchSize
+  const paired = Math.floor(b * o.pairedFraction)
+  const parsed: Array<ParsedPrompt> = []
+  for (let i = 0; i < b - paired; i++) parsed.push(samplePrompt(rng, sampleCategory(rng), "full"))
+  for (let i = 0; i < paired; i++) parsed.push(HardNegatives.sample(rng, parsed[i], 1, KIND_WEIGHTS)[0].prompt)
+  const bytes = parsed.map((p) => render(p, rng))
+  const images = new Float32Array(b * IMAGE_LENGTH)
+  bytes.forEach((img, i) => {
+    fromBytes(img, "signed", images, i * IMAGE_LENGTH)
+    // Half the images get mild pixel noise (robustness to generated images).
+    if (o.noiseStd > 0 && rng.uniform() < 0.5) {
+      const std = o.noiseStd * rng.uniform()
+      const noise = rng.normals(IMAGE_LENGTH, std)
+      for (let k = 0; k < IMAGE_LENGTH; k++) images[i * IMAGE_LENGTH + k] += noise[k]
+    }
+  })
+  const negatives = parsed.flatMap((p) => HardNegatives.sample(rng, p, o.negatives, KIND_WEIGHTS).map((n) => n.prompt.text))
+  const truth = new Float32Array(b * b)
+  for (let i = 0; i < b; i++) {
+    for (let j = 0; j < b; j++) truth[i * b + j] = i === j || trueOf(parsed[j], parsed[i], bytes[i]) ? 1 : 0
+  }
+  return { batchSize: b, images, parsed, negatives, negativesPerImage: o.negatives, truth }
+}
+
+/**
+ * The symmetric InfoNCE loss of a batch (scalar) and the fraction of images
+ * whose own prompt wins their logits row. Pure (call inside a gradient
+ * function or tidy).
+ *
+ * @since 0.1.0
+ */
+export const contrastiveLoss = (p: Clip.Model["params"], config: Clip.ClipConfig, batch: ClipBatch): tf.Scalar => {
+  const b = batch.batchSize
+  const k = batch.negativesPerImage
+  const s = config.imageSize
+  const img = Clip.embedImages(p, config, tf.tensor4d(batch.images, [b, s, s, 3]))
+  const txt = Clip.embedTexts(p, config, [...batch.parsed.map((q) => q.text), ...batch.negatives])
+  const [pos, neg] = tf.split(txt, [b, b * k], 0)
+  const scale = Clip.logitScale(p)
+  // Mask: the target itself stays; other true prompts drop out.
+  const eye = tf.eye(b)
+  const truth = tf.tensor2d(batch.truth, [b, b])
+  const maskOut = tf.mul(tf.sub(truth, eye), -1e9)
+  const sim = tf.add(tf.mul(tf.matMul(img, pos, false, true), scale), maskOut) as tf.Tensor2D
+  // Cross-entropy with the target on the diagonal of the first b columns.
+  const ce = (logits: tf.Tensor2D) =>
+    tf.mean(tf.sub(tf.logSumExp(logits, 1), tf.sum(tf.mul(tf.slice(logits, [0, 0], [b, b]), eye), 1)))
+  let rows: tf.Tensor2D = sim
+  if (k > 0) {
+    const negSim = tf.mul(tf.sum(tf.mul(tf.reshape(img, [b, 1, -1]), tf.reshape(neg, [b, k, -1])), 2), scale) as tf.Tensor2D
+    rows = tf.concat([sim, negSim], 1) as tf.Tensor2D
+  }
+  const cols = tf.transpose(sim) as tf.Tensor2D
+  return tf.mul(tf.add(ce(rows), ce(cols)), 0.5) as tf.Scalar
+}
+
+/**
+ * Fraction of images whose own prompt outranks all its hard negatives and
+ * all false batch prompts (training-time retrieval accuracy).
+ */
+const rowAccuracy = (p: Clip.Model["params"], config: Clip.ClipConfig, batch: ClipBatch): number =>
+  tf.tidy(() => {
+    const b = batch.batchSize
+    const k = batch.negativesPerImage
+    const s = config.imageSize
+    const img = Clip.embedImages(p, config, tf.tensor4d(batch.images, [b, s, s, 3]))
+    const txt = Clip.embedTexts(p, config, [...batch.parsed.map((q) => q.text), ...batch.negatives])
+    const sims = tf.matMul(img, txt, false, true).arraySync() as Array<Array<number>>
+    let correct = 0
+    for (let i = 0; i < b; i++) {
+      const own = sims[i][i]
+      let ok = true
+      for (let j = 0; j < b && ok; j++) if (batch.truth[i * b + j] === 0 && sims[i][j] >= own) ok = false
+      for (let n = 0; n < k && ok; n++) if (sims[i][b + i * k + n] >= own) ok = false
+      if (ok) correct++
+    }
+    return correct / b
+  })
+
+/**
+ * One optimisation step; returns the loss (NaN/Infinity are reported, not applied).
+ *
+ * @since 0.1.0
+ */
+export const trainStep = (
+  model: Clip.Model,
+  adam: AdamW.AdamWState,
+  batch: ClipBatch,
+  lr: number,
+  adamConfig: AdamW.AdamWConfig
+): { loss: number; gradNorm: number } => {
+  const { value, grads } = paramGrads(() => tf.tidy(() => contrastiveLoss(model.params, model.config, batch)), model.params)
+  const loss = value.dataSync()[0]
+  value.dispose()
+  const gradNorm = Number.isFinite(loss) ? AdamW.step(model.params, grads, adam, lr, adamConfig) : NaN
+  Scoped.disposeAll(grads)
+  return { loss, gradNorm }
+}
+
+/** Linear warm-up, then cosine decay to 10% of the peak at `steps`. */
+export const lrAt = (o: Pick<TrainClipOptions, "lr" | "warmupSteps" | "steps">, step: number): number => {
+  if (o.warmupSteps > 0 && step < o.warmupSteps) return o.lr * (step + 1) / o.warmupSteps
+  const t = Math.min(1, (step - o.warmupSteps) / Math.max(1, o.steps - o.warmupSteps))
+  return o.lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * t)))
+}
+
+const stored = (params: Readonly<Record<string, tf.Tensor>>, prefix = ""): Record<string, Safetensors.StoredTensor> => {
+  const out: Record<string, Safetensors.StoredTensor> = {}
+  for (const [k, v] of Object.entries(params)) out[prefix + k] = { shape: v.shape, data: v.dataSync() as Float32Array }
+  return out
+}
+
+const restore = (target: Readonly<Record<string, tf.Variable>>, from: Record<string, Safetensors.StoredTensor>, prefix = "") => {
+  for (const [k, v] of Object.entries(target)) {
+    const s = from[prefix + k]
+    if (s === undefined) throw new Error(`checkpoint lacks tensor ${prefix + k}`)
+    tf.tidy(() => v.assign(tf.tensor(s.data, s.shape as Array<number>)))
+  }
+}
+
+const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length)
+
+export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
+  const path = yield* Path.Path
+  const backend = yield* Backend
+  const model = yield* Scoped.acquireWith(() => Clip.init(o.config, o.seed), Clip.dispose)
+  const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
+  // No weight decay on norms, biases and the logit scale.
+  const decayed = (name: string) => name.endsWith(".w") || name === "text.tok" || name === "text.pos"
+  const adamConfig = { ...AdamW.defaults, maxGradNorm: 1 }
+  let rng = Rng.fromSeed(o.seed + 1)
+  let state: TrainState = { step: 0, rng: rng.state(), adamStep: 0, wallMs: 0, losses: [], accuracies: [], options: {} }
+  const losses: Array<number> = []
+  const accuracies: Array<number> = []
+
+  if (o.resume) {
+    const ckpt = yield* CheckpointDir.latest(o.runDir)
+    if (Option.isSome(ckpt)) {
+      const st = Schema.decodeUnknownSync(TrainState)(JSON.parse(yield* ckpt.value.readText("state.json")))
+      const read = (f: string) =>
+        Effect.flatMap(ckpt.value.read(f), (bytes) => {
+          const d = Safetensors.decode(bytes, path.join(ckpt.value.dir, f))
+          return d instanceof Safetensors.SafetensorsError ? Effect.fail(d) : Effect.succeed(d.tensors)
+        })
+      restore(model.params, yield* read("params.safetensors"))
+      const moments = yield* read("adam.safetensors")
+      restore(adam.m, moments, "m.")
+      restore(adam.v, moments, "v.")
+      adam.step = st.adamStep
+      rng = Rng.fromState(st.rng)
+      state = st
+      losses.push(...st.losses)
+      accuracies.push(...st.accuracies)
+      yield* Effect.logInfo(`resumed from ${ckpt.value.dir} at step ${st.step}`)
+    } else {
+      yield* Effect.logInfo(`no checkpoint in ${o.runDir}; starting fresh`)
+    }
+  }
+
+  const checkpoint = Effect.fn("TrainClip.checkpoint")(function*(step: number, wallMs: number) {
+    const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, accuracies, options: { ...o, config: undefined } }
+    yield* CheckpointDir.save(o.runDir, step, {
+      "params.safetensors": Safetensors.encode(stored(model.params)),
+      "adam.safetensors": Safetensors.encode({ ...stored(adam.m, "m."), ...stored(adam.v, "v.") }),
+      "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(TrainState)(st)))
+    })
+  })
+
+  const step1 = (lr: number, batch: ClipBatch) => {
+    // AdamW's decoupled decay, applied only to weight matrices and embeddings.
+    const res = trainStep(model, adam, batch, lr, adamConfig)
+    if (o.weightDecay > 0 && Number.isFinite(res.gradNorm)) {
+      tf.tidy(() => {
+        for (const [k, v] of Object.entries(model.params)) if (decayed(k)) v.assign(tf.mul(v, 1 - lr * o.weightDecay))
+      })
+    }
+    return res
+  }
+
+  const bar = Progress.make({ label: "train-clip", total: o.steps, start: state.step })
+  const t0 = performance.now() - state.wallMs
+  const wall = () => performance.now() - t0
+  const sessionStart = performance.now()
+  let step = state.step
+  let lastSaved = step
+
+  yield* Effect.gen(function*() {
+    while (step < o.steps) {
+      if (o.maxMinutes > 0 && performance.now() - sessionStart > o.maxMinutes * 60_000) {
+        yield* Effect.logInfo(`time budget of ${o.maxMinutes} min reached at step ${step}`)
+        break
+      }
+      const r = yield* Effect.sync(() => {
+        const batch = nextBatch(rng, o)
+        // Accuracy before the update, every 10 steps (a cheap extra forward).
+        const acc = step % 10 === 0 ? rowAccuracy(model.params, model.config, batch) : undefined
+        return { ...step1(lrAt(o, step), batch), acc }
+      })
+      if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
+        return yield* new NonFiniteLoss({ iteration: step + 1, message: `loss ${r.loss}, gradient norm ${r.gradNorm}` })
+      }
+      step += 1
+      losses.push(r.loss)
+      if (r.acc !== undefined) accuracies.push(r.acc)
+      bar.tick(step, {
+        loss: mean(losses.slice(-50)),
+        acc: mean(accuracies.slice(-10)),
+        scale: tf.tidy(() => Clip.logitScale(model.params).dataSync()[0]),
+        lr: lrAt(o, step - 1)
+      })
+      if (step % o.checkpointEvery === 0) {
+        yield* checkpoint(step, wall())
+        lastSaved = step
+      }
+      yield* Effect.yieldNow
+    }
+  }).pipe(
+    // Ctrl-C or a failure mid-run: keep what was learned since the last save.
+    Effect.onInterrupt(() =>
+      Effect.gen(function*() {
+        bar.end()
+        if (step > lastSaved) {
+          yield* checkpoint(step, wall()).pipe(Effect.ignore)
+          yield* Effect.logInfo(`interrupted: checkpoint written at step ${step}`)
+        }
+      })
+    )
+  )
+  bar.end()
+  if (step > lastSaved) yield* checkpoint(step, wall())
+
+  const wallMinutes = wall() / 60_000
+  yield* Clip.save(o.out, model, {
+    trainedSteps: String(step),
+    batchSize: String(o.batchSize),
+    negatives: String(o.negatives),
+    wallMinutes: wallMinutes.toFixed(1),
+    seed: String(o.seed),
+    backend: backend.name,
+    split: "full"
+  })
+  const svg = yield* Effect.promise(() =>
+    lossPlot(losses, `ShapeWorld-32 clip reward: contrastive loss (batch ${o.batchSize}, ${o.negatives} hard negatives)`)
+  )
+  yield* AtomicFile.writeText(path.join(o.out, "loss.svg"), svg)
+  yield* AtomicFile.writeText(path.join(o.runDir, "losses.json"), JSON.stringify({ step, wallMinutes, losses, accuracies }))
+  return {
+    step,
+    wallMinutes,
+    finalLoss: mean(losses.slice(-100)),
+    finalAccuracy: mean(accuracies.slice(-10))
+  }
+})
