@@ -51,6 +51,8 @@ export const run = <Name extends string, Input, E, R>(
         ? describeError((defect as { defect: unknown }).defect)
         : Cause.pretty(cause).split("\n")[0]
       return Effect.sync(() => {
+        // SHARPEN_DEBUG=1 prints the full cause (stack traces) for bug reports.
+        if (process.env.SHARPEN_DEBUG) process.stderr.write(`${Cause.pretty(cause)}\n`)
         process.stderr.write(`error: ${text}\n`)
         process.exitCode = 1
       })

@@ -42,6 +42,10 @@ export const batchNoise = (rngs: ReadonlyArray<Rng>, shape: ReadonlyArray<number
   return tf.tensor(data, shape as Array<number>, "float32")
 }
 
+/** Standard-normal noise of any shape from one generator. */
+export const normalTensor = (rng: Rng, shape: ReadonlyArray<number>): tf.Tensor =>
+  tf.tensor(rng.normals(shape.reduce((a, b) => a * b, 1)), shape as Array<number>, "float32")
+
 /** Float images in [0, 1], HWC, one per prompt. */
 export const toUnitImages = (x: tf.Tensor4D): Array<Float32Array> => {
   const [b, h, w, c] = x.shape

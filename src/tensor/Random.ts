@@ -53,6 +53,11 @@ export class Rng {
     return new Rng(Uint32Array.from(state))
   }
 
+  /** Continue from a saved state (e.g. when a checkpoint is restored). */
+  setState(state: RngState): void {
+    this.s = Uint32Array.from(state)
+  }
+
   state(): RngState {
     return [this.s[0], this.s[1], this.s[2], this.s[3]]
   }

@@ -1,0 +1,95 @@
+/**
+ * Stage 4: the training objective of a step, as a loss closure for the
+ * optimiser. `Objective.sft` is Eq. 9 along the best path;
+ * `Objective.rlhf` is the reward-modulated Diffusion-DPO of Eq. 11 between
+ * the best and worst paths against the frozen reference.
+ *
+ * @since 0.1.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Context, Effect, Layer, Schema, type Scope } from "effect"
+import * as Schedule from "../diffusion/Schedule.ts"
+import * as Denoiser from "../model/Denoiser.ts"
+import { Reference } from "../model/Reference.ts"
+import * as Scoped from "../tensor/Scoped.ts"
+import type { Selection } from "../trajectory/PathSelector.ts"
+import { rowIndex, type Trajectories } from "../trajectory/Trajectory.ts"
+import type { TrajectoryScores } from "../trajectory/TrajectoryScorer.ts"
+import * as Losses from "./Losses.ts"
+
+export interface Prepared {
+  /** The loss as a function of the policy's parameters (for the gradient). */
+  readonly loss: () => tf.Scalar
+  /** Numbers worth logging (e.g. mean reward margin). */
+  readonly stats: Readonly<Record<string, number>>
+}
+
+export const SftOptions = Schema.Struct({ target: Losses.EpsTarget })
+export type SftOptions = typeof SftOptions.Type
+
+export const RlhfOptions = Schema.Struct({
+  /** DPO temperature; Diffusion-DPO uses 5000 for SD 1.5 (with its T*omega/2 folded in). */
+  beta: Schema.Number.check(Schema.isGreaterThan(0)),
+  margin: Losses.MarginPlacement,
+  target: Losses.EpsTarget,
+  /** Reference error over all m steps, or only the first (the reference code). */
+  referenceSteps: Schema.Literals(["all", "first"])
+})
+export type RlhfOptions = typeof RlhfOptions.Type
+
+export class Objective extends Context.Service<Objective, {
+  readonly name: string
+  readonly prepare: (t: Trajectories, selection: Selection, scores: TrajectoryScores) => Effect.Effect<Prepared, never, Scope.Scope>
+}>()("sharpen/objective/Objective") {
+  static readonly sft = (o: SftOptions) =>
+    Layer.effect(
+      Objective,
+      Effect.gen(function*() {
+        const { model } = yield* Denoiser.Denoiser
+        const schedule = Schedule.make(model.config.schedule)
+        return Objective.of({
+          name: "sft",
+          prepare: (t, selection) =>
+            Effect.succeed({
+              loss: () => Losses.sftLoss(model, schedule, t, rowIndex(t, selection.best), o.target),
+              stats: {}
+            })
+        })
+      })
+    )
+
+  static readonly rlhf = (o: RlhfOptions) =>
+    Layer.effect(
+      Objective,
+      Effect.gen(function*() {
+        const { model } = yield* Denoiser.Denoiser
+        const reference = (yield* Reference).model
+        const schedule = Schedule.make(model.config.schedule)
+        return Objective.of({
+          name: "rlhf",
+          prepare: (t, selection, scores) =>
+            Effect.gen(function*() {
+              const b = t.batch
+              const rows = [...rowIndex(t, selection.best), ...rowIndex(t, selection.worst)]
+              const margin = Array.from({ length: b }, (_, i) => scores.trajectory[selection.best[i]][i] - scores.trajectory[selection.worst[i]][i])
+              const refSteps = o.referenceSteps === "all" ? t.steps.length : 1
+              const ref = yield* Scoped.acquire(() => {
+                const e = Losses.pathErrors(reference, schedule, t, rows, o.target, refSteps)
+                const [w, l] = tf.split(e, [b, b])
+                e.dispose()
+                return { w: w as tf.Tensor1D, l: l as tf.Tensor1D }
+              })
+              return {
+                loss: () =>
+                  tf.tidy(() => {
+                    const e = Losses.pathErrors(model, schedule, t, rows, o.target)
+                    const [modelW, modelL] = tf.split(e, [b, b]) as [tf.Tensor1D, tf.Tensor1D]
+                    return Losses.dpoFromTerms({ modelW, modelL, refW: ref.w, refL: ref.l }, margin, o.beta, o.margin)
+                  }),
+                stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b }
+              }
+            })
+        })
+      })
+    )
+}

@@ -1,0 +1,104 @@
+/**
+ * Stage 5: the gradient update of the policy. AdamW with global grad-norm
+ * clipping and a learning-rate schedule; its moments and step count are
+ * exposed for checkpoints.
+ *
+ * A non-finite loss or gradient stops the run with `NonFiniteLoss` naming
+ * the iteration, before anything is applied.
+ *
+ * @since 0.1.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Context, Effect, Layer, Schema } from "effect"
+import type { StoredTensor } from "../io/Safetensors.ts"
+import * as Denoiser from "../model/Denoiser.ts"
+import { paramGrads } from "../tensor/Grad.ts"
+import * as Scoped from "../tensor/Scoped.ts"
+import * as AdamW from "./AdamW.ts"
+
+export class NonFiniteLoss extends Schema.TaggedError<NonFiniteLoss>()("NonFiniteLoss", {
+  iteration: Schema.Int,
+  message: Schema.String
+}) {}
+
+export const LrSchedule = Schema.Literals(["constant", "cosine"])
+export type LrSchedule = typeof LrSchedule.Type
+
+export const OptimizerConfig = Schema.Struct({
+  ...AdamWConfigFields(),
+  lr: Schema.Number.check(Schema.isGreaterThan(0)),
+  warmupSteps: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
+  schedule: LrSchedule,
+  totalSteps: Schema.Int.check(Schema.isGreaterThan(0))
+})
+export type OptimizerConfig = typeof OptimizerConfig.Type
+
+function AdamWConfigFields() {
+  return AdamW.AdamWConfig.fields
+}
+
+/** Learning rate at a 0-based step: linear warm-up, then constant or cosine to 0. */
+export const learningRate = (c: Pick<OptimizerConfig, "lr" | "warmupSteps" | "schedule" | "totalSteps">, step: number): number => {
+  if (c.warmupSteps > 0 && step < c.warmupSteps) return (c.lr * (step + 1)) / c.warmupSteps
+  if (c.schedule === "constant") return c.lr
+  const progress = Math.min(1, (step - c.warmupSteps) / Math.max(1, c.totalSteps - c.warmupSteps))
+  return 0.5 * c.lr * (1 + Math.cos(Math.PI * progress))
+}
+
+export interface StepResult {
+  readonly loss: number
+  readonly gradNorm: number
+  readonly lr: number
+}
+
+export interface OptimizerState {
+  readonly step: number
+  readonly moments: Record<string, StoredTensor>
+}
+
+export class Optimizer extends Context.Service<Optimizer, {
+  /** Differentiate `loss` w.r.t. the policy and apply one update. */
+  readonly step: (loss: () => tf.Scalar, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss>
+  readonly state: () => OptimizerState
+  readonly restore: (s: OptimizerState) => void
+}>()("sharpen/optim/Optimizer") {
+  static readonly adamW = (c: OptimizerConfig) =>
+    Layer.effect(
+      Optimizer,
+      Effect.gen(function*() {
+        const { model } = yield* Denoiser.Denoiser
+        const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
+        const step = Effect.fn("Optimizer.step")(function*(loss: () => tf.Scalar, iteration: number) {
+          const lr = learningRate(c, adam.step)
+          const r = yield* Effect.sync(() => {
+            const { value, grads } = paramGrads(loss, model.params)
+            const l = value.dataSync()[0]
+            value.dispose()
+            const gradNorm = Number.isFinite(l) ? AdamW.step(model.params, grads, adam, lr, c) : NaN
+            Scoped.disposeAll(grads)
+            return { loss: l, gradNorm, lr }
+          })
+          if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
+            return yield* new NonFiniteLoss({ iteration, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` })
+          }
+          return r
+        })
+        return Optimizer.of({
+          step,
+          state: () => {
+            const moments: Record<string, StoredTensor> = {}
+            for (const [k, v] of Object.entries(adam.m)) moments[`m.${k}`] = { shape: v.shape, data: v.dataSync() as Float32Array }
+            for (const [k, v] of Object.entries(adam.v)) moments[`v.${k}`] = { shape: v.shape, data: v.dataSync() as Float32Array }
+            return { step: adam.step, moments }
+          },
+          restore: (s) => {
+            tf.tidy(() => {
+              for (const [k, v] of Object.entries(adam.m)) v.assign(tf.tensor(s.moments[`m.${k}`].data, v.shape))
+              for (const [k, v] of Object.entries(adam.v)) v.assign(tf.tensor(s.moments[`v.${k}`].data, v.shape))
+            })
+            adam.step = s.step
+          }
+        })
+      })
+    )
+}

@@ -1,0 +1,77 @@
+/**
+ * Per-iteration metrics of a sharpening run: one JSON line per iteration in
+ * `metrics.jsonl`, a progress bar (or plain lines off a terminal), and the
+ * records in memory for plots and tests.
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, FileSystem, Layer, Path, Ref, Schema } from "effect"
+import * as Progress from "../cli/Progress.ts"
+import * as AtomicFile from "../io/AtomicFile.ts"
+
+export const IterationRecord = Schema.Struct({
+  iteration: Schema.Int,
+  loss: Schema.Number,
+  rewardMean: Schema.Number,
+  rewardStd: Schema.Number,
+  rewardBest: Schema.Number,
+  rewardWorst: Schema.Number,
+  lr: Schema.Number,
+  gradNorm: Schema.Number,
+  wallMs: Schema.Number,
+  liveTensors: Schema.Int,
+  nfe: Schema.Int,
+  rewardCalls: Schema.Int,
+  rewardMargin: Schema.optional(Schema.Number)
+})
+export type IterationRecord = typeof IterationRecord.Type
+
+export class Metrics extends Context.Service<Metrics, {
+  readonly log: (r: IterationRecord) => Effect.Effect<void>
+  readonly records: Effect.Effect<ReadonlyArray<IterationRecord>>
+  /** Replace the history (when resuming from a checkpoint). */
+  readonly reset: (records: ReadonlyArray<IterationRecord>) => Effect.Effect<void>
+  readonly end: Effect.Effect<void>
+}>()("sharpen/pipeline/Metrics") {
+  /** metrics.jsonl in `file` plus a progress bar over `total` iterations. */
+  static readonly jsonl = (file: string, total: number, label: string) =>
+    Layer.effect(
+      Metrics,
+      Effect.gen(function*() {
+        const fs = yield* FileSystem.FileSystem
+        const context = yield* Effect.context<FileSystem.FileSystem | Path.Path>()
+        const ref = yield* Ref.make<ReadonlyArray<IterationRecord>>([])
+        let bar: Progress.Progress | undefined
+        const line = (r: IterationRecord) => JSON.stringify(Schema.encodeSync(IterationRecord)(r)) + "\n"
+        return Metrics.of({
+          log: (r) =>
+            Effect.gen(function*() {
+              yield* Ref.update(ref, (rs) => [...rs, r])
+              yield* fs.writeFileString(file, line(r), { flag: "a" }).pipe(Effect.orDie)
+              bar ??= Progress.make({ label, total, start: r.iteration - 1 })
+              bar.tick(r.iteration, { loss: r.loss, reward: r.rewardMean })
+            }),
+          records: Ref.get(ref),
+          reset: (rs) =>
+            Effect.gen(function*() {
+              yield* Ref.set(ref, rs)
+              yield* AtomicFile.writeText(file, rs.map(line).join("")).pipe(Effect.orDie, Effect.provide(context))
+            }),
+          end: Effect.sync(() => bar?.end())
+        })
+      })
+    )
+
+  /** In memory only (tests). */
+  static readonly memory = Layer.effect(
+    Metrics,
+    Effect.map(Ref.make<ReadonlyArray<IterationRecord>>([]), (ref) =>
+      Metrics.of({
+        log: (r) => Ref.update(ref, (rs) => [...rs, r]),
+        records: Ref.get(ref),
+        reset: (rs) => Ref.set(ref, rs),
+        end: Effect.void
+      }))
+  )
+  static readonly layerTest = Metrics.memory
+}

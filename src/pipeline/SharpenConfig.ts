@@ -1,0 +1,115 @@
+/**
+ * Configuration of a sharpening run, decoded with Schema from a JSON file
+ * and/or flags; every field has the paper's default where the paper gives
+ * one, and an error names the field and its allowed range.
+ *
+ * @since 0.1.0
+ */
+import { Schema, SchemaIssue } from "effect"
+import * as Losses from "../objective/Losses.ts"
+import * as Aggregate from "../trajectory/Aggregate.ts"
+import { Estimator, TimestepChoice } from "../trajectory/Trajectory.ts"
+
+const int = (min: number, max: number) => Schema.Int.check(Schema.isGreaterThanOrEqualTo(min), Schema.isLessThanOrEqualTo(max))
+const num = (min: number, max: number) => Schema.Finite.check(Schema.isGreaterThanOrEqualTo(min), Schema.isLessThanOrEqualTo(max))
+
+export const SharpenConfig = Schema.Struct({
+  /** Optimisation steps (one batch each). */
+  iterations: int(1, 1_000_000),
+  /** Prompts per step (paper: 8). */
+  batchSize: int(1, 1024),
+  /** Trajectories per prompt (paper: n = 3). */
+  n: int(2, 64),
+  /** Denoising steps per trajectory (paper: m = 3). */
+  m: int(1, 64),
+  /** Sampler grid (paper: DDIM 50). */
+  inferenceSteps: int(1, 1000),
+  /** Classifier-free guidance (paper: 5). */
+  cfg: num(0, 50),
+  estimator: Estimator,
+  aggregation: Aggregate.Aggregation,
+  timestep: TimestepChoice,
+  /** Learning rate (paper: 5e-6 for SDXL; see docs for this model's). */
+  lr: num(0, 1),
+  /** AdamW (paper: betas (0, 0.99), no weight decay). */
+  beta1: num(0, 0.999999),
+  beta2: num(0, 0.999999),
+  weightDecay: num(0, 1),
+  maxGradNorm: num(0, 1e6),
+  warmupSteps: int(0, 1_000_000),
+  lrSchedule: Schema.Literals(["constant", "cosine"]),
+  /** RLHF: DPO temperature, margin placement, reference steps. */
+  dpoBeta: num(1e-9, 1e9),
+  margin: Losses.MarginPlacement,
+  referenceSteps: Schema.Literals(["all", "first"]),
+  /** Epsilon target along a path (see docs/architecture.md). */
+  target: Losses.EpsTarget,
+  /** RLHF: DDIM steps of the online samples (paper: 50). */
+  onlineSteps: int(1, 1000),
+  /** Which prompts/images train: the generator's training split, or all. */
+  split: Schema.Literals(["train", "full"]),
+  seed: Schema.Int,
+  checkpointEvery: int(1, 1_000_000),
+  /** Sample grid every this many iterations (0: only before and after). */
+  sampleEvery: int(0, 1_000_000),
+  /** Prompts per eval set for the before/after report (0: whole set). */
+  evalPrompts: int(0, 100_000),
+  /** DDIM steps of the before/after evaluation (paper: 50). */
+  evalSteps: int(1, 1000)
+})
+export type SharpenConfig = typeof SharpenConfig.Type
+
+/** Defaults: the paper's (Sec. 4.1, App. A.3) where it gives them. */
+export const defaults: SharpenConfig = {
+  iterations: 30,
+  batchSize: 8,
+  n: 3,
+  m: 3,
+  inferenceSteps: 50,
+  cfg: 5,
+  estimator: { kind: "tweedie" },
+  aggregation: { kind: "sum" },
+  timestep: { kind: "uniform" },
+  lr: 2e-5,
+  beta1: 0,
+  beta2: 0.99,
+  weightDecay: 0,
+  maxGradNorm: 1,
+  warmupSteps: 0,
+  lrSchedule: "constant",
+  dpoBeta: 5000,
+  margin: "paper",
+  referenceSteps: "all",
+  target: "consistent",
+  onlineSteps: 50,
+  split: "train",
+  seed: 0,
+  checkpointEvery: 5,
+  sampleEvery: 10,
+  evalPrompts: 40,
+  evalSteps: 50
+}
+
+/**
+ * A configuration value is missing or out of range.
+ *
+ * @since 0.1.0
+ */
+export class ConfigError extends Schema.TaggedError<ConfigError>()("ConfigError", {
+  file: Schema.optional(Schema.String),
+  field: Schema.optional(Schema.String),
+  message: Schema.String
+}) {}
+
+/** Merge layers of partial settings over the defaults and validate. */
+export const decode = (layers: ReadonlyArray<Record<string, unknown>>, file?: string): SharpenConfig | ConfigError => {
+  const merged: Record<string, unknown> = { ...defaults }
+  for (const l of layers) for (const [k, v] of Object.entries(l)) if (v !== undefined) merged[k] = v
+  const unknown = Object.keys(merged).find((k) => !(k in SharpenConfig.fields))
+  if (unknown !== undefined) return new ConfigError({ file, field: unknown, message: `unknown setting "${unknown}"` })
+  const r = Schema.decodeUnknownResult(SharpenConfig)(merged)
+  if (r._tag === "Success") return r.success
+  const text = SchemaIssue.makeFormatterDefault()(r.failure.issue)
+  const field = /\["?([A-Za-z0-9]+)"?\]/.exec(text)?.[1]
+  return new ConfigError({ file, field, message: text.split("\n").join(" ") })
+}

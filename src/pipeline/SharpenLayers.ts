@@ -1,0 +1,110 @@
+/**
+ * The default layer stacks of the two algorithms. Each stage is one layer;
+ * to swap a stage, provide your own layer for its service instead (see
+ * docs/architecture.md):
+ *
+ *   Sharpen.rlhf(config).pipe(
+ *     Effect.provide(SharpenLayers.rlhf(config, { model, runDir, reward: myRewardLayer }))
+ *   )
+ *
+ * @since 0.1.0
+ */
+import { type FileSystem, Layer, type Path } from "effect"
+import * as Denoiser from "../model/Denoiser.ts"
+import { Reference } from "../model/Reference.ts"
+import { Objective } from "../objective/Objective.ts"
+import { Optimizer } from "../optim/Optimizer.ts"
+import { Decoder } from "../reward/Decoder.ts"
+import type { Reward } from "../reward/Reward.ts"
+import { Backend } from "../tensor/Backend.ts"
+import { RandomSource } from "../tensor/RandomSource.ts"
+import { PathSelector } from "../trajectory/PathSelector.ts"
+import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
+import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
+import { Checkpointer } from "./Checkpointer.ts"
+import { Metrics } from "./Metrics.ts"
+import type { SharpenConfig } from "./SharpenConfig.ts"
+import { BatchSource } from "./Sources.ts"
+
+export interface Wiring<RE, RR> {
+  /** Model directory of the base model (policy start and RLHF reference). */
+  readonly model: string
+  /** Checkpoints, metrics.jsonl. */
+  readonly runDir: string
+  /** The reward stage. */
+  readonly reward: Layer.Layer<Reward, RE, RR>
+  /** Tensor backend layer (default: auto / SHARPEN_BACKEND). */
+  readonly backend?: Layer.Layer<Backend, unknown>
+  /** Progress label for the metrics sink. */
+  readonly label?: string
+  /** Metrics sink (default: metrics.jsonl in runDir with a progress bar). */
+  readonly metrics?: Layer.Layer<Metrics, never, FileSystem.FileSystem | Path.Path>
+}
+
+const trajectoryOptions = (c: SharpenConfig) => ({
+  n: c.n,
+  m: c.m,
+  inferenceSteps: c.inferenceSteps,
+  cfg: c.cfg,
+  estimator: c.estimator,
+  timestep: c.timestep
+})
+
+const optimizerConfig = (c: SharpenConfig) => ({
+  beta1: c.beta1,
+  beta2: c.beta2,
+  eps: 1e-8,
+  weightDecay: c.weightDecay,
+  maxGradNorm: c.maxGradNorm,
+  lr: c.lr,
+  warmupSteps: c.warmupSteps,
+  schedule: c.lrSchedule,
+  totalSteps: c.iterations
+})
+
+/** Stages both algorithms share, given the source and objective layers. */
+const common = <RE, RR, OE, OR, SE, SR>(
+  c: SharpenConfig,
+  w: Wiring<RE, RR>,
+  objective: Layer.Layer<Objective, OE, OR>,
+  source: Layer.Layer<BatchSource, SE, SR>
+) => {
+  const backend = w.backend ?? Backend.layer
+  const base = Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed)).pipe(Layer.provideMerge(backend))
+  const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? "sharpen")
+  const stages = Layer.mergeAll(
+    TrajectoryGenerator.layer(trajectoryOptions(c)),
+    TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, Decoder.layer))),
+    PathSelector.bestWorst,
+    objective,
+    source,
+    Optimizer.adamW(optimizerConfig(c)),
+    metrics
+  )
+  const checkpointer = Checkpointer.layer(w.runDir)
+  return checkpointer.pipe(Layer.provideMerge(stages), Layer.provideMerge(base))
+}
+
+/**
+ * SFT-Diffusion-Sharpening: ShapeWorld image-text pairs, Eq. 9 on the best path.
+ *
+ * @since 0.1.0
+ */
+export const sft = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
+  common(c, w, Objective.sft({ target: c.target }), BatchSource.imageText(c.split))
+
+/**
+ * RLHF-Diffusion-Sharpening: online samples, Eq. 11 against the frozen base model.
+ *
+ * @since 0.1.0
+ */
+export const rlhf = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
+  common(
+    c,
+    w,
+    Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps }).pipe(
+      // The reference is always the base model directory, also when resuming.
+      Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))
+    ),
+    BatchSource.online({ split: c.split, steps: c.onlineSteps, cfg: c.cfg })
+  )

@@ -1,0 +1,80 @@
+/**
+ * Where a sharpening step's clean images and prompts come from.
+ * - `ImageText` (SFT): rendered ShapeWorld-32 (image, prompt) pairs.
+ * - `Prompts` + `OnlineSampler` (RLHF): prompts only; clean images are the
+ *   policy's own samples (full DDIM chain with guidance, no gradient).
+ *
+ * @since 0.1.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Context, Effect, Layer, type Scope } from "effect"
+import * as Dataset from "../data/Dataset.ts"
+import { sample, type Split } from "../data/Prompt.ts"
+import * as Ddim from "../diffusion/Ddim.ts"
+import * as Schedule from "../diffusion/Schedule.ts"
+import * as Generate from "../eval/Generate.ts"
+import * as Denoiser from "../model/Denoiser.ts"
+import { RandomSource } from "../tensor/RandomSource.ts"
+import * as Scoped from "../tensor/Scoped.ts"
+
+export interface Batch {
+  /** Clean images in model space [-1, 1], [B, 32, 32, 3]. */
+  readonly x0: tf.Tensor4D
+  readonly prompts: ReadonlyArray<string>
+  /** Model evaluations spent producing the batch. */
+  readonly nfe: number
+}
+
+export class BatchSource extends Context.Service<BatchSource, {
+  readonly name: string
+  readonly next: (batchSize: number) => Effect.Effect<Batch, never, Scope.Scope>
+}>()("sharpen/pipeline/BatchSource") {
+  /** SFT data: renders of the generator's training split (its compositions only). */
+  static readonly imageText = (split: Split = "train") =>
+    Layer.effect(
+      BatchSource,
+      Effect.gen(function*() {
+        const { rng } = yield* RandomSource
+        return BatchSource.of({
+          name: `shapeworld-${split}`,
+          next: (batchSize) =>
+            Scoped.acquireWith(() => {
+              const b = Dataset.nextBatch(rng, { batchSize, split })
+              return { x0: tf.tensor4d(b.images, [batchSize, 32, 32, 3]), prompts: b.prompts, nfe: 0 }
+            }, (b) => b.x0.dispose())
+        })
+      })
+    )
+
+  /**
+   * RLHF data: prompts of a split, and the policy's own samples for them
+   * (DDIM `steps` with guidance `cfg`; the paper samples with DDIM 50, CFG 5).
+   */
+  static readonly online = (options: { readonly split: Split; readonly steps: number; readonly cfg: number }) =>
+    Layer.effect(
+      BatchSource,
+      Effect.gen(function*() {
+        const { rng } = yield* RandomSource
+        const { model } = yield* Denoiser.Denoiser
+        const schedule = Schedule.make(model.config.schedule)
+        const a = model.config.architecture
+        return BatchSource.of({
+          name: `online-${options.split}`,
+          next: (batchSize) =>
+            Scoped.acquireWith(() => {
+              const prompts = Array.from({ length: batchSize }, () => sample(rng, Dataset.sampleCategory(rng), options.split).text)
+              const xT = Generate.normalTensor(rng, [batchSize, a.imageSize, a.imageSize, a.channels]) as tf.Tensor4D
+              const x0 = Ddim.sample({
+                schedule,
+                denoise: (x, t) => Denoiser.guidedEps(model, x, t, prompts, options.cfg),
+                xT,
+                inferenceSteps: options.steps,
+                clipSample: 1
+              })
+              xT.dispose()
+              return { x0, prompts, nfe: batchSize * options.steps * (options.cfg === 1 ? 1 : 2) }
+            }, (b) => b.x0.dispose())
+        })
+      })
+    )
+}
