@@ -1,0 +1,116 @@
+import { NodeServices } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import * as tf from "@tensorflow/tfjs-core"
+import { Effect, Exit, Layer } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { beforeAll } from "vitest"
+import * as Denoiser from "../../src/model/Denoiser.ts"
+import { Objective } from "../../src/objective/Objective.ts"
+import { Metrics } from "../../src/pipeline/Metrics.ts"
+import * as Sharpen from "../../src/pipeline/Sharpen.ts"
+import * as SharpenLayers from "../../src/pipeline/SharpenLayers.ts"
+import { Reward } from "../../src/reward/Reward.ts"
+import { RewardUnavailable } from "../../src/reward/RewardError.ts"
+import { Backend } from "../../src/tensor/Backend.ts"
+import { savedTinyModel, smallConfig, tmpDir } from "../sharpen-helpers.ts"
+
+// A mock reward: mean brightness of the red channel (any function of pixels works).
+const redness = Reward.fromFunction((image) => {
+  let s = 0
+  for (let k = 0; k < image.length; k += 3) s += image[k]
+  return s / (image.length / 3)
+}, { name: "redness", range: [0, 1] })
+
+const strip = (rs: ReadonlyArray<Record<string, unknown>>) => rs.map(({ liveTensors: _l, wallMs: _w, ...rest }) => rest)
+
+const run = (algorithm: "sft" | "rlhf", model: string, runDir: string, config = smallConfig(), reward: Layer.Layer<Reward> = redness, extra?: Layer.Layer<Objective>) => {
+  const wiring = { model, runDir, reward, backend: Backend.make("wasm"), metrics: Metrics.memory }
+  const layers = (algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, wiring)
+  const program = Effect.gen(function*() {
+    const done = yield* (algorithm === "sft" ? Sharpen.sft(config) : Sharpen.rlhf(config))
+    return { done, records: yield* (yield* Metrics).records }
+  })
+  return program.pipe(
+    Effect.provide(extra === undefined ? layers : Layer.provideMerge(extra, layers) as never),
+    Effect.scoped,
+    Effect.provide(NodeServices.layer)
+  ) as Effect.Effect<{ done: number; records: ReadonlyArray<Record<string, number>> }, unknown>
+}
+
+describe("Sharpen", () => {
+  let model = ""
+  beforeAll(async () => {
+    model = await savedTinyModel(3)
+  })
+
+  for (const algorithm of ["sft", "rlhf"] as const) {
+    it.effect(`${algorithm}: runs, leaks no tensors across iterations, and a seeded run repeats exactly`, () =>
+      Effect.gen(function*() {
+        const a = yield* run(algorithm, model, tmpDir("run-a-"))
+        const b = yield* run(algorithm, model, tmpDir("run-b-"))
+        assert.strictEqual(a.done, 3)
+        assert.strictEqual(a.records.length, 3)
+        const live = a.records.map((r) => r.liveTensors)
+        assert.strictEqual(live[1], live[0])
+        assert.strictEqual(live[2], live[0])
+        for (const r of a.records) {
+          assert.isTrue(Number.isFinite(r.loss))
+          assert.isAtLeast(r.rewardBest, r.rewardWorst)
+          assert.isAbove(r.nfe, 0)
+        }
+        assert.deepStrictEqual(strip(a.records), strip(b.records))
+      }))
+
+    it.effect(`${algorithm}: --resume after a checkpoint reproduces the uninterrupted metrics`, () =>
+      Effect.gen(function*() {
+        const whole = yield* run(algorithm, model, tmpDir("whole-"), smallConfig({ iterations: 4 }))
+        const dir = tmpDir("split-")
+        yield* run(algorithm, model, dir, smallConfig({ iterations: 2 }))
+        const resumed = yield* run(algorithm, model, dir, smallConfig({ iterations: 4 }))
+        assert.strictEqual(resumed.records.length, 4)
+        assert.deepStrictEqual(strip(resumed.records), strip(whole.records))
+      }))
+  }
+
+  it.effect("a non-finite loss stops the run naming the iteration; the last checkpoint stays intact", () =>
+    Effect.gen(function*() {
+      // Swap the objective stage for one whose loss turns NaN at iteration 3.
+      let calls = 0
+      const nanAt3 = Layer.effect(Objective, Effect.map(Effect.service(Denoiser.Denoiser), ({ model }) => ({
+        name: "nan-at-3",
+        prepare: () =>
+          Effect.succeed({
+            loss: () => tf.mul(tf.sum(model.params["out.b"]), ++calls >= 3 ? NaN : 1) as tf.Scalar,
+            stats: {}
+          })
+      })))
+      const dir = tmpDir("nan-")
+      const exit = yield* Effect.exit(run("sft", model, dir, smallConfig({ iterations: 4 }), redness, nanAt3))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? (exit.cause.reasons[0] as { error?: { _tag: string; iteration: number } }).error : undefined
+      assert.strictEqual(error?._tag, "NonFiniteLoss")
+      assert.strictEqual(error?.iteration, 3)
+      assert.strictEqual(fs.readFileSync(path.join(dir, "LATEST"), "utf8").trim(), "ckpt-0000002")
+      assert.isTrue(fs.existsSync(path.join(dir, "ckpt-0000002", "policy.safetensors")))
+    }))
+
+  it.effect("a failing reward stops the run with its typed error; the last checkpoint stays intact", () =>
+    Effect.gen(function*() {
+      let calls = 0
+      // 2 iterations x m = 2 steps score fine, then the service goes away.
+      const flaky = Reward.layerOf(Reward.make(
+        { name: "flaky", range: [0, 1], differentiable: false, relativeCost: 1 },
+        (images) =>
+          ++calls > 2 * 2
+            ? Effect.fail(new RewardUnavailable({ reward: "flaky", url: "http://127.0.0.1:9", message: "connection refused" }))
+            : Effect.succeed(images.map(() => 0.5))
+      ))
+      const dir = tmpDir("flaky-")
+      const exit = yield* Effect.exit(run("sft", model, dir, smallConfig({ iterations: 4 }), flaky))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? (exit.cause.reasons[0] as { error?: { _tag: string } }).error : undefined
+      assert.strictEqual(error?._tag, "RewardUnavailable")
+      assert.strictEqual(fs.readFileSync(path.join(dir, "LATEST"), "utf8").trim(), "ckpt-0000002")
+    }))
+})

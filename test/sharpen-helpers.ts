@@ -1,0 +1,45 @@
+/**
+ * Fixtures for the sharpening tests: a tiny 32x32 UNet saved to a temporary
+ * model directory, and layers with mock rewards on the cpu backend.
+ */
+import { NodeServices } from "@effect/platform-node"
+import { Effect } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as Denoiser from "../src/model/Denoiser.ts"
+import { defaultConfig, type UNetConfig } from "../src/model/UNetConfig.ts"
+import * as SharpenConfig from "../src/pipeline/SharpenConfig.ts"
+
+export const tiny32: UNetConfig = {
+  ...defaultConfig,
+  architecture: { ...defaultConfig.architecture, baseChannels: 8, channelMult: [1, 2], attentionResolutions: [16], heads: 2, groups: 4, textDim: 16, textLayers: 1 }
+}
+
+export const tmpDir = (prefix: string) => fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+
+/** A saved tiny model whose weights are perturbed (so gradients reach every layer). */
+export const savedTinyModel = async (seed = 0): Promise<string> => {
+  const dir = path.join(tmpDir("tiny-model-"), "model")
+  const m = Denoiser.init(tiny32, seed)
+  const tf = await import("@tensorflow/tfjs-core")
+  tf.tidy(() => {
+    for (const v of Object.values(m.params)) v.assign(tf.add(v, tf.randomNormal(v.shape, 0, 0.02, "float32", seed + 1)))
+  })
+  await Effect.runPromise(Denoiser.save(dir, m).pipe(Effect.provide(NodeServices.layer)))
+  Denoiser.dispose(m)
+  return dir
+}
+
+export const smallConfig = (overrides: Partial<SharpenConfig.SharpenConfig> = {}): SharpenConfig.SharpenConfig => ({
+  ...SharpenConfig.defaults,
+  iterations: 3,
+  batchSize: 2,
+  n: 3,
+  m: 2,
+  cfg: 2,
+  onlineSteps: 3,
+  lr: 1e-3,
+  checkpointEvery: 2,
+  ...overrides
+})
