@@ -143,7 +143,7 @@ describe("RLHF loss (Eq. 11)", () => {
     const gradOf = (margin: Array<number>, placement: Losses.MarginPlacement) => {
       // Move off the reference first: at logits = 0 both margins still give a gradient.
       const { value, grads } = paramGrads(s.loss(margin, placement), s.model.params)
-      const g = grads["out.w"].dataSync().slice()
+      const g = Float32Array.from(grads["out.w"].dataSync())
       tf.dispose([value, ...Object.values(grads)])
       return g
     }
