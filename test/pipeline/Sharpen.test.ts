@@ -24,7 +24,7 @@ const redness = Reward.fromFunction((image) => {
 
 const strip = (rs: ReadonlyArray<Record<string, unknown>>) => rs.map(({ liveTensors: _l, wallMs: _w, ...rest }) => rest)
 
-const run = (algorithm: "sft" | "rlhf", model: string, runDir: string, config = smallConfig(), reward: Layer.Layer<Reward> = redness, extra?: Layer.Layer<Objective>) => {
+const run = (algorithm: "sft" | "rlhf", model: string, runDir: string, config = smallConfig(), reward: Layer.Layer<Reward> = redness, extra?: Layer.Layer<Objective, never, Denoiser.Denoiser>) => {
   const wiring = { model, runDir, reward, backend: Backend.make("wasm"), metrics: Metrics.memory }
   const layers = (algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, wiring)
   const program = Effect.gen(function*() {
