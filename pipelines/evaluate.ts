@@ -13,6 +13,8 @@ import * as Inputs from "../src/cli/Inputs.ts"
 import * as Main from "../src/cli/Main.ts"
 import * as Progress from "../src/cli/Progress.ts"
 import * as Evaluate from "../src/eval/Evaluate.ts"
+import * as Generate from "../src/eval/Generate.ts"
+import * as ParallelGenerate from "../src/eval/ParallelGenerate.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import * as ClipModel from "../src/reward/ClipModel.ts"
@@ -54,11 +56,15 @@ const command = Command.make(
     const sampler = { steps: f.steps, cfg: f.cfg, eta: f.eta, seed: f.seed, batchSize: f.batchSize }
     const total = sets.reduce((a, s) => a + s.prompts.length, 0)
     const bar = Progress.make({ label: "evaluate", total })
+    const reports: Array<Evaluate.SetReport> = []
     let offset = 0
-    const reports = Evaluate.evaluate(model, sets, sampler, clip, (set, done, n) => {
-      bar.tick(offset + done)
-      if (done === n) offset += n
-    })
+    for (const set of sets) {
+      const images = yield* Effect.promise(() =>
+        ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler, { onImages: (done) => bar.tick(offset + done) })
+      )
+      offset += set.prompts.length
+      reports.push(Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip))
+    }
     bar.end()
     for (const r of reports) yield* Console.log(`\n${Evaluate.markdown(r)}`)
     yield* AtomicFile.writeText(jsonFile, JSON.stringify({ model: f.model, clip: useClip ? clipDir : null, sampler, reports }, null, 2) + "\n")

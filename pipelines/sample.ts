@@ -16,6 +16,7 @@ import * as Progress from "../src/cli/Progress.ts"
 import * as Png from "../src/data/Png.ts"
 import * as Verifier from "../src/data/Verifier.ts"
 import * as Generate from "../src/eval/Generate.ts"
+import * as ParallelGenerate from "../src/eval/ParallelGenerate.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import { Backend, BackendName } from "../src/tensor/Backend.ts"
@@ -43,7 +44,7 @@ const command = Command.make(
     if (Option.isSome(f.grid)) yield* Inputs.writableDirectory(path.dirname(f.grid.value))
     const options = { steps: f.steps, cfg: f.cfg, eta: f.eta, seed: f.seed, batchSize: f.batchSize }
     const bar = Progress.make({ label: "sample", total: parsed.length })
-    const images = Generate.generate(model, parsed.map((p) => p.text), options, (done) => bar.tick(done))
+    const images = yield* Effect.promise(() => ParallelGenerate.generate(model, parsed.map((p) => p.text), options, { onImages: (done) => bar.tick(done) }))
     bar.end()
     const verdicts = parsed.map((p, i) => ({ category: p.category, ...Verifier.verify(p, images[i]) }))
     for (let i = 0; i < images.length; i++) {

@@ -7,9 +7,7 @@
  */
 import { CATEGORIES, type Category, type ParsedPrompt } from "../data/Prompt.ts"
 import * as Verifier from "../data/Verifier.ts"
-import type * as Denoiser from "../model/Denoiser.ts"
 import * as ClipModel from "../reward/ClipModel.ts"
-import * as Generate from "./Generate.ts"
 
 export interface Row {
   readonly category: Category | "overall"
@@ -71,23 +69,6 @@ export const judge = (
   ]
   return { name, rows, nfePerImage, samples }
 }
-
-/**
- * Generate and judge every prompt set.
- *
- * @since 0.1.0
- */
-export const evaluate = (
-  model: Denoiser.Model,
-  sets: ReadonlyArray<PromptSet>,
-  sampler: Generate.SamplerOptions,
-  clip?: ClipModel.Model,
-  onProgress?: (set: string, done: number, total: number) => void
-): Array<SetReport> =>
-  sets.map((set) => {
-    const images = Generate.generate(model, set.prompts.map((p) => p.text), sampler, (d, t) => onProgress?.(set.name, d, t))
-    return judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
-  })
 
 const pct = (v: number) => `${(100 * v).toFixed(1)}%`
 

@@ -12,6 +12,7 @@ import type { ParsedPrompt } from "../data/Prompt.ts"
 import * as Png from "../data/Png.ts"
 import * as Evaluate from "../eval/Evaluate.ts"
 import * as Generate from "../eval/Generate.ts"
+import * as ParallelGenerate from "../eval/ParallelGenerate.ts"
 import * as Plot from "../eval/Plot.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
 import type * as Denoiser from "../model/Denoiser.ts"
@@ -46,7 +47,7 @@ export const evaluateWithGrids = Effect.fn("Report.evaluateWithGrids")(function*
   const path = yield* Path.Path
   const reports: Array<Evaluate.SetReport> = []
   for (const set of sets) {
-    const images = Generate.generate(model, set.prompts.map((p) => p.text), sampler)
+    const images = yield* Effect.promise(() => ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler))
     const r = Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
     reports.push(r)
     const labels = r.samples.map((s) => `${s.pass ? "ok" : "x"} ${s.prompt}`)
