@@ -12,6 +12,7 @@ import { Command, Flag } from "effect/cli"
 import * as Inputs from "../src/cli/Inputs.ts"
 import * as Main from "../src/cli/Main.ts"
 import * as Progress from "../src/cli/Progress.ts"
+import * as ClipReport from "../src/eval/ClipReport.ts"
 import * as Evaluate from "../src/eval/Evaluate.ts"
 import * as Generate from "../src/eval/Generate.ts"
 import * as ParallelGenerate from "../src/eval/ParallelGenerate.ts"
@@ -66,8 +67,15 @@ const command = Command.make(
       reports.push(Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip))
     }
     bar.end()
+    // How well the learned reward predicts the exact verifier on these samples.
+    const agreements = useClip
+      ? reports.map((r) => ({ set: r.name, ...ClipReport.agreement(r.samples.map((s) => s.clip ?? 0), r.samples.map((s) => s.pass)) }))
+      : []
     for (const r of reports) yield* Console.log(`\n${Evaluate.markdown(r)}`)
-    yield* AtomicFile.writeText(jsonFile, JSON.stringify({ model: f.model, clip: useClip ? clipDir : null, sampler, reports }, null, 2) + "\n")
+    for (const a of agreements) {
+      yield* Console.log(`\nclip vs verifier on ${a.set}: AUC ${a.auc.toFixed(3)}, correlation ${a.correlation.toFixed(3)}, mean clip ${a.meanScorePass.toFixed(3)} (pass) vs ${a.meanScoreFail.toFixed(3)} (fail)`)
+    }
+    yield* AtomicFile.writeText(jsonFile, JSON.stringify({ model: f.model, clip: useClip ? clipDir : null, sampler, reports, agreements }, null, 2) + "\n")
     yield* Console.log(`\nwrote ${jsonFile}`)
   }, (effect, f) =>
     effect.pipe(
