@@ -185,7 +185,6 @@ const dot = (a: Float32Array, ai: number, b: Float32Array, bi: number, d: number
   return s
 }
 
-const clipScoreOf = (cos: number) => Clip.CLIPSCORE_WEIGHT * Math.max(cos, 0)
 
 /** Whether prompt `p` is true of a render of `source` (exact). */
 const trueOf = (p: ParsedPrompt, source: ParsedPrompt, image: Uint8Array): boolean =>

@@ -10,6 +10,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Context, Effect, Layer } from "effect"
+import * as ModelDir from "../io/ModelDir.ts"
 import type { StoredTensor } from "../io/Safetensors.ts"
 import { Backend } from "../tensor/Backend.ts"
 import { Rng } from "../tensor/Random.ts"
@@ -30,46 +31,27 @@ export interface Model {
   readonly params: Readonly<Record<string, tf.Variable>>
 }
 
-const variables = (tensors: Record<string, tf.Tensor>, trainable: boolean): Record<string, tf.Variable> => {
-  const out: Record<string, tf.Variable> = {}
-  for (const [k, t] of Object.entries(tensors)) {
-    out[k] = tf.variable(t, trainable)
-    t.dispose()
-  }
-  return out
-}
-
 /** A freshly initialised model (seeded). */
 export const init = (config: UNetConfig, seed: number, trainable = true): Model => ({
   config,
-  params: variables(initParams(paramSpecs(config.architecture, config.vocabulary.length), Rng.fromSeed(seed)), trainable)
+  params: ModelDir.variables(initParams(paramSpecs(config.architecture, config.vocabulary.length), Rng.fromSeed(seed)), trainable)
 })
 
-export const fromStored = (config: UNetConfig, weights: Readonly<Record<string, StoredTensor>>, trainable = true): Model => {
-  const tensors: Record<string, tf.Tensor> = {}
-  for (const s of paramSpecs(config.architecture, config.vocabulary.length)) {
-    const w = weights[s.name]
-    tensors[s.name] = tf.tensor(w.data, w.shape as Array<number>, "float32")
-  }
-  return { config, params: variables(tensors, trainable) }
-}
+export const fromStored = (config: UNetConfig, weights: Readonly<Record<string, StoredTensor>>, trainable = true): Model => ({
+  config,
+  params: ModelDir.fromStored(Weights.specsOf(config), weights, trainable)
+})
 
-export const toStored = (m: Model): Record<string, StoredTensor> => {
-  const out: Record<string, StoredTensor> = {}
-  for (const [k, v] of Object.entries(m.params)) out[k] = { shape: v.shape, data: v.dataSync() as Float32Array }
-  return out
-}
+export const toStored = (m: Model): Record<string, StoredTensor> => ModelDir.toStored(m.params)
 
 /** A copy with its own variables (e.g. the frozen reference for DPO). */
 export const clone = (m: Model, trainable = false): Model => {
   const copies: Record<string, tf.Tensor> = {}
   for (const [k, v] of Object.entries(m.params)) copies[k] = v.clone()
-  return { config: m.config, params: variables(copies, trainable) }
+  return { config: m.config, params: ModelDir.variables(copies, trainable) }
 }
 
-export const dispose = (m: Model): void => {
-  for (const v of Object.values(m.params)) v.dispose()
-}
+export const dispose = (m: Model): void => ModelDir.disposeParams(m.params)
 
 export const parameterCount = (m: Model | UNetConfig): number => {
   const config = "params" in m ? m.config : m

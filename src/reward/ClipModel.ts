@@ -23,9 +23,7 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Context, Effect, FileSystem, Layer, Path, Schema, SchemaIssue } from "effect"
-import * as AtomicFile from "../io/AtomicFile.ts"
-import * as Safetensors from "../io/Safetensors.ts"
+import { Context, Effect, Layer, Schema, SchemaIssue } from "effect"
 import type { StoredTensor } from "../io/Safetensors.ts"
 import {
   attention,
@@ -44,7 +42,8 @@ import {
 } from "../model/Layers.ts"
 import { encode } from "../model/Tokenizer.ts"
 import { shapeWorldVocabulary } from "../model/UNetConfig.ts"
-import { CONFIG_FILE, ModelLoadError, WEIGHTS_FILE } from "../model/Weights.ts"
+import * as ModelDir from "../io/ModelDir.ts"
+import { CONFIG_FILE, ModelLoadError, WEIGHTS_FILE } from "../io/ModelDir.ts"
 import { Rng } from "../tensor/Random.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 
@@ -272,15 +271,6 @@ export interface Model {
   readonly params: Readonly<Record<string, tf.Variable>>
 }
 
-const variables = (tensors: Record<string, tf.Tensor>, trainable: boolean): Record<string, tf.Variable> => {
-  const out: Record<string, tf.Variable> = {}
-  for (const [k, t] of Object.entries(tensors)) {
-    out[k] = tf.variable(t, trainable)
-    t.dispose()
-  }
-  return out
-}
-
 /**
  * A freshly initialised model (seeded).
  *
@@ -290,28 +280,17 @@ export const init = (config: ClipConfig, seed: number, trainable = true): Model 
   const tensors = initParams(paramSpecs(config), Rng.fromSeed(seed))
   tensors["logit_scale"].dispose()
   tensors["logit_scale"] = tf.scalar(INIT_LOG_SCALE)
-  return { config, params: variables(tensors, trainable) }
+  return { config, params: ModelDir.variables(tensors, trainable) }
 }
 
-export const fromStored = (config: ClipConfig, weights: Readonly<Record<string, StoredTensor>>, trainable = false): Model => {
-  const tensors: Record<string, tf.Tensor> = {}
-  for (const s of paramSpecs(config)) {
-    const w = weights[s.name]
-    if (w === undefined) throw new Error(`missing tensor "${s.name}"`)
-    tensors[s.name] = tf.tensor(w.data, w.shape as Array<number>, "float32")
-  }
-  return { config, params: variables(tensors, trainable) }
-}
+export const fromStored = (config: ClipConfig, weights: Readonly<Record<string, StoredTensor>>, trainable = false): Model => ({
+  config,
+  params: ModelDir.fromStored(paramSpecs(config), weights, trainable)
+})
 
-export const toStored = (m: Model): Record<string, StoredTensor> => {
-  const out: Record<string, StoredTensor> = {}
-  for (const [k, v] of Object.entries(m.params)) out[k] = { shape: v.shape, data: v.dataSync() as Float32Array }
-  return out
-}
+export const toStored = (m: Model): Record<string, StoredTensor> => ModelDir.toStored(m.params)
 
-export const dispose = (m: Model): void => {
-  for (const v of Object.values(m.params)) v.dispose()
-}
+export const dispose = (m: Model): void => ModelDir.disposeParams(m.params)
 
 /**
  * CLIPScore of each image with its prompt, [B] in [0, 2.5]. Images are
@@ -400,51 +379,14 @@ export const checkWeights = (
   config: ClipConfig,
   weights: Readonly<Record<string, StoredTensor>>,
   file: string
-): ModelLoadError | undefined => {
-  const specs = paramSpecs(config)
-  for (const s of specs) {
-    const w = weights[s.name]
-    if (w === undefined) return new ModelLoadError({ file, tensor: s.name, message: `tensor "${s.name}" is missing` })
-    if (w.shape.length !== s.shape.length || w.shape.some((d, i) => d !== s.shape[i])) {
-      return new ModelLoadError({
-        file,
-        tensor: s.name,
-        message: `tensor "${s.name}" has shape [${w.shape.join(", ")}], config expects [${s.shape.join(", ")}]`
-      })
-    }
-  }
-  const known = new Set(specs.map((s) => s.name))
-  const extra = Object.keys(weights).find((k) => !known.has(k))
-  if (extra !== undefined) return new ModelLoadError({ file, tensor: extra, message: `tensor "${extra}" is not part of this architecture` })
-  return undefined
-}
+): ModelLoadError | undefined => ModelDir.checkWeights(paramSpecs(config), weights, file)
 
 /**
  * Reads and checks a model directory (config, weights, safetensors metadata).
  *
  * @since 0.1.0
  */
-export const loadFiles = Effect.fn("ClipModel.loadFiles")(function*(dir: string) {
-  const fs = yield* FileSystem.FileSystem
-  const path = yield* Path.Path
-  const configFile = path.join(dir, CONFIG_FILE)
-  const weightsFile = path.join(dir, WEIGHTS_FILE)
-  const fail = (file: string, message: string) => new ModelLoadError({ file, message })
-  if (!(yield* fs.exists(dir).pipe(Effect.orElseSucceed(() => false)))) {
-    return yield* fail(dir, "model directory does not exist")
-  }
-  const text = yield* fs.readFileString(configFile).pipe(Effect.mapError(() => fail(configFile, "cannot read config.json")))
-  const config = decodeConfig(text, configFile)
-  if (config instanceof ModelLoadError) return yield* config
-  const bytes = yield* fs.readFile(weightsFile).pipe(Effect.mapError(() => fail(weightsFile, "cannot read model.safetensors")))
-  const decoded = Safetensors.decode(bytes, weightsFile)
-  if (decoded instanceof Safetensors.SafetensorsError) {
-    return yield* new ModelLoadError({ file: weightsFile, tensor: decoded.tensor, message: decoded.message })
-  }
-  const bad = checkWeights(config, decoded.tensors, weightsFile)
-  if (bad !== undefined) return yield* bad
-  return { config, weights: decoded.tensors, metadata: decoded.metadata }
-})
+export const loadFiles = (dir: string) => ModelDir.load(dir, decodeConfig, paramSpecs).pipe(Effect.withSpan("ClipModel.loadFiles"))
 
 /**
  * Loads a model directory into frozen variables (dispose with `dispose`, or
@@ -462,15 +404,8 @@ export const load = Effect.fn("ClipModel.load")(function*(dir: string, trainable
  *
  * @since 0.1.0
  */
-export const save = Effect.fn("ClipModel.save")(function*(
-  dir: string,
-  m: Model,
-  metadata: Readonly<Record<string, string>> = {}
-) {
-  const path = yield* Path.Path
-  yield* AtomicFile.writeFile(path.join(dir, WEIGHTS_FILE), Safetensors.encode(toStored(m), metadata))
-  yield* AtomicFile.writeText(path.join(dir, CONFIG_FILE), JSON.stringify(Schema.encodeSync(ClipConfig)(m.config), null, 2) + "\n")
-})
+export const save = (dir: string, m: Model, metadata: Readonly<Record<string, string>> = {}) =>
+  ModelDir.save(dir, Schema.encodeSync(ClipConfig)(m.config), toStored(m), metadata)
 
 /**
  * The reward model of a run, frozen, owned by the layer's scope.

@@ -1,6 +1,5 @@
 import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import * as tf from "@tensorflow/tfjs-core"
 import { Effect } from "effect"
 import * as fsNode from "node:fs"
 import * as os from "node:os"

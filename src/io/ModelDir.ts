@@ -1,0 +1,149 @@
+/**
+ * Model directories of any network in the project: `config.json` (decoded
+ * by the model's own Schema) plus `model.safetensors`, checked tensor by
+ * tensor against the shapes the config implies. Loading fails with
+ * `ModelLoadError { file, tensor?, message }`; saving is atomic per file,
+ * weights before config.
+ *
+ * Also the parameter-record helpers every model shares (variables from
+ * tensors, to and from stored tensors, disposal).
+ *
+ * @since 0.1.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Effect, FileSystem, Path, Schema, SchemaIssue } from "effect"
+import type { ParamSpec } from "../model/Layers.ts"
+import * as AtomicFile from "./AtomicFile.ts"
+import * as Safetensors from "./Safetensors.ts"
+import type { StoredTensor } from "./Safetensors.ts"
+
+export const CONFIG_FILE = "config.json"
+export const WEIGHTS_FILE = "model.safetensors"
+
+/**
+ * A model directory could not be loaded.
+ *
+ * @since 0.1.0
+ */
+export class ModelLoadError extends Schema.TaggedError<ModelLoadError>()("ModelLoadError", {
+  file: Schema.String,
+  tensor: Schema.optional(Schema.String),
+  message: Schema.String
+}) {}
+
+/** Parse JSON and decode it with a config Schema; errors name the file and the field. */
+export const decodeJson = <A>(schema: Schema.Decoder<A>, text: string, file: string): A | ModelLoadError => {
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (e) {
+    return new ModelLoadError({ file, message: `not valid JSON: ${(e as Error).message}` })
+  }
+  const r = Schema.decodeUnknownResult(schema)(json)
+  return r._tag === "Failure" ? new ModelLoadError({ file, message: SchemaIssue.makeFormatterDefault()(r.failure.issue) }) : r.success
+}
+
+/** Check weights against parameter specs: missing, mis-shaped or extra tensors. */
+export const checkWeights = (
+  specs: ReadonlyArray<ParamSpec>,
+  weights: Readonly<Record<string, StoredTensor>>,
+  file: string
+): ModelLoadError | undefined => {
+  for (const s of specs) {
+    const w = weights[s.name]
+    if (w === undefined) return new ModelLoadError({ file, tensor: s.name, message: `tensor "${s.name}" is missing` })
+    if (w.shape.length !== s.shape.length || w.shape.some((d, i) => d !== s.shape[i])) {
+      return new ModelLoadError({
+        file,
+        tensor: s.name,
+        message: `tensor "${s.name}" has shape [${w.shape.join(", ")}], config expects [${s.shape.join(", ")}]`
+      })
+    }
+  }
+  const known = new Set(specs.map((s) => s.name))
+  const extra = Object.keys(weights).find((k) => !known.has(k))
+  if (extra !== undefined) return new ModelLoadError({ file, tensor: extra, message: `tensor "${extra}" is not part of this architecture` })
+  return undefined
+}
+
+/**
+ * Read and check a model directory: `decodeConfig` validates config.json,
+ * `specsOf` gives the parameters the config implies.
+ *
+ * @since 0.1.0
+ */
+export const load = <C>(
+  dir: string,
+  decodeConfig: (text: string, file: string) => C | ModelLoadError,
+  specsOf: (config: C) => ReadonlyArray<ParamSpec>
+) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const configFile = path.join(dir, CONFIG_FILE)
+    const weightsFile = path.join(dir, WEIGHTS_FILE)
+    const fail = (file: string, message: string) => new ModelLoadError({ file, message })
+    if (!(yield* fs.exists(dir).pipe(Effect.orElseSucceed(() => false)))) {
+      return yield* fail(dir, "model directory does not exist")
+    }
+    const text = yield* fs.readFileString(configFile).pipe(Effect.mapError(() => fail(configFile, "cannot read config.json")))
+    const config = decodeConfig(text, configFile)
+    if (config instanceof ModelLoadError) return yield* config
+    const bytes = yield* fs.readFile(weightsFile).pipe(Effect.mapError(() => fail(weightsFile, "cannot read model.safetensors")))
+    const decoded = Safetensors.decode(bytes, weightsFile)
+    if (decoded instanceof Safetensors.SafetensorsError) {
+      return yield* new ModelLoadError({ file: weightsFile, tensor: decoded.tensor, message: decoded.message })
+    }
+    const bad = checkWeights(specsOf(config), decoded.tensors, weightsFile)
+    if (bad !== undefined) return yield* bad
+    return { config, weights: decoded.tensors, metadata: decoded.metadata }
+  }).pipe(Effect.withSpan("ModelDir.load"))
+
+/** Write weights, then config, each atomically. */
+export const save = Effect.fn("ModelDir.save")(function*(
+  dir: string,
+  configJson: unknown,
+  weights: Readonly<Record<string, StoredTensor>>,
+  metadata: Readonly<Record<string, string>> = {}
+) {
+  const path = yield* Path.Path
+  yield* AtomicFile.writeFile(path.join(dir, WEIGHTS_FILE), Safetensors.encode(weights, metadata))
+  yield* AtomicFile.writeText(path.join(dir, CONFIG_FILE), JSON.stringify(configJson, null, 2) + "\n")
+})
+
+// ---------------------------------------------------------------- parameter records
+
+/** Variables from tensors (the tensors are consumed). */
+export const variables = (tensors: Record<string, tf.Tensor>, trainable: boolean): Record<string, tf.Variable> => {
+  const out: Record<string, tf.Variable> = {}
+  for (const [k, t] of Object.entries(tensors)) {
+    out[k] = tf.variable(t, trainable)
+    t.dispose()
+  }
+  return out
+}
+
+/** Variables for every spec, from stored weights (checked beforehand). */
+export const fromStored = (
+  specs: ReadonlyArray<ParamSpec>,
+  weights: Readonly<Record<string, StoredTensor>>,
+  trainable: boolean
+): Record<string, tf.Variable> => {
+  const tensors: Record<string, tf.Tensor> = {}
+  for (const s of specs) {
+    const w = weights[s.name]
+    if (w === undefined) throw new Error(`missing tensor "${s.name}"`)
+    tensors[s.name] = tf.tensor(w.data, w.shape as Array<number>, "float32")
+  }
+  return variables(tensors, trainable)
+}
+
+export const toStored = (params: Readonly<Record<string, tf.Tensor>>): Record<string, StoredTensor> => {
+  const out: Record<string, StoredTensor> = {}
+  for (const [k, v] of Object.entries(params)) out[k] = { shape: v.shape, data: v.dataSync() as Float32Array }
+  return out
+}
+
+export const disposeParams = (params: Readonly<Record<string, tf.Tensor>>): void => {
+  for (const v of Object.values(params)) v.dispose()
+}
