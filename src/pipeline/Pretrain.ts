@@ -20,11 +20,11 @@ import * as Denoiser from "../model/Denoiser.ts"
 import { forward } from "../model/UNet.ts"
 import { UNetConfig } from "../model/UNetConfig.ts"
 import * as AdamW from "../optim/AdamW.ts"
-import * as Progress from "../cli/Progress.ts"
 import { Rng, RngState } from "../tensor/Random.ts"
 import { Backend } from "../tensor/Backend.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import * as Scoped from "../tensor/Scoped.ts"
+import * as TrainingLoop from "./TrainingLoop.ts"
 
 export const PretrainOptions = Schema.Struct({
   steps: Schema.Int.check(Schema.isGreaterThan(0)),
@@ -54,16 +54,6 @@ const TrainState = Schema.Struct({
   options: Schema.Unknown
 })
 type TrainState = typeof TrainState.Type
-
-/**
- * Training went numerically wrong; the last checkpoint is untouched.
- *
- * @since 0.1.0
- */
-export class NonFiniteLoss extends Schema.TaggedError<NonFiniteLoss>()("NonFiniteLoss", {
-  iteration: Schema.Int,
-  message: Schema.String
-}) {}
 
 const lrAt = (o: PretrainOptions, step: number) => (o.warmupSteps > 0 ? o.lr * Math.min(1, (step + 1) / o.warmupSteps) : o.lr)
 
@@ -179,56 +169,27 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   })
 
   const data: Dataset.DatasetOptions = { batchSize: o.batchSize, split: "train", nullPromptFraction: o.nullPromptFraction }
-  const bar = Progress.make({ label: "pretrain", total: o.steps, start: state.step })
-  const t0 = performance.now() - state.wallMs
-  const wall = () => performance.now() - t0
-  const sessionStart = performance.now()
-  let step = state.step
-  let lastSaved = step
-
-  yield* Effect.gen(function*() {
-    while (step < o.steps) {
-      if (o.maxMinutes > 0 && performance.now() - sessionStart > o.maxMinutes * 60_000) {
-        yield* Effect.logInfo(`time budget of ${o.maxMinutes} min reached at step ${step}`)
-        break
+  const { steps: step, wallMs } = yield* TrainingLoop.run({
+    label: "pretrain",
+    total: o.steps,
+    start: state.step,
+    startWallMs: state.wallMs,
+    maxMinutes: o.maxMinutes,
+    checkpointEvery: o.checkpointEvery,
+    step: (index) => {
+      const batch = Dataset.nextBatch(rng, data)
+      const r = trainStep(model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
+      if (Number.isFinite(r.loss) && Number.isFinite(r.gradNorm)) {
+        updateEma(ema.params, model.params, Math.min(o.emaDecay, (1 + index) / (10 + index)))
+        losses.push(r.loss)
       }
-      const r = yield* Effect.sync(() => {
-        const batch = Dataset.nextBatch(rng, data)
-        const res = trainStep(model, schedule, adam, batch, rng, lrAt(o, step), adamConfig)
-        if (Number.isFinite(res.loss) && Number.isFinite(res.gradNorm)) {
-          updateEma(ema.params, model.params, Math.min(o.emaDecay, (1 + step) / (10 + step)))
-        }
-        return res
-      })
-      if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
-        return yield* new NonFiniteLoss({ iteration: step + 1, message: `loss ${r.loss}, gradient norm ${r.gradNorm}` })
-      }
-      step += 1
-      losses.push(r.loss)
       const recent = losses.slice(-50)
-      bar.tick(step, { loss: recent.reduce((a, b) => a + b, 0) / recent.length, lr: lrAt(o, step - 1) })
-      if (step % o.checkpointEvery === 0) {
-        yield* checkpoint(step, wall())
-        lastSaved = step
-      }
-      yield* Effect.yieldNow
-    }
-  }).pipe(
-    // Ctrl-C or a failure mid-run: keep what was learned since the last save.
-    Effect.onInterrupt(() =>
-      Effect.gen(function*() {
-        bar.end()
-        if (step > lastSaved) {
-          yield* checkpoint(step, wall()).pipe(Effect.ignore)
-          yield* Effect.logInfo(`interrupted: checkpoint written at step ${step}`)
-        }
-      })
-    )
-  )
-  bar.end()
-  if (step > lastSaved) yield* checkpoint(step, wall())
+      return { ...r, show: { loss: recent.reduce((a, b) => a + b, 0) / recent.length, lr: lrAt(o, index) } }
+    },
+    checkpoint
+  })
 
-  const wallMinutes = wall() / 60_000
+  const wallMinutes = wallMs / 60_000
   yield* Denoiser.save(o.out, ema, {
     trainedSteps: String(step),
     batchSize: String(o.batchSize),

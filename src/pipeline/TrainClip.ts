@@ -23,7 +23,6 @@
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Effect, Option, Path, Schema } from "effect"
-import * as Progress from "../cli/Progress.ts"
 import { sampleCategory } from "../data/Dataset.ts"
 import { fromBytes, IMAGE_LENGTH } from "../data/Image.ts"
 import { type ParsedPrompt, sample as samplePrompt } from "../data/Prompt.ts"
@@ -39,7 +38,8 @@ import { Backend } from "../tensor/Backend.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import { Rng, RngState } from "../tensor/Random.ts"
 import * as Scoped from "../tensor/Scoped.ts"
-import { lossPlot, NonFiniteLoss } from "./Pretrain.ts"
+import { lossPlot } from "./Pretrain.ts"
+import * as TrainingLoop from "./TrainingLoop.ts"
 
 export const TrainClipOptions = Schema.Struct({
   steps: Schema.Int.check(Schema.isGreaterThan(0)),
@@ -300,59 +300,33 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
     return res
   }
 
-  const bar = Progress.make({ label: "train-clip", total: o.steps, start: state.step })
-  const t0 = performance.now() - state.wallMs
-  const wall = () => performance.now() - t0
-  const sessionStart = performance.now()
-  let step = state.step
-  let lastSaved = step
-
-  yield* Effect.gen(function*() {
-    while (step < o.steps) {
-      if (o.maxMinutes > 0 && performance.now() - sessionStart > o.maxMinutes * 60_000) {
-        yield* Effect.logInfo(`time budget of ${o.maxMinutes} min reached at step ${step}`)
-        break
-      }
-      const r = yield* Effect.sync(() => {
-        const batch = nextBatch(rng, o)
-        // Accuracy before the update, every 10 steps (a cheap extra forward).
-        const acc = step % 10 === 0 ? rowAccuracy(model.params, model.config, batch) : undefined
-        return { ...step1(lrAt(o, step), batch), acc }
-      })
-      if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
-        return yield* new NonFiniteLoss({ iteration: step + 1, message: `loss ${r.loss}, gradient norm ${r.gradNorm}` })
-      }
-      step += 1
-      losses.push(r.loss)
-      if (r.acc !== undefined) accuracies.push(r.acc)
-      bar.tick(step, {
-        loss: mean(losses.slice(-50)),
-        acc: mean(accuracies.slice(-10)),
-        scale: tf.tidy(() => Clip.logitScale(model.params).dataSync()[0]),
-        lr: lrAt(o, step - 1)
-      })
-      if (step % o.checkpointEvery === 0) {
-        yield* checkpoint(step, wall())
-        lastSaved = step
-      }
-      yield* Effect.yieldNow
-    }
-  }).pipe(
-    // Ctrl-C or a failure mid-run: keep what was learned since the last save.
-    Effect.onInterrupt(() =>
-      Effect.gen(function*() {
-        bar.end()
-        if (step > lastSaved) {
-          yield* checkpoint(step, wall()).pipe(Effect.ignore)
-          yield* Effect.logInfo(`interrupted: checkpoint written at step ${step}`)
+  const { steps: step, wallMs } = yield* TrainingLoop.run({
+    label: "train-clip",
+    total: o.steps,
+    start: state.step,
+    startWallMs: state.wallMs,
+    maxMinutes: o.maxMinutes,
+    checkpointEvery: o.checkpointEvery,
+    step: (index) => {
+      const batch = nextBatch(rng, o)
+      // Accuracy before the update, every 10 steps (a cheap extra forward).
+      if (index % 10 === 0) accuracies.push(rowAccuracy(model.params, model.config, batch))
+      const r = step1(lrAt(o, index), batch)
+      if (Number.isFinite(r.loss)) losses.push(r.loss)
+      return {
+        ...r,
+        show: {
+          loss: mean(losses.slice(-50)),
+          acc: mean(accuracies.slice(-10)),
+          scale: tf.tidy(() => Clip.logitScale(model.params).dataSync()[0]),
+          lr: lrAt(o, index)
         }
-      })
-    )
-  )
-  bar.end()
-  if (step > lastSaved) yield* checkpoint(step, wall())
+      }
+    },
+    checkpoint
+  })
 
-  const wallMinutes = wall() / 60_000
+  const wallMinutes = wallMs / 60_000
   yield* Clip.save(o.out, model, {
     trainedSteps: String(step),
     batchSize: String(o.batchSize),
