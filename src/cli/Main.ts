@@ -9,6 +9,7 @@
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Cause, Effect } from "effect"
 import { Command } from "effect/cli"
+import { spawn } from "node:child_process"
 
 /** One line describing a failure: tag, message and location fields. */
 export const describeError = (e: unknown): string => {
@@ -26,10 +27,35 @@ export const describeError = (e: unknown): string => {
   return `${tag}: ${message.split("\n")[0]}${where.length > 0 ? ` (${where.join(", ")})` : ""}`
 }
 
+/**
+ * Under `npx tsx`, tsx's parent process relays Ctrl-C to the script and
+ * SIGKILLs it unless the script acknowledges within 30 ms, which a process
+ * busy in a seconds-long tensor step cannot do: the run would die without
+ * its checkpoint. So the script re-runs itself in a child whose event loop
+ * may be busy, while this process (idle, so it acknowledges at once)
+ * forwards signals and passes the exit code through.
+ */
+const underTsxRelay = (): boolean =>
+  process.env.SHARPEN_CHILD !== "1" && process.execArgv.some((a) => a.includes("tsx") && a.includes("preflight"))
+
+const runInChild = (): void => {
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    stdio: "inherit",
+    env: { ...process.env, SHARPEN_CHILD: "1" }
+  })
+  const forward = (signal: NodeJS.Signals) => () => {
+    if (child.exitCode === null) child.kill(signal)
+  }
+  process.on("SIGINT", forward("SIGINT"))
+  process.on("SIGTERM", forward("SIGTERM"))
+  child.on("exit", (code, signal) => process.exit(code ?? (signal === "SIGINT" ? 130 : 1)))
+}
+
 export const run = <Name extends string, Input, E, R>(
   command: Command.Command<Name, Input, {}, E, R>,
   version = "0.1.0"
 ): void => {
+  if (underTsxRelay()) return runInChild()
   const program = Command.run(command, { version }).pipe(
     Effect.catchCause((cause) => {
       if (Cause.hasInterruptsOnly(cause)) {

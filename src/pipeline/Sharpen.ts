@@ -92,14 +92,16 @@ export const loop = Effect.fn("Sharpen.loop")(function*(config: SharpenConfig) {
   let saved = done
   const body = Effect.gen(function*() {
     while (done < config.iterations) {
-      // Uninterruptible: Ctrl-C lands between iterations, never inside one.
-      const record = yield* Effect.uninterruptible(iteration(config, done + 1))
-      yield* metrics.log(record)
-      done += 1
-      if (done % config.checkpointEvery === 0 || done === config.iterations) {
-        yield* checkpointer.save(done)
-        saved = done
-      }
+      // Uninterruptible: Ctrl-C lands between iterations, never inside one
+      // (nor between an iteration and its metrics line or checkpoint).
+      yield* Effect.uninterruptible(Effect.gen(function*() {
+        yield* metrics.log(yield* iteration(config, done + 1))
+        done += 1
+        if (done % config.checkpointEvery === 0 || done === config.iterations) {
+          yield* checkpointer.save(done)
+          saved = done
+        }
+      }))
     }
   })
   yield* body.pipe(
