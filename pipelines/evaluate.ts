@@ -13,6 +13,7 @@ import * as Inputs from "../src/cli/Inputs.ts"
 import * as Main from "../src/cli/Main.ts"
 import * as Progress from "../src/cli/Progress.ts"
 import * as ClipReport from "../src/eval/ClipReport.ts"
+import * as Png from "../src/data/Png.ts"
 import * as Evaluate from "../src/eval/Evaluate.ts"
 import * as Generate from "../src/eval/Generate.ts"
 import * as ParallelGenerate from "../src/eval/ParallelGenerate.ts"
@@ -36,6 +37,7 @@ const command = Command.make(
     cfg: Flag.Finite("cfg").pipe(Flag.withDescription("classifier-free guidance scale"), Flag.withDefault(5)),
     eta: Flag.Finite("eta").pipe(Flag.withDefault(0)),
     batchSize: Flag.Int("batch-size").pipe(Flag.withDefault(16)),
+    grids: Flag.String("grids").pipe(Flag.withDescription("also write a labelled contact sheet per prompt set into this directory"), Flag.optional),
     json: Flag.String("json").pipe(Flag.withDescription("where to write the JSON report (default out/evaluate/<model>.json)"), Flag.optional),
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
   },
@@ -47,6 +49,7 @@ const command = Command.make(
     for (const file of files) sets.push({ name: path.basename(file, ".txt"), prompts: yield* Inputs.prompts(file) })
     const jsonFile = Option.getOrElse(f.json, () => path.join("out", "evaluate", `${path.basename(path.resolve(f.model))}.json`))
     yield* Inputs.writableDirectory(path.dirname(jsonFile))
+    if (Option.isSome(f.grids)) yield* Inputs.writableDirectory(f.grids.value)
     const { model } = yield* Denoiser.Denoiser
     // The default clip model is optional (evaluation still runs without it);
     // an explicitly requested one must load.
@@ -64,7 +67,12 @@ const command = Command.make(
         ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler, { onImages: (done) => bar.tick(offset + done) })
       )
       offset += set.prompts.length
-      reports.push(Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip))
+      const report = Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
+      reports.push(report)
+      if (Option.isSome(f.grids)) {
+        const labels = report.samples.map((s) => `${s.pass ? "ok" : "x"} ${s.prompt}`)
+        yield* AtomicFile.writeFile(path.join(f.grids.value, `${set.name}.png`), Png.grid(images, labels, 10))
+      }
     }
     bar.end()
     // How well the learned reward predicts the exact verifier on these samples.
