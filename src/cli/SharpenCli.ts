@@ -31,8 +31,11 @@ export class RunDirectoryInUse extends Schema.TaggedError<RunDirectoryInUse>()("
   message: Schema.String
 }) {}
 
-const optInt = (name: string, description: string) => Flag.Int(name).pipe(Flag.withDescription(description), Flag.optional)
-const optNum = (name: string, description: string) => Flag.Finite(name).pipe(Flag.withDescription(description), Flag.optional)
+// Optional so that only flags actually given override --config; the help shows the default.
+const camel = (name: string) => name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase()) as keyof SharpenConfig.SharpenConfig
+const withDefault = (name: string, description: string) => `${description} (default ${JSON.stringify(SharpenConfig.defaults[camel(name)])})`
+const optInt = (name: string, description: string) => Flag.Int(name).pipe(Flag.withDescription(withDefault(name, description)), Flag.optional)
+const optNum = (name: string, description: string) => Flag.Finite(name).pipe(Flag.withDescription(withDefault(name, description)), Flag.optional)
 
 const flags = {
   model: Flag.String("model").pipe(Flag.withDescription("base model directory"), Flag.withDefault("models/shapeworld-base")),
@@ -52,8 +55,8 @@ const flags = {
   inferenceSteps: optInt("inference-steps", "DDIM grid of the trajectories (paper: 50)"),
   onlineSteps: optInt("online-steps", "RLHF: DDIM steps of the online samples (paper: 50)"),
   dpoBeta: optNum("dpo-beta", "RLHF: DPO beta"),
-  margin: Flag.Literals("margin", ["paper", "reference-code"]).pipe(Flag.withDescription("RLHF: reward margin inside (paper) or outside (reference code) the log-sigmoid"), Flag.optional),
-  target: Flag.Literals("target", ["consistent", "original"]).pipe(Flag.withDescription("epsilon target along a path"), Flag.optional),
+  margin: Flag.Literals("margin", ["paper", "reference-code"]).pipe(Flag.withDescription(withDefault("margin", "RLHF: reward margin inside (paper) or outside (reference code) the log-sigmoid")), Flag.optional),
+  target: Flag.Literals("target", ["consistent", "original"]).pipe(Flag.withDescription(withDefault("target", "epsilon target along a path")), Flag.optional),
   evalPrompts: optInt("eval-prompts", "prompts per eval set for before/after (0 = all)"),
   evalSteps: optInt("eval-steps", "DDIM steps of the before/after evaluation"),
   checkpointEvery: optInt("checkpoint-every", "iterations between checkpoints"),
