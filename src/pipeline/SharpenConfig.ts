@@ -61,7 +61,7 @@ export type SharpenConfig = typeof SharpenConfig.Type
 
 /** Defaults: the paper's (Sec. 4.1, App. A.3) where it gives them. */
 export const defaults: SharpenConfig = {
-  iterations: 30,
+  iterations: 12,
   batchSize: 8,
   n: 3,
   m: 3,
@@ -86,7 +86,7 @@ export const defaults: SharpenConfig = {
   seed: 0,
   checkpointEvery: 5,
   sampleEvery: 10,
-  evalPrompts: 40,
+  evalPrompts: 24,
   evalSteps: 50
 }
 
