@@ -29,7 +29,7 @@ export const lineSvg = async (p: LinePlot): Promise<string> => {
     y: { field: p.y, type: "quantitative" as const, scale: p.logY ? { type: "log" as const } : { zero: false } },
     ...color
   }
-  const layers: Array<object> = [{ mark: { type: "line", opacity: p.smooth ? 0.35 : 1 }, encoding: base }]
+  const layers: Array<object> = [{ mark: { type: "line", opacity: p.smooth !== undefined && p.smooth > 1 ? 0.35 : 1 }, encoding: base }]
   if (p.smooth && p.smooth > 1) {
     layers.push({
       transform: [{
