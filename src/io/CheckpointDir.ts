@@ -9,7 +9,10 @@
  * @since 0.1.0
  */
 import { Effect, FileSystem, Option, Path, Schema } from "effect"
+import type { Variable } from "@tensorflow/tfjs-core"
 import * as AtomicFile from "./AtomicFile.ts"
+import * as ModelDir from "./ModelDir.ts"
+import * as Safetensors from "./Safetensors.ts"
 
 export const LATEST = "LATEST"
 
@@ -62,5 +65,20 @@ export const latest = Effect.fn("CheckpointDir.latest")(function*(runDir: string
       Effect.mapError(() => new CheckpointError({ path: path.join(dir, file), message: "checkpoint file missing or unreadable" }))
     )
   const readText = (file: string) => Effect.map(read(file), (b) => new TextDecoder().decode(b))
-  return Option.some({ dir, read, readText })
+  const readTensors = (file: string) =>
+    Effect.flatMap(read(file), (bytes) => {
+      const d = Safetensors.decode(bytes, path.join(dir, file))
+      return d instanceof Safetensors.SafetensorsError
+        ? Effect.fail(new CheckpointError({ path: d.file, message: d.tensor === undefined ? d.message : `${d.tensor}: ${d.message}` }))
+        : Effect.succeed(d.tensors)
+    })
+  /** Assign a checkpoint file's tensors to variables, failing with the file and tensor if one does not fit. */
+  const restore = (file: string, target: Readonly<Record<string, Variable>>, prefix = "") =>
+    Effect.flatMap(readTensors(file), (tensors) => {
+      const bad = ModelDir.assign(target, tensors, prefix)
+      return bad === undefined
+        ? Effect.void
+        : Effect.fail(new CheckpointError({ path: path.join(dir, file), message: `tensor "${bad}" missing or of the wrong size` }))
+    })
+  return Option.some({ dir, read, readText, readTensors, restore })
 })

@@ -138,10 +138,28 @@ export const fromStored = (
   return variables(tensors, trainable)
 }
 
-export const toStored = (params: Readonly<Record<string, tf.Tensor>>): Record<string, StoredTensor> => {
+/** Copy tensors out (keys optionally prefixed, e.g. "m." for optimiser moments). */
+export const toStored = (params: Readonly<Record<string, tf.Tensor>>, prefix = ""): Record<string, StoredTensor> => {
   const out: Record<string, StoredTensor> = {}
-  for (const [k, v] of Object.entries(params)) out[k] = { shape: v.shape, data: v.dataSync() as Float32Array }
+  for (const [k, v] of Object.entries(params)) out[prefix + k] = { shape: v.shape, data: v.dataSync() as Float32Array }
   return out
+}
+
+/**
+ * Assign stored values to variables in place (keys optionally prefixed);
+ * returns the first name that is missing or of the wrong size, or undefined.
+ */
+export const assign = (
+  target: Readonly<Record<string, tf.Variable>>,
+  from: Readonly<Record<string, StoredTensor>>,
+  prefix = ""
+): string | undefined => {
+  for (const [k, v] of Object.entries(target)) {
+    const s = from[prefix + k]
+    if (s === undefined || s.data.length !== v.size) return prefix + k
+    tf.tidy(() => v.assign(tf.tensor(s.data, v.shape)))
+  }
+  return undefined
 }
 
 export const disposeParams = (params: Readonly<Record<string, tf.Tensor>>): void => {

@@ -10,6 +10,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Context, Effect, Layer, Schema } from "effect"
+import * as ModelDir from "../io/ModelDir.ts"
 import type { StoredTensor } from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { paramGrads } from "../tensor/Grad.ts"
@@ -60,7 +61,8 @@ export class Optimizer extends Context.Service<Optimizer, {
   /** Differentiate `loss` w.r.t. the policy and apply one update. */
   readonly step: (loss: () => tf.Scalar, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss>
   readonly state: () => OptimizerState
-  readonly restore: (s: OptimizerState) => void
+  /** Restore from a checkpoint; returns the first tensor that does not fit, if any. */
+  readonly restore: (s: OptimizerState) => string | undefined
 }>()("sharpen/optim/Optimizer") {
   static readonly adamW = (c: OptimizerConfig) =>
     Layer.effect(
@@ -85,18 +87,11 @@ export class Optimizer extends Context.Service<Optimizer, {
         })
         return Optimizer.of({
           step,
-          state: () => {
-            const moments: Record<string, StoredTensor> = {}
-            for (const [k, v] of Object.entries(adam.m)) moments[`m.${k}`] = { shape: v.shape, data: v.dataSync() as Float32Array }
-            for (const [k, v] of Object.entries(adam.v)) moments[`v.${k}`] = { shape: v.shape, data: v.dataSync() as Float32Array }
-            return { step: adam.step, moments }
-          },
+          state: () => ({ step: adam.step, moments: { ...ModelDir.toStored(adam.m, "m."), ...ModelDir.toStored(adam.v, "v.") } }),
           restore: (s) => {
-            tf.tidy(() => {
-              for (const [k, v] of Object.entries(adam.m)) v.assign(tf.tensor(s.moments[`m.${k}`].data, v.shape))
-              for (const [k, v] of Object.entries(adam.v)) v.assign(tf.tensor(s.moments[`v.${k}`].data, v.shape))
-            })
-            adam.step = s.step
+            const bad = ModelDir.assign(adam.m, s.moments, "m.") ?? ModelDir.assign(adam.v, s.moments, "v.")
+            if (bad === undefined) adam.step = s.step
+            return bad
           }
         })
       })

@@ -7,7 +7,6 @@
  *
  * @since 0.1.0
  */
-import * as tf from "@tensorflow/tfjs-core"
 import { Context, Effect, FileSystem, Layer, Option, Path, Schema } from "effect"
 import * as CheckpointDir from "../io/CheckpointDir.ts"
 import * as Safetensors from "../io/Safetensors.ts"
@@ -69,22 +68,11 @@ export class Checkpointer extends Context.Service<Checkpointer, {
           const decoded = Schema.decodeUnknownResult(State)(JSON.parse(text))
           if (decoded._tag === "Failure") return yield* new CheckpointDir.CheckpointError({ path: `${ck.dir}/state.json`, message: "state.json does not match the checkpoint format" })
           const st = decoded.success
-          const tensors = (file: string) =>
-            Effect.flatMap(ck.read(file), (bytes) => {
-              const d = Safetensors.decode(bytes, `${ck.dir}/${file}`)
-              return d instanceof Safetensors.SafetensorsError
-                ? Effect.fail(new CheckpointDir.CheckpointError({ path: d.file, message: d.message }))
-                : Effect.succeed(d.tensors)
-            })
-          const policy = yield* tensors("policy.safetensors")
-          for (const [k, v] of Object.entries(model.params)) {
-            const s = policy[k]
-            if (s === undefined || s.data.length !== v.size) {
-              return yield* new CheckpointDir.CheckpointError({ path: `${ck.dir}/policy.safetensors`, message: `tensor "${k}" missing or of the wrong size` })
-            }
-            tf.tidy(() => v.assign(tf.tensor(s.data, v.shape)))
+          yield* ck.restore("policy.safetensors", model.params)
+          const bad = optimizer.restore({ step: st.optimizerStep, moments: yield* ck.readTensors("optimizer.safetensors") })
+          if (bad !== undefined) {
+            return yield* new CheckpointDir.CheckpointError({ path: `${ck.dir}/optimizer.safetensors`, message: `tensor "${bad}" missing or of the wrong size` })
           }
-          optimizer.restore({ step: st.optimizerStep, moments: yield* tensors("optimizer.safetensors") })
           rng.setState(st.rng)
           if (Option.isSome(tracker) && st.statTracker !== undefined) yield* tracker.value.restore(st.statTracker)
           yield* metrics.reset(st.records)

@@ -15,6 +15,7 @@ import * as Schedule from "../diffusion/Schedule.ts"
 import * as Plot from "../eval/Plot.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
 import * as CheckpointDir from "../io/CheckpointDir.ts"
+import * as ModelDir from "../io/ModelDir.ts"
 import * as Safetensors from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { forward } from "../model/UNet.ts"
@@ -56,20 +57,6 @@ const TrainState = Schema.Struct({
 type TrainState = typeof TrainState.Type
 
 const lrAt = (o: PretrainOptions, step: number) => (o.warmupSteps > 0 ? o.lr * Math.min(1, (step + 1) / o.warmupSteps) : o.lr)
-
-const stored = (params: Readonly<Record<string, tf.Tensor>>, prefix = ""): Record<string, Safetensors.StoredTensor> => {
-  const out: Record<string, Safetensors.StoredTensor> = {}
-  for (const [k, v] of Object.entries(params)) out[prefix + k] = { shape: v.shape, data: v.dataSync() as Float32Array }
-  return out
-}
-
-const restore = (target: Readonly<Record<string, tf.Variable>>, from: Record<string, Safetensors.StoredTensor>, prefix = "") => {
-  for (const [k, v] of Object.entries(target)) {
-    const s = from[prefix + k]
-    if (s === undefined) throw new Error(`checkpoint lacks tensor ${prefix + k}`)
-    v.assign(tf.tensor(s.data, s.shape as Array<number>))
-  }
-}
 
 /**
  * One optimisation step; returns the loss (NaN/Infinity are reported, not applied).
@@ -138,16 +125,10 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
     const ckpt = yield* CheckpointDir.latest(o.runDir)
     if (Option.isSome(ckpt)) {
       const st = Schema.decodeUnknownSync(TrainState)(JSON.parse(yield* ckpt.value.readText("state.json")))
-      const read = (f: string) =>
-        Effect.flatMap(ckpt.value.read(f), (bytes) => {
-          const d = Safetensors.decode(bytes, path.join(ckpt.value.dir, f))
-          return d instanceof Safetensors.SafetensorsError ? Effect.fail(d) : Effect.succeed(d.tensors)
-        })
-      restore(model.params, yield* read("params.safetensors"))
-      restore(ema.params, yield* read("ema.safetensors"))
-      const moments = yield* read("adam.safetensors")
-      restore(adam.m, moments, "m.")
-      restore(adam.v, moments, "v.")
+      yield* ckpt.value.restore("params.safetensors", model.params)
+      yield* ckpt.value.restore("ema.safetensors", ema.params)
+      yield* ckpt.value.restore("adam.safetensors", adam.m, "m.")
+      yield* ckpt.value.restore("adam.safetensors", adam.v, "v.")
       adam.step = st.adamStep
       rng = Rng.fromState(st.rng)
       state = st
@@ -161,9 +142,9 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   const checkpoint = Effect.fn("Pretrain.checkpoint")(function*(step: number, wallMs: number) {
     const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, options: { ...o, config: undefined } }
     yield* CheckpointDir.save(o.runDir, step, {
-      "params.safetensors": Safetensors.encode(stored(model.params)),
-      "ema.safetensors": Safetensors.encode(stored(ema.params)),
-      "adam.safetensors": Safetensors.encode({ ...stored(adam.m, "m."), ...stored(adam.v, "v.") }),
+      "params.safetensors": Safetensors.encode(ModelDir.toStored(model.params)),
+      "ema.safetensors": Safetensors.encode(ModelDir.toStored(ema.params)),
+      "adam.safetensors": Safetensors.encode({ ...ModelDir.toStored(adam.m, "m."), ...ModelDir.toStored(adam.v, "v.") }),
       "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(TrainState)(st)))
     })
   })

@@ -30,6 +30,7 @@ import { render } from "../data/Render.ts"
 import { verify } from "../data/Verifier.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
 import * as CheckpointDir from "../io/CheckpointDir.ts"
+import * as ModelDir from "../io/ModelDir.ts"
 import * as Safetensors from "../io/Safetensors.ts"
 import * as AdamW from "../optim/AdamW.ts"
 import * as Clip from "../reward/ClipModel.ts"
@@ -227,20 +228,6 @@ export const lrAt = (o: Pick<TrainClipOptions, "lr" | "warmupSteps" | "steps">, 
   return o.lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * t)))
 }
 
-const stored = (params: Readonly<Record<string, tf.Tensor>>, prefix = ""): Record<string, Safetensors.StoredTensor> => {
-  const out: Record<string, Safetensors.StoredTensor> = {}
-  for (const [k, v] of Object.entries(params)) out[prefix + k] = { shape: v.shape, data: v.dataSync() as Float32Array }
-  return out
-}
-
-const restore = (target: Readonly<Record<string, tf.Variable>>, from: Record<string, Safetensors.StoredTensor>, prefix = "") => {
-  for (const [k, v] of Object.entries(target)) {
-    const s = from[prefix + k]
-    if (s === undefined) throw new Error(`checkpoint lacks tensor ${prefix + k}`)
-    tf.tidy(() => v.assign(tf.tensor(s.data, s.shape as Array<number>)))
-  }
-}
-
 const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length)
 
 export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
@@ -260,15 +247,9 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
     const ckpt = yield* CheckpointDir.latest(o.runDir)
     if (Option.isSome(ckpt)) {
       const st = Schema.decodeUnknownSync(TrainState)(JSON.parse(yield* ckpt.value.readText("state.json")))
-      const read = (f: string) =>
-        Effect.flatMap(ckpt.value.read(f), (bytes) => {
-          const d = Safetensors.decode(bytes, path.join(ckpt.value.dir, f))
-          return d instanceof Safetensors.SafetensorsError ? Effect.fail(d) : Effect.succeed(d.tensors)
-        })
-      restore(model.params, yield* read("params.safetensors"))
-      const moments = yield* read("adam.safetensors")
-      restore(adam.m, moments, "m.")
-      restore(adam.v, moments, "v.")
+      yield* ckpt.value.restore("params.safetensors", model.params)
+      yield* ckpt.value.restore("adam.safetensors", adam.m, "m.")
+      yield* ckpt.value.restore("adam.safetensors", adam.v, "v.")
       adam.step = st.adamStep
       rng = Rng.fromState(st.rng)
       state = st
@@ -283,8 +264,8 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
   const checkpoint = Effect.fn("TrainClip.checkpoint")(function*(step: number, wallMs: number) {
     const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, accuracies, options: { ...o, config: undefined } }
     yield* CheckpointDir.save(o.runDir, step, {
-      "params.safetensors": Safetensors.encode(stored(model.params)),
-      "adam.safetensors": Safetensors.encode({ ...stored(adam.m, "m."), ...stored(adam.v, "v.") }),
+      "params.safetensors": Safetensors.encode(ModelDir.toStored(model.params)),
+      "adam.safetensors": Safetensors.encode({ ...ModelDir.toStored(adam.m, "m."), ...ModelDir.toStored(adam.v, "v.") }),
       "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(TrainState)(st)))
     })
   })
