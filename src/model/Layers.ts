@@ -84,12 +84,22 @@ export const param = (p: Params, name: string): tf.Tensor => {
 export const conv = (p: Params, name: string, x: tf.Tensor4D): tf.Tensor4D =>
   tf.add(conv2dSame(x, param(p, `${name}.w`) as tf.Tensor4D), param(p, `${name}.b`))
 
+/**
+ * Rows from which a dense layer runs as a 1x1 convolution: on wasm (XNNPACK)
+ * that is 3-5x faster than BatchMatMul for image-sized inputs (measured for
+ * 2,048-8,192 rows of 64-128 channels), with the same weights.
+ */
+const CONV_ROWS = 256
+
 /** Dense layer on the last axis, any rank. */
 export const linear = (p: Params, name: string, x: tf.Tensor): tf.Tensor => {
   const w = param(p, `${name}.w`) as tf.Tensor2D
   const shape = x.shape
-  const flat = tf.reshape(x, [-1, shape[shape.length - 1]]) as tf.Tensor2D
-  let y: tf.Tensor = tf.matMul(flat, w)
+  const cin = shape[shape.length - 1]
+  const rows = x.size / cin
+  let y: tf.Tensor = rows >= CONV_ROWS
+    ? conv2dSame(tf.reshape(x, [1, rows, 1, cin]) as tf.Tensor4D, tf.reshape(w, [1, 1, cin, w.shape[1]]) as tf.Tensor4D)
+    : tf.matMul(tf.reshape(x, [-1, cin]) as tf.Tensor2D, w)
   const b = p[`${name}.b`]
   if (b !== undefined) y = tf.add(y, b)
   return tf.reshape(y, [...shape.slice(0, -1), w.shape[1]])
