@@ -80,5 +80,20 @@ export const latest = Effect.fn("CheckpointDir.latest")(function*(runDir: string
         ? Effect.void
         : Effect.fail(new CheckpointError({ path: path.join(dir, file), message: `tensor "${bad}" missing or of the wrong size` }))
     })
-  return Option.some({ dir, read, readText, readTensors, restore })
+  /** `state.json` decoded with the run's schema; a mismatch is a typed error naming the file. */
+  const readState = <A>(schema: Schema.Decoder<A>) =>
+    Effect.flatMap(readText("state.json"), (text) => {
+      const file = path.join(dir, "state.json")
+      let json: unknown
+      try {
+        json = JSON.parse(text)
+      } catch {
+        return Effect.fail(new CheckpointError({ path: file, message: "not valid JSON" }))
+      }
+      const r = Schema.decodeUnknownResult(schema)(json)
+      return r._tag === "Success"
+        ? Effect.succeed(r.success)
+        : Effect.fail(new CheckpointError({ path: file, message: "does not match the checkpoint format" }))
+    })
+  return Option.some({ dir, read, readText, readTensors, restore, readState })
 })

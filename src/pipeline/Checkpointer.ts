@@ -64,10 +64,7 @@ export class Checkpointer extends Context.Service<Checkpointer, {
           const latest = yield* CheckpointDir.latest(runDir).pipe(Effect.mapError((e) => (e instanceof CheckpointDir.CheckpointError ? e : fail(String(e)))))
           if (Option.isNone(latest)) return 0
           const ck = latest.value
-          const text = yield* ck.readText("state.json")
-          const decoded = Schema.decodeUnknownResult(State)(JSON.parse(text))
-          if (decoded._tag === "Failure") return yield* new CheckpointDir.CheckpointError({ path: `${ck.dir}/state.json`, message: "state.json does not match the checkpoint format" })
-          const st = decoded.success
+          const st = yield* ck.readState(State)
           yield* ck.restore("policy.safetensors", model.params)
           const bad = optimizer.restore({ step: st.optimizerStep, moments: yield* ck.readTensors("optimizer.safetensors") })
           if (bad !== undefined) {

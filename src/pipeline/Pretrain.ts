@@ -124,7 +124,7 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   if (o.resume) {
     const ckpt = yield* CheckpointDir.latest(o.runDir)
     if (Option.isSome(ckpt)) {
-      const st = Schema.decodeUnknownSync(TrainState)(JSON.parse(yield* ckpt.value.readText("state.json")))
+      const st = yield* ckpt.value.readState(TrainState)
       yield* ckpt.value.restore("params.safetensors", model.params)
       yield* ckpt.value.restore("ema.safetensors", ema.params)
       yield* ckpt.value.restore("adam.safetensors", adam.m, "m.")

@@ -246,7 +246,7 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
   if (o.resume) {
     const ckpt = yield* CheckpointDir.latest(o.runDir)
     if (Option.isSome(ckpt)) {
-      const st = Schema.decodeUnknownSync(TrainState)(JSON.parse(yield* ckpt.value.readText("state.json")))
+      const st = yield* ckpt.value.readState(TrainState)
       yield* ckpt.value.restore("params.safetensors", model.params)
       yield* ckpt.value.restore("adam.safetensors", adam.m, "m.")
       yield* ckpt.value.restore("adam.safetensors", adam.v, "v.")

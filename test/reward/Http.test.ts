@@ -2,22 +2,12 @@ import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { ConfigProvider, Effect } from "effect"
 import { FetchHttpClient } from "effect/http"
-import { IMAGE_LENGTH, toBytes } from "../../src/data/Image.ts"
+import { toBytes } from "../../src/data/Image.ts"
 import { decodePng } from "../../src/data/Png.ts"
 import * as Http from "../../src/reward/Http.ts"
 import * as Registry from "../../src/reward/Registry.ts"
-import { type Answer, type Recorded, startServer, type TestServer } from "./RewardServer.ts"
+import { type Answer, fast, img, type Recorded, startServer, withServer } from "./RewardServer.ts"
 
-const img = (v: number) => new Float32Array(IMAGE_LENGTH).fill(v)
-const fast = { retries: 2, backoffMs: 5, maxBackoffMs: 20, timeoutMs: 2000 }
-
-/** Runs `f` with a server answering by `handler`, closing it afterwards. */
-const withServer = <A, E>(handler: (req: Recorded) => Answer, f: (server: TestServer) => Effect.Effect<A, E, any>) =>
-  Effect.acquireUseRelease(
-    Effect.promise(() => startServer(handler)),
-    (server) => f(server).pipe(Effect.provide(FetchHttpClient.layer)),
-    (server) => Effect.promise(() => server.close())
-  ) as Effect.Effect<A, E>
 
 const echoMean = (req: Recorded): Answer => ({
   body: {

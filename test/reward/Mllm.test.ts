@@ -2,19 +2,9 @@ import { assert, describe, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Result } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { PNG } from "pngjs"
-import { IMAGE_LENGTH } from "../../src/data/Image.ts"
 import * as Mllm from "../../src/reward/Mllm.ts"
-import { type Answer, type Recorded, startServer, type TestServer } from "./RewardServer.ts"
+import { type Answer, fast, img, type Recorded, withServer } from "./RewardServer.ts"
 
-const img = (v: number) => new Float32Array(IMAGE_LENGTH).fill(v)
-const fast = { retries: 2, backoffMs: 5, maxBackoffMs: 20, timeoutMs: 2000 }
-
-const withServer = <A, E>(handler: (req: Recorded) => Answer, f: (server: TestServer) => Effect.Effect<A, E, any>) =>
-  Effect.acquireUseRelease(
-    Effect.promise(() => startServer(handler)),
-    (server) => f(server).pipe(Effect.provide(FetchHttpClient.layer)),
-    (server) => Effect.promise(() => server.close())
-  ) as Effect.Effect<A, E>
 
 const chat = (content: string): Answer => ({
   body: { id: "x", object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: "stop" }] }

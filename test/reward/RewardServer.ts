@@ -2,8 +2,11 @@
  * A real HTTP server on 127.0.0.1 (random port) for the remote-reward tests:
  * records every request and answers with a scripted handler.
  */
+import { Effect } from "effect"
+import { FetchHttpClient } from "effect/http"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
+import { IMAGE_LENGTH } from "../../src/data/Image.ts"
 
 export interface Recorded {
   readonly method: string
@@ -75,3 +78,17 @@ export const startServer = (handler: (req: Recorded) => Answer): Promise<TestSer
       })
     })
   })
+
+/** A flat test image of one value. */
+export const img = (v: number) => new Float32Array(IMAGE_LENGTH).fill(v)
+
+/** Retry settings that keep tests fast. */
+export const fast = { retries: 2, backoffMs: 5, maxBackoffMs: 20, timeoutMs: 2000 }
+
+/** Runs `f` with a server answering by `handler`, closing it afterwards. */
+export const withServer = <A, E>(handler: (req: Recorded) => Answer, f: (server: TestServer) => Effect.Effect<A, E, any>) =>
+  Effect.acquireUseRelease(
+    Effect.promise(() => startServer(handler)),
+    (server) => f(server).pipe(Effect.provide(FetchHttpClient.layer)),
+    (server) => Effect.promise(() => server.close())
+  ) as Effect.Effect<A, E>
