@@ -1,7 +1,7 @@
 /**
  * Pretrain the ShapeWorld-32 base generator.
  *
- *   npx tsx pipelines/pretrain.ts --steps 6000 --max-minutes 85
+ *   npx tsx pipelines/pretrain.ts --max-minutes 88 --run-dir runs/pretrain2
  *   npx tsx pipelines/pretrain.ts --resume          # continue the last run
  *
  * Checkpoints go to --run-dir (atomic, every --checkpoint-every steps and on
@@ -10,6 +10,7 @@
 import { Console, Effect, Layer } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
+import { defaultWorkers } from "../src/eval/ParallelGenerate.ts"
 import { defaultConfig } from "../src/model/UNetConfig.ts"
 import * as Pretrain from "../src/pipeline/Pretrain.ts"
 import { Backend, BackendName } from "../src/tensor/Backend.ts"
@@ -17,14 +18,23 @@ import { Backend, BackendName } from "../src/tensor/Backend.ts"
 const command = Command.make(
   "pretrain",
   {
-    steps: Flag.Int("steps").pipe(Flag.withDescription("optimisation steps in total"), Flag.withDefault(6000)),
-    batchSize: Flag.Int("batch-size").pipe(Flag.withDescription("images per step"), Flag.withDefault(8)),
-    lr: Flag.Finite("lr").pipe(Flag.withDescription("peak learning rate (AdamW)"), Flag.withDefault(5e-4)),
+    steps: Flag.Int("steps").pipe(Flag.withDescription("optimisation steps in total"), Flag.withDefault(4000)),
+    batchSize: Flag.Int("batch-size").pipe(Flag.withDescription("images per step (split over --workers)"), Flag.withDefault(16)),
+    lr: Flag.Finite("lr").pipe(Flag.withDescription("peak learning rate (AdamW)"), Flag.withDefault(8e-4)),
     warmupSteps: Flag.Int("warmup").pipe(Flag.withDescription("linear warm-up steps"), Flag.withDefault(200)),
     emaDecay: Flag.Finite("ema").pipe(Flag.withDescription("EMA decay of the released weights"), Flag.withDefault(0.999)),
     nullPromptFraction: Flag.Finite("null-fraction").pipe(Flag.withDescription("fraction of null prompts (CFG)"), Flag.withDefault(0.1)),
     seed: Flag.Int("seed").pipe(Flag.withDefault(0)),
     checkpointEvery: Flag.Int("checkpoint-every").pipe(Flag.withDefault(250)),
+    lrSchedule: Flag.Literals("lr-schedule", ["cosine", "constant"] as const).pipe(
+      Flag.withDescription("after warm-up: cosine decay to --min-lr at the last step, or constant"),
+      Flag.withDefault("cosine" as const)
+    ),
+    minLr: Flag.Finite("min-lr").pipe(Flag.withDescription("final learning rate of the cosine schedule"), Flag.withDefault(4e-5)),
+    workers: Flag.Int("workers").pipe(
+      Flag.withDescription("threads computing gradient shards, the main one included (default: one per core, at most 4)"),
+      Flag.withDefault(defaultWorkers())
+    ),
     maxMinutes: Flag.Finite("max-minutes").pipe(Flag.withDescription("stop after this many minutes (0 = no limit)"), Flag.withDefault(0)),
     runDir: Flag.String("run-dir").pipe(Flag.withDescription("checkpoint directory"), Flag.withDefault("runs/pretrain")),
     out: Flag.String("out").pipe(Flag.withDescription("model directory written at the end"), Flag.withDefault("models/shapeworld-base")),

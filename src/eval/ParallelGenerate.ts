@@ -22,7 +22,7 @@ export const defaultWorkers = (): number => {
 }
 
 /** tsx's loader, so a worker can run TypeScript sources in any host (tsx, vitest). */
-const execArgv = () => {
+export const workerExecArgv = (): Array<string> => {
   try {
     return ["--import", import.meta.resolve("tsx")]
   } catch {
@@ -52,7 +52,7 @@ export const generate = async (
   const threads = Array.from({ length: workers }, () =>
     new Worker(new URL("./GenerateWorker.ts", import.meta.url), {
       workerData: { backend, config: model.config, weights },
-      execArgv: execArgv()
+      execArgv: workerExecArgv()
     }))
   // Jobs of one sampler batch each, handed out as workers become free.
   const jobs: Array<Job> = []

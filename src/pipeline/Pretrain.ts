@@ -10,7 +10,6 @@
 import * as tf from "@tensorflow/tfjs-core"
 import { Effect, FileSystem, Option, Path, Schema } from "effect"
 import * as Dataset from "../data/Dataset.ts"
-import * as Noise from "../diffusion/Noise.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Plot from "../eval/Plot.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
@@ -18,13 +17,12 @@ import * as CheckpointDir from "../io/CheckpointDir.ts"
 import * as ModelDir from "../io/ModelDir.ts"
 import * as Safetensors from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
-import { forward } from "../model/UNet.ts"
 import { UNetConfig } from "../model/UNetConfig.ts"
 import * as AdamW from "../optim/AdamW.ts"
 import { Rng, RngState } from "../tensor/Random.ts"
 import { Backend } from "../tensor/Backend.ts"
-import { paramGrads } from "../tensor/Grad.ts"
 import * as Scoped from "../tensor/Scoped.ts"
+import * as DataParallel from "./DataParallel.ts"
 import * as TrainingLoop from "./TrainingLoop.ts"
 
 export const PretrainOptions = Schema.Struct({
@@ -36,6 +34,11 @@ export const PretrainOptions = Schema.Struct({
   nullPromptFraction: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isLessThanOrEqualTo(1)),
   seed: Schema.Int,
   checkpointEvery: Schema.Int.check(Schema.isGreaterThan(0)),
+  /** Learning-rate shape after warm-up: constant, or cosine decay to `minLr` at the last step. */
+  lrSchedule: Schema.Literals(["constant", "cosine"]),
+  minLr: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)),
+  /** Threads computing gradient shards (the main thread counts as one); see DataParallel. */
+  workers: Schema.Int.check(Schema.isGreaterThan(0)),
   /** Stop (with a checkpoint) after this many minutes of training; 0 = no limit. */
   maxMinutes: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)),
   runDir: Schema.String,
@@ -56,10 +59,43 @@ const TrainState = Schema.Struct({
 })
 type TrainState = typeof TrainState.Type
 
-const lrAt = (o: PretrainOptions, step: number) => (o.warmupSteps > 0 ? o.lr * Math.min(1, (step + 1) / o.warmupSteps) : o.lr)
+/**
+ * Learning rate of a 0-based step: linear warm-up, then constant or a cosine
+ * decay from `lr` to `minLr` over the remaining steps.
+ *
+ * @since 0.2.0
+ */
+export const lrAt = (o: Pick<PretrainOptions, "lr" | "minLr" | "warmupSteps" | "steps" | "lrSchedule">, step: number): number => {
+  if (o.warmupSteps > 0 && step < o.warmupSteps) return o.lr * (step + 1) / o.warmupSteps
+  if (o.lrSchedule === "constant") return o.lr
+  const progress = Math.min(1, (step - o.warmupSteps) / Math.max(1, o.steps - o.warmupSteps))
+  return o.minLr + (o.lr - o.minLr) * 0.5 * (1 + Math.cos(Math.PI * progress))
+}
+
+/** The timesteps and noise of a batch, drawn in a fixed order (so resume is exact). */
+const drawShard = (schedule: Schedule.Schedule, model: Denoiser.Model, batch: Dataset.Batch, rng: Rng): DataParallel.Shard => {
+  const b = batch.batchSize
+  const { channels, imageSize } = model.config.architecture
+  const t = Array.from({ length: b }, () => rng.int(schedule.trainSteps))
+  const noise = rng.normals(b * imageSize * imageSize * channels)
+  return { batch: b, images: batch.images, prompts: batch.prompts, t, noise }
+}
+
+const apply = (
+  model: Denoiser.Model,
+  adam: AdamW.AdamWState,
+  lr: number,
+  adamConfig: AdamW.AdamWConfig,
+  r: { loss: number; grads: Record<string, tf.Tensor> }
+): { loss: number; gradNorm: number } => {
+  const gradNorm = Number.isFinite(r.loss) ? AdamW.step(model.params, r.grads, adam, lr, adamConfig) : NaN
+  Scoped.disposeAll(r.grads)
+  return { loss: r.loss, gradNorm }
+}
 
 /**
- * One optimisation step; returns the loss (NaN/Infinity are reported, not applied).
+ * One optimisation step on this thread; returns the loss (NaN/Infinity are
+ * reported, not applied).
  *
  * @since 0.1.0
  */
@@ -71,26 +107,26 @@ export const trainStep = (
   rng: Rng,
   lr: number,
   adamConfig: AdamW.AdamWConfig
-): { loss: number; gradNorm: number } => {
-  const b = batch.batchSize
-  const s = model.config.architecture.imageSize
-  const c = model.config.architecture.channels
-  const t = Array.from({ length: b }, () => rng.int(schedule.trainSteps))
-  const noise = rng.normals(b * s * s * c)
-  const { value, grads } = paramGrads(() =>
-    tf.tidy(() => {
-      const x0 = tf.tensor4d(batch.images, [b, s, s, c])
-      const eps = tf.tensor4d(noise, [b, s, s, c])
-      const xt = Noise.addNoise(schedule, x0, eps, t)
-      const inputs = Denoiser.encodeInputs(model.config, xt, t, batch.prompts)
-      return tf.mean(tf.squaredDifference(forward(model.params, model.config.architecture, inputs), eps)) as tf.Scalar
-    }), model.params)
-  const loss = value.dataSync()[0]
-  value.dispose()
-  const gradNorm = Number.isFinite(loss) ? AdamW.step(model.params, grads, adam, lr, adamConfig) : NaN
-  Scoped.disposeAll(grads)
-  return { loss, gradNorm }
-}
+): { loss: number; gradNorm: number } =>
+  apply(model, adam, lr, adamConfig, DataParallel.lossAndGrads(model, drawShard(schedule, model, batch, rng)))
+
+/**
+ * {@link trainStep} with the batch's gradients computed in shards over a
+ * worker pool (same random draws, same update).
+ *
+ * @since 0.2.0
+ */
+export const trainStepParallel = async (
+  pool: DataParallel.Pool,
+  model: Denoiser.Model,
+  schedule: Schedule.Schedule,
+  adam: AdamW.AdamWState,
+  batch: Dataset.Batch,
+  rng: Rng,
+  lr: number,
+  adamConfig: AdamW.AdamWConfig
+): Promise<{ loss: number; gradNorm: number }> =>
+  apply(model, adam, lr, adamConfig, await pool.lossAndGrads(model, drawShard(schedule, model, batch, rng)))
 
 export const updateEma = (ema: Readonly<Record<string, tf.Variable>>, params: Readonly<Record<string, tf.Tensor>>, decay: number) =>
   tf.tidy(() => {
@@ -117,6 +153,12 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   const ema = yield* Scoped.acquireWith(() => Denoiser.clone(model, false), Denoiser.dispose)
   const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
   const adamConfig = { ...AdamW.defaults, maxGradNorm: 1 }
+  // Threads only help the single-threaded JS backends.
+  const workers = backend.name === "tensorflow" || backend.name === "tensorflow-gpu" ? 1 : Math.min(o.workers, o.batchSize)
+  const pool = yield* Effect.acquireRelease(
+    Effect.sync(() => DataParallel.make(model, workers, backend.name)),
+    (p) => Effect.promise(() => p.close())
+  )
   let rng = Rng.fromSeed(o.seed + 1)
   let state: TrainState = { step: 0, rng: rng.state(), adamStep: 0, wallMs: 0, losses: [], options: {} }
   const losses: Array<number> = []
@@ -157,9 +199,11 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
     startWallMs: state.wallMs,
     maxMinutes: o.maxMinutes,
     checkpointEvery: o.checkpointEvery,
-    step: (index) => {
+    step: async (index) => {
       const batch = Dataset.nextBatch(rng, data)
-      const r = trainStep(model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
+      const r = pool.workers > 1
+        ? await trainStepParallel(pool, model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
+        : trainStep(model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
       if (Number.isFinite(r.loss) && Number.isFinite(r.gradNorm)) {
         updateEma(ema.params, model.params, Math.min(o.emaDecay, (1 + index) / (10 + index)))
         losses.push(r.loss)
@@ -176,7 +220,9 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
     batchSize: String(o.batchSize),
     wallMinutes: wallMinutes.toFixed(1),
     seed: String(o.seed),
-    backend: backend.name
+    backend: backend.name,
+    workers: String(workers),
+    lrSchedule: o.lrSchedule
   })
   const svg = yield* Effect.promise(() => lossPlot(losses, `ShapeWorld-32 base pretraining (batch ${o.batchSize})`))
   yield* AtomicFile.writeText(path.join(o.out, "loss.svg"), svg)

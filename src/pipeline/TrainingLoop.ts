@@ -28,8 +28,8 @@ export interface LoopOptions<E, R> {
   /** Stop (with a checkpoint) after this many minutes in this session; 0 = no limit. */
   readonly maxMinutes: number
   readonly checkpointEvery: number
-  /** One optimisation step, `index` 0-based; synchronous work. */
-  readonly step: (index: number) => StepOutcome
+  /** One optimisation step, `index` 0-based (a promise when it waits on worker threads). */
+  readonly step: (index: number) => StepOutcome | Promise<StepOutcome>
   readonly checkpoint: (steps: number, wallMs: number) => Effect.Effect<void, E, R>
 }
 
@@ -52,7 +52,8 @@ export const run = <E, R>(o: LoopOptions<E, R>): Effect.Effect<{ steps: number; 
           yield* Effect.logInfo(`time budget of ${o.maxMinutes} min reached at step ${step}`)
           break
         }
-        const r = yield* Effect.sync(() => o.step(step))
+        const out = yield* Effect.sync(() => o.step(step))
+        const r = out instanceof Promise ? yield* Effect.promise(() => out) : out
         if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
           return yield* new NonFiniteLoss({ iteration: step + 1, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` })
         }

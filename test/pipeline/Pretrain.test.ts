@@ -25,6 +25,9 @@ const options = (dir: string, steps: number, resume: boolean): Pretrain.Pretrain
   nullPromptFraction: 0.2,
   seed: 11,
   checkpointEvery: 2,
+  lrSchedule: "cosine",
+  minLr: 1e-4,
+  workers: 1,
   maxMinutes: 0,
   runDir: nodePath.join(dir, "run"),
   out: nodePath.join(dir, "model"),
@@ -53,4 +56,34 @@ describe("Pretrain", () => {
       assert.strictEqual(ma.metadata.trainedSteps, "4")
       assert.isTrue(fsNode.existsSync(nodePath.join(a, "model", "loss.svg")))
     }).pipe(Effect.provide(layers)))
+})
+
+describe("Pretrain.lrAt", () => {
+  const o = { lr: 1, minLr: 0.1, warmupSteps: 10, steps: 110, lrSchedule: "cosine" as const }
+  it("warms up linearly, then decays by a cosine to minLr", () => {
+    assert.approximately(Pretrain.lrAt(o, 0), 0.1, 1e-12)
+    assert.approximately(Pretrain.lrAt(o, 9), 1, 1e-12)
+    assert.approximately(Pretrain.lrAt(o, 10), 1, 1e-12)
+    assert.approximately(Pretrain.lrAt(o, 60), 0.55, 1e-12)
+    assert.approximately(Pretrain.lrAt(o, 110), 0.1, 1e-12)
+    assert.strictEqual(Pretrain.lrAt({ ...o, lrSchedule: "constant" }, 100), 1)
+  })
+})
+
+describe("Pretrain with worker threads", () => {
+  it.effect("two gradient workers train like one thread (same losses up to float summation order)", () =>
+    Effect.gen(function*() {
+      const a = fsNode.mkdtempSync(nodePath.join(os.tmpdir(), "pre-w1-"))
+      const b = fsNode.mkdtempSync(nodePath.join(os.tmpdir(), "pre-w2-"))
+      yield* Effect.scoped(Pretrain.run(options(a, 3, false)))
+      yield* Effect.scoped(Pretrain.run({ ...options(b, 3, false), workers: 2 }))
+      const la = losses(a)
+      const lb = losses(b)
+      assert.strictEqual(lb.length, 3)
+      la.forEach((l, i) => assert.approximately(lb[i], l, 1e-4 * Math.abs(l), `step ${i + 1}`))
+      // Losses after the first step depend on the update: equal losses mean equal updates.
+      assert.notStrictEqual(la[1], la[0])
+      const mb = yield* Weights.load(nodePath.join(b, "model"))
+      assert.strictEqual(mb.metadata.workers, "2")
+    }).pipe(Effect.provide(layers)), 120_000)
 })
