@@ -22,6 +22,12 @@ export interface Prepared {
   readonly loss: () => tf.Scalar
   /** Numbers worth logging (e.g. mean reward margin). */
   readonly stats: Readonly<Record<string, number>>
+  /**
+   * Further optimiser steps on the same iteration's data, taken in order
+   * after `loss`; each closure sees the parameters the previous step left
+   * (DDPO's minibatches and inner epochs). Absent: one step per iteration.
+   */
+  readonly updates?: ReadonlyArray<() => tf.Scalar>
 }
 
 export const SftOptions = Schema.Struct({ target: Losses.EpsTarget })

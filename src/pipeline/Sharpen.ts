@@ -53,7 +53,14 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
     const scores = yield* scorer.score(trajectories)
     const selection = selector.select(scores.trajectory)
     const prepared = yield* objective.prepare(trajectories, selection, scores)
-    const update = yield* optimizer.step(prepared.loss, index)
+    const steps = [yield* optimizer.step(prepared.loss, index)]
+    for (const loss of prepared.updates ?? []) steps.push(yield* optimizer.step(loss, index))
+    // Several steps (Prepared.updates): their mean loss and gradient norm, the last lr.
+    const update = steps.length === 1 ? steps[0] : {
+      loss: stats(steps.map((s) => s.loss)).mean,
+      gradNorm: stats(steps.map((s) => s.gradNorm)).mean,
+      lr: steps[steps.length - 1].lr
+    }
     const all = scores.trajectory.flat()
     const { mean, std } = stats(all)
     const best = selection.best.map((i, b) => scores.trajectory[i][b])

@@ -50,7 +50,8 @@ const trajectoryOptions = (c: SharpenConfig) => ({
   timestep: c.timestep
 })
 
-const optimizerConfig = (c: SharpenConfig) => ({
+/** The AdamW settings of a run (one optimiser step per iteration). */
+export const optimizerConfig = (c: SharpenConfig) => ({
   beta1: c.beta1,
   beta2: c.beta2,
   eps: 1e-8,
