@@ -1,0 +1,233 @@
+/**
+ * The paper's comparison on ShapeWorld-32 (issue #6): every fine-tuning
+ * method trained from the base model with the same reward and iterations,
+ * the inference-time methods on the base model, all evaluated on both eval
+ * sets; ablations of n and m; tables and plots written to --results.
+ *
+ *   npx tsx pipelines/compare.ts --quick --out out/compare-quick        # smoke run, minutes
+ *   npx tsx pipelines/compare.ts --iterations 40 --results docs/results.md
+ *   npx tsx pipelines/compare.ts --ablations --seeds 0,1,2 ...          # resumable: rerun to continue
+ *
+ * Every stage writes its JSON under --out and is skipped when it exists.
+ */
+import { Console, Effect, FileSystem, Layer, Option, Path, Schema } from "effect"
+import { Command, Flag } from "effect/cli"
+import * as Main from "../src/cli/Main.ts"
+import * as Generate from "../src/eval/Generate.ts"
+import * as Plot from "../src/eval/Plot.ts"
+import * as AtomicFile from "../src/io/AtomicFile.ts"
+import * as ClipModel from "../src/reward/ClipModel.ts"
+import * as Registry from "../src/reward/Registry.ts"
+import * as Compare from "../src/pipeline/Compare.ts"
+import * as Report from "../src/pipeline/Report.ts"
+import * as SharpenConfig from "../src/pipeline/SharpenConfig.ts"
+import { Backend, BackendName } from "../src/tensor/Backend.ts"
+import * as Scoped from "../src/tensor/Scoped.ts"
+
+const ints = (text: string) => text.split(",").filter((s) => s.trim() !== "").map((s) => Number(s.trim()))
+
+const command = Command.make(
+  "compare",
+  {
+    model: Flag.String("model").pipe(Flag.withDescription("base model directory"), Flag.withDefault("models/shapeworld-base")),
+    clipModel: Flag.String("clip-model").pipe(Flag.withDescription("clip model (reward and clip score)"), Flag.withDefault("models/shapeworld-clip")),
+    reward: Flag.String("reward").pipe(Flag.withDescription("reward every method optimises"), Flag.withDefault("clip")),
+    out: Flag.String("out").pipe(Flag.withDescription("stage directory (resumable)"), Flag.withDefault("out/compare")),
+    results: Flag.String("results").pipe(Flag.withDescription("markdown file to write (its compare block is replaced if present)"), Flag.optional),
+    config: Flag.String("config").pipe(Flag.withDescription("JSON file of sharpening settings shared by every method"), Flag.optional),
+    iterations: Flag.Int("iterations").pipe(Flag.withDescription("iterations of every fine-tuning method"), Flag.withDefault(40)),
+    lr: Flag.Finite("lr").pipe(Flag.withDescription("learning rate of every fine-tuning method"), Flag.withDefault(1e-4)),
+    seeds: Flag.String("seeds").pipe(Flag.withDescription("comma-separated seeds of the fine-tuning runs"), Flag.withDefault("0")),
+    methods: Flag.String("methods").pipe(Flag.withDescription(`comma-separated subset of ${Compare.FINETUNE_METHODS.join(",")}`), Flag.withDefault(Compare.FINETUNE_METHODS.join(","))),
+    evalPrompts: Flag.Int("eval-prompts").pipe(Flag.withDescription("prompts per eval set for the fine-tuned rows (0 = all)"), Flag.withDefault(0)),
+    inferencePrompts: Flag.Int("inference-prompts").pipe(Flag.withDescription("prompts per eval set for the inference-time rows (they cost N times more)"), Flag.withDefault(40)),
+    evalSteps: Flag.Int("eval-steps").pipe(Flag.withDescription("DDIM steps of every evaluation"), Flag.withDefault(50)),
+    bestOf: Flag.String("best-of").pipe(Flag.withDescription("N of the best-of-N rows"), Flag.withDefault("2,4")),
+    stepSearch: Flag.String("step-search").pipe(Flag.withDescription("KxB budgets of the step-search rows"), Flag.withDefault("5x2,5x4")),
+    ablations: Flag.Boolean("ablations").pipe(Flag.withDescription("also train RLHF sharpening at other n and m (Tables 2-3)"), Flag.withDefault(false)),
+    ablationN: Flag.String("ablation-n").pipe(Flag.withDescription("values of n (>= 2: RLHF needs a best and a worst path)"), Flag.withDefault("2,3,4,8")),
+    ablationM: Flag.String("ablation-m").pipe(Flag.withDescription("values of m"), Flag.withDefault("1,2,3,4,8")),
+    quick: Flag.Boolean("quick").pipe(Flag.withDescription("tiny smoke run (2 iterations, few prompts and steps)"), Flag.withDefault(false)),
+    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+  },
+  Effect.fn(function*(f) {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const q = f.quick
+    const settings = {
+      iterations: q ? 2 : f.iterations,
+      evalPrompts: q ? 3 : f.evalPrompts,
+      inferencePrompts: q ? 2 : f.inferencePrompts,
+      evalSteps: q ? 4 : f.evalSteps,
+      bestOf: q ? [2] : ints(f.bestOf),
+      stepSearch: (q ? "1x2" : f.stepSearch).split(",").map((s) => {
+        const [points, branches] = s.split("x").map(Number)
+        return { points, branches }
+      }),
+      ablation: { n: q ? [2, 3] : ints(f.ablationN), m: q ? [1, 2] : ints(f.ablationM) },
+      seeds: ints(f.seeds)
+    }
+    const shared: Record<string, unknown> = Option.isSome(f.config) ? JSON.parse(yield* fs.readFileString(f.config.value)) : {}
+    const quickConfig = q ? { batchSize: 2, n: 2, m: 2, onlineSteps: 4, inferenceSteps: 10, evalSteps: 4, evalPrompts: 2 } : {}
+    const configFor = (seed: number, extra: Record<string, unknown> = {}) => {
+      const c = SharpenConfig.decode([shared, quickConfig, { iterations: settings.iterations, lr: f.lr, seed, checkpointEvery: 5 }, extra], Option.getOrUndefined(f.config))
+      if (c instanceof SharpenConfig.ConfigError) throw c
+      return c
+    }
+    const methods = f.methods.split(",").map((m) => Schema.decodeUnknownSync(Compare.FinetuneMethod)(m.trim()))
+    const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
+    const hasClip = yield* fs.exists(f.clipModel)
+    const reward = Registry.layerNode({ reward: f.reward, ...(hasClip ? { modelDir: f.clipModel } : {}) }).pipe(Layer.provide(backend))
+    const wiring: Compare.TrainWiring = { model: f.model, reward, backend }
+    const sampler: Generate.SamplerOptions = { ...Generate.paperDefaults, steps: settings.evalSteps }
+    const sets = yield* Report.loadEvalSets(settings.evalPrompts)
+    const inferenceSets = yield* Report.loadEvalSets(settings.inferencePrompts)
+
+    const program = Effect.gen(function*() {
+      const clip = hasClip
+        ? yield* Effect.flatMap(ClipModel.loadFiles(f.clipModel), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose))
+        : undefined
+      const evalDir = path.join(f.out, "eval")
+      const evalModel = (row: string, family: string, dir: string, promptSets = sets) =>
+        Compare.cached(path.join(evalDir, `${row}.json`), Compare.EvalSummary, Effect.scoped(Effect.gen(function*() {
+          yield* Console.error(`evaluating ${row} ...`)
+          const model = yield* Compare.loadModel(dir)
+          return yield* Compare.evaluateRow(row, family, Generate.nfePerImage(sampler), Compare.samplerGenerator(model, sampler), promptSets, clip)
+        })))
+
+      // 1. Fine-tuning methods, every seed.
+      const trained: Array<{ method: Compare.FinetuneMethod; seed: number; summary: Compare.TrainSummary; eval: Compare.EvalSummary }> = []
+      for (const seed of settings.seeds) {
+        for (const method of methods) {
+          const dir = path.join(f.out, "train", `${method}-s${seed}`)
+          const summary = yield* Compare.train(method, configFor(seed), dir, wiring)
+          const ev = yield* evalModel(`${method}-s${seed}`, "fine-tuning", path.join(dir, "model"))
+          trained.push({ method, seed, summary, eval: ev })
+        }
+      }
+
+      // 2. The base model with the plain sampler, and the inference-time methods on it.
+      const base = yield* evalModel("base", "base", f.model)
+      const baseSmall = yield* evalModel("base-inference-prompts", "base", f.model, inferenceSets)
+      const inference: Array<Compare.EvalSummary> = []
+      for (const m of Compare.inferenceMethods(sampler, settings.bestOf, settings.stepSearch)) {
+        inference.push(yield* Compare.cached(path.join(evalDir, `${m.name.replace(/ /g, "-")}.json`), Compare.EvalSummary, Effect.scoped(Effect.gen(function*() {
+          yield* Console.error(`evaluating ${m.name} ...`)
+          const model = yield* Compare.loadModel(f.model)
+          return yield* Compare.evaluateRow(m.name, m.family, m.nfePerImage, Compare.methodGenerator(m, model), inferenceSets, clip)
+        })).pipe(Effect.provide(reward))))
+      }
+      // The sharpened model on the same (smaller) prompt sets, for the reward-vs-NFE plot.
+      const sharpenedSmall = methods.includes("rlhf-sharpening")
+        ? [yield* evalModel(`rlhf-sharpening-s${settings.seeds[0]}-inference-prompts`, "RLHF sharpening", path.join(f.out, "train", `rlhf-sharpening-s${settings.seeds[0]}`, "model"), inferenceSets)]
+        : []
+
+      // 3. Ablations of n and m (RLHF sharpening, first seed).
+      const ablations: Array<{ axis: "n" | "m"; value: number; summary: Compare.TrainSummary; eval: Compare.EvalSummary }> = []
+      if (f.ablations) {
+        for (const axis of ["n", "m"] as const) {
+          for (const value of settings.ablation[axis]) {
+            const dir = path.join(f.out, "ablation", `${axis}${value}`)
+            const summary = yield* Compare.train("rlhf-sharpening", configFor(settings.seeds[0], { [axis]: value }), dir, wiring)
+            ablations.push({ axis, value, summary, eval: yield* evalModel(`ablation-${axis}${value}`, "ablation", path.join(dir, "model"), inferenceSets) })
+          }
+        }
+      }
+
+      // 4. Tables and plots.
+      const plots = path.join(f.out, "plots")
+      const fig46 = yield* Effect.promise(() =>
+        Plot.lineSvg({
+          title: `Training reward (mean over trajectories / samples) per iteration, reward ${f.reward}`,
+          x: "iteration",
+          y: "reward",
+          series: "method",
+          smooth: Math.max(1, Math.round(settings.iterations / 10)),
+          rows: trained.filter((t) => t.seed === settings.seeds[0] && t.method !== "standard").flatMap((t) =>
+            t.summary.curve.map((c) => ({ iteration: c.iteration, reward: c.rewardMean, method: Compare.LABELS[t.method] })))
+        }))
+      const fig5 = yield* Effect.promise(() =>
+        Plot.lineSvg({
+          title: `Reward (${f.reward}) of the final images vs NFE per image`,
+          x: "NFE per image",
+          y: "reward",
+          series: "family",
+          rows: [baseSmall, ...inference, ...sharpenedSmall].map((e) => ({ "NFE per image": e.nfePerImage, reward: e.sets[0].reward, family: e.family === "base" ? "best-of-N" : e.family }))
+            .concat(inference.filter((e) => e.family !== "best-of-N").length > 0 ? [{ "NFE per image": baseSmall.nfePerImage, reward: baseSmall.sets[0].reward, family: "step search" }] : [])
+        }))
+      for (const [name, svg] of [["reward-vs-iteration", fig46], ["reward-vs-nfe", fig5]] as const) {
+        yield* AtomicFile.writeText(path.join(plots, `${name}.svg`), svg)
+        yield* AtomicFile.writeFile(path.join(plots, `${name}.png`), Plot.svgToPng(svg))
+      }
+
+      const seedsOf = (m: Compare.FinetuneMethod) => trained.filter((t) => t.method === m)
+      const rowOf = (m: Compare.FinetuneMethod) => {
+        const runs = seedsOf(m)
+        const first = runs[0].eval
+        if (runs.length === 1) return { label: Compare.LABELS[m], eval: first }
+        const spread = first.sets.map((_, i) => Compare.meanStd(runs.map((r) => r.eval.sets[i].rows.find((x) => x.category === "overall")!.accuracy)).std)
+        return { label: `${Compare.LABELS[m]} (seed ${runs[0].seed}; ± over ${runs.length} seeds)`, eval: first, spread }
+      }
+      const order: Array<Compare.FinetuneMethod> = ["standard", "diffusion-dpo", "ddpo"]
+      const table = Compare.table1([
+        { label: "base model", eval: base },
+        ...order.filter((m) => methods.includes(m)).map(rowOf),
+        ...(["sft-sharpening", "rlhf-sharpening"] as const).filter((m) => methods.includes(m)).map(rowOf)
+      ])
+      const inferenceTable = Compare.table1([{ label: "base model", eval: baseSmall }, ...inference.map((e) => ({ label: e.row, eval: e })), ...sharpenedSmall.map((e) => ({ label: "RLHF Diffusion-Sharpening", eval: e }))])
+      const costs = [
+        "| method | seed | iterations | training min | training NFE | reward calls |",
+        "|---|---|---|---|---|---|",
+        ...trained.map((t) => `| ${Compare.LABELS[t.method]} | ${t.seed} | ${t.summary.iterations} | ${t.summary.wallMinutes.toFixed(1)} | ${t.summary.nfe} | ${t.summary.rewardCalls} |`)
+      ].join("\n")
+      const ablationTable = (axis: "n" | "m") => {
+        const rows = ablations.filter((a) => a.axis === axis)
+        if (rows.length === 0) return ""
+        return [
+          `| ${axis} | ${rows[0].eval.sets.map((s) => `${s.name} accuracy %`).join(" | ")} | reward (seen) | training min | training NFE |`,
+          `|---|${rows[0].eval.sets.map(() => "---|").join("")}---|---|---|`,
+          ...rows.map((a) => `| ${a.value} | ${a.eval.sets.map((s) => (100 * s.rows.find((r) => r.category === "overall")!.accuracy).toFixed(1)).join(" | ")} | ${a.eval.sets[0].reward.toFixed(3)} | ${a.summary.wallMinutes.toFixed(1)} | ${a.summary.nfe} |`)
+        ].join("\n")
+      }
+      const n = (s: Compare.EvalSummary) => s.sets.map((x) => `${x.rows.find((r) => r.category === "overall")!.n} ${x.name}`).join(" + ")
+      const block = [
+        `Generated by \`npx tsx pipelines/compare.ts ${process.argv.slice(2).join(" ")}\` (stages in \`${f.out}\`).`,
+        `Reward optimised by every method: \`${f.reward}\`. Fine-tuning: ${settings.iterations} iterations each, lr ${f.lr}, seeds ${settings.seeds.join(", ")}; evaluation DDIM ${sampler.steps}, CFG ${sampler.cfg}, eta 0 on ${n(base)} prompts.`,
+        "",
+        "### Table 1: verifier accuracy (overall), clip score, other rewards, NFE per image",
+        "",
+        table,
+        "",
+        "Per category:",
+        "",
+        Compare.categoryTable(0, [{ label: "base model", eval: base }, ...trained.filter((t) => t.seed === settings.seeds[0]).map((t) => ({ label: Compare.LABELS[t.method], eval: t.eval }))]),
+        "",
+        ...(base.sets.length > 1 ? [Compare.categoryTable(1, [{ label: "base model", eval: base }, ...trained.filter((t) => t.seed === settings.seeds[0]).map((t) => ({ label: Compare.LABELS[t.method], eval: t.eval }))]), ""] : []),
+        "### Training cost (same reward, same iterations)",
+        "",
+        costs,
+        "",
+        `### Inference-time methods on the base model (${n(baseSmall)} prompts)`,
+        "",
+        inferenceTable,
+        "",
+        "![reward vs iteration](" + path.relative(path.dirname(Option.getOrElse(f.results, () => path.join(f.out, "results.md"))), path.join(plots, "reward-vs-iteration.png")) + ")",
+        "",
+        "![reward vs NFE](" + path.relative(path.dirname(Option.getOrElse(f.results, () => path.join(f.out, "results.md"))), path.join(plots, "reward-vs-nfe.png")) + ")",
+        ...(ablations.length > 0 ? ["", "### Table 2: samples n (m = 3)", "", ablationTable("n"), "", "### Table 3: steps m (n = 3)", "", ablationTable("m")] : [])
+      ].join("\n")
+      const file = Option.getOrElse(f.results, () => path.join(f.out, "results.md"))
+      const begin = "<!-- compare:begin -->"
+      const end = "<!-- compare:end -->"
+      const old = (yield* fs.exists(file)) ? yield* fs.readFileString(file) : ""
+      const text = old.includes(begin) && old.includes(end)
+        ? old.slice(0, old.indexOf(begin) + begin.length) + "\n" + block + "\n" + old.slice(old.indexOf(end))
+        : `# Comparison\n\n${begin}\n${block}\n${end}\n`
+      yield* AtomicFile.writeText(file, text)
+      yield* Console.log(`${table}\n\nwritten: ${file}`)
+    })
+    yield* program.pipe(Effect.provide(reward), Effect.provide(backend), Effect.scoped)
+  })
+).pipe(Command.withDescription("Train every fine-tuning method and run every inference-time method from the base model with one reward; write the paper's tables and plots."))
+
+Main.run(command)

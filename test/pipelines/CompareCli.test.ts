@@ -1,0 +1,68 @@
+import { NodeServices } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { spawnSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { beforeAll } from "vitest"
+import * as Denoiser from "../../src/model/Denoiser.ts"
+import { defaultConfig, type UNetConfig } from "../../src/model/UNetConfig.ts"
+import { useCpu } from "../helpers.ts"
+
+const tiny32: UNetConfig = {
+  ...defaultConfig,
+  architecture: { ...defaultConfig.architecture, baseChannels: 8, channelMult: [1, 2], attentionResolutions: [16], heads: 2, groups: 4, textDim: 16, textLayers: 1 }
+}
+
+const root = path.resolve(import.meta.dirname, "../..")
+const tsxLoader = import.meta.resolve("tsx")
+
+// The whole comparison at --quick size on a tiny model: every training
+// method, every inference-time method, the ablations, tables and plots.
+describe("compare.ts --quick", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "compare-"))
+  const model = path.join(dir, "model")
+  const out = path.join(dir, "out")
+  const results = path.join(dir, "results.md")
+  const run = () =>
+    spawnSync(process.execPath, [
+      "--import", tsxLoader, path.join(root, "pipelines", "compare.ts"),
+      "--quick", "--ablations", "--model", model, "--reward", "compositional-dense", "--clip-model", path.join(dir, "no-clip"),
+      "--out", out, "--results", results, "--backend", "wasm"
+    ], { cwd: root, encoding: "utf8", env: { ...process.env, SHARPEN_BACKEND: "" } })
+
+  beforeAll(async () => {
+    await useCpu()
+    const m = Denoiser.init(tiny32, 0)
+    await Effect.runPromise(Denoiser.save(model, m).pipe(Effect.provide(NodeServices.layer)))
+    Denoiser.dispose(m)
+    fs.writeFileSync(results, "# Results\n\nhand-written text\n\n<!-- compare:begin -->\nold\n<!-- compare:end -->\n\nmore text\n")
+  })
+
+  it("trains and evaluates every row, writes the tables into the results block, and resumes from its stages", () => {
+    const r = run()
+    assert.strictEqual(r.status, 0, r.stderr.slice(-3000))
+    const text = fs.readFileSync(results, "utf8")
+    assert.include(text, "hand-written text")
+    assert.include(text, "more text")
+    assert.notInclude(text, "\nold\n")
+    for (const label of ["base model", "standard fine-tuning", "Diffusion-DPO", "DDPO", "SFT Diffusion-Sharpening", "RLHF Diffusion-Sharpening", "best-of-2", "step-search 1x2", "Table 2", "Table 3"]) {
+      assert.include(text, label)
+    }
+    for (const m of ["standard", "diffusion-dpo", "ddpo", "sft-sharpening", "rlhf-sharpening"]) {
+      const s = JSON.parse(fs.readFileSync(path.join(out, "train", `${m}-s0`, "summary.json"), "utf8"))
+      assert.strictEqual(s.iterations, 2, m)
+      assert.isTrue(fs.existsSync(path.join(out, "train", `${m}-s0`, "model", "model.safetensors")), m)
+    }
+    const dpo = JSON.parse(fs.readFileSync(path.join(out, "eval", "best-of-2.json"), "utf8"))
+    assert.strictEqual(dpo.nfePerImage, 2 * 4 * 2)
+    assert.isTrue(fs.existsSync(path.join(out, "plots", "reward-vs-nfe.png")))
+    assert.isTrue(fs.existsSync(path.join(out, "ablation", "n3", "summary.json")))
+    // A second run finds every stage done and writes the same tables.
+    const again = run()
+    assert.strictEqual(again.status, 0, again.stderr.slice(-3000))
+    assert.notInclude(again.stderr, "training ")
+    assert.strictEqual(fs.readFileSync(results, "utf8"), text)
+  }, 600_000)
+})
