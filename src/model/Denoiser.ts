@@ -17,6 +17,8 @@ import { Rng } from "../tensor/Random.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import { initParams } from "./Layers.ts"
 import { encode } from "./Tokenizer.ts"
+import * as Noise from "../diffusion/Noise.ts"
+import * as Schedule from "../diffusion/Schedule.ts"
 import { forward, paramSpecs } from "./UNet.ts"
 import type { UNetConfig } from "./UNetConfig.ts"
 import * as Weights from "./Weights.ts"
@@ -90,8 +92,21 @@ export const encodeInputs = (config: UNetConfig, x: tf.Tensor4D, t: ReadonlyArra
 export const eps = (m: Model, x: tf.Tensor4D, t: number | ReadonlyArray<number>, prompts: ReadonlyArray<string>): tf.Tensor4D =>
   tf.tidy(() => {
     const ts = typeof t === "number" ? new Array(x.shape[0]).fill(t) : t
-    return forward(m.params, m.config.architecture, encodeInputs(m.config, x, ts, prompts))
+    const out = forward(m.params, m.config.architecture, encodeInputs(m.config, x, ts, prompts))
+    return m.config.prediction === "v_prediction" ? Noise.epsFromV(scheduleOf(m.config), x, out, ts) : out
   })
+
+const schedules = new WeakMap<UNetConfig, Schedule.Schedule>()
+
+/** The model's noise schedule (computed once per config object). */
+export const scheduleOf = (config: UNetConfig): Schedule.Schedule => {
+  let s = schedules.get(config)
+  if (s === undefined) {
+    s = Schedule.make(config.schedule)
+    schedules.set(config, s)
+  }
+  return s
+}
 
 /**
  * Classifier-free guided noise: eps_u + scale * (eps_c - eps_u), with the

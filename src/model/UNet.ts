@@ -106,6 +106,7 @@ export const paramSpecs = (a: Architecture, vocabSize: number): Array<ParamSpec>
     ...textSpecs(a, vocabSize),
     ...spec.linear("time.fc1", a.baseChannels, td),
     ...spec.linear("time.fc2", td, td),
+    ...(a.pooledText === true ? spec.linear("text.pool", a.textDim, td) : []),
     ...spec.conv("in", 3, a.channels, L[0].ch)
   ]
   const skips: Array<number> = [L[0].ch]
@@ -245,7 +246,13 @@ export const forward = (p: Params, a: Architecture, input: Input, fc?: FlopCount
   const ctx = encodeText(p, a, input.tokens, input.mask, fc)
   const bias = maskBias(input.mask)
   const temb0 = timestepEmbedding(input.t, a.baseChannels)
-  const temb = linearC(p, "time.fc2", silu(linearC(p, "time.fc1", temb0, fc)), fc) as tf.Tensor2D
+  let temb = linearC(p, "time.fc2", silu(linearC(p, "time.fc1", temb0, fc)), fc) as tf.Tensor2D
+  if (a.pooledText === true) {
+    // Masked mean over the prompt's tokens.
+    const m = tf.expandDims(input.mask, 2)
+    const pooled = tf.div(tf.sum(tf.mul(ctx, m), 1), tf.maximum(tf.sum(m, 1), 1)) as tf.Tensor2D
+    temb = tf.add(temb, linearC(p, "text.pool", pooled, fc)) as tf.Tensor2D
+  }
 
   let h = convC(p, "in", input.x, fc)
   const skips: Array<tf.Tensor4D> = [h]

@@ -23,7 +23,13 @@ export const Architecture = Schema.Struct({
   groups: PositiveInt,
   textDim: PositiveInt,
   textLayers: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
-  maxTokens: PositiveInt
+  maxTokens: PositiveInt,
+  /**
+   * Also add the masked mean of the text features to the timestep embedding
+   * (a global conditioning path into every res block, as Imagen / SDXL do
+   * besides cross-attention). Absent = false (models before 0.2).
+   */
+  pooledText: Schema.optionalKey(Schema.Boolean)
 })
 export type Architecture = typeof Architecture.Type
 
@@ -31,7 +37,12 @@ export const UNetConfig = Schema.Struct({
   format: Schema.Literal("diffusion-sharpening/unet@1"),
   architecture: Architecture,
   schedule: ScheduleConfig,
-  prediction: Schema.Literal("epsilon"),
+  /**
+   * What the network outputs: the noise, or v = alpha_t eps - sigma_t x0
+   * (Salimans & Ho 2022). Every consumer sees epsilon (`Denoiser.eps`
+   * converts), so samplers and sharpening objectives do not change.
+   */
+  prediction: Schema.Literals(["epsilon", "v_prediction"]),
   vocabulary: Schema.Array(Schema.String)
 })
 export type UNetConfig = typeof UNetConfig.Type
@@ -63,11 +74,15 @@ export const defaultConfig: UNetConfig = {
     groups: 8,
     textDim: 64,
     textLayers: 2,
-    maxTokens: 12
+    maxTokens: 12,
+    pooledText: true
   },
   // Pixel space: DDPM's linear schedule leaves almost no signal at t = 999
   // (alphas_cumprod ~ 4e-5), unlike SDXL's scaled_linear (0.0047).
   schedule: { kind: "linear", trainSteps: 1000, betaStart: 0.0001, betaEnd: 0.02 },
-  prediction: "epsilon",
+  // v-prediction: with epsilon prediction the high-noise steps carry almost
+  // no training signal about the prompt (eps ~ x_t there), and the first
+  // model trained here ignored its text (docs/models.md).
+  prediction: "v_prediction",
   vocabulary: shapeWorldVocabulary
 }

@@ -77,7 +77,8 @@ export const assignFlat = (params: Readonly<Record<string, tf.Variable>>, flat: 
 }
 
 /**
- * Epsilon-prediction MSE of a shard and its parameter gradients (mean over
+ * The denoising MSE of a shard (against the noise, or against v for a
+ * v-prediction model) and its parameter gradients (mean over
  * the shard), as tensors owned by the caller.
  *
  * @since 0.2.0
@@ -92,7 +93,8 @@ export const lossAndGrads = (model: Denoiser.Model, s: Shard): { loss: number; g
       const eps = tf.tensor4d(s.noise, shape)
       const xt = Noise.addNoise(schedule, x0, eps, s.t)
       const inputs = Denoiser.encodeInputs(model.config, xt, s.t, s.prompts)
-      return tf.mean(tf.squaredDifference(forward(model.params, a, inputs), eps)) as tf.Scalar
+      const target = model.config.prediction === "v_prediction" ? Noise.vTarget(schedule, x0, eps, s.t) : eps
+      return tf.mean(tf.squaredDifference(forward(model.params, a, inputs), target)) as tf.Scalar
     }), model.params)
   const loss = value.dataSync()[0]
   value.dispose()
