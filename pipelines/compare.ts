@@ -42,8 +42,8 @@ const command = Command.make(
     evalPrompts: Flag.Int("eval-prompts").pipe(Flag.withDescription("prompts per eval set for the fine-tuned rows (0 = all)"), Flag.withDefault(0)),
     inferencePrompts: Flag.Int("inference-prompts").pipe(Flag.withDescription("prompts per eval set for the inference-time rows (they cost N times more)"), Flag.withDefault(40)),
     evalSteps: Flag.Int("eval-steps").pipe(Flag.withDescription("DDIM steps of every evaluation"), Flag.withDefault(50)),
-    bestOf: Flag.String("best-of").pipe(Flag.withDescription("N of the best-of-N rows"), Flag.withDefault("2,4")),
-    stepSearch: Flag.String("step-search").pipe(Flag.withDescription("KxB budgets of the step-search rows"), Flag.withDefault("5x2,5x4")),
+    bestOf: Flag.String("best-of").pipe(Flag.withDescription("N of the best-of-N rows (\"\" = none)"), Flag.withDefault("2,4")),
+    stepSearch: Flag.String("step-search").pipe(Flag.withDescription("KxB budgets of the step-search rows (\"\" = none)"), Flag.withDefault("5x2,5x4")),
     ablations: Flag.Boolean("ablations").pipe(Flag.withDescription("also train RLHF sharpening at other n and m (Tables 2-3)"), Flag.withDefault(false)),
     ablationN: Flag.String("ablation-n").pipe(Flag.withDescription("values of n (>= 2: RLHF needs a best and a worst path)"), Flag.withDefault("2,3,4,8")),
     ablationM: Flag.String("ablation-m").pipe(Flag.withDescription("values of m"), Flag.withDefault("1,2,3,4,8")),
@@ -60,7 +60,7 @@ const command = Command.make(
       inferencePrompts: q ? 2 : f.inferencePrompts,
       evalSteps: q ? 4 : f.evalSteps,
       bestOf: q ? [2] : ints(f.bestOf),
-      stepSearch: (q ? "1x2" : f.stepSearch).split(",").map((s) => {
+      stepSearch: (q ? "1x2" : f.stepSearch).split(",").filter((s) => s.trim() !== "").map((s) => {
         const [points, branches] = s.split("x").map(Number)
         return { points, branches }
       }),
