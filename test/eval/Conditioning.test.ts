@@ -15,13 +15,17 @@ describe("Conditioning.report", () => {
   it.effect("measures the prompt's effect per timestep and leaks nothing", () =>
     Effect.gen(function*() {
       const model = Denoiser.init(tiny32, 3)
+      // Zero-initialised output layers would make every output equal: give them weights.
+      for (const [k, v] of Object.entries(model.params)) {
+        if (k.endsWith(".w")) tf.tidy(() => v.assign(tf.add(v, tf.randomNormal(v.shape, 0, 0.05, "float32", 7))))
+      }
       const before = tf.memory().numTensors
       const rows = Conditioning.report(model, 2, 1, [20, 800])
       assert.strictEqual(tf.memory().numTensors, before)
       assert.deepStrictEqual(rows.map((r) => r.t), [20, 800])
       for (const r of rows) {
         assert.isTrue(Number.isFinite(r.epsPrompt) && Number.isFinite(r.x0))
-        // The pooled-text path makes even an untrained model's output depend on the prompt.
+        // A random (untrained) model's output depends on the prompt.
         assert.notStrictEqual(r.epsPrompt, r.epsNull)
         assert.approximately(r.gain, 1 - r.epsPrompt / r.epsNull, 1e-12)
       }
