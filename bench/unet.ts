@@ -22,7 +22,8 @@ import * as Denoiser from "../src/model/Denoiser.ts"
 import { initParams, spec } from "../src/model/Layers.ts"
 import { defaultConfig } from "../src/model/UNetConfig.ts"
 import * as AdamW from "../src/optim/AdamW.ts"
-import { trainStep } from "../src/pipeline/Pretrain.ts"
+import * as DataParallel from "../src/pipeline/DataParallel.ts"
+import { trainStep, trainStepParallel } from "../src/pipeline/Pretrain.ts"
 import { Backend, fromEnv } from "../src/tensor/Backend.ts"
 import { conv2dSame } from "../src/tensor/Conv.ts"
 import { paramGrads } from "../src/tensor/Grad.ts"
@@ -103,10 +104,34 @@ const unet = () => {
   return { flops, fwd, train, params }
 }
 
+/** Pretraining steps at batch 16 on one thread and with gradient shards over `workers` threads. */
+const dataParallel = async (backendName: string, workers: number) => {
+  const b = 16
+  const model = Denoiser.init(defaultConfig, 0)
+  const schedule = Schedule.make(defaultConfig.schedule)
+  const adam = AdamW.init(model.params)
+  const rng = Rng.fromSeed(2)
+  const data = Dataset.nextBatch(rng, { batchSize: b, split: "train" })
+  const one = time(() => trainStep(model, schedule, adam, data, rng, 1e-4, AdamW.defaults), Math.max(3, Math.floor(reps / 2)), 1)
+  const pool = DataParallel.make(model, workers, backendName)
+  const ts: Array<number> = []
+  for (let i = 0; i < Math.max(3, Math.floor(reps / 2)) + 1; i++) {
+    const t0 = performance.now()
+    await trainStepParallel(pool, model, schedule, adam, data, rng, 1e-4, AdamW.defaults)
+    if (i > 0) ts.push(performance.now() - t0) // the first step includes the workers' start-up
+  }
+  await pool.close()
+  AdamW.dispose(adam)
+  Denoiser.dispose(model)
+  return { batch: b, workers, one, parallel: median(ts) }
+}
+
 const program = Effect.gen(function*() {
   const backend = yield* Backend
   const ref = referenceNet(backend.name)
   const u = unet()
+  const workers = Math.min(2, os.availableParallelism())
+  const dp = workers > 1 ? yield* Effect.promise(() => dataParallel(backend.name, workers)) : undefined
   const g = (flops: number, ms: number) => (flops / ms / 1e6).toFixed(1)
   const date = new Date().toISOString().slice(0, 10)
   const cpu = os.cpus()[0]?.model ?? "unknown cpu"
@@ -121,6 +146,9 @@ const program = Effect.gen(function*() {
     `| reference 4-conv net 3-32-32-32-3, 16x16 | 8 | ${(ref.flops / 1e9).toFixed(3)} | ${ref.fwd.toFixed(1)} | ${g(ref.flops, ref.fwd)} | ${(8 / ref.fwd * 1000).toFixed(0)} | ${ref.train.toFixed(1)} | ${g(3 * ref.flops, ref.train)} |`,
     "",
     `Ratio UNet / reference train GFLOP/s: ${((3 * u.flops / u.train) / (3 * ref.flops / ref.train)).toFixed(2)}.`,
+    ...(dp !== undefined
+      ? ["", `Data-parallel pretraining step (batch ${dp.batch}, AdamW): one thread ${dp.one.toFixed(0)} ms (${(dp.batch / dp.one * 1000).toFixed(1)} images/s), gradient shards over ${dp.workers} threads ${dp.parallel.toFixed(0)} ms (${(dp.batch / dp.parallel * 1000).toFixed(1)} images/s): **${(dp.one / dp.parallel).toFixed(2)}x**.`]
+      : []),
     ...(ref.trainBuiltin !== undefined
       ? [`Reference net train step with tfjs's built-in conv gradient on this backend: ${ref.trainBuiltin.toFixed(1)} ms (custom forward-conv gradient: ${ref.train.toFixed(1)} ms, ratio ${(ref.trainBuiltin / ref.train).toFixed(2)}).`]
       : [])
