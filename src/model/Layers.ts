@@ -90,6 +90,10 @@ export const conv = (p: Params, name: string, x: tf.Tensor4D): tf.Tensor4D =>
  * 2,048-8,192 rows of 64-128 channels), with the same weights.
  */
 const CONV_ROWS = 256
+// Above this many rows the 1x1-conv gradient's extra copies can exhaust the
+// wasm heap on large sharpening batches (a "memory access out of bounds"
+// in RLHF with 48 images of 32 px = 49k rows); matMul fits there.
+const CONV_MAX_ROWS = 16_384
 
 /** Dense layer on the last axis, any rank. */
 export const linear = (p: Params, name: string, x: tf.Tensor): tf.Tensor => {
@@ -97,7 +101,7 @@ export const linear = (p: Params, name: string, x: tf.Tensor): tf.Tensor => {
   const shape = x.shape
   const cin = shape[shape.length - 1]
   const rows = x.size / cin
-  let y: tf.Tensor = rows >= CONV_ROWS
+  let y: tf.Tensor = rows >= CONV_ROWS && rows <= CONV_MAX_ROWS
     ? conv2dSame(tf.reshape(x, [1, rows, 1, cin]) as tf.Tensor4D, tf.reshape(w, [1, 1, cin, w.shape[1]]) as tf.Tensor4D)
     : tf.matMul(tf.reshape(x, [-1, cin]) as tf.Tensor2D, w)
   const b = p[`${name}.b`]
