@@ -63,6 +63,17 @@ export const pathBatch = (
     return { x: tf.concat(xs, 0) as tf.Tensor4D, t: ts, prompts, target: tf.concat(targets, 0) as tf.Tensor4D }
   }) as never
 
+/**
+ * Batch items 0..batch-1 in consecutive groups of at most `size` (0: one
+ * group of all), for gradient micro-batches.
+ */
+export const microBatches = (batch: number, size: number): Array<Array<number>> => {
+  const step = size <= 0 ? batch : size
+  const out: Array<Array<number>> = []
+  for (let s = 0; s < batch; s += step) out.push(Array.from({ length: Math.min(step, batch - s) }, (_, k) => s + k))
+  return out
+}
+
 /** Per-item mean squared error over the m steps and pixels: [m*B] rows -> [B]. */
 const perItemMse = (pred: tf.Tensor4D, target: tf.Tensor4D, m: number, b: number): tf.Tensor1D =>
   tf.mean(tf.reshape(tf.squaredDifference(pred, target), [m, b, -1]), [0, 2]) as tf.Tensor1D

@@ -15,11 +15,15 @@ import * as Scoped from "../tensor/Scoped.ts"
 import type { Selection } from "../trajectory/PathSelector.ts"
 import { rowIndex, type Trajectories } from "../trajectory/Trajectory.ts"
 import type { TrajectoryScores } from "../trajectory/TrajectoryScorer.ts"
+import type { Loss } from "../optim/Optimizer.ts"
 import * as Losses from "./Losses.ts"
 
 export interface Prepared {
-  /** The loss as a function of the policy's parameters (for the gradient). */
-  readonly loss: () => tf.Scalar
+  /**
+   * The loss as a function of the policy's parameters (for the gradient),
+   * whole or as micro-batch parts whose gradients the optimiser sums.
+   */
+  readonly loss: Loss
   /** Numbers worth logging (e.g. mean reward margin). */
   readonly stats: Readonly<Record<string, number>>
   /**
@@ -30,7 +34,13 @@ export interface Prepared {
   readonly updates?: ReadonlyArray<() => tf.Scalar>
 }
 
-export const SftOptions = Schema.Struct({ target: Losses.EpsTarget })
+/**
+ * Batch items per gradient micro-batch (0: the whole batch at once). Only
+ * peak memory changes, not the update: the parts' gradients are summed.
+ */
+const MicroBatch = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+
+export const SftOptions = Schema.Struct({ target: Losses.EpsTarget, microBatch: Schema.optional(MicroBatch) })
 export type SftOptions = typeof SftOptions.Type
 
 export const RlhfOptions = Schema.Struct({
@@ -39,7 +49,8 @@ export const RlhfOptions = Schema.Struct({
   margin: Losses.MarginPlacement,
   target: Losses.EpsTarget,
   /** Reference error over all m steps, or only the first (the reference code). */
-  referenceSteps: Schema.Literals(["all", "first"])
+  referenceSteps: Schema.Literals(["all", "first"]),
+  microBatch: Schema.optional(MicroBatch)
 })
 export type RlhfOptions = typeof RlhfOptions.Type
 
@@ -55,11 +66,16 @@ export class Objective extends Context.Service<Objective, {
         const schedule = Schedule.make(model.config.schedule)
         return Objective.of({
           name: "sft",
-          prepare: (t, selection) =>
-            Effect.succeed({
-              loss: () => Losses.sftLoss(model, schedule, t, rowIndex(t, selection.best), o.target),
+          prepare: (t, selection) => {
+            const best = rowIndex(t, selection.best)
+            // Each part is its items' share of the batch mean (Eq. 9).
+            return Effect.succeed({
+              loss: Losses.microBatches(t.batch, o.microBatch ?? 0).map((items) => () =>
+                tf.tidy(() => tf.mul(Losses.sftLoss(model, schedule, t, items.map((b) => best[b]), o.target), items.length / t.batch) as tf.Scalar)
+              ),
               stats: {}
             })
+          }
         })
       })
     )
@@ -76,22 +92,30 @@ export class Objective extends Context.Service<Objective, {
           prepare: (t, selection, scores) =>
             Effect.gen(function*() {
               const b = t.batch
-              const rows = [...rowIndex(t, selection.best), ...rowIndex(t, selection.worst)]
+              const best = rowIndex(t, selection.best)
+              const worst = rowIndex(t, selection.worst)
               const margin = Array.from({ length: b }, (_, i) => scores.trajectory[selection.best[i]][i] - scores.trajectory[selection.worst[i]][i])
               const refSteps = o.referenceSteps === "all" ? t.steps.length : 1
-              const ref = yield* Scoped.acquire(() => {
-                const e = Losses.pathErrors(reference, schedule, t, rows, o.target, refSteps)
-                const [w, l] = tf.split(e, [b, b])
-                e.dispose()
-                return { w: w as tf.Tensor1D, l: l as tf.Tensor1D }
-              })
+              // Winner and loser rows of some items, run as one batch.
+              const rowsOf = (items: ReadonlyArray<number>) => [...items.map((i) => best[i]), ...items.map((i) => worst[i])]
+              const parts = Losses.microBatches(b, o.microBatch ?? 0)
+              const refs = yield* Effect.forEach(parts, (items) =>
+                Scoped.acquire(() => {
+                  const e = Losses.pathErrors(reference, schedule, t, rowsOf(items), o.target, refSteps)
+                  const [w, l] = tf.split(e, [items.length, items.length])
+                  e.dispose()
+                  return { w: w as tf.Tensor1D, l: l as tf.Tensor1D }
+                }))
               return {
-                loss: () =>
+                // Each part is its items' share of the batch mean of Eq. 11.
+                loss: parts.map((items, p) => () =>
                   tf.tidy(() => {
-                    const e = Losses.pathErrors(model, schedule, t, rows, o.target)
-                    const [modelW, modelL] = tf.split(e, [b, b]) as [tf.Tensor1D, tf.Tensor1D]
-                    return Losses.dpoFromTerms({ modelW, modelL, refW: ref.w, refL: ref.l }, margin, o.beta, o.margin)
-                  }),
+                    const e = Losses.pathErrors(model, schedule, t, rowsOf(items), o.target)
+                    const [modelW, modelL] = tf.split(e, [items.length, items.length]) as [tf.Tensor1D, tf.Tensor1D]
+                    const mean = Losses.dpoFromTerms({ modelW, modelL, refW: refs[p].w, refL: refs[p].l }, items.map((i) => margin[i]), o.beta, o.margin)
+                    return tf.mul(mean, items.length / b) as tf.Scalar
+                  })
+                ),
                 stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b }
               }
             })

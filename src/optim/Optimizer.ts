@@ -46,6 +46,43 @@ export const learningRate = (c: Pick<OptimizerConfig, "lr" | "warmupSteps" | "sc
   return 0.5 * c.lr * (1 + Math.cos(Math.PI * progress))
 }
 
+/**
+ * What a step differentiates: one loss closure, or parts whose gradients are
+ * summed into one update (gradient accumulation). Each part's graph is freed
+ * before the next is built, so a batch too large for memory (the wasm heap)
+ * can be split into micro-batches without changing the update.
+ */
+export type Loss = (() => tf.Scalar) | ReadonlyArray<() => tf.Scalar>
+
+/** The value of a loss (the sum of its parts), without gradients. */
+export const lossValue = (loss: Loss): number =>
+  (typeof loss === "function" ? [loss] : loss).reduce((a, part) => a + tf.tidy(() => part().dataSync()[0]), 0)
+
+/** Sum the gradients (and values) of a loss's parts, one part at a time. */
+export const accumulatedGrads = (
+  loss: Loss,
+  params: Readonly<Record<string, tf.Variable>>
+): { value: number; grads: Record<string, tf.Tensor> } => {
+  const parts = typeof loss === "function" ? [loss] : loss
+  let value = 0
+  const grads: Record<string, tf.Tensor> = {}
+  for (const part of parts) {
+    const r = paramGrads(part, params)
+    value += r.value.dataSync()[0]
+    r.value.dispose()
+    for (const [k, g] of Object.entries(r.grads)) {
+      const prev = grads[k]
+      if (prev === undefined) grads[k] = g
+      else {
+        grads[k] = tf.add(prev, g)
+        prev.dispose()
+        g.dispose()
+      }
+    }
+  }
+  return { value, grads }
+}
+
 export interface StepResult {
   readonly loss: number
   readonly gradNorm: number
@@ -58,8 +95,8 @@ export interface OptimizerState {
 }
 
 export class Optimizer extends Context.Service<Optimizer, {
-  /** Differentiate `loss` w.r.t. the policy and apply one update. */
-  readonly step: (loss: () => tf.Scalar, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss>
+  /** Differentiate `loss` (summed over its parts) w.r.t. the policy and apply one update. */
+  readonly step: (loss: Loss, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss>
   readonly state: () => OptimizerState
   /** Restore from a checkpoint; returns the first tensor that does not fit, if any. */
   readonly restore: (s: OptimizerState) => string | undefined
@@ -70,12 +107,10 @@ export class Optimizer extends Context.Service<Optimizer, {
       Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
         const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
-        const step = Effect.fn("Optimizer.step")(function*(loss: () => tf.Scalar, iteration: number) {
+        const step = Effect.fn("Optimizer.step")(function*(loss: Loss, iteration: number) {
           const lr = learningRate(c, adam.step)
           const r = yield* Effect.sync(() => {
-            const { value, grads } = paramGrads(loss, model.params)
-            const l = value.dataSync()[0]
-            value.dispose()
+            const { value: l, grads } = accumulatedGrads(loss, model.params)
             const gradNorm = Number.isFinite(l) ? AdamW.step(model.params, grads, adam, lr, c) : NaN
             Scoped.disposeAll(grads)
             return { loss: l, gradNorm, lr }

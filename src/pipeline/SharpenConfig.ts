@@ -18,6 +18,12 @@ export const SharpenConfig = Schema.Struct({
   iterations: int(1, 1_000_000),
   /** Prompts per step (paper: 8). */
   batchSize: int(1, 1024),
+  /**
+   * Prompts per gradient micro-batch of the SFT and RLHF objectives (0: the
+   * whole batch). The parts' gradients are summed, so only peak memory
+   * changes: batch 8 in one part can exhaust the wasm heap.
+   */
+  microBatch: int(0, 1024),
   /** Trajectories per prompt (paper: n = 3). */
   n: int(2, 64),
   /** Denoising steps per trajectory (paper: m = 3). */
@@ -63,6 +69,7 @@ export type SharpenConfig = typeof SharpenConfig.Type
 export const defaults: SharpenConfig = {
   iterations: 12,
   batchSize: 8,
+  microBatch: 4,
   n: 3,
   m: 3,
   inferenceSteps: 50,

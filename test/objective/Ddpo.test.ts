@@ -13,6 +13,7 @@ import { Rng } from "../../src/tensor/Random.ts"
 import { RandomSource } from "../../src/tensor/RandomSource.ts"
 import * as NoisedSamples from "../../src/trajectory/NoisedSamples.ts"
 import * as PolicyRollout from "../../src/trajectory/PolicyRollout.ts"
+import { lossValue } from "../../src/optim/Optimizer.ts"
 import { useWasm } from "../helpers.ts"
 import { tiny32 } from "../sharpen-helpers.ts"
 
@@ -151,7 +152,7 @@ describe("DDPO objective", () => {
       const scores = { perStep: [[1, 10, 3, 50]], trajectory: [[1, 10], [3, 50]], rewardCalls: 4 }
       const prepared = yield* Effect.scoped(Effect.flatMap(
         objective.prepare(traj, { best: [1, 1], worst: [0, 0] }, scores),
-        (p) => Effect.sync(() => [p.loss, ...(p.updates ?? [])].map((f) => tf.tidy(() => f().dataSync()[0])))
+        (p) => Effect.sync(() => [p.loss, ...(p.updates ?? [])].map(lossValue))
       ))
       return { losses: prepared, stats: yield* tracker.stats }
     }).pipe(
