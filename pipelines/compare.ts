@@ -13,6 +13,8 @@
 import { Console, Effect, FileSystem, Layer, Option, Path, Schema } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
+import * as Png from "../src/data/Png.ts"
+import * as Evaluate from "../src/eval/Evaluate.ts"
 import * as Generate from "../src/eval/Generate.ts"
 import * as Plot from "../src/eval/Plot.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
@@ -34,6 +36,8 @@ const command = Command.make(
     reward: Flag.String("reward").pipe(Flag.withDescription("reward every method optimises"), Flag.withDefault("clip")),
     out: Flag.String("out").pipe(Flag.withDescription("stage directory (resumable)"), Flag.withDefault("out/compare")),
     results: Flag.String("results").pipe(Flag.withDescription("markdown file to write (its compare block is replaced if present)"), Flag.optional),
+    plots: Flag.String("plots").pipe(Flag.withDescription("directory of the plots and grids (default: img/compare beside --results, else <out>/plots)"), Flag.optional),
+    modelsDir: Flag.String("models-dir").pipe(Flag.withDescription("also copy each trained model (first seed) to <dir>/shapeworld-<method>-<reward>"), Flag.optional),
     config: Flag.String("config").pipe(Flag.withDescription("JSON file of sharpening settings shared by every method"), Flag.optional),
     iterations: Flag.Int("iterations").pipe(Flag.withDescription("iterations of every fine-tuning method"), Flag.withDefault(40)),
     lr: Flag.Finite("lr").pipe(Flag.withDescription("learning rate of every fine-tuning method"), Flag.withDefault(1e-4)),
@@ -106,6 +110,16 @@ const command = Command.make(
         }
       }
 
+      if (Option.isSome(f.modelsDir)) {
+        for (const t of trained.filter((t) => t.seed === settings.seeds[0])) {
+          const to = path.join(f.modelsDir.value, `shapeworld-${t.method}-${f.reward}`)
+          yield* fs.makeDirectory(to, { recursive: true })
+          for (const file of yield* fs.readDirectory(path.join(f.out, "train", `${t.method}-s${t.seed}`, "model"))) {
+            yield* fs.copyFile(path.join(f.out, "train", `${t.method}-s${t.seed}`, "model", file), path.join(to, file))
+          }
+        }
+      }
+
       // 2. The base model with the plain sampler, and the inference-time methods on it.
       const base = yield* evalModel("base", "base", f.model)
       const baseSmall = yield* evalModel("base-inference-prompts", "base", f.model, inferenceSets)
@@ -122,11 +136,32 @@ const command = Command.make(
         ? [yield* evalModel(`rlhf-sharpening-s${settings.seeds[0]}-inference-prompts`, "RLHF sharpening", path.join(f.out, "train", `rlhf-sharpening-s${settings.seeds[0]}`, "model"), inferenceSets)]
         : []
 
+      // Reward hacking: the RLHF-sharpened model's samples the learned reward
+      // likes and the verifier rejects (first eval set), as numbers and a grid.
+      const hackingGrid = path.join(evalDir, "reward-hacking.png")
+      const hacking = methods.includes("rlhf-sharpening") && clip !== undefined
+        ? yield* Compare.cached(path.join(evalDir, "reward-hacking.json"), Compare.HackingSummary, Effect.scoped(Effect.gen(function*() {
+          yield* Console.error("reward hacking: clip vs verifier on the RLHF-sharpened samples ...")
+          const model = yield* Compare.loadModel(path.join(f.out, "train", `rlhf-sharpening-s${settings.seeds[0]}`, "model"))
+          const set = sets[0]
+          const images = yield* Compare.samplerGenerator(model, sampler)(set.prompts.map((p) => p.text))
+          const summary = Compare.disagreements(`rlhf-sharpening-s${settings.seeds[0]}`, Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip), 24)
+          yield* AtomicFile.writeFile(hackingGrid, Png.grid(summary.examples.map((e) => images[e.index]), summary.examples.map((e) => `clip ${e.clip.toFixed(2)} x ${e.prompt}`), 8))
+          return summary
+        })))
+        : undefined
+
       // 3. Ablations of n and m (RLHF sharpening, first seed).
       const ablations: Array<{ axis: "n" | "m"; value: number; summary: Compare.TrainSummary; eval: Compare.EvalSummary }> = []
       if (f.ablations) {
         for (const axis of ["n", "m"] as const) {
           for (const value of settings.ablation[axis]) {
+            // The main RLHF run already is this point (same settings): reuse it.
+            const main = trained.find((t) => t.method === "rlhf-sharpening" && t.seed === settings.seeds[0])
+            if (main !== undefined && sharpenedSmall.length > 0 && configFor(settings.seeds[0])[axis] === value) {
+              ablations.push({ axis, value, summary: main.summary, eval: sharpenedSmall[0] })
+              continue
+            }
             const dir = path.join(f.out, "ablation", `${axis}${value}`)
             const summary = yield* Compare.train("rlhf-sharpening", configFor(settings.seeds[0], { [axis]: value }), dir, wiring)
             ablations.push({ axis, value, summary, eval: yield* evalModel(`ablation-${axis}${value}`, "ablation", path.join(dir, "model"), inferenceSets) })
@@ -135,7 +170,7 @@ const command = Command.make(
       }
 
       // 4. Tables and plots.
-      const plots = path.join(f.out, "plots")
+      const plots = Option.getOrElse(f.plots, () => Option.isSome(f.results) ? path.join(path.dirname(f.results.value), "img", "compare") : path.join(f.out, "plots"))
       const fig46 = yield* Effect.promise(() =>
         Plot.lineSvg({
           title: `Training reward (mean over trajectories / samples) per iteration, reward ${f.reward}`,
@@ -158,6 +193,9 @@ const command = Command.make(
       for (const [name, svg] of [["reward-vs-iteration", fig46], ["reward-vs-nfe", fig5]] as const) {
         yield* AtomicFile.writeText(path.join(plots, `${name}.svg`), svg)
         yield* AtomicFile.writeFile(path.join(plots, `${name}.png`), Plot.svgToPng(svg))
+      }
+      if (hacking !== undefined && (yield* fs.exists(hackingGrid))) {
+        yield* AtomicFile.writeFile(path.join(plots, "reward-hacking.png"), yield* fs.readFile(hackingGrid))
       }
 
       const seedsOf = (m: Compare.FinetuneMethod) => trained.filter((t) => t.method === m)
@@ -189,6 +227,7 @@ const command = Command.make(
           ...rows.map((a) => `| ${a.value} | ${a.eval.sets.map((s) => (100 * s.rows.find((r) => r.category === "overall")!.accuracy).toFixed(1)).join(" | ")} | ${a.eval.sets[0].reward.toFixed(3)} | ${a.summary.wallMinutes.toFixed(1)} | ${a.summary.nfe} |`)
         ].join("\n")
       }
+      const resultsFile = Option.getOrElse(f.results, () => path.join(f.out, "results.md"))
       const n = (s: Compare.EvalSummary) => s.sets.map((x) => `${x.rows.find((r) => r.category === "overall")!.n} ${x.name}`).join(" + ")
       const block = [
         `Generated by \`npx tsx pipelines/compare.ts ${process.argv.slice(2).join(" ")}\` (stages in \`${f.out}\`).`,
@@ -211,12 +250,22 @@ const command = Command.make(
         "",
         inferenceTable,
         "",
-        "![reward vs iteration](" + path.relative(path.dirname(Option.getOrElse(f.results, () => path.join(f.out, "results.md"))), path.join(plots, "reward-vs-iteration.png")) + ")",
+        "![reward vs iteration](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-vs-iteration.png")) + ")",
         "",
-        "![reward vs NFE](" + path.relative(path.dirname(Option.getOrElse(f.results, () => path.join(f.out, "results.md"))), path.join(plots, "reward-vs-nfe.png")) + ")",
+        "![reward vs NFE](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-vs-nfe.png")) + ")",
+        ...(hacking === undefined ? [] : [
+          "",
+          `### Where the learned reward and the verifier disagree (${hacking.row}, ${hacking.n} ${hacking.set} prompts)`,
+          "",
+          `${hacking.passes} of ${hacking.n} samples pass the verifier; median clip score ${hacking.medianClipPass?.toFixed(3) ?? "n/a"} for passes and ${hacking.medianClipFail?.toFixed(3) ?? "n/a"} for failures. ` +
+          `${hacking.failsAbovePassMedian} of the ${hacking.n - hacking.passes} failures score at least the median pass: images the reward would train toward that the verifier rejects. ` +
+          `The ${hacking.examples.length} failures it scores highest (label: clip score, prompt):`,
+          "",
+          "![reward hacking](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-hacking.png")) + ")"
+        ]),
         ...(ablations.length > 0 ? ["", "### Table 2: samples n (m = 3)", "", ablationTable("n"), "", "### Table 3: steps m (n = 3)", "", ablationTable("m")] : [])
       ].join("\n")
-      const file = Option.getOrElse(f.results, () => path.join(f.out, "results.md"))
+      const file = resultsFile
       const begin = "<!-- compare:begin -->"
       const end = "<!-- compare:end -->"
       const old = (yield* fs.exists(file)) ? yield* fs.readFileString(file) : ""

@@ -175,6 +175,51 @@ export const loadModel = (dir: string) =>
 export const meanScore = (reward: string, images: ReadonlyArray<Float32Array>, prompts: ReadonlyArray<string>) =>
   Reward.score(images, prompts).pipe(Effect.map(mean), Effect.provide(Registry.layerNode({ reward })))
 
+/** Where the learned reward and the exact verifier disagree on one row's samples. */
+export const HackingSummary = Schema.Struct({
+  row: Schema.String,
+  set: Schema.String,
+  n: Schema.Int,
+  passes: Schema.Int,
+  /** Verifier failures scored above the median clip score of the passes. */
+  failsAbovePassMedian: Schema.Int,
+  medianClipPass: Schema.NullOr(Schema.Number),
+  medianClipFail: Schema.NullOr(Schema.Number),
+  /** The failures the learned reward likes most, best first (the grid's order). */
+  examples: Schema.Array(Schema.Struct({ index: Schema.Int, prompt: Schema.String, clip: Schema.Number }))
+})
+export type HackingSummary = typeof HackingSummary.Type
+
+const median = (xs: ReadonlyArray<number>): number | null => {
+  if (xs.length === 0) return null
+  const s = [...xs].sort((a, b) => a - b)
+  const h = Math.floor(s.length / 2)
+  return s.length % 2 === 1 ? s[h] : (s[h - 1] + s[h]) / 2
+}
+
+/**
+ * Reward hacking in numbers: the verifier failures a learned reward scores
+ * as high as a typical pass, and the `top` failures it likes most.
+ *
+ * @since 0.2.0
+ */
+export const disagreements = (row: string, report: Evaluate.SetReport, top: number): HackingSummary => {
+  const scored = report.samples.map((s, index) => ({ ...s, index, clip: s.clip ?? 0 }))
+  const pass = scored.filter((s) => s.pass)
+  const fail = scored.filter((s) => !s.pass)
+  const medPass = median(pass.map((s) => s.clip))
+  return {
+    row,
+    set: report.name,
+    n: scored.length,
+    passes: pass.length,
+    failsAbovePassMedian: medPass === null ? 0 : fail.filter((s) => s.clip >= medPass).length,
+    medianClipPass: medPass,
+    medianClipFail: median(fail.map((s) => s.clip)),
+    examples: [...fail].sort((a, b) => b.clip - a.clip).slice(0, top).map((s) => ({ index: s.index, prompt: s.prompt, clip: s.clip }))
+  }
+}
+
 /** How a row makes its images for a prompt list. */
 export type Generator<E, R> = (prompts: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Float32Array>, E, R>
 

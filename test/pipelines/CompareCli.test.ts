@@ -29,7 +29,7 @@ describe("compare.ts --quick", () => {
     spawnSync(process.execPath, [
       "--import", tsxLoader, path.join(root, "pipelines", "compare.ts"),
       "--quick", "--ablations", "--model", model, "--reward", "compositional-dense", "--clip-model", path.join(dir, "no-clip"),
-      "--out", out, "--results", results, "--backend", "wasm"
+      "--out", out, "--results", results, "--models-dir", path.join(dir, "models"), "--backend", "wasm"
     ], { cwd: root, encoding: "utf8", env: { ...process.env, SHARPEN_BACKEND: "" } })
 
   beforeAll(async () => {
@@ -57,8 +57,14 @@ describe("compare.ts --quick", () => {
     }
     const dpo = JSON.parse(fs.readFileSync(path.join(out, "eval", "best-of-2.json"), "utf8"))
     assert.strictEqual(dpo.nfePerImage, 2 * 4 * 2)
-    assert.isTrue(fs.existsSync(path.join(out, "plots", "reward-vs-nfe.png")))
+    assert.isTrue(fs.existsSync(path.join(dir, "img", "compare", "reward-vs-nfe.png")))
+    assert.include(text, "](img/compare/reward-vs-nfe.png)")
+    for (const m of ["standard", "diffusion-dpo", "ddpo", "sft-sharpening", "rlhf-sharpening"]) {
+      assert.isTrue(fs.existsSync(path.join(dir, "models", `shapeworld-${m}-compositional-dense`, "model.safetensors")), m)
+    }
+    // The ablation point with the main run's settings (--quick: n = 2, m = 2) reuses it.
     assert.isTrue(fs.existsSync(path.join(out, "ablation", "n3", "summary.json")))
+    assert.isFalse(fs.existsSync(path.join(out, "ablation", "n2")))
     // A second run finds every stage done and writes the same tables.
     const again = run()
     assert.strictEqual(again.status, 0, again.stderr.slice(-3000))
