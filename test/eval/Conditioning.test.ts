@@ -3,13 +3,9 @@ import * as tf from "@tensorflow/tfjs-core"
 import { Effect } from "effect"
 import * as Conditioning from "../../src/eval/Conditioning.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
-import { defaultConfig, type UNetConfig } from "../../src/model/UNetConfig.ts"
 import { Backend } from "../../src/tensor/Backend.ts"
+import { tiny32 } from "../sharpen-helpers.ts"
 
-const tiny32: UNetConfig = {
-  ...defaultConfig,
-  architecture: { ...defaultConfig.architecture, baseChannels: 8, channelMult: [1, 2], attentionResolutions: [16], heads: 2, groups: 4, textDim: 16, textLayers: 1 }
-}
 
 describe("Conditioning.report", () => {
   it.effect("measures the prompt's effect per timestep and leaks nothing", () =>

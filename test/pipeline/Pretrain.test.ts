@@ -5,14 +5,10 @@ import * as fsNode from "node:fs"
 import * as os from "node:os"
 import * as nodePath from "node:path"
 import * as Weights from "../../src/model/Weights.ts"
-import { defaultConfig, type UNetConfig } from "../../src/model/UNetConfig.ts"
 import * as Pretrain from "../../src/pipeline/Pretrain.ts"
 import { Backend } from "../../src/tensor/Backend.ts"
+import { tiny32 } from "../sharpen-helpers.ts"
 
-const tiny32: UNetConfig = {
-  ...defaultConfig,
-  architecture: { ...defaultConfig.architecture, baseChannels: 8, channelMult: [1, 2], attentionResolutions: [16], heads: 2, groups: 4, textDim: 16, textLayers: 1 }
-}
 
 const layers = Layer.mergeAll(NodeServices.layer, Backend.layerCpu)
 

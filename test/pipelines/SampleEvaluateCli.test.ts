@@ -8,13 +8,9 @@ import * as path from "node:path"
 import { beforeAll } from "vitest"
 import * as Png from "../../src/data/Png.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
-import { defaultConfig, type UNetConfig } from "../../src/model/UNetConfig.ts"
 import { useCpu } from "../helpers.ts"
+import { tiny32 } from "../sharpen-helpers.ts"
 
-const tiny32: UNetConfig = {
-  ...defaultConfig,
-  architecture: { ...defaultConfig.architecture, baseChannels: 8, channelMult: [1, 2], attentionResolutions: [16], heads: 2, groups: 4, textDim: 16, textLayers: 1 }
-}
 
 const root = path.resolve(import.meta.dirname, "../..")
 // Absolute, so child processes may run in another working directory.
