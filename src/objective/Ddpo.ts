@@ -35,6 +35,7 @@ import { StatTracker } from "../reward/Combinators.ts"
 import type { Rng } from "../tensor/Random.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
 import { isRollout, type RolloutTrajectories, stepLogProb } from "../trajectory/PolicyRollout.ts"
+import * as Losses from "./Losses.ts"
 import { Objective } from "./Objective.ts"
 
 export const DdpoOptions = Schema.Struct({
@@ -47,7 +48,13 @@ export const DdpoOptions = Schema.Struct({
   /** Optimiser steps per pass over the samples (ddpo-pytorch: samples / train batch size). */
   minibatches: Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)),
   /** Passes over the samples of one rollout (ddpo-pytorch: 1). */
-  innerEpochs: Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
+  innerEpochs: Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)),
+  /**
+   * (sample, timestep) pairs per gradient part within a minibatch (0: all
+   * at once). The parts' gradients are summed into the minibatch's one step
+   * (as ddpo-pytorch accumulates over timesteps); only peak memory changes.
+   */
+  microBatch: Schema.optional(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)))
 })
 export type DdpoOptions = typeof DdpoOptions.Type
 
@@ -168,13 +175,20 @@ export const objective = (o: DdpoOptions): Layer.Layer<Objective, never, Denoise
             const prompts = Array.from({ length: rows }, (_, r) => t.prompts[r % t.batch])
             const rewards = Array.from({ length: rows }, (_, r) => scores.trajectory[Math.floor(r / t.batch)][r % t.batch])
             const advantages = clipAdvantages(yield* tracker.update(prompts, rewards), o.advClip)
-            const steps = plan(rng, rows, t.rollout.logProbs.length, o).map((items) => () =>
-              tf.tidy(() =>
-                ppoLoss(
-                  logProbs(model, schedule, t, items),
-                  tf.tensor1d(oldLogProbs(t, items)),
-                  tf.tensor1d(items.map((i) => advantages[i.row])),
-                  o.clipRange
+            // One optimiser step per minibatch; its loss in parts, each part
+            // its pairs' share of the minibatch mean.
+            const steps = plan(rng, rows, t.rollout.logProbs.length, o).map((items) =>
+              Losses.microBatches(items.length, o.microBatch ?? 0).map((idx) => idx.map((i) => items[i])).map((part) => () =>
+                tf.tidy(() =>
+                  tf.mul(
+                    ppoLoss(
+                      logProbs(model, schedule, t, part),
+                      tf.tensor1d(oldLogProbs(t, part)),
+                      tf.tensor1d(part.map((i) => advantages[i.row])),
+                      o.clipRange
+                    ),
+                    part.length / items.length
+                  ) as tf.Scalar
                 )
               )
             )

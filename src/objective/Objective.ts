@@ -31,7 +31,7 @@ export interface Prepared {
    * after `loss`; each closure sees the parameters the previous step left
    * (DDPO's minibatches and inner epochs). Absent: one step per iteration.
    */
-  readonly updates?: ReadonlyArray<() => tf.Scalar>
+  readonly updates?: ReadonlyArray<Loss>
 }
 
 /**

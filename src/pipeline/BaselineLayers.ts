@@ -80,8 +80,10 @@ export type DdpoSettings = typeof DdpoSettings.Type
  * tracker 16/16, one inner epoch) except two sized for this testbed: two
  * minibatches (so half the steps are off-policy and the clipping acts, as in
  * ddpo-pytorch whenever samples per epoch exceed the train batch) and 20% of
- * the stochastic steps per sample, which keeps one step's batch (samples/2 x
- * 9 steps x 2 for guidance at B = 8, n = 3, 50 steps) near RLHF sharpening's.
+ * the stochastic steps per sample (a minibatch is then samples/2 x 9 steps
+ * x 2 for guidance = 216 UNet rows at B = 8, n = 3, 50 steps), differentiated
+ * in parts of 12 (sample, step) pairs: one 216-row graph runs the wasm heap
+ * out ("table index is out of bounds").
  *
  * @since 0.1.0
  */
@@ -89,6 +91,8 @@ export const ddpoDefaults: DdpoSettings = {
   ...Ddpo.ddpoPytorch,
   timestepFraction: 0.2,
   minibatches: 2,
+  // 12 pairs = 24 UNet rows with guidance, like RLHF's micro-batch of 4.
+  microBatch: 12,
   eta: 1,
   tracker: { bufferSize: 16, minCount: 16 }
 }

@@ -13,7 +13,7 @@ import { Rng } from "../../src/tensor/Random.ts"
 import { RandomSource } from "../../src/tensor/RandomSource.ts"
 import * as NoisedSamples from "../../src/trajectory/NoisedSamples.ts"
 import * as PolicyRollout from "../../src/trajectory/PolicyRollout.ts"
-import { lossValue } from "../../src/optim/Optimizer.ts"
+import { accumulatedGrads, lossValue } from "../../src/optim/Optimizer.ts"
 import { useWasm } from "../helpers.ts"
 import { tiny32 } from "../sharpen-helpers.ts"
 
@@ -152,9 +152,16 @@ describe("DDPO objective", () => {
       const scores = { perStep: [[1, 10, 3, 50]], trajectory: [[1, 10], [3, 50]], rewardCalls: 4 }
       const prepared = yield* Effect.scoped(Effect.flatMap(
         objective.prepare(traj, { best: [1, 1], worst: [0, 0] }, scores),
-        (p) => Effect.sync(() => [p.loss, ...(p.updates ?? [])].map(lossValue))
+        (p) =>
+          Effect.sync(() => {
+            // The first step's gradient, flattened (parameters in name order).
+            const { grads } = accumulatedGrads(p.loss, model.params)
+            const grad = tf.tidy(() => tf.concat(Object.keys(grads).sort().map((k) => tf.reshape(grads[k], [-1]))).dataSync() as Float32Array)
+            tf.dispose(Object.values(grads))
+            return { grad, losses: [p.loss, ...(p.updates ?? [])].map((l) => ({ value: lossValue(l), parts: typeof l === "function" ? 1 : l.length })) }
+          })
       ))
-      return { losses: prepared, stats: yield* tracker.stats }
+      return { losses: prepared.losses.map((l) => l.value), parts: prepared.losses.map((l) => l.parts), grad: prepared.grad, stats: yield* tracker.stats }
     }).pipe(
       Effect.provide(Ddpo.objective(o).pipe(
         Layer.provideMerge(Layer.mergeAll(
@@ -180,6 +187,24 @@ describe("DDPO objective", () => {
       assert.closeTo(stats[prompts[1]].mean, 30, 1e-9)
       const clipped = yield* prepare(traj, model, { ...o, advClip: 0.5 })
       for (const v of clipped.losses) assert.closeTo(Math.abs(v), 0.5, 1e-4)
+      PolicyRollout.dispose(traj)
+      Denoiser.dispose(model)
+    }))
+
+  it.effect("a minibatch in micro-batch parts has the whole minibatch's loss", () =>
+    Effect.gen(function*() {
+      const { model, traj } = setup(2)
+      const o = { ...Ddpo.ddpoPytorch, minibatches: 1, timestepFraction: 0.5 }
+      const whole = yield* prepare(traj, model, o)
+      const parts = yield* prepare(traj, model, { ...o, microBatch: 3 })
+      const pairs = traj.n * traj.batch * Ddpo.trainedSteps(traj.rollout.logProbs.length, 0.5)
+      assert.deepStrictEqual(whole.parts, [1])
+      assert.deepStrictEqual(parts.parts, [Math.ceil(pairs / 3)])
+      // On-policy with balanced advantages the loss is 0; its gradient is not.
+      assert.closeTo(parts.losses[0], whole.losses[0], 1e-5)
+      const norm = Math.max(...whole.grad.map(Math.abs))
+      assert.isAbove(norm, 1e-6)
+      assert.isBelow(Math.max(...whole.grad.map((g, i) => Math.abs(g - parts.grad[i]))) / norm, 1e-3)
       PolicyRollout.dispose(traj)
       Denoiser.dispose(model)
     }))
