@@ -50,6 +50,7 @@ const command = Command.make(
     stepSearch: Flag.String("step-search").pipe(Flag.withDescription("KxB budgets of the step-search rows (\"\" = none)"), Flag.withDefault("5x2,5x4")),
     ablations: Flag.Boolean("ablations").pipe(Flag.withDescription("also train RLHF sharpening at other n and m (Tables 2-3)"), Flag.withDefault(false)),
     ablationN: Flag.String("ablation-n").pipe(Flag.withDescription("values of n (>= 2: RLHF needs a best and a worst path)"), Flag.withDefault("2,3,4,8")),
+    ablationIterations: Flag.Int("ablation-iterations").pipe(Flag.withDescription("iterations of each ablation run (default: --iterations; then the main RLHF run is the n = 3, m = 3 point)"), Flag.optional),
     ablationM: Flag.String("ablation-m").pipe(Flag.withDescription("values of m"), Flag.withDefault("1,2,3,4,8")),
     quick: Flag.Boolean("quick").pipe(Flag.withDescription("tiny smoke run (2 iterations, few prompts and steps)"), Flag.withDefault(false)),
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
@@ -69,6 +70,7 @@ const command = Command.make(
         return { points, branches }
       }),
       ablation: { n: q ? [2, 3] : ints(f.ablationN), m: q ? [1, 2] : ints(f.ablationM) },
+      ablationIterations: q ? 2 : Option.getOrElse(f.ablationIterations, () => f.iterations),
       seeds: ints(f.seeds)
     }
     const shared: Record<string, unknown> = Option.isSome(f.config) ? JSON.parse(yield* fs.readFileString(f.config.value)) : {}
@@ -156,15 +158,18 @@ const command = Command.make(
       if (f.ablations) {
         for (const axis of ["n", "m"] as const) {
           for (const value of settings.ablation[axis]) {
+            const isDefault = configFor(settings.seeds[0])[axis] === value
             // The main RLHF run already is this point (same settings): reuse it.
             const main = trained.find((t) => t.method === "rlhf-sharpening" && t.seed === settings.seeds[0])
-            if (main !== undefined && sharpenedSmall.length > 0 && configFor(settings.seeds[0])[axis] === value) {
+            if (isDefault && main !== undefined && sharpenedSmall.length > 0 && settings.ablationIterations === settings.iterations) {
               ablations.push({ axis, value, summary: main.summary, eval: sharpenedSmall[0] })
               continue
             }
-            const dir = path.join(f.out, "ablation", `${axis}${value}`)
-            const summary = yield* Compare.train("rlhf-sharpening", configFor(settings.seeds[0], { [axis]: value }), dir, wiring)
-            ablations.push({ axis, value, summary, eval: yield* evalModel(`ablation-${axis}${value}`, "ablation", path.join(dir, "model"), inferenceSets) })
+            // n = 3 of Table 2 and m = 3 of Table 3 are the same run: train it once.
+            const name = isDefault ? "default" : `${axis}${value}`
+            const dir = path.join(f.out, "ablation", settings.ablationIterations === settings.iterations ? name : `${name}-i${settings.ablationIterations}`)
+            const summary = yield* Compare.train("rlhf-sharpening", configFor(settings.seeds[0], { [axis]: value, iterations: settings.ablationIterations }), dir, wiring)
+            ablations.push({ axis, value, summary, eval: yield* evalModel(`ablation-${path.basename(dir)}`, "ablation", path.join(dir, "model"), inferenceSets) })
           }
         }
       }
@@ -263,7 +268,7 @@ const command = Command.make(
           "",
           "![reward hacking](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-hacking.png")) + ")"
         ]),
-        ...(ablations.length > 0 ? ["", "### Table 2: samples n (m = 3)", "", ablationTable("n"), "", "### Table 3: steps m (n = 3)", "", ablationTable("m")] : [])
+        ...(ablations.length > 0 ? ["", `Ablations: RLHF sharpening, ${settings.ablationIterations} iterations each, evaluated on ${n(ablations[0].eval)} prompts.`, "", "### Table 2: samples n (m = 3)", "", ablationTable("n"), "", "### Table 3: steps m (n = 3)", "", ablationTable("m")] : [])
       ].join("\n")
       const file = resultsFile
       const begin = "<!-- compare:begin -->"
