@@ -63,8 +63,8 @@ const command = Command.make(
     const reports: Array<Evaluate.SetReport> = []
     let offset = 0
     for (const set of sets) {
-      const images = yield* Effect.promise(() =>
-        ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler, { onImages: (done) => bar.tick(offset + done) })
+      const images = yield* Effect.promise((signal) =>
+        ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler, { onImages: (done) => bar.tick(offset + done), signal })
       )
       offset += set.prompts.length
       const report = Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)

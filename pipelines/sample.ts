@@ -44,7 +44,7 @@ const command = Command.make(
     if (Option.isSome(f.grid)) yield* Inputs.writableDirectory(path.dirname(f.grid.value))
     const options = { steps: f.steps, cfg: f.cfg, eta: f.eta, seed: f.seed, batchSize: f.batchSize }
     const bar = Progress.make({ label: "sample", total: parsed.length })
-    const images = yield* Effect.promise(() => ParallelGenerate.generate(model, parsed.map((p) => p.text), options, { onImages: (done) => bar.tick(done) }))
+    const images = yield* Effect.promise((signal) => ParallelGenerate.generate(model, parsed.map((p) => p.text), options, { onImages: (done) => bar.tick(done), signal }))
     bar.end()
     const verdicts = parsed.map((p, i) => ({ category: p.category, ...Verifier.verify(p, images[i]) }))
     for (let i = 0; i < images.length; i++) {

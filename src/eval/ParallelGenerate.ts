@@ -40,7 +40,13 @@ export const generate = async (
   model: Denoiser.Model,
   prompts: ReadonlyArray<string>,
   sampler: Generate.SamplerOptions,
-  options: { readonly workers?: number; readonly backend?: string; readonly onImages?: (done: number) => void } = {}
+  options: {
+    readonly workers?: number
+    readonly backend?: string
+    readonly onImages?: (done: number) => void
+    /** Abort (e.g. Effect interruption, Ctrl-C): no new jobs, workers stopped, the promise rejects. */
+    readonly signal?: AbortSignal
+  } = {}
 ): Promise<Array<Float32Array>> => {
   // Native TensorFlow is multi-threaded already; the JS backends are not.
   const backend = options.backend ?? tf.getBackend()
@@ -66,9 +72,11 @@ export const generate = async (
     await Promise.all(threads.map((w) =>
       new Promise<void>((resolve, reject) => {
         const send = () => {
+          if (options.signal?.aborted) return reject(new Error("generation interrupted"))
           if (next >= jobs.length) return resolve()
           w.postMessage(jobs[next++])
         }
+        options.signal?.addEventListener("abort", () => reject(new Error("generation interrupted")), { once: true })
         w.on("message", (m: { id: number; images?: Array<Float32Array>; error?: string }) => {
           if (m.error !== undefined) return reject(new Error(`generation worker: ${m.error}`))
           results[m.id] = m.images!

@@ -256,7 +256,7 @@ export const evaluateRow = <E, R>(
 
 /** A trained (or the base) model's images with the plain sampler, on all cores. */
 export const samplerGenerator = (model: Denoiser.Model, sampler: Generate.SamplerOptions): Generator<never, never> => (prompts) =>
-  Effect.promise(() => ParallelGenerate.generate(model, prompts, sampler, { backend: tf.getBackend() }))
+  Effect.promise((signal) => ParallelGenerate.generate(model, prompts, sampler, { backend: tf.getBackend(), signal }))
 
 /** An inference-time method's images on the base model. */
 export const methodGenerator = <E, R>(m: InferenceMethod.InferenceMethod<E, R>, model: Denoiser.Model): Generator<E, R> => (prompts) =>

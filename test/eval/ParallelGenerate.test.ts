@@ -19,4 +19,25 @@ describe("ParallelGenerate", () => {
     for (let i = 0; i < prompts.length; i++) assert.deepStrictEqual(Array.from(parallel[i]), Array.from(serial[i]), `image ${i}`)
     Denoiser.dispose(model)
   })
+
+  it("stops on abort: no further jobs, the promise rejects before the last image", async () => {
+    const model = Denoiser.init(tiny32, 4)
+    const prompts = Array.from({ length: 12 }, () => "a red square")
+    const controller = new AbortController()
+    let seen = 0
+    const run = ParallelGenerate.generate(model, prompts, { steps: 3, cfg: 3, eta: 0, seed: 9, batchSize: 1 }, {
+      workers: 2,
+      backend: "wasm",
+      signal: controller.signal,
+      onImages: (done) => {
+        seen = done
+        controller.abort()
+      }
+    })
+    let error: unknown
+    await run.catch((e) => (error = e))
+    assert.match(String(error), /interrupted/)
+    assert.isBelow(seen, prompts.length)
+    Denoiser.dispose(model)
+  })
 })
