@@ -192,6 +192,7 @@ const command = Command.make(
           x: "NFE per image",
           y: "reward",
           series: "family",
+          points: true,
           rows: [baseSmall, ...inference, ...sharpenedSmall].map((e) => ({ "NFE per image": e.nfePerImage, reward: e.sets[0].reward, family: e.family === "base" ? "best-of-N" : e.family }))
             .concat(inference.filter((e) => e.family !== "best-of-N").length > 0 ? [{ "NFE per image": baseSmall.nfePerImage, reward: baseSmall.sets[0].reward, family: "step search" }] : [])
         }))

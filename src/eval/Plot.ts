@@ -20,6 +20,8 @@ export interface LinePlot {
   readonly height?: number
   /** Draw a moving average of this many points over the raw line. */
   readonly smooth?: number
+  /** Mark every point (a series of one point is otherwise invisible). */
+  readonly points?: boolean
 }
 
 export const lineSvg = async (p: LinePlot): Promise<string> => {
@@ -29,7 +31,7 @@ export const lineSvg = async (p: LinePlot): Promise<string> => {
     y: { field: p.y, type: "quantitative" as const, scale: p.logY ? { type: "log" as const } : { zero: false } },
     ...color
   }
-  const layers: Array<object> = [{ mark: { type: "line", opacity: p.smooth !== undefined && p.smooth > 1 ? 0.35 : 1 }, encoding: base }]
+  const layers: Array<object> = [{ mark: { type: "line", opacity: p.smooth !== undefined && p.smooth > 1 ? 0.35 : 1, ...(p.points ? { point: { size: 60 } } : {}) }, encoding: base }]
   if (p.smooth && p.smooth > 1) {
     layers.push({
       transform: [{
