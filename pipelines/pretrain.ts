@@ -4,10 +4,13 @@
  *   npx tsx pipelines/pretrain.ts --max-minutes 88 --run-dir runs/pretrain2
  *   npx tsx pipelines/pretrain.ts --resume          # continue the last run
  *
+ * --architecture FILE overrides fields of the default UNet architecture (JSON);
+ * --resume refuses a checkpoint trained with another one.
+ *
  * Checkpoints go to --run-dir (atomic, every --checkpoint-every steps and on
  * Ctrl-C); the EMA weights are written to --out when training ends.
  */
-import { Console, Effect, Layer } from "effect"
+import { Console, Effect, Layer, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
 import { defaultWorkers } from "../src/eval/ParallelGenerate.ts"
@@ -39,11 +42,16 @@ const command = Command.make(
     runDir: Flag.String("run-dir").pipe(Flag.withDescription("checkpoint directory"), Flag.withDefault("runs/pretrain")),
     out: Flag.String("out").pipe(Flag.withDescription("model directory written at the end"), Flag.withDefault("models/shapeworld-base")),
     resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue from the latest checkpoint in --run-dir"), Flag.withDefault(false)),
+    architecture: Flag.String("architecture").pipe(
+      Flag.withDescription("JSON file of UNet architecture fields that override the default, e.g. {\"baseChannels\": 48}"),
+      Flag.optional
+    ),
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
   },
   Effect.fn(function*(flags) {
-    const { backend, ...rest } = flags
-    const result = yield* Pretrain.run({ ...rest, config: defaultConfig }).pipe(
+    const { architecture, backend, ...rest } = flags
+    const config = Option.isSome(architecture) ? yield* Pretrain.configWith(architecture.value) : defaultConfig
+    const result = yield* Pretrain.run({ ...rest, config }).pipe(
       Effect.provide(Layer.fresh(Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : backend)))
     )
     yield* Console.log(

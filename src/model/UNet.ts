@@ -49,8 +49,11 @@ export interface FlopCounter {
   flops: number
 }
 
+/** Side of a patch folded into channels at the input (1 = none). */
+const patchOf = (a: Architecture) => a.patchSize ?? 1
+
 const levels = (a: Architecture) =>
-  a.channelMult.map((m, i) => ({ ch: a.baseChannels * m, res: a.imageSize >> i, i }))
+  a.channelMult.map((m, i) => ({ ch: a.baseChannels * m, res: (a.imageSize / patchOf(a)) >> i, i }))
 
 const timeDim = (a: Architecture) => a.baseChannels * 4
 
@@ -107,7 +110,7 @@ export const paramSpecs = (a: Architecture, vocabSize: number): Array<ParamSpec>
     ...spec.linear("time.fc1", a.baseChannels, td),
     ...spec.linear("time.fc2", td, td),
     ...(a.pooledText === true ? spec.linear("text.pool", a.textDim, td) : []),
-    ...spec.conv("in", 3, a.channels, L[0].ch)
+    ...spec.conv("in", 3, a.channels * patchOf(a) ** 2, L[0].ch)
   ]
   const skips: Array<number> = [L[0].ch]
   let ch = L[0].ch
@@ -134,7 +137,7 @@ export const paramSpecs = (a: Architecture, vocabSize: number): Array<ParamSpec>
       if (hasAttn(lv.res)) out.push(...attnSpecs(`up${lv.i}.xattn${r}`, ch, a.textDim))
     }
   }
-  out.push(...spec.norm("out.n", ch), ...spec.conv("out", 3, ch, a.channels, true))
+  out.push(...spec.norm("out.n", ch), ...spec.conv("out", 3, ch, a.channels * patchOf(a) ** 2, true))
   return out
 }
 
@@ -254,7 +257,8 @@ export const forward = (p: Params, a: Architecture, input: Input, fc?: FlopCount
     temb = tf.add(temb, linearC(p, "text.pool", pooled, fc)) as tf.Tensor2D
   }
 
-  let h = convC(p, "in", input.x, fc)
+  const patch = patchOf(a)
+  let h = convC(p, "in", patch > 1 ? spaceToDepth(input.x, patch) : input.x, fc)
   const skips: Array<tf.Tensor4D> = [h]
   for (const lv of L) {
     for (let r = 0; r < a.numResBlocks; r++) {
@@ -278,5 +282,31 @@ export const forward = (p: Params, a: Architecture, input: Input, fc?: FlopCount
     }
     if (lv.i > 0) h = upsample2x(h)
   }
-  return convC(p, "out", silu(groupNorm(p, "out.n", h, a.groups)) as tf.Tensor4D, fc)
+  const out = convC(p, "out", silu(groupNorm(p, "out.n", h, a.groups)) as tf.Tensor4D, fc)
+  return patch > 1 ? depthToSpace(out, patch) : out
+}
+
+/**
+ * [B, H, W, C] -> [B, H/p, W/p, p*p*C]: each p x p patch becomes one position
+ * (lossless, as in "simple diffusion"), so the network's first level runs at
+ * H/p. Reshape and transpose only, so gradients need nothing special.
+ *
+ * @since 0.2.0
+ */
+export const spaceToDepth = (x: tf.Tensor4D, p: number): tf.Tensor4D => {
+  const [b, h, w, c] = x.shape
+  const t = tf.transpose(tf.reshape(x, [b, h / p, p, w / p, p, c]), [0, 1, 3, 2, 4, 5])
+  return tf.reshape(t, [b, h / p, w / p, p * p * c])
+}
+
+/**
+ * Inverse of `spaceToDepth`.
+ *
+ * @since 0.2.0
+ */
+export const depthToSpace = (x: tf.Tensor4D, p: number): tf.Tensor4D => {
+  const [b, h, w, cc] = x.shape
+  const c = cc / (p * p)
+  const t = tf.transpose(tf.reshape(x, [b, h, w, p, p, c]), [0, 1, 3, 2, 4, 5])
+  return tf.reshape(t, [b, h * p, w * p, c])
 }

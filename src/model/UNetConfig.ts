@@ -17,7 +17,10 @@ export const Architecture = Schema.Struct({
   baseChannels: PositiveInt,
   channelMult: Schema.Array(PositiveInt),
   numResBlocks: PositiveInt,
-  /** Resolutions (in pixels) with cross-attention to the text tokens. */
+  /**
+   * Resolutions (sides of the feature map, in positions: imageSize / patchSize
+   * at the first level) with cross-attention to the text tokens.
+   */
   attentionResolutions: Schema.Array(PositiveInt),
   heads: PositiveInt,
   groups: PositiveInt,
@@ -29,7 +32,14 @@ export const Architecture = Schema.Struct({
    * (a global conditioning path into every res block, as Imagen / SDXL do
    * besides cross-attention). Absent = false (models before 0.2).
    */
-  pooledText: Schema.optionalKey(Schema.Boolean)
+  pooledText: Schema.optionalKey(Schema.Boolean),
+  /**
+   * Fold each patchSize x patchSize patch of pixels into channels before the
+   * first conv and unfold after the last ("simple diffusion", Hoogeboom et al.
+   * 2023): the first level runs at imageSize / patchSize, which costs a
+   * quarter of the convolution positions at 2. Absent = 1 (models before 0.3).
+   */
+  patchSize: Schema.optionalKey(PositiveInt)
 })
 export type Architecture = typeof Architecture.Type
 

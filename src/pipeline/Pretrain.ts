@@ -17,7 +17,7 @@ import * as CheckpointDir from "../io/CheckpointDir.ts"
 import * as ModelDir from "../io/ModelDir.ts"
 import * as Safetensors from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
-import { UNetConfig } from "../model/UNetConfig.ts"
+import { defaultConfig, UNetConfig } from "../model/UNetConfig.ts"
 import * as AdamW from "../optim/AdamW.ts"
 import { Rng, RngState } from "../tensor/Random.ts"
 import { Backend } from "../tensor/Backend.ts"
@@ -144,6 +144,26 @@ export const lossPlot = (losses: ReadonlyArray<number>, title: string) =>
     rows: losses.flatMap((l, i) => (i % Math.max(1, Math.floor(losses.length / 2000)) === 0 ? [{ step: i + 1, loss: l }] : []))
   })
 
+/**
+ * The default UNet config with the architecture fields of a JSON file
+ * overriding its own; the result is decoded with the config Schema, so a
+ * wrong field fails naming the file and the field.
+ *
+ * @since 0.3.0
+ */
+export const configWith = Effect.fn("Pretrain.configWith")(function*(file: string) {
+  const fs = yield* FileSystem.FileSystem
+  const text = yield* fs.readFileString(file).pipe(
+    Effect.mapError((e) => new ModelDir.ModelLoadError({ file, message: `cannot read: ${e.message}` }))
+  )
+  const overrides = ModelDir.decodeJson(Schema.Record(Schema.String, Schema.Unknown), text, file)
+  if (overrides instanceof ModelDir.ModelLoadError) return yield* overrides
+  const merged = { ...defaultConfig, architecture: { ...defaultConfig.architecture, ...overrides } }
+  const config = ModelDir.decodeJson(UNetConfig, JSON.stringify(merged), file)
+  if (config instanceof ModelDir.ModelLoadError) return yield* config
+  return config
+})
+
 export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
@@ -167,6 +187,13 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
     const ckpt = yield* CheckpointDir.latest(o.runDir)
     if (Option.isSome(ckpt)) {
       const st = yield* ckpt.value.readState(TrainState)
+      const saved = (st.options as { architecture?: unknown } | null)?.architecture
+      if (saved !== undefined && JSON.stringify(saved) !== JSON.stringify(o.config.architecture)) {
+        return yield* new ModelDir.ModelLoadError({
+          file: ckpt.value.dir,
+          message: `checkpoint was trained with architecture ${JSON.stringify(saved)}, not ${JSON.stringify(o.config.architecture)}; pass the same --architecture to resume`
+        })
+      }
       yield* ckpt.value.restore("params.safetensors", model.params)
       yield* ckpt.value.restore("ema.safetensors", ema.params)
       yield* ckpt.value.restore("adam.safetensors", adam.m, "m.")
@@ -182,7 +209,7 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   }
 
   const checkpoint = Effect.fn("Pretrain.checkpoint")(function*(step: number, wallMs: number) {
-    const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, options: { ...o, config: undefined } }
+    const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, options: { ...o, config: undefined, architecture: o.config.architecture } }
     yield* CheckpointDir.save(o.runDir, step, {
       "params.safetensors": Safetensors.encode(ModelDir.toStored(model.params)),
       "ema.safetensors": Safetensors.encode(ModelDir.toStored(ema.params)),

@@ -4,7 +4,7 @@ import { beforeAll } from "vitest"
 import * as Denoiser from "../../src/model/Denoiser.ts"
 import { paramGrads } from "../../src/tensor/Grad.ts"
 import { TokenizeError } from "../../src/model/Tokenizer.ts"
-import { forward, paramSpecs } from "../../src/model/UNet.ts"
+import { depthToSpace, forward, paramSpecs, spaceToDepth } from "../../src/model/UNet.ts"
 import { defaultConfig } from "../../src/model/UNetConfig.ts"
 import { tinyConfig, useCpu } from "../helpers.ts"
 
@@ -88,5 +88,33 @@ describe("UNet", () => {
     assert.isBelow(params, 5_000_000) // <= 20 MB as float32
     const flops = Denoiser.flopsPerForward(tinyConfig, 2)
     assert.isAbove(flops, 0)
+  })
+
+  it("patchSize 2 folds 2x2 pixel patches into channels, losslessly", () => {
+    const x = tf.randomNormal([2, 8, 8, 3], 0, 1, "float32", 9) as tf.Tensor4D
+    const folded = spaceToDepth(x, 2)
+    assert.deepStrictEqual(folded.shape, [2, 4, 4, 12])
+    // Position (1, 2) of the folded map holds pixels (2..3, 4..5), row by row.
+    const f = folded.arraySync()[1][1][2]
+    const px = x.arraySync()[1]
+    assert.deepStrictEqual(f, [...px[2][4], ...px[2][5], ...px[3][4], ...px[3][5]])
+    const back = depthToSpace(folded, 2)
+    assert.deepStrictEqual(Array.from(back.dataSync()), Array.from(x.dataSync()))
+    tf.dispose([x, folded, back])
+  })
+
+  it("a patched model runs its first level at imageSize / patchSize and predicts full-size noise", () => {
+    const config = { ...tinyConfig, architecture: { ...tinyConfig.architecture, patchSize: 2, attentionResolutions: [2] } }
+    const m = Denoiser.init(config, 1)
+    const x = tf.randomNormal([2, 8, 8, 3], 0, 1, "float32", 4) as tf.Tensor4D
+    const y = Denoiser.eps(m, x, [10, 500], ["a red square", ""])
+    assert.deepStrictEqual(y.shape, [2, 8, 8, 3])
+    const specs = paramSpecs(config.architecture, config.vocabulary.length)
+    assert.deepStrictEqual(specs.find((s) => s.name === "in.w")?.shape, [3, 3, 12, 8])
+    assert.deepStrictEqual(specs.find((s) => s.name === "out.w")?.shape, [3, 3, 8, 12])
+    // Half the resolution at every level: a quarter of the conv FLOPs at equal channels.
+    assert.isBelow(Denoiser.flopsPerForward(config, 2), Denoiser.flopsPerForward(tinyConfig, 2) / 2)
+    tf.dispose([x, y])
+    Denoiser.dispose(m)
   })
 })

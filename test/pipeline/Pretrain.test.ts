@@ -82,4 +82,21 @@ describe("Pretrain with worker threads", () => {
       const mb = yield* Weights.load(nodePath.join(b, "model"))
       assert.strictEqual(mb.metadata.workers, "2")
     }).pipe(Effect.provide(layers)), 120_000)
+
+  it.effect("--architecture overrides default fields and names the file and field it rejects", () =>
+    Effect.gen(function*() {
+      const dir = fsNode.mkdtempSync(nodePath.join(os.tmpdir(), "arch-"))
+      const good = nodePath.join(dir, "good.json")
+      fsNode.writeFileSync(good, JSON.stringify({ patchSize: 2, baseChannels: 64 }))
+      const config = yield* Pretrain.configWith(good)
+      assert.strictEqual(config.architecture.patchSize, 2)
+      assert.strictEqual(config.architecture.baseChannels, 64)
+      assert.strictEqual(config.architecture.numResBlocks, 1) // untouched default
+      const bad = nodePath.join(dir, "bad.json")
+      fsNode.writeFileSync(bad, JSON.stringify({ patchSize: 0 }))
+      const error = yield* Effect.flip(Pretrain.configWith(bad))
+      assert.strictEqual(error._tag, "ModelLoadError")
+      assert.strictEqual(error.file, bad)
+      assert.include(error.message, "patchSize")
+    }).pipe(Effect.provide(layers)))
 })
