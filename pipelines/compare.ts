@@ -168,11 +168,8 @@ const command = Command.make(
             // n = 3 of Table 2 and m = 3 of Table 3 are the same run: train it once.
             const name = isDefault ? "default" : `${axis}${value}`
             const dir = path.join(f.out, "ablation", settings.ablationIterations === settings.iterations ? name : `${name}-i${settings.ablationIterations}`)
-            // The objective's graph grows with m (2 x micro-batch x m UNet rows):
-            // keep it near the default's 24 rows. Same update, less memory.
-            const base = configFor(settings.seeds[0])
-            const memory = axis === "m" && base.microBatch > 0 ? { microBatch: Math.max(1, Math.floor((base.microBatch * base.m) / value)) } : {}
-            const summary = yield* Compare.train("rlhf-sharpening", configFor(settings.seeds[0], { [axis]: value, iterations: settings.ablationIterations, ...memory }), dir, wiring)
+            // The micro-batch is a row budget, so m = 8 fits the heap as m = 3 does.
+            const summary = yield* Compare.train("rlhf-sharpening", configFor(settings.seeds[0], { [axis]: value, iterations: settings.ablationIterations }), dir, wiring)
             ablations.push({ axis, value, summary, eval: yield* evalModel(`ablation-${path.basename(dir)}`, "ablation", path.join(dir, "model"), inferenceSets) })
           }
         }

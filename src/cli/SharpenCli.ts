@@ -48,7 +48,7 @@ const flags = {
   iterations: optInt("iterations", "optimisation steps"),
   seed: optInt("seed", "seed of data, noise and sampling"),
   batchSize: optInt("batch-size", "prompts per step (paper: 8)"),
-  microBatch: optInt("micro-batch", "prompts per gradient micro-batch (0 = whole batch; same update, less memory)"),
+  microBatchRows: optInt("micro-batch-rows", "UNet rows per gradient micro-batch (0 = whole batch; same update, less memory)"),
   n: optInt("n", "trajectories per prompt (paper: 3)"),
   m: optInt("m", "denoising steps per trajectory (paper: 3)"),
   lr: optNum("lr", "learning rate"),
@@ -67,7 +67,7 @@ const flags = {
 type Flags = Command.Command.Config.Infer<typeof flags>
 
 const overrides = (f: Flags): Record<string, unknown> => {
-  const keys = ["iterations", "seed", "batchSize", "microBatch", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery"] as const
+  const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery"] as const
   const out: Record<string, unknown> = {}
   for (const k of keys) {
     const v = f[k] as Option.Option<unknown>

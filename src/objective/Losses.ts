@@ -74,6 +74,14 @@ export const microBatches = (batch: number, size: number): Array<Array<number>> 
   return out
 }
 
+/**
+ * Whole batch items in groups of at most `rows / rowsPerItem` (at least one
+ * item per group; `rows` 0: one group of all): a memory budget in UNet rows
+ * that holds whatever m is.
+ */
+export const microBatchesByRows = (batch: number, rowsPerItem: number, rows: number): Array<Array<number>> =>
+  microBatches(batch, rows <= 0 ? 0 : Math.max(1, Math.floor(rows / rowsPerItem)))
+
 /** Per-item mean squared error over the m steps and pixels: [m*B] rows -> [B]. */
 const perItemMse = (pred: tf.Tensor4D, target: tf.Tensor4D, m: number, b: number): tf.Tensor1D =>
   tf.mean(tf.reshape(tf.squaredDifference(pred, target), [m, b, -1]), [0, 2]) as tf.Tensor1D

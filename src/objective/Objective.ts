@@ -35,12 +35,14 @@ export interface Prepared {
 }
 
 /**
- * Batch items per gradient micro-batch (0: the whole batch at once). Only
- * peak memory changes, not the update: the parts' gradients are summed.
+ * UNet rows per gradient micro-batch (0: the whole batch at once). Parts
+ * hold whole prompts (never fewer than one), because Eq. 11 averages a
+ * prompt's m steps inside the log-sigmoid. Only peak memory changes, not
+ * the update: the parts' gradients are summed.
  */
-const MicroBatch = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+const MicroBatchRows = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 
-export const SftOptions = Schema.Struct({ target: Losses.EpsTarget, microBatch: Schema.optional(MicroBatch) })
+export const SftOptions = Schema.Struct({ target: Losses.EpsTarget, microBatchRows: Schema.optional(MicroBatchRows) })
 export type SftOptions = typeof SftOptions.Type
 
 export const RlhfOptions = Schema.Struct({
@@ -50,7 +52,7 @@ export const RlhfOptions = Schema.Struct({
   target: Losses.EpsTarget,
   /** Reference error over all m steps, or only the first (the reference code). */
   referenceSteps: Schema.Literals(["all", "first"]),
-  microBatch: Schema.optional(MicroBatch)
+  microBatchRows: Schema.optional(MicroBatchRows)
 })
 export type RlhfOptions = typeof RlhfOptions.Type
 
@@ -70,7 +72,7 @@ export class Objective extends Context.Service<Objective, {
             const best = rowIndex(t, selection.best)
             // Each part is its items' share of the batch mean (Eq. 9).
             return Effect.succeed({
-              loss: Losses.microBatches(t.batch, o.microBatch ?? 0).map((items) => () =>
+              loss: Losses.microBatchesByRows(t.batch, t.steps.length, o.microBatchRows ?? 0).map((items) => () =>
                 tf.tidy(() => tf.mul(Losses.sftLoss(model, schedule, t, items.map((b) => best[b]), o.target), items.length / t.batch) as tf.Scalar)
               ),
               stats: {}
@@ -98,7 +100,7 @@ export class Objective extends Context.Service<Objective, {
               const refSteps = o.referenceSteps === "all" ? t.steps.length : 1
               // Winner and loser rows of some items, run as one batch.
               const rowsOf = (items: ReadonlyArray<number>) => [...items.map((i) => best[i]), ...items.map((i) => worst[i])]
-              const parts = Losses.microBatches(b, o.microBatch ?? 0)
+              const parts = Losses.microBatchesByRows(b, 2 * t.steps.length, o.microBatchRows ?? 0)
               const refs = yield* Effect.forEach(parts, (items) =>
                 Scoped.acquire(() => {
                   const e = Losses.pathErrors(reference, schedule, t, rowsOf(items), o.target, refSteps)

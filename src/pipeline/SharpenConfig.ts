@@ -19,11 +19,13 @@ export const SharpenConfig = Schema.Struct({
   /** Prompts per step (paper: 8). */
   batchSize: int(1, 1024),
   /**
-   * Prompts per gradient micro-batch of the SFT and RLHF objectives (0: the
-   * whole batch). The parts' gradients are summed, so only peak memory
-   * changes: batch 8 in one part can exhaust the wasm heap.
+   * UNet rows per gradient micro-batch of the SFT and RLHF objectives (0: the
+   * whole batch in one part). A prompt costs m rows in SFT and 2m in RLHF
+   * (best and worst path); parts hold as many whole prompts as fit, at least
+   * one. The parts' gradients are summed, so only peak memory changes: 48
+   * rows in one part can exhaust the wasm heap.
    */
-  microBatch: int(0, 1024),
+  microBatchRows: int(0, 4096),
   /** Trajectories per prompt (paper: n = 3). */
   n: int(2, 64),
   /** Denoising steps per trajectory (paper: m = 3). */
@@ -69,7 +71,7 @@ export type SharpenConfig = typeof SharpenConfig.Type
 export const defaults: SharpenConfig = {
   iterations: 12,
   batchSize: 8,
-  microBatch: 4,
+  microBatchRows: 24,
   n: 3,
   m: 3,
   inferenceSteps: 50,

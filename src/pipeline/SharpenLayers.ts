@@ -92,7 +92,7 @@ const common = <RE, RR, OE, OR, SE, SR>(
  * @since 0.1.0
  */
 export const sft = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
-  common(c, w, Objective.sft({ target: c.target, microBatch: c.microBatch }), BatchSource.imageText(c.split))
+  common(c, w, Objective.sft({ target: c.target, microBatchRows: c.microBatchRows }), BatchSource.imageText(c.split))
 
 /**
  * RLHF-Diffusion-Sharpening: online samples, Eq. 11 against the frozen base model.
@@ -103,7 +103,7 @@ export const rlhf = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
   common(
     c,
     w,
-    Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps, microBatch: c.microBatch }).pipe(
+    Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps, microBatchRows: c.microBatchRows }).pipe(
       // The reference is always the base model directory, also when resuming.
       Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))
     ),

@@ -15,8 +15,8 @@ import { tiny32 } from "../sharpen-helpers.ts"
 const options: Trajectory.TrajectoryOptions = { n: 3, m: 2, inferenceSteps: 50, cfg: 2, estimator: { kind: "tweedie" }, timestep: { kind: "uniform" } }
 const prompts = ["a red square", "two blue circles", "a green triangle above a white circle"]
 
-/** Loss value and summed gradient of an objective's prepared loss at a micro-batch size. */
-const gradientAt = (objective: "sft" | "rlhf", microBatch: number) =>
+/** Loss value and summed gradient of an objective's prepared loss at a micro-batch row budget. */
+const gradientAt = (objective: "sft" | "rlhf", microBatchRows: number) =>
   Effect.gen(function*() {
     const model = Denoiser.init(tiny32, 0)
     tf.tidy(() => {
@@ -31,8 +31,8 @@ const gradientAt = (objective: "sft" | "rlhf", microBatch: number) =>
     const traj = Trajectory.generate(model, Schedule.make(tiny32.schedule), x0, prompts, Rng.fromSeed(1), options)
     x0.dispose()
     const layer = objective === "sft"
-      ? Objective.sft({ target: "consistent", microBatch })
-      : Objective.rlhf({ beta: 5000, margin: "paper", target: "consistent", referenceSteps: "all", microBatch })
+      ? Objective.sft({ target: "consistent", microBatchRows })
+      : Objective.rlhf({ beta: 5000, margin: "paper", target: "consistent", referenceSteps: "all", microBatchRows })
     const scores = { perStep: [], trajectory: [[1, 5, 2], [3, 0, 2], [2, 4, 9]], rewardCalls: 9 }
     const out = yield* Effect.scoped(Effect.gen(function*() {
       const o = yield* Objective
@@ -70,8 +70,11 @@ describe("Objective micro-batches", () => {
     it.effect(`${objective}: the parts' summed loss and gradient equal the whole batch's, with no leak`, () =>
       Effect.gen(function*() {
         const start = tf.memory().numTensors
+        // m = 2: a prompt is 2 UNet rows in SFT, 4 in RLHF (best and worst path).
+        const rowsPerPrompt = objective === "sft" ? 2 : 4
         const whole = yield* gradientAt(objective, 0)
-        const halves = yield* gradientAt(objective, 2)
+        const halves = yield* gradientAt(objective, 2 * rowsPerPrompt + 1)
+        // A budget below one prompt still takes whole prompts, one per part.
         const singles = yield* gradientAt(objective, 1)
         assert.deepStrictEqual([whole.parts, halves.parts, singles.parts], [1, 2, 3])
         assert.isAbove(Math.abs(whole.value), 1e-6)
