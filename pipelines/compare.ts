@@ -94,12 +94,31 @@ const command = Command.make(
         ? yield* Effect.flatMap(ClipModel.loadFiles(f.clipModel), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose))
         : undefined
       const evalDir = path.join(f.out, "eval")
-      const evalModel = (row: string, family: string, dir: string, promptSets = sets) =>
+      const evalModel = <E = never, R = never>(
+        row: string,
+        family: string,
+        dir: string,
+        promptSets = sets,
+        onSet?: (set: Evaluate.PromptSet, images: ReadonlyArray<Float32Array>, report: Evaluate.SetReport) => Effect.Effect<void, E, R>
+      ) =>
         Compare.cached(path.join(evalDir, `${row}.json`), Compare.EvalSummary, Effect.scoped(Effect.gen(function*() {
           yield* Console.error(`evaluating ${row} ...`)
           const model = yield* Compare.loadModel(dir)
-          return yield* Compare.evaluateRow(row, family, Generate.nfePerImage(sampler), Compare.samplerGenerator(model, sampler), promptSets, clip)
+          return yield* Compare.evaluateRow(row, family, Generate.nfePerImage(sampler), Compare.samplerGenerator(model, sampler), promptSets, clip, onSet)
         })))
+
+      // Reward hacking: the RLHF-sharpened model's samples the learned reward
+      // likes and the verifier rejects (first eval set), as numbers and a grid.
+      // Kept while that model is evaluated, so its images are sampled once.
+      const hackingRow = `rlhf-sharpening-s${settings.seeds[0]}`
+      const hackingGrid = path.join(evalDir, "reward-hacking.png")
+      const hackingFile = path.join(evalDir, "reward-hacking.json")
+      const keepHacking = (images: ReadonlyArray<Float32Array>, report: Evaluate.SetReport) =>
+        Effect.gen(function*() {
+          const summary = Compare.disagreements(hackingRow, report, 24)
+          yield* AtomicFile.writeFile(hackingGrid, Png.grid(summary.examples.map((e) => images[e.index]), summary.examples.map((e) => `clip ${e.clip.toFixed(2)} x ${e.prompt}`), 8))
+          return yield* Compare.cached(hackingFile, Compare.HackingSummary, Effect.succeed(summary))
+        })
 
       // 1. Fine-tuning methods, every seed.
       const trained: Array<{ method: Compare.FinetuneMethod; seed: number; summary: Compare.TrainSummary; eval: Compare.EvalSummary }> = []
@@ -107,7 +126,11 @@ const command = Command.make(
         for (const method of methods) {
           const dir = path.join(f.out, "train", `${method}-s${seed}`)
           const summary = yield* Compare.train(method, configFor(seed), dir, wiring)
-          const ev = yield* evalModel(`${method}-s${seed}`, "fine-tuning", path.join(dir, "model"))
+          const keep = `${method}-s${seed}` === hackingRow && clip !== undefined
+            ? (set: Evaluate.PromptSet, images: ReadonlyArray<Float32Array>, report: Evaluate.SetReport) =>
+              set.name === sets[0].name ? Effect.asVoid(keepHacking(images, report)) : Effect.void
+            : undefined
+          const ev = yield* evalModel(`${method}-s${seed}`, "fine-tuning", path.join(dir, "model"), sets, keep)
           trained.push({ method, seed, summary, eval: ev })
         }
       }
@@ -138,18 +161,15 @@ const command = Command.make(
         ? [yield* evalModel(`rlhf-sharpening-s${settings.seeds[0]}-inference-prompts`, "RLHF sharpening", path.join(f.out, "train", `rlhf-sharpening-s${settings.seeds[0]}`, "model"), inferenceSets)]
         : []
 
-      // Reward hacking: the RLHF-sharpened model's samples the learned reward
-      // likes and the verifier rejects (first eval set), as numbers and a grid.
-      const hackingGrid = path.join(evalDir, "reward-hacking.png")
+      // The reward-hacking summary, sampled again only when the RLHF row's
+      // evaluation was cached by a run that predates it.
       const hacking = methods.includes("rlhf-sharpening") && clip !== undefined
-        ? yield* Compare.cached(path.join(evalDir, "reward-hacking.json"), Compare.HackingSummary, Effect.scoped(Effect.gen(function*() {
+        ? yield* Compare.cached(hackingFile, Compare.HackingSummary, Effect.scoped(Effect.gen(function*() {
           yield* Console.error("reward hacking: clip vs verifier on the RLHF-sharpened samples ...")
-          const model = yield* Compare.loadModel(path.join(f.out, "train", `rlhf-sharpening-s${settings.seeds[0]}`, "model"))
+          const model = yield* Compare.loadModel(path.join(f.out, "train", hackingRow, "model"))
           const set = sets[0]
           const images = yield* Compare.samplerGenerator(model, sampler)(set.prompts.map((p) => p.text))
-          const summary = Compare.disagreements(`rlhf-sharpening-s${settings.seeds[0]}`, Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip), 24)
-          yield* AtomicFile.writeFile(hackingGrid, Png.grid(summary.examples.map((e) => images[e.index]), summary.examples.map((e) => `clip ${e.clip.toFixed(2)} x ${e.prompt}`), 8))
-          return summary
+          return yield* keepHacking(images, Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip))
         })))
         : undefined
 

@@ -229,13 +229,15 @@ export type Generator<E, R> = (prompts: ReadonlyArray<string>) => Effect.Effect<
  *
  * @since 0.2.0
  */
-export const evaluateRow = <E, R>(
+export const evaluateRow = <E, R, E2 = never, R2 = never>(
   row: string,
   family: string,
   nfePerImage: number,
   generate: Generator<E, R>,
   sets: ReadonlyArray<Evaluate.PromptSet>,
-  clip: ClipModel.Model | undefined
+  clip: ClipModel.Model | undefined,
+  /** Sees each set's images and report, e.g. to keep examples without sampling again. */
+  onSet: (set: Evaluate.PromptSet, images: ReadonlyArray<Float32Array>, report: Evaluate.SetReport) => Effect.Effect<void, E2, R2> = () => Effect.void
 ) =>
   Effect.gen(function*() {
     const out: Array<EvalSummary["sets"][number]> = []
@@ -243,6 +245,7 @@ export const evaluateRow = <E, R>(
       const texts = set.prompts.map((p: ParsedPrompt) => p.text)
       const images = yield* generate(texts)
       const report = Evaluate.judge(set.name, set.prompts, images, nfePerImage, clip)
+      yield* onSet(set, images, report)
       out.push({
         name: set.name,
         rows: report.rows.map((r) => ({ ...r })),

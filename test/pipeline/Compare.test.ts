@@ -1,6 +1,13 @@
+import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import type { SetReport } from "../../src/eval/Evaluate.ts"
+import { Effect, Result } from "effect"
+import * as Image from "../../src/data/Image.ts"
+import * as Prompt from "../../src/data/Prompt.ts"
+import * as Render from "../../src/data/Render.ts"
+import type { PromptSet, SetReport } from "../../src/eval/Evaluate.ts"
 import * as Compare from "../../src/pipeline/Compare.ts"
+import { Reward } from "../../src/reward/Reward.ts"
+import { Rng } from "../../src/tensor/Random.ts"
 
 const sample = (prompt: string, pass: boolean, clip: number) => ({ prompt, category: "color" as const, pass, partial: pass, clip })
 
@@ -27,4 +34,30 @@ describe("Compare.disagreements", () => {
     assert.strictEqual(h.failsAbovePassMedian, 1) // only 2.2 >= 1.8
     assert.deepStrictEqual(h.examples.map((e) => [e.index, e.clip]), [[1, 2.2], [3, 1.7]])
   })
+})
+
+describe("Compare.evaluateRow", () => {
+  it.effect("hands each set's images and report to onSet, so a stage can keep examples without sampling again", () =>
+    Effect.gen(function*() {
+      const parsed = (texts: ReadonlyArray<string>) => texts.map((t) => Result.getOrThrow(Prompt.parse(t)))
+      const sets: ReadonlyArray<PromptSet> = [
+        { name: "a", prompts: parsed(["a red square", "two blue circles"]) },
+        { name: "b", prompts: parsed(["a green triangle"]) }
+      ]
+      // Exact renders for the first prompt of each set, blank images otherwise.
+      let calls = 0
+      const generate = (texts: ReadonlyArray<string>) =>
+        Effect.sync(() => {
+          calls++
+          return texts.map((t, i) => i === 0 ? Image.fromBytes(Render.render(Result.getOrThrow(Prompt.parse(t)), Rng.fromSeed(i))) : new Float32Array(Image.IMAGE_LENGTH))
+        })
+      const seen: Array<[string, number, ReadonlyArray<boolean>]> = []
+      const row = yield* Compare.evaluateRow("r", "test", 100, generate, sets, undefined, (set, images, report) =>
+        Effect.sync(() => {
+          seen.push([set.name, images.length, report.samples.map((s) => s.pass)])
+        }))
+      assert.strictEqual(calls, 2)
+      assert.deepStrictEqual(seen, [["a", 2, [true, false]], ["b", 1, [true]]])
+      assert.deepStrictEqual(row.sets.map((s) => s.rows.find((r) => r.category === "overall")?.accuracy), [0.5, 1])
+    }).pipe(Effect.provide([Reward.layerTest, NodeServices.layer])))
 })
