@@ -52,6 +52,18 @@ describe("Pretrain", () => {
       assert.strictEqual(ma.metadata.trainedSteps, "4")
       assert.isTrue(fsNode.existsSync(nodePath.join(a, "model", "loss.svg")))
     }).pipe(Effect.provide(layers)))
+
+  it.effect("--resume refuses a checkpoint trained with another architecture, naming both", () =>
+    Effect.gen(function*() {
+      const dir = fsNode.mkdtempSync(nodePath.join(os.tmpdir(), "pre-arch-"))
+      yield* Effect.scoped(Pretrain.run(options(dir, 2, false)))
+      const wider = { ...tiny32, architecture: { ...tiny32.architecture, baseChannels: tiny32.architecture.baseChannels * 2 } }
+      const error = yield* Effect.flip(Effect.scoped(Pretrain.run({ ...options(dir, 4, true), config: wider })))
+      assert.strictEqual(error._tag, "ModelLoadError")
+      assert.include(error.message, "pass the same --architecture")
+      assert.include(error.message, `"baseChannels":${tiny32.architecture.baseChannels * 2}`)
+      assert.strictEqual(losses(dir).length, 2) // nothing trained or overwritten
+    }).pipe(Effect.provide(layers)))
 })
 
 describe("Pretrain.lrAt", () => {
