@@ -1,0 +1,58 @@
+/**
+ * Where a training step's time goes: `tf.profile` of one AdamW step of the
+ * default UNet, kernel time summed per kernel name.
+ *
+ *   npx tsx bench/profile.ts              # batch 8, auto backend
+ *   npx tsx bench/profile.ts --batch 16
+ *
+ * Kernel times are the backend's own; on wasm they are wall times of each
+ * kernel call, so the per-call overhead of many small kernels shows.
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { NodeRuntime } from "@effect/platform-node"
+import { Effect } from "effect"
+import * as Dataset from "../src/data/Dataset.ts"
+import * as Schedule from "../src/diffusion/Schedule.ts"
+import * as Denoiser from "../src/model/Denoiser.ts"
+import { defaultConfig } from "../src/model/UNetConfig.ts"
+import * as AdamW from "../src/optim/AdamW.ts"
+import { trainStep } from "../src/pipeline/Pretrain.ts"
+import { Backend, fromEnv } from "../src/tensor/Backend.ts"
+import { Rng } from "../src/tensor/Random.ts"
+
+const args = process.argv.slice(2)
+const i = args.indexOf("--batch")
+const batch = i >= 0 ? Number(args[i + 1]) : 8
+
+const program = Effect.gen(function*() {
+  const backend = yield* Backend
+  const model = Denoiser.init(defaultConfig, 0)
+  const schedule = Schedule.make(defaultConfig.schedule)
+  const adam = AdamW.init(model.params)
+  const rng = Rng.fromSeed(1)
+  const data = Dataset.nextBatch(rng, { batchSize: batch, split: "train" })
+  const step = () => trainStep(model, schedule, adam, data, rng, 1e-4, AdamW.defaults)
+  for (let k = 0; k < 2; k++) step() // warm-up
+  const t0 = performance.now()
+  const info = yield* Effect.promise(() => tf.profile(step))
+  const wall = performance.now() - t0
+  const byName = new Map<string, { ms: number; calls: number }>()
+  for (const k of info.kernels) {
+    const ms = typeof k.kernelTimeMs === "number" ? k.kernelTimeMs : 0
+    const e = byName.get(k.name) ?? { ms: 0, calls: 0 }
+    e.ms += ms
+    e.calls++
+    byName.set(k.name, e)
+  }
+  const total = [...byName.values()].reduce((a, e) => a + e.ms, 0)
+  const rows = [...byName.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 15)
+  console.log(`One AdamW step of the default UNet at batch ${batch} on **${backend.name}**: ${wall.toFixed(0)} ms wall under the profiler, ${info.kernels.length} kernel calls, ${total.toFixed(0)} ms of kernel time.`)
+  console.log("")
+  console.log("| kernel | ms | share | calls |")
+  console.log("|---|---|---|---|")
+  for (const [name, e] of rows) console.log(`| ${name} | ${e.ms.toFixed(1)} | ${(100 * e.ms / total).toFixed(1)}% | ${e.calls} |`)
+  AdamW.dispose(adam)
+  Denoiser.dispose(model)
+}).pipe(Effect.provide(Backend.make(fromEnv())))
+
+NodeRuntime.runMain(program)
