@@ -11,14 +11,9 @@
 import * as tf from "@tensorflow/tfjs-core"
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import * as Dataset from "../src/data/Dataset.ts"
-import * as Schedule from "../src/diffusion/Schedule.ts"
-import * as Denoiser from "../src/model/Denoiser.ts"
+import * as TrainingBench from "./TrainingBench.ts"
 import { defaultConfig } from "../src/model/UNetConfig.ts"
-import * as AdamW from "../src/optim/AdamW.ts"
-import { trainStep } from "../src/pipeline/Pretrain.ts"
 import { Backend, fromEnv } from "../src/tensor/Backend.ts"
-import { Rng } from "../src/tensor/Random.ts"
 
 const args = process.argv.slice(2)
 const i = args.indexOf("--batch")
@@ -26,12 +21,8 @@ const batch = i >= 0 ? Number(args[i + 1]) : 8
 
 const program = Effect.gen(function*() {
   const backend = yield* Backend
-  const model = Denoiser.init(defaultConfig, 0)
-  const schedule = Schedule.make(defaultConfig.schedule)
-  const adam = AdamW.init(model.params)
-  const rng = Rng.fromSeed(1)
-  const data = Dataset.nextBatch(rng, { batchSize: batch, split: "train" })
-  const step = () => trainStep(model, schedule, adam, data, rng, 1e-4, AdamW.defaults)
+  const bench = TrainingBench.make(defaultConfig, batch)
+  const step = bench.step
   for (let k = 0; k < 2; k++) step() // warm-up
   const t0 = performance.now()
   const info = yield* Effect.promise(() => tf.profile(step))
@@ -51,8 +42,7 @@ const program = Effect.gen(function*() {
   console.log("| kernel | ms | share | calls |")
   console.log("|---|---|---|---|")
   for (const [name, e] of rows) console.log(`| ${name} | ${e.ms.toFixed(1)} | ${(100 * e.ms / total).toFixed(1)}% | ${e.calls} |`)
-  AdamW.dispose(adam)
-  Denoiser.dispose(model)
+  bench.dispose()
 }).pipe(Effect.provide(Backend.make(fromEnv())))
 
 NodeRuntime.runMain(program)

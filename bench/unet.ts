@@ -15,15 +15,14 @@ import { Effect } from "effect"
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import * as fs from "node:fs"
 import * as os from "node:os"
-import * as Dataset from "../src/data/Dataset.ts"
-import * as Schedule from "../src/diffusion/Schedule.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
+import * as TrainingBench from "./TrainingBench.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import { initParams, spec } from "../src/model/Layers.ts"
 import { defaultConfig } from "../src/model/UNetConfig.ts"
 import * as AdamW from "../src/optim/AdamW.ts"
 import * as DataParallel from "../src/pipeline/DataParallel.ts"
-import { trainStep, trainStepParallel } from "../src/pipeline/Pretrain.ts"
+import { trainStepParallel } from "../src/pipeline/Pretrain.ts"
 import { Backend, fromEnv } from "../src/tensor/Backend.ts"
 import { conv2dSame } from "../src/tensor/Conv.ts"
 import { paramGrads } from "../src/tensor/Grad.ts"
@@ -88,31 +87,23 @@ const referenceNet = (backendName: string) => {
 }
 
 const unet = () => {
-  const model = Denoiser.init(defaultConfig, 0)
-  const schedule = Schedule.make(defaultConfig.schedule)
-  const adam = AdamW.init(model.params)
-  const rng = Rng.fromSeed(1)
+  const bench = TrainingBench.make(defaultConfig, batch)
   const flops = Denoiser.flopsPerForward(defaultConfig, batch)
-  const data = Dataset.nextBatch(rng, { batchSize: batch, split: "train" })
-  const x = tf.tensor4d(data.images, [batch, 32, 32, 3])
-  const fwd = time(() => tf.tidy(() => Denoiser.eps(model, x, 500, data.prompts).dataSync()), reps)
-  const train = time(() => trainStep(model, schedule, adam, data, rng, 1e-4, AdamW.defaults), reps)
+  const x = tf.tensor4d(bench.data.images, [batch, 32, 32, 3])
+  const fwd = time(() => tf.tidy(() => Denoiser.eps(bench.model, x, 500, bench.data.prompts).dataSync()), reps)
+  const train = time(bench.step, reps)
   x.dispose()
-  AdamW.dispose(adam)
-  const params = Denoiser.parameterCount(model)
-  Denoiser.dispose(model)
+  const params = Denoiser.parameterCount(bench.model)
+  bench.dispose()
   return { flops, fwd, train, params }
 }
 
 /** Pretraining steps at batch 16 on one thread and with gradient shards over `workers` threads. */
 const dataParallel = async (backendName: string, workers: number) => {
   const b = 16
-  const model = Denoiser.init(defaultConfig, 0)
-  const schedule = Schedule.make(defaultConfig.schedule)
-  const adam = AdamW.init(model.params)
-  const rng = Rng.fromSeed(2)
-  const data = Dataset.nextBatch(rng, { batchSize: b, split: "train" })
-  const one = time(() => trainStep(model, schedule, adam, data, rng, 1e-4, AdamW.defaults), Math.max(3, Math.floor(reps / 2)), 1)
+  const bench = TrainingBench.make(defaultConfig, b, 2)
+  const { model, schedule, adam, rng, data } = bench
+  const one = time(bench.step, Math.max(3, Math.floor(reps / 2)), 1)
   const pool = DataParallel.make(model, workers, backendName)
   const ts: Array<number> = []
   for (let i = 0; i < Math.max(3, Math.floor(reps / 2)) + 1; i++) {
@@ -121,8 +112,7 @@ const dataParallel = async (backendName: string, workers: number) => {
     if (i > 0) ts.push(performance.now() - t0) // the first step includes the workers' start-up
   }
   await pool.close()
-  AdamW.dispose(adam)
-  Denoiser.dispose(model)
+  bench.dispose()
   return { batch: b, workers, one, parallel: median(ts) }
 }
 

@@ -9,14 +9,10 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import * as Dataset from "../src/data/Dataset.ts"
-import * as Schedule from "../src/diffusion/Schedule.ts"
+import * as TrainingBench from "./TrainingBench.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import { type Architecture, defaultConfig } from "../src/model/UNetConfig.ts"
-import * as AdamW from "../src/optim/AdamW.ts"
-import { trainStep } from "../src/pipeline/Pretrain.ts"
 import { Backend, fromEnv } from "../src/tensor/Backend.ts"
-import { Rng } from "../src/tensor/Random.ts"
 
 const variants: Record<string, Partial<Architecture>> = {
   "default": {},
@@ -33,21 +29,16 @@ const program = Effect.gen(function*() {
   console.log("|---|---|---|---|")
   for (const [name, v] of Object.entries(variants)) {
     const config = { ...defaultConfig, architecture: { ...defaultConfig.architecture, ...v } }
-    const model = Denoiser.init(config, 0)
-    const schedule = Schedule.make(config.schedule)
-    const adam = AdamW.init(model.params)
-    const rng = Rng.fromSeed(1)
-    const data = Dataset.nextBatch(rng, { batchSize: 8, split: "train" })
+    const bench = TrainingBench.make(config, 8)
     const ts: Array<number> = []
     for (let k = 0; k < 6; k++) {
       const t0 = performance.now()
-      trainStep(model, schedule, adam, data, rng, 1e-4, AdamW.defaults)
+      bench.step()
       ts.push(performance.now() - t0)
     }
     ts.sort((a, b) => a - b)
-    console.log(`| ${name} | ${Denoiser.parameterCount(model).toLocaleString("en-US")} | ${(Denoiser.flopsPerForward(config, 8) / 1e9).toFixed(2)} | ${ts[3].toFixed(0)} |`)
-    AdamW.dispose(adam)
-    Denoiser.dispose(model)
+    console.log(`| ${name} | ${Denoiser.parameterCount(bench.model).toLocaleString("en-US")} | ${(Denoiser.flopsPerForward(config, 8) / 1e9).toFixed(2)} | ${ts[3].toFixed(0)} |`)
+    bench.dispose()
   }
 }).pipe(Effect.provide(Backend.make(fromEnv())))
 
