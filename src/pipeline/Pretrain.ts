@@ -187,8 +187,10 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
     const ckpt = yield* CheckpointDir.latest(o.runDir)
     if (Option.isSome(ckpt)) {
       const st = yield* ckpt.value.readState(TrainState)
-      const saved = (st.options as { architecture?: unknown } | null)?.architecture
-      if (saved !== undefined && JSON.stringify(saved) !== JSON.stringify(o.config.architecture)) {
+      const saved = (st.options as { architecture?: object } | null)?.architecture
+      // Key order can differ between a decoded and a literal config.
+      const canonical = (a: object) => JSON.stringify(a, Object.keys(a).sort())
+      if (saved !== undefined && canonical(saved) !== canonical(o.config.architecture)) {
         return yield* new ModelDir.ModelLoadError({
           file: ckpt.value.dir,
           message: `checkpoint was trained with architecture ${JSON.stringify(saved)}, not ${JSON.stringify(o.config.architecture)}; pass the same --architecture to resume`
