@@ -52,6 +52,10 @@ const command = Command.make(
     ablationN: Flag.String("ablation-n").pipe(Flag.withDescription("values of n (>= 2: RLHF needs a best and a worst path)"), Flag.withDefault("2,3,4,8")),
     ablationIterations: Flag.Int("ablation-iterations").pipe(Flag.withDescription("iterations of each ablation run (default: --iterations; then the main RLHF run is the n = 3, m = 3 point)"), Flag.optional),
     ablationM: Flag.String("ablation-m").pipe(Flag.withDescription("values of m"), Flag.withDefault("1,2,3,4,8")),
+    onlyAblations: Flag.Boolean("only-ablations").pipe(
+      Flag.withDescription("run only the ablation stages, e.g. in a second process beside the main run (wasm trains on one core); a later full run reuses them and writes the tables"),
+      Flag.withDefault(false)
+    ),
     quick: Flag.Boolean("quick").pipe(Flag.withDescription("tiny smoke run (2 iterations, few prompts and steps)"), Flag.withDefault(false)),
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
   },
@@ -120,80 +124,97 @@ const command = Command.make(
           return yield* Compare.cached(hackingFile, Compare.HackingSummary, Effect.succeed(summary))
         })
 
-      // 1. Fine-tuning methods, every seed.
-      const trained: Array<{ method: Compare.FinetuneMethod; seed: number; summary: Compare.TrainSummary; eval: Compare.EvalSummary }> = []
-      for (const seed of settings.seeds) {
-        for (const method of methods) {
-          const dir = path.join(f.out, "train", `${method}-s${seed}`)
-          const summary = yield* Compare.train(method, configFor(seed), dir, wiring)
-          const keep = `${method}-s${seed}` === hackingRow && clip !== undefined
-            ? (set: Evaluate.PromptSet, images: ReadonlyArray<Float32Array>, report: Evaluate.SetReport) =>
-              set.name === sets[0].name ? Effect.asVoid(keepHacking(images, report)) : Effect.void
-            : undefined
-          const ev = yield* evalModel(`${method}-s${seed}`, "fine-tuning", path.join(dir, "model"), sets, keep)
-          trained.push({ method, seed, summary, eval: ev })
-        }
-      }
-
-      if (Option.isSome(f.modelsDir)) {
-        for (const t of trained.filter((t) => t.seed === settings.seeds[0])) {
-          const to = path.join(f.modelsDir.value, `shapeworld-${t.method}-${f.reward}`)
-          yield* fs.makeDirectory(to, { recursive: true })
-          for (const file of yield* fs.readDirectory(path.join(f.out, "train", `${t.method}-s${t.seed}`, "model"))) {
-            yield* fs.copyFile(path.join(f.out, "train", `${t.method}-s${t.seed}`, "model", file), path.join(to, file))
+      // Sections 1-2 are Table 1; section 3 (Tables 2-3) can also run alone (--only-ablations).
+      const mainStages = Effect.gen(function*() {
+        // 1. Fine-tuning methods, every seed.
+        const trained: Array<{ method: Compare.FinetuneMethod; seed: number; summary: Compare.TrainSummary; eval: Compare.EvalSummary }> = []
+        for (const seed of settings.seeds) {
+          for (const method of methods) {
+            const dir = path.join(f.out, "train", `${method}-s${seed}`)
+            const summary = yield* Compare.train(method, configFor(seed), dir, wiring)
+            const keep = `${method}-s${seed}` === hackingRow && clip !== undefined
+              ? (set: Evaluate.PromptSet, images: ReadonlyArray<Float32Array>, report: Evaluate.SetReport) =>
+                set.name === sets[0].name ? Effect.asVoid(keepHacking(images, report)) : Effect.void
+              : undefined
+            const ev = yield* evalModel(`${method}-s${seed}`, "fine-tuning", path.join(dir, "model"), sets, keep)
+            trained.push({ method, seed, summary, eval: ev })
           }
         }
-      }
 
-      // 2. The base model with the plain sampler, and the inference-time methods on it.
-      const base = yield* evalModel("base", "base", f.model)
-      const baseSmall = yield* evalModel("base-inference-prompts", "base", f.model, inferenceSets)
-      const inference: Array<Compare.EvalSummary> = []
-      for (const m of Compare.inferenceMethods(sampler, settings.bestOf, settings.stepSearch)) {
-        inference.push(yield* Compare.cached(path.join(evalDir, `${m.name.replace(/ /g, "-")}.json`), Compare.EvalSummary, Effect.scoped(Effect.gen(function*() {
-          yield* Console.error(`evaluating ${m.name} ...`)
-          const model = yield* Compare.loadModel(f.model)
-          return yield* Compare.evaluateRow(m.name, m.family, m.nfePerImage, Compare.methodGenerator(m, model), inferenceSets, clip)
-        })).pipe(Effect.provide(reward))))
-      }
-      // The sharpened model on the same (smaller) prompt sets, for the reward-vs-NFE plot.
-      const sharpenedSmall = methods.includes("rlhf-sharpening")
-        ? [yield* evalModel(`rlhf-sharpening-s${settings.seeds[0]}-inference-prompts`, "RLHF sharpening", path.join(f.out, "train", `rlhf-sharpening-s${settings.seeds[0]}`, "model"), inferenceSets)]
-        : []
-
-      // The reward-hacking summary, sampled again only when the RLHF row's
-      // evaluation was cached by a run that predates it.
-      const hacking = methods.includes("rlhf-sharpening") && clip !== undefined
-        ? yield* Compare.cached(hackingFile, Compare.HackingSummary, Effect.scoped(Effect.gen(function*() {
-          yield* Console.error("reward hacking: clip vs verifier on the RLHF-sharpened samples ...")
-          const model = yield* Compare.loadModel(path.join(f.out, "train", hackingRow, "model"))
-          const set = sets[0]
-          const images = yield* Compare.samplerGenerator(model, sampler)(set.prompts.map((p) => p.text))
-          return yield* keepHacking(images, Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip))
-        })))
-        : undefined
-
-      // 3. Ablations of n and m (RLHF sharpening, first seed).
-      const ablations: Array<{ axis: "n" | "m"; value: number; summary: Compare.TrainSummary; eval: Compare.EvalSummary }> = []
-      if (f.ablations) {
-        for (const axis of ["n", "m"] as const) {
-          for (const value of settings.ablation[axis]) {
-            const isDefault = configFor(settings.seeds[0])[axis] === value
-            // The main RLHF run already is this point (same settings): reuse it.
-            const main = trained.find((t) => t.method === "rlhf-sharpening" && t.seed === settings.seeds[0])
-            if (isDefault && main !== undefined && sharpenedSmall.length > 0 && settings.ablationIterations === settings.iterations) {
-              ablations.push({ axis, value, summary: main.summary, eval: sharpenedSmall[0] })
-              continue
+        if (Option.isSome(f.modelsDir)) {
+          for (const t of trained.filter((t) => t.seed === settings.seeds[0])) {
+            const to = path.join(f.modelsDir.value, `shapeworld-${t.method}-${f.reward}`)
+            yield* fs.makeDirectory(to, { recursive: true })
+            for (const file of yield* fs.readDirectory(path.join(f.out, "train", `${t.method}-s${t.seed}`, "model"))) {
+              yield* fs.copyFile(path.join(f.out, "train", `${t.method}-s${t.seed}`, "model", file), path.join(to, file))
             }
-            // n = 3 of Table 2 and m = 3 of Table 3 are the same run: train it once.
-            const name = isDefault ? "default" : `${axis}${value}`
-            const dir = path.join(f.out, "ablation", settings.ablationIterations === settings.iterations ? name : `${name}-i${settings.ablationIterations}`)
-            // The micro-batch is a row budget, so m = 8 fits the heap as m = 3 does.
-            const summary = yield* Compare.train("rlhf-sharpening", configFor(settings.seeds[0], { [axis]: value, iterations: settings.ablationIterations }), dir, wiring)
-            ablations.push({ axis, value, summary, eval: yield* evalModel(`ablation-${path.basename(dir)}`, "ablation", path.join(dir, "model"), inferenceSets) })
           }
         }
+
+        // 2. The base model with the plain sampler, and the inference-time methods on it.
+        const base = yield* evalModel("base", "base", f.model)
+        const baseSmall = yield* evalModel("base-inference-prompts", "base", f.model, inferenceSets)
+        const inference: Array<Compare.EvalSummary> = []
+        for (const m of Compare.inferenceMethods(sampler, settings.bestOf, settings.stepSearch)) {
+          inference.push(yield* Compare.cached(path.join(evalDir, `${m.name.replace(/ /g, "-")}.json`), Compare.EvalSummary, Effect.scoped(Effect.gen(function*() {
+            yield* Console.error(`evaluating ${m.name} ...`)
+            const model = yield* Compare.loadModel(f.model)
+            return yield* Compare.evaluateRow(m.name, m.family, m.nfePerImage, Compare.methodGenerator(m, model), inferenceSets, clip)
+          })).pipe(Effect.provide(reward))))
+        }
+        // The sharpened model on the same (smaller) prompt sets, for the reward-vs-NFE plot.
+        const sharpenedSmall = methods.includes("rlhf-sharpening")
+          ? [yield* evalModel(`rlhf-sharpening-s${settings.seeds[0]}-inference-prompts`, "RLHF sharpening", path.join(f.out, "train", `rlhf-sharpening-s${settings.seeds[0]}`, "model"), inferenceSets)]
+          : []
+
+        // The reward-hacking summary, sampled again only when the RLHF row's
+        // evaluation was cached by a run that predates it.
+        const hacking = methods.includes("rlhf-sharpening") && clip !== undefined
+          ? yield* Compare.cached(hackingFile, Compare.HackingSummary, Effect.scoped(Effect.gen(function*() {
+            yield* Console.error("reward hacking: clip vs verifier on the RLHF-sharpened samples ...")
+            const model = yield* Compare.loadModel(path.join(f.out, "train", hackingRow, "model"))
+            const set = sets[0]
+            const images = yield* Compare.samplerGenerator(model, sampler)(set.prompts.map((p) => p.text))
+            return yield* keepHacking(images, Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip))
+          })))
+          : undefined
+        return { trained, base, baseSmall, inference, sharpenedSmall, hacking }
+      })
+
+      // 3. Ablations of n and m (RLHF sharpening, first seed). Given the main
+      // stages, the main RLHF run stands in for the point with the same settings.
+      const ablationStages = (done?: { trained: ReadonlyArray<{ method: Compare.FinetuneMethod; seed: number; summary: Compare.TrainSummary }>; sharpenedSmall: ReadonlyArray<Compare.EvalSummary> }) =>
+        Effect.gen(function*() {
+          const ablations: Array<{ axis: "n" | "m"; value: number; summary: Compare.TrainSummary; eval: Compare.EvalSummary }> = []
+          for (const axis of ["n", "m"] as const) {
+            for (const value of settings.ablation[axis]) {
+              const isDefault = configFor(settings.seeds[0])[axis] === value
+              // The main RLHF run already is this point (same settings): reuse it.
+              if (isDefault && settings.ablationIterations === settings.iterations) {
+                const main = done?.trained.find((t) => t.method === "rlhf-sharpening" && t.seed === settings.seeds[0])
+                if (main !== undefined && done!.sharpenedSmall.length > 0) {
+                  ablations.push({ axis, value, summary: main.summary, eval: done!.sharpenedSmall[0] })
+                }
+                if (done === undefined || main !== undefined) continue
+              }
+              // n = 3 of Table 2 and m = 3 of Table 3 are the same run: train it once.
+              const name = isDefault ? "default" : `${axis}${value}`
+              const dir = path.join(f.out, "ablation", settings.ablationIterations === settings.iterations ? name : `${name}-i${settings.ablationIterations}`)
+              // The micro-batch is a row budget, so m = 8 fits the heap as m = 3 does.
+              const summary = yield* Compare.train("rlhf-sharpening", configFor(settings.seeds[0], { [axis]: value, iterations: settings.ablationIterations }), dir, wiring)
+              ablations.push({ axis, value, summary, eval: yield* evalModel(`ablation-${path.basename(dir)}`, "ablation", path.join(dir, "model"), inferenceSets) })
+            }
+          }
+          return ablations
+        })
+
+      if (f.onlyAblations) {
+        const points = yield* ablationStages()
+        yield* Console.log(`${points.length} ablation points trained and evaluated in ${f.out}; run without --only-ablations to write the tables`)
+        return
       }
+      const { trained, base, baseSmall, inference, sharpenedSmall, hacking } = yield* mainStages
+      const ablations = f.ablations ? yield* ablationStages({ trained, sharpenedSmall }) : []
 
       // 4. Tables and plots.
       const plots = Option.getOrElse(f.plots, () => Option.isSome(f.results) ? path.join(path.dirname(f.results.value), "img", "compare") : path.join(f.out, "plots"))

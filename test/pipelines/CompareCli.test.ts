@@ -21,10 +21,10 @@ describe("compare.ts --quick", () => {
   const model = path.join(dir, "model")
   const out = path.join(dir, "out")
   const results = path.join(dir, "results.md")
-  const run = () =>
+  const run = (...extra: Array<string>) =>
     spawnSync(process.execPath, [
       "--import", tsxLoader, path.join(root, "pipelines", "compare.ts"),
-      "--quick", "--ablations", "--model", model, "--reward", "compositional-dense", "--clip-model", path.join(dir, "no-clip"),
+      ...extra, "--quick", "--ablations", "--model", model, "--reward", "compositional-dense", "--clip-model", path.join(dir, "no-clip"),
       "--out", out, "--results", results, "--models-dir", path.join(dir, "models"), "--backend", "wasm"
     ], { cwd: root, encoding: "utf8", env: { ...process.env, SHARPEN_BACKEND: "" } })
 
@@ -37,8 +37,18 @@ describe("compare.ts --quick", () => {
   })
 
   it("trains and evaluates every row, writes the tables into the results block, and resumes from its stages", () => {
+    // A second process can train the ablations alone; the full run then reuses them.
+    const ablationsOnly = run("--only-ablations")
+    assert.strictEqual(ablationsOnly.status, 0, ablationsOnly.stderr.slice(-3000))
+    assert.isTrue(fs.existsSync(path.join(out, "ablation", "n3", "summary.json")))
+    assert.isTrue(fs.existsSync(path.join(out, "eval", "ablation-m1.json")))
+    assert.isFalse(fs.existsSync(path.join(out, "ablation", "n2")), "the main run's point is left to the main run")
+    assert.isFalse(fs.existsSync(path.join(out, "train")), "no Table 1 stage runs")
+    assert.include(fs.readFileSync(results, "utf8"), "\nold\n", "no tables are written")
+
     const r = run()
     assert.strictEqual(r.status, 0, r.stderr.slice(-3000))
+    assert.notInclude(r.stderr, `in ${path.join(out, "ablation")}`)
     const text = fs.readFileSync(results, "utf8")
     assert.include(text, "hand-written text")
     assert.include(text, "more text")
