@@ -24,6 +24,7 @@ import * as Generate from "../eval/Generate.ts"
 import * as InferenceMethod from "../eval/InferenceMethod.ts"
 import * as ParallelGenerate from "../eval/ParallelGenerate.ts"
 import * as StepSearch from "../eval/StepSearch.ts"
+import * as Wilson from "../eval/Wilson.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as Weights from "../model/Weights.ts"
@@ -286,7 +287,8 @@ export const inferenceMethods = (
 
 const pct = (v: number) => `${(100 * v).toFixed(1)}`
 
-const overall = (s: EvalSummary["sets"][number]) => s.rows.find((r) => r.category === "overall")!
+/** A set's overall row. */
+export const overall = (s: EvalSummary["sets"][number]) => s.rows.find((r) => r.category === "overall")!
 
 /**
  * Table 1: one line per row, accuracy per set, clip, the other rewards, NFE.
@@ -297,13 +299,13 @@ export const table1 = (rows: ReadonlyArray<{ readonly label: string; readonly ev
   if (rows.length === 0) return ""
   const setNames = rows[0].eval.sets.map((s) => s.name)
   const head = [
-    "| method | " + setNames.map((n) => `${n} accuracy %`).join(" | ") + " | clip (seen) | compressibility | aesthetic | NFE / image |",
+    "| method | " + setNames.map((n) => `${n} accuracy % [95% CI]`).join(" | ") + " | clip (seen) | compressibility | aesthetic | NFE / image |",
     "|---|" + setNames.map(() => "---|").join("") + "---|---|---|---|"
   ]
   const lines = rows.map((r) => {
     const accs = r.eval.sets.map((s, i) => {
-      const base = pct(overall(s).accuracy)
-      return r.spread !== undefined && r.spread[i] !== undefined ? `${base} ± ${pct(r.spread[i])}` : base
+      const base = Wilson.format(overall(s).accuracy, overall(s).n)
+      return r.spread !== undefined && r.spread[i] !== undefined ? `${base} ± ${pct(r.spread[i])} over seeds` : base
     })
     const s0 = r.eval.sets[0]
     const clip = overall(s0).clip

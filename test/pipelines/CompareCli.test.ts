@@ -53,6 +53,7 @@ describe("compare.ts --quick", () => {
     assert.include(text, "hand-written text")
     assert.include(text, "more text")
     assert.notInclude(text, "\nold\n")
+    assert.include(text, "accuracy % [95% CI]")
     for (const label of ["base model", "standard fine-tuning", "Diffusion-DPO", "DDPO", "SFT Diffusion-Sharpening", "RLHF Diffusion-Sharpening", "best-of-2", "step-search 1x2", "Table 2", "Table 3"]) {
       assert.include(text, label)
     }
