@@ -219,15 +219,21 @@ const command = Command.make(
 
       // 4. Tables and plots.
       const plots = Option.getOrElse(f.plots, () => Option.isSome(f.results) ? path.join(path.dirname(f.results.value), "img", "compare") : path.join(f.out, "plots"))
+      // Each method logs its own statistic (sharpening: the sum of m x0-estimate
+      // rewards per path; DDPO: final images of the policy; Diffusion-DPO: the
+      // frozen reference's samples), so the plot shows each curve's change
+      // from its own start, not levels on one scale.
       const fig46 = yield* Effect.promise(() =>
         Plot.lineSvg({
-          title: `Training reward (mean over trajectories / samples) per iteration, reward ${f.reward}`,
+          title: `Training reward minus its first-3-iteration mean (each method's own statistic), reward ${f.reward}`,
           x: "iteration",
-          y: "reward",
+          y: "reward change",
           series: "method",
           smooth: Math.max(1, Math.round(settings.iterations / 10)),
-          rows: trained.filter((t) => t.seed === settings.seeds[0] && t.method !== "standard").flatMap((t) =>
-            t.summary.curve.map((c) => ({ iteration: c.iteration, reward: c.rewardMean, method: Compare.LABELS[t.method] })))
+          rows: trained.filter((t) => t.seed === settings.seeds[0] && t.method !== "standard").flatMap((t) => {
+            const start = Compare.meanStd(t.summary.curve.slice(0, 3).map((c) => c.rewardMean)).mean
+            return t.summary.curve.map((c) => ({ iteration: c.iteration, "reward change": c.rewardMean - start, method: Compare.LABELS[t.method] }))
+          })
         }))
       const fig5 = yield* Effect.promise(() =>
         Plot.lineSvg({
@@ -302,6 +308,9 @@ const command = Command.make(
         inferenceTable,
         "",
         "![reward vs iteration](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-vs-iteration.png")) + ")",
+        "",
+        "Training reward per iteration, as each method logs it: sharpening, the sum over the m scored steps of the reward of the model's x0 estimates, mean over paths; " +
+        "DDPO, the policy's final images; Diffusion-DPO, the frozen reference's samples (flat by construction). Each curve is drawn relative to its own first 3 iterations, so only the trends compare.",
         "",
         "![reward vs NFE](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-vs-nfe.png")) + ")",
         ...(hacking === undefined ? [] : [
