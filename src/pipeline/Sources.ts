@@ -49,8 +49,15 @@ export class BatchSource extends Context.Service<BatchSource, {
   /**
    * RLHF data: prompts of a split, and the policy's own samples for them
    * (DDIM `steps` with guidance `cfg`; the paper samples with DDIM 50, CFG 5).
+   * With `prompts`, batches take those in order (cycling) instead of drawing
+   * from the split, e.g. to measure training's stages on an eval set.
    */
-  static readonly online = (options: { readonly split: Split; readonly steps: number; readonly cfg: number }) =>
+  static readonly online = (options: {
+    readonly split: Split
+    readonly steps: number
+    readonly cfg: number
+    readonly prompts?: ReadonlyArray<string>
+  }) =>
     Layer.effect(
       BatchSource,
       Effect.gen(function*() {
@@ -58,11 +65,16 @@ export class BatchSource extends Context.Service<BatchSource, {
         const { model } = yield* Denoiser.Denoiser
         const schedule = Schedule.make(model.config.schedule)
         const a = model.config.architecture
+        const fixed = options.prompts
+        if (fixed !== undefined && fixed.length === 0) throw new RangeError("BatchSource.online: an empty prompt list")
+        let cursor = 0
         return BatchSource.of({
-          name: `online-${options.split}`,
+          name: fixed === undefined ? `online-${options.split}` : "online-prompts",
           next: (batchSize) =>
             Scoped.acquireWith(() => {
-              const prompts = Array.from({ length: batchSize }, () => sample(rng, Dataset.sampleCategory(rng), options.split).text)
+              const prompts = fixed === undefined
+                ? Array.from({ length: batchSize }, () => sample(rng, Dataset.sampleCategory(rng), options.split).text)
+                : Array.from({ length: batchSize }, () => fixed[cursor++ % fixed.length])
               const xT = Generate.normalTensor(rng, [batchSize, a.imageSize, a.imageSize, a.channels]) as tf.Tensor4D
               const x0 = Ddim.sample({
                 schedule,

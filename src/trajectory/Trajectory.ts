@@ -86,15 +86,26 @@ export const dispose = (t: Trajectories): void => {
 export const stride = (trainSteps: number, inferenceSteps: number): number => Math.floor(trainSteps / inferenceSteps)
 
 /**
+ * The grid timesteps {@link chooseTimestep} draws from (descending): those
+ * that leave room for all m steps, within the chosen range.
+ *
+ * @since 0.3.0
+ */
+export const startTimesteps = (trainSteps: number, o: Pick<TrajectoryOptions, "m" | "inferenceSteps" | "timestep">): Array<number> => {
+  const ratio = stride(trainSteps, o.inferenceSteps)
+  const grid = Ddim.timesteps(trainSteps, o.inferenceSteps).filter((t) => t - (o.m - 1) * ratio >= 0)
+  const range = o.timestep
+  return range.kind === "range" ? grid.filter((t) => t >= range.min && t <= range.max) : grid
+}
+
+/**
  * A starting timestep on the sampler grid such that all m steps stay at
  * t >= 0 (the last step then lands on the next grid point or clean data).
  *
  * @since 0.1.0
  */
 export const chooseTimestep = (rng: Rng, trainSteps: number, o: Pick<TrajectoryOptions, "m" | "inferenceSteps" | "timestep">): number => {
-  const ratio = stride(trainSteps, o.inferenceSteps)
-  const grid = Ddim.timesteps(trainSteps, o.inferenceSteps).filter((t) => t - (o.m - 1) * ratio >= 0)
-  const allowed = o.timestep.kind === "range" ? grid.filter((t) => t >= (o.timestep as { min: number }).min && t <= (o.timestep as { max: number }).max) : grid
+  const allowed = startTimesteps(trainSteps, o)
   if (allowed.length === 0) throw new RangeError(`no grid timestep allows ${o.m} steps in the chosen range`)
   return allowed[rng.int(allowed.length)]
 }
