@@ -31,6 +31,7 @@ import * as Clip from "../reward/ClipModel.ts"
 import * as HardNegatives from "../reward/HardNegatives.ts"
 import type { NegativeKind } from "../reward/HardNegatives.ts"
 import { Rng } from "../tensor/Random.ts"
+import * as Stats from "./Stats.ts"
 
 // ---------------------------------------------------------------- statistics
 
@@ -99,17 +100,6 @@ export const agreement = (scores: ArrayLike<number>, pass: ReadonlyArray<boolean
     }
     if (pass[idx[i]]) passesBelow++
   }
-  const y = pass.map((p) => (p ? 1 : 0))
-  const ms = mean(scores)
-  const my = mean(y)
-  let sxy = 0
-  let sxx = 0
-  let syy = 0
-  for (let i = 0; i < n; i++) {
-    sxy += (scores[i] - ms) * (y[i] - my)
-    sxx += (scores[i] - ms) ** 2
-    syy += (y[i] - my) ** 2
-  }
   const sel = (want: boolean) => Array.from(scores).filter((_, i) => pass[i] === want)
   return {
     n,
@@ -117,7 +107,7 @@ export const agreement = (scores: ArrayLike<number>, pass: ReadonlyArray<boolean
     auc,
     accuracy: bestAcc,
     threshold: bestThreshold,
-    correlation: sxx > 0 && syy > 0 ? sxy / Math.sqrt(sxx * syy) : NaN,
+    correlation: Stats.pearson(scores, pass.map((p) => (p ? 1 : 0))) ?? NaN,
     meanScorePass: mean(sel(true)),
     meanScoreFail: mean(sel(false))
   }

@@ -21,6 +21,7 @@ import { attempt } from "../diffusion/DiffusionError.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as Aggregate from "../trajectory/Aggregate.ts"
 import type { Trajectories } from "../trajectory/Trajectory.ts"
+import { mean, pearson, spearman } from "./Stats.ts"
 import * as Wilson from "./Wilson.ts"
 
 /**
@@ -32,42 +33,6 @@ import * as Wilson from "./Wilson.ts"
 export class PathAgreementError extends Schema.TaggedError<PathAgreementError>()("PathAgreementError", {
   message: Schema.String
 }) {}
-
-// ---------------------------------------------------------------- statistics
-
-/** Ranks 1..n, ties sharing their average rank (as Spearman's rho needs). */
-export const ranks = (xs: ReadonlyArray<number>): Array<number> => {
-  const order = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b])
-  const out = new Array<number>(xs.length)
-  for (let i = 0; i < order.length;) {
-    let j = i
-    while (j + 1 < order.length && xs[order[j + 1]] === xs[order[i]]) j++
-    for (let k = i; k <= j; k++) out[order[k]] = (i + j) / 2 + 1
-    i = j + 1
-  }
-  return out
-}
-
-/** Pearson correlation; null when either side is constant (undefined, not 0). */
-export const pearson = (xs: ReadonlyArray<number>, ys: ReadonlyArray<number>): number | null => {
-  if (xs.length !== ys.length) throw new PathAgreementError({ message: `pearson: ${xs.length} vs ${ys.length} values` })
-  const n = xs.length
-  if (n < 2) return null
-  const mx = xs.reduce((a, b) => a + b, 0) / n
-  const my = ys.reduce((a, b) => a + b, 0) / n
-  let sxy = 0
-  let sxx = 0
-  let syy = 0
-  for (let i = 0; i < n; i++) {
-    sxy += (xs[i] - mx) * (ys[i] - my)
-    sxx += (xs[i] - mx) ** 2
-    syy += (ys[i] - my) ** 2
-  }
-  return sxx > 0 && syy > 0 ? sxy / Math.sqrt(sxx * syy) : null
-}
-
-/** Spearman's rho: Pearson of the (tie-averaged) ranks. */
-export const spearman = (xs: ReadonlyArray<number>, ys: ReadonlyArray<number>): number | null => pearson(ranks(xs), ranks(ys))
 
 /** Path i's scores of every item, `[n][B]` -> item b's column. */
 const column = (scores: ReadonlyArray<ReadonlyArray<number>>, b: number) => scores.map((row) => row[b])
@@ -276,7 +241,6 @@ export const Summary = Schema.Struct({
 })
 export type Summary = typeof Summary.Type
 
-const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length)
 
 /** The aggregations compared: Eq. 8's sum (what training uses) and the last step alone. */
 export const AGGREGATIONS: ReadonlyArray<Aggregate.Aggregation> = [{ kind: "sum" }, { kind: "last" }]

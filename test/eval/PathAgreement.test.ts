@@ -18,19 +18,6 @@ const final = [
 ]
 
 describe("PathAgreement statistics", () => {
-  it("ranks average ties; Pearson and Spearman match hand computations", () => {
-    assert.deepStrictEqual(PathAgreement.ranks([3, 1, 2]), [3, 1, 2])
-    assert.deepStrictEqual(PathAgreement.ranks([1, 2, 2, 0]), [2, 3.5, 3.5, 1])
-    // dx = [-1, 0, 1], dy = [-4/3, -1/3, 5/3]: sxy = 3, sxx = 2, syy = 42/9.
-    assert.approximately(PathAgreement.pearson([1, 2, 3], [1, 2, 4])!, 3 / Math.sqrt(2 * 42 / 9), 1e-12)
-    assert.strictEqual(PathAgreement.pearson([1, 2, 3], [1, 2, 4].map((v) => -v))! < 0, true)
-    assert.isNull(PathAgreement.pearson([1, 1, 1], [1, 2, 3]))
-    assert.isNull(PathAgreement.pearson([1], [2]))
-    // Spearman ignores the scale: a monotone map gives 1, one swapped pair of 3 gives 0.5.
-    assert.strictEqual(PathAgreement.spearman([1, 2, 3], [1, 20, 300]), 1)
-    assert.approximately(PathAgreement.spearman([1, 2, 3], [2, 1, 3])!, 0.5, 1e-12)
-  })
-
   it("perfectly agreeing rankings: every pick agrees, rho = 1, best - worst is the full spread", () => {
     const a = PathAgreement.itemAgreement(final.map((r) => r.map((v) => 10 * v + 1)), final)
     assert.deepStrictEqual(a.argmax, [true, true, true])

@@ -1,0 +1,50 @@
+/**
+ * Summary statistics on plain numbers, shared by the evaluation reports
+ * (ClipReport, PathAgreement): ranks, Pearson and Spearman correlation.
+ *
+ * @since 0.3.0
+ */
+
+/** Mean; 0 for no values. */
+export const mean = (xs: ArrayLike<number>): number => {
+  let s = 0
+  for (let i = 0; i < xs.length; i++) s += xs[i]
+  return xs.length === 0 ? 0 : s / xs.length
+}
+
+/** Ranks 1..n, ties sharing their average rank (as Spearman's rho needs). */
+export const ranks = (xs: ReadonlyArray<number>): Array<number> => {
+  const order = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b])
+  const out = new Array<number>(xs.length)
+  for (let i = 0; i < order.length;) {
+    let j = i
+    while (j + 1 < order.length && xs[order[j + 1]] === xs[order[i]]) j++
+    for (let k = i; k <= j; k++) out[order[k]] = (i + j) / 2 + 1
+    i = j + 1
+  }
+  return out
+}
+
+/**
+ * Pearson correlation; null when either side is constant or has fewer than
+ * two values (undefined, not 0). Unequal lengths are a caller's bug.
+ */
+export const pearson = (xs: ArrayLike<number>, ys: ArrayLike<number>): number | null => {
+  if (xs.length !== ys.length) throw new RangeError(`pearson: ${xs.length} vs ${ys.length} values`)
+  const n = xs.length
+  if (n < 2) return null
+  const mx = mean(xs)
+  const my = mean(ys)
+  let sxy = 0
+  let sxx = 0
+  let syy = 0
+  for (let i = 0; i < n; i++) {
+    sxy += (xs[i] - mx) * (ys[i] - my)
+    sxx += (xs[i] - mx) ** 2
+    syy += (ys[i] - my) ** 2
+  }
+  return sxx > 0 && syy > 0 ? sxy / Math.sqrt(sxx * syy) : null
+}
+
+/** Spearman's rho: Pearson of the (tie-averaged) ranks. */
+export const spearman = (xs: ReadonlyArray<number>, ys: ReadonlyArray<number>): number | null => pearson(ranks(xs), ranks(ys))

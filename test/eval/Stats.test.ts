@@ -1,0 +1,23 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as Stats from "../../src/eval/Stats.ts"
+
+describe("Stats", () => {
+  it("ranks average ties; Pearson and Spearman match hand computations", () => {
+    assert.deepStrictEqual(Stats.ranks([3, 1, 2]), [3, 1, 2])
+    assert.deepStrictEqual(Stats.ranks([1, 2, 2, 0]), [2, 3.5, 3.5, 1])
+    // dx = [-1, 0, 1], dy = [-4/3, -1/3, 5/3]: sxy = 3, sxx = 2, syy = 42/9.
+    assert.approximately(Stats.pearson([1, 2, 3], [1, 2, 4])!, 3 / Math.sqrt(2 * 42 / 9), 1e-12)
+    assert.strictEqual(Stats.pearson([1, 2, 3], [1, 2, 4].map((v) => -v))! < 0, true)
+    assert.isNull(Stats.pearson([1, 1, 1], [1, 2, 3]))
+    assert.isNull(Stats.pearson([1], [2]))
+    // Spearman ignores the scale: a monotone map gives 1, one swapped pair of 3 gives 0.5.
+    assert.strictEqual(Stats.spearman([1, 2, 3], [1, 20, 300]), 1)
+    assert.approximately(Stats.spearman([1, 2, 3], [2, 1, 3])!, 0.5, 1e-12)
+  })
+
+  it("mean is 0 for no values; pearson refuses unequal lengths", () => {
+    assert.strictEqual(Stats.mean([]), 0)
+    assert.strictEqual(Stats.mean(new Float32Array([1, 2, 3, 6])), 3)
+    assert.throws(() => Stats.pearson([1, 2], [1, 2, 3]), /2 vs 3/)
+  })
+})
