@@ -1,18 +1,9 @@
-import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
-import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { beforeAll } from "vitest"
-import * as Denoiser from "../../src/model/Denoiser.ts"
-import { useCpu } from "../helpers.ts"
-import { tiny32 } from "../sharpen-helpers.ts"
-
-
-const root = path.resolve(import.meta.dirname, "../..")
-const tsxLoader = import.meta.resolve("tsx")
+import { runPipeline, saveTinyModel } from "../cli-helpers.ts"
 
 // The whole comparison at --quick size on a tiny model: every training
 // method, every inference-time method, the ablations, tables and plots.
@@ -22,17 +13,13 @@ describe("compare.ts --quick", () => {
   const out = path.join(dir, "out")
   const results = path.join(dir, "results.md")
   const run = (...extra: Array<string>) =>
-    spawnSync(process.execPath, [
-      "--import", tsxLoader, path.join(root, "pipelines", "compare.ts"),
+    runPipeline("compare.ts", [
       ...extra, "--quick", "--ablations", "--model", model, "--reward", "compositional-dense", "--clip-model", path.join(dir, "no-clip"),
       "--out", out, "--results", results, "--models-dir", path.join(dir, "models"), "--backend", "wasm"
-    ], { cwd: root, encoding: "utf8", env: { ...process.env, SHARPEN_BACKEND: "" } })
+    ])
 
   beforeAll(async () => {
-    await useCpu()
-    const m = Denoiser.init(tiny32, 0)
-    await Effect.runPromise(Denoiser.save(model, m).pipe(Effect.provide(NodeServices.layer)))
-    Denoiser.dispose(m)
+    await saveTinyModel(model)
     fs.writeFileSync(results, "# Results\n\nhand-written text\n\n<!-- compare:begin -->\nold\n<!-- compare:end -->\n\nmore text\n")
   })
 

@@ -1,17 +1,9 @@
-import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
-import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { beforeAll } from "vitest"
-import * as Denoiser from "../../src/model/Denoiser.ts"
-import { useCpu } from "../helpers.ts"
-import { tiny32 } from "../sharpen-helpers.ts"
-
-const root = path.resolve(import.meta.dirname, "../..")
-const tsxLoader = import.meta.resolve("tsx")
+import { runPipeline, saveTinyModel } from "../cli-helpers.ts"
 
 // The pipeline end to end at toy size: the RLHF stages on a tiny model, the
 // eval prompts in file order, a reward that needs no model.
@@ -22,20 +14,16 @@ describe("path-agreement.ts", () => {
   const out = path.join(dir, "report.json")
 
   beforeAll(async () => {
-    await useCpu()
-    const m = Denoiser.init(tiny32, 0)
-    await Effect.runPromise(Denoiser.save(model, m).pipe(Effect.provide(NodeServices.layer)))
-    Denoiser.dispose(m)
+    await saveTinyModel(model)
     fs.writeFileSync(prompts, "a red circle\ntwo blue squares\na green triangle\n")
   })
 
   it("writes the JSON and markdown reports for the prompts of the file", () => {
-    const r = spawnSync(process.execPath, [
-      "--import", tsxLoader, path.join(root, "pipelines", "path-agreement.ts"),
+    const r = runPipeline("path-agreement.ts", [
       "--model", model, "--reward", "compositional-dense", "--clip-model", path.join(dir, "no-clip"),
       "--prompt-file", prompts, "--prompts", "0", "--n", "2", "--m", "2", "--batch-size", "2",
       "--inference-steps", "5", "--online-steps", "2", "--out", out, "--backend", "wasm"
-    ], { cwd: root, encoding: "utf8", env: { ...process.env, SHARPEN_BACKEND: "" } })
+    ])
     assert.strictEqual(r.status, 0, r.stderr.slice(-3000))
     const report = JSON.parse(fs.readFileSync(out, "utf8"))
     assert.deepStrictEqual(report.items.map((x: { prompt: string }) => x.prompt), ["a red circle", "two blue squares", "a green triangle"])
@@ -54,8 +42,7 @@ describe("path-agreement.ts", () => {
 
     // --from pools stored reports without generating; a file that is not a report is refused.
     const pooledFile = path.join(dir, "pooled.json")
-    const tsx = (...args: Array<string>) =>
-      spawnSync(process.execPath, ["--import", tsxLoader, path.join(root, "pipelines", "path-agreement.ts"), ...args], { cwd: root, encoding: "utf8" })
+    const tsx = (...args: Array<string>) => runPipeline("path-agreement.ts", args)
     const pooled = tsx("--from", `${out},${out}`, "--out", pooledFile)
     assert.strictEqual(pooled.status, 0, pooled.stderr.slice(-3000))
     const p = JSON.parse(fs.readFileSync(pooledFile, "utf8"))

@@ -1,26 +1,13 @@
-import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
-import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { beforeAll } from "vitest"
 import * as Png from "../../src/data/Png.ts"
-import * as Denoiser from "../../src/model/Denoiser.ts"
-import { useCpu } from "../helpers.ts"
-import { tiny32 } from "../sharpen-helpers.ts"
+import { runPipeline, saveTinyModel } from "../cli-helpers.ts"
 
-
-const root = path.resolve(import.meta.dirname, "../..")
-// Absolute, so child processes may run in another working directory.
-const tsxLoader = import.meta.resolve("tsx")
 const run = (script: string, args: ReadonlyArray<string>) => {
-  const r = spawnSync(process.execPath, ["--import", tsxLoader, path.join(root, "pipelines", script), ...args, "--backend", "wasm"], {
-    cwd: root,
-    encoding: "utf8",
-    env: { ...process.env, SHARPEN_BACKEND: "" }
-  })
+  const r = runPipeline(script, [...args, "--backend", "wasm"])
   return { code: r.status, stdout: r.stdout, stderr: r.stderr }
 }
 
@@ -32,10 +19,7 @@ describe("sample.ts and evaluate.ts", () => {
   const prompts = path.join(dir, "prompts.txt")
 
   beforeAll(async () => {
-    await useCpu()
-    const m = Denoiser.init(tiny32, 0)
-    await Effect.runPromise(Denoiser.save(model, m).pipe(Effect.provide(NodeServices.layer)))
-    Denoiser.dispose(m)
+    await saveTinyModel(model)
     fs.writeFileSync(prompts, "a red square\n\ntwo blue circles\na green triangle above a white square\n")
   })
 
@@ -87,7 +71,7 @@ describe("sample.ts and evaluate.ts", () => {
     assert.strictEqual(r.code, 1)
     assert.match(errorLines(r.stderr)[0], /no-clip/)
     // ... while without --clip (and no default model) the clip column is omitted.
-    const r2 = spawnSync(process.execPath, ["--import", tsxLoader, path.join(root, "pipelines", "evaluate.ts"), "--model", model, "--prompts", prompts, "--steps", "2", "--json", json, "--backend", "wasm"], { cwd: dir, encoding: "utf8" })
+    const r2 = runPipeline("evaluate.ts", ["--model", model, "--prompts", prompts, "--steps", "2", "--json", json, "--backend", "wasm"], { cwd: dir })
     assert.strictEqual(r2.status, 0, r2.stderr)
     assert.match(r2.stdout, /\| numeracy \| 1 \|/)
     const report = JSON.parse(fs.readFileSync(json, "utf8"))

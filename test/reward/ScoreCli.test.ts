@@ -9,10 +9,9 @@ import { parseOrThrow } from "../../src/data/Prompt.ts"
 import { render } from "../../src/data/Render.ts"
 import { verify } from "../../src/data/Verifier.ts"
 import { Rng } from "../../src/tensor/Random.ts"
+import { root, tsxLoader } from "../cli-helpers.ts"
 import { startServer, type TestServer } from "./RewardServer.ts"
 
-const root = path.resolve(import.meta.dirname, "../..")
-const tsxLoader = import.meta.resolve("tsx")
 
 /** Runs pipelines/score.ts as a child process (what `npx tsx pipelines/score.ts` does). */
 const score = (args: ReadonlyArray<string>) =>
