@@ -40,14 +40,31 @@ export const prompts = Effect.fn("Inputs.prompts")(function*(path: string) {
   return parsed
 })
 
-/** Create the directory if needed and prove it is writable with a probe file. */
+/**
+ * Create the directory if needed and prove it is writable with a probe file.
+ * Missing levels are created one by one: Node's recursive mkdir never
+ * returns for a path under /proc.
+ */
 export const writableDirectory = Effect.fn("Inputs.writableDirectory")(function*(dir: string) {
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
+  const fail = (message: string) => new OutputError({ path: dir, message })
+  const missing: Array<string> = []
+  for (let cur = path.resolve(dir); ; cur = path.dirname(cur)) {
+    const info = yield* fs.stat(cur).pipe(Effect.option)
+    if (info._tag === "Some") {
+      if (info.value.type !== "Directory") {
+        return yield* fail(cur === path.resolve(dir) ? "exists and is not a directory" : `${cur} exists and is not a directory`)
+      }
+      break
+    }
+    missing.unshift(cur)
+    if (path.dirname(cur) === cur) break
+  }
   const probe = path.join(dir, `.write-probe-${process.pid}`)
-  yield* fs.makeDirectory(dir, { recursive: true }).pipe(
+  yield* Effect.forEach(missing, (d) => fs.makeDirectory(d).pipe(Effect.catchReason("PlatformError", "AlreadyExists", () => Effect.void)), { discard: true }).pipe(
     Effect.flatMap(() => fs.writeFileString(probe, "")),
     Effect.flatMap(() => fs.remove(probe)),
-    Effect.mapError((e) => new OutputError({ path: dir, message: `output directory is not writable (${e.message.split("\n")[0]})` }))
+    Effect.mapError((e) => fail(`output directory is not writable (${e.message.split("\n")[0]})`))
   )
 })

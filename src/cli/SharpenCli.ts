@@ -3,11 +3,18 @@
  * config from defaults <- --config JSON <- flags, the base model, a reward by
  * name, evaluation before and after, and the run's outputs in --out:
  *
- *   out/run/            checkpoints (atomic) and metrics.jsonl
+ *   out/LOCK            the owner's pid while a process works in out/ (RunLock)
+ *   out/run/            checkpoints (atomic, the last keepCheckpoints), metrics.jsonl,
+ *                       run.json (what defines the run; checked by --resume)
  *   out/model/          the sharpened model (loadable by sample.ts)
  *   out/plots/          reward.svg|png, loss.svg|png
  *   out/samples/        before-/after- contact sheets of the eval prompts
  *   out/report.md|json  before/after verifier accuracy and clip score
+ *
+ *
+ * Before anything is written: the output directory is checked (Inputs.
+ * writableDirectory), locked, cleared of temporaries of interrupted writes,
+ * and the model, the reward and (on --resume) the run's record are checked.
  *
  * @since 0.1.0
  */
@@ -15,6 +22,8 @@ import { Console, Effect, FileSystem, Layer, Option, Path, Schema } from "effect
 import { Command, Flag } from "effect/cli"
 import * as Evaluate from "../eval/Evaluate.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
+import * as CheckpointDir from "../io/CheckpointDir.ts"
+import * as RunLock from "../io/RunLock.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as ClipModel from "../reward/ClipModel.ts"
 import * as Registry from "../reward/Registry.ts"
@@ -25,8 +34,22 @@ import * as Sharpen from "../pipeline/Sharpen.ts"
 import * as SharpenConfig from "../pipeline/SharpenConfig.ts"
 import * as SharpenLayers from "../pipeline/SharpenLayers.ts"
 import { Metrics } from "../pipeline/Metrics.ts"
+import * as RunRecord from "../pipeline/RunRecord.ts"
+import * as Inputs from "./Inputs.ts"
+import * as RewardFlags from "./RewardFlags.ts"
 
 export class RunDirectoryInUse extends Schema.TaggedError<RunDirectoryInUse>()("RunDirectoryInUse", {
+  path: Schema.String,
+  message: Schema.String
+}) {}
+
+/**
+ * `--resume` of a directory without a checkpoint (a mistyped --out would
+ * otherwise start a new run).
+ *
+ * @since 0.1.0
+ */
+export class NothingToResume extends Schema.TaggedError<NothingToResume>()("NothingToResume", {
   path: Schema.String,
   message: Schema.String
 }) {}
@@ -39,11 +62,10 @@ const optNum = (name: string, description: string) => Flag.Finite(name).pipe(Fla
 
 const flags = {
   model: Flag.String("model").pipe(Flag.withDescription("base model directory"), Flag.withDefault("models/shapeworld-base")),
-  reward: Flag.String("reward").pipe(Flag.withDescription("reward name or expression (clip, compositional, compositional-dense, aesthetic, mllm, http, ...)"), Flag.withDefault("clip")),
-  clipModel: Flag.String("clip-model").pipe(Flag.withDescription("clip model directory (reward and evaluation)"), Flag.withDefault("models/shapeworld-clip")),
-  baseUrl: Flag.String("base-url").pipe(Flag.withDescription("mllm / http reward endpoint"), Flag.optional),
+  ...RewardFlags.flags,
   out: Flag.String("out").pipe(Flag.withDescription("output directory"), Flag.optional),
-  resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue the run in --out from its latest checkpoint"), Flag.withDefault(false)),
+  resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue the run in --out from its latest checkpoint (refused if there is none, or if a setting that changes the training differs)"), Flag.withDefault(false)),
+  resumeIfPresent: Flag.Boolean("resume-if-present").pipe(Flag.withDescription("as --resume when --out holds a checkpoint, else start a new run there"), Flag.withDefault(false)),
   config: Flag.String("config").pipe(Flag.withDescription("JSON file of settings (see docs/architecture.md)"), Flag.optional),
   iterations: optInt("iterations", "optimisation steps"),
   seed: optInt("seed", "seed of data, noise and sampling"),
@@ -61,13 +83,14 @@ const flags = {
   evalPrompts: optInt("eval-prompts", "prompts per eval set for before/after (0 = all)"),
   evalSteps: optInt("eval-steps", "DDIM steps of the before/after evaluation"),
   checkpointEvery: optInt("checkpoint-every", "iterations between checkpoints"),
+  keepCheckpoints: optInt("keep-checkpoints", "checkpoints kept on disk (a damaged latest one falls back to the one before)"),
   backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
 }
 
 type Flags = Command.Command.Config.Infer<typeof flags>
 
 const overrides = (f: Flags): Record<string, unknown> => {
-  const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery"] as const
+  const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery", "keepCheckpoints"] as const
   const out: Record<string, unknown> = {}
   for (const k of keys) {
     const v = f[k] as Option.Option<unknown>
@@ -80,16 +103,25 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags) {
   const fs = yield* FileSystem.FileSystem
   const layers: Array<Record<string, unknown>> = []
   let file: string | undefined
+  let rewardEntry: unknown
   if (Option.isSome(f.config)) {
     file = f.config.value
     const text = yield* fs.readFileString(file).pipe(Effect.mapError(() => new SharpenConfig.ConfigError({ file, message: "cannot read the config file" })))
     const json = yield* Effect.try({ try: () => JSON.parse(text), catch: (e) => new SharpenConfig.ConfigError({ file, message: `not valid JSON: ${(e as Error).message}` }) })
-    layers.push(json)
+    if (json === null || typeof json !== "object" || Array.isArray(json)) {
+      return yield* new SharpenConfig.ConfigError({ file, message: "the config file must hold a JSON object of settings" })
+    }
+    // The reward and its options are not settings of the algorithm (RewardFlags).
+    const { reward, ...settings } = json as Record<string, unknown>
+    rewardEntry = reward
+    layers.push(settings)
   }
   layers.push(overrides(f))
   const config = SharpenConfig.decode(layers, file)
   if (config instanceof SharpenConfig.ConfigError) return yield* config
-  return config
+  const reward = RewardFlags.spec(f, rewardEntry, file)
+  if (reward instanceof SharpenConfig.ConfigError) return yield* reward
+  return { config, reward }
 })
 
 export const command = (algorithm: "sft" | "rlhf") =>
@@ -99,32 +131,43 @@ export const command = (algorithm: "sft" | "rlhf") =>
     Effect.fn(function*(f) {
       const fs = yield* FileSystem.FileSystem
       const path = yield* Path.Path
-      const config = yield* loadConfig(f)
+      const { config, reward: rewardSpec } = yield* loadConfig(f)
       const out = Option.getOrElse(f.out, () => path.join("out", algorithm))
       const runDir = path.join(out, "run")
-      if (!f.resume && (yield* fs.exists(path.join(runDir, "LATEST")))) {
+      const nothingToResume = new NothingToResume({
+        path: runDir,
+        message: "no checkpoint to resume from (is --out right?); pass --resume-if-present to start a new run when there is none"
+      })
+      // Before creating anything: a mistyped --out of a --resume leaves no directory behind.
+      if (f.resume && !(yield* fs.exists(runDir))) return yield* nothingToResume
+      // The output directory first (a regular file, /proc/...: one clear error), then its lock.
+      yield* Inputs.writableDirectory(out)
+      yield* RunLock.acquire(out)
+      const stale = yield* AtomicFile.removeStale(out)
+      if (stale.length > 0) yield* Console.error(`removed ${stale.length} temporary file(s) of interrupted writes in ${out}`)
+      const hasCheckpoint = (yield* CheckpointDir.candidates(runDir)).length > 0
+      if (!f.resume && !f.resumeIfPresent && hasCheckpoint) {
         return yield* new RunDirectoryInUse({ path: out, message: "holds a previous run: pass --resume to continue it or choose another --out" })
       }
-      yield* fs.makeDirectory(runDir, { recursive: true })
-      yield* AtomicFile.writeText(path.join(out, "config.json"), JSON.stringify(Schema.encodeSync(SharpenConfig.SharpenConfig)(config), null, 2) + "\n")
+      if (f.resume && !hasCheckpoint) return yield* nothingToResume
 
       const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
-      const reward = Registry.layerNode({
-        reward: f.reward,
-        modelDir: f.clipModel,
-        ...(Option.isSome(f.baseUrl) ? { baseUrl: f.baseUrl.value } : {})
-      }).pipe(Layer.provide(backend))
+      const reward = Registry.layerNode(rewardSpec).pipe(Layer.provide(backend))
       const layers = (algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, { model: f.model, runDir, reward, backend, label: algorithm })
+      const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL
 
       const sets = yield* Report.loadEvalSets(config.evalPrompts)
       const sampler = { steps: config.evalSteps, cfg: config.cfg, eta: 0, seed: config.seed + 1_000_003, batchSize: 16 }
       const samplesDir = path.join(out, "samples")
 
+      // Runs once the layers are built: the model and the reward are valid.
       const program = Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
-        const hasClip = yield* fs.exists(f.clipModel)
+        yield* RunRecord.check(runDir, yield* RunRecord.make({ algorithm, config, reward: rewardSpec, model: f.model }), hasCheckpoint)
+        yield* AtomicFile.writeText(path.join(out, "config.json"), JSON.stringify(Schema.encodeSync(SharpenConfig.SharpenConfig)(config), null, 2) + "\n")
+        const hasClip = yield* fs.exists(clipModel)
         const clip = hasClip
-          ? yield* Effect.flatMap(ClipModel.loadFiles(f.clipModel), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose))
+          ? yield* Effect.flatMap(ClipModel.loadFiles(clipModel), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose))
           : undefined
         // Before: the base model, evaluated once (kept across --resume).
         const beforeFile = path.join(out, "before.json")
@@ -138,22 +181,22 @@ export const command = (algorithm: "sft" | "rlhf") =>
         }
         const done = yield* (algorithm === "sft" ? Sharpen.sft(config) : Sharpen.rlhf(config))
         const records = yield* (yield* Metrics).records
-        yield* Denoiser.save(path.join(out, "model"), model, { algorithm, iterations: String(done), reward: f.reward, base: f.model })
-        yield* Report.curves(records, path.join(out, "plots"), `${algorithm.toUpperCase()}-Diffusion-Sharpening, reward ${f.reward}`)
+        yield* Denoiser.save(path.join(out, "model"), model, { algorithm, iterations: String(done), reward: rewardSpec.reward, base: f.model })
+        yield* Report.curves(records, path.join(out, "plots"), `${algorithm.toUpperCase()}-Diffusion-Sharpening, reward ${rewardSpec.reward}`)
         yield* Console.error("evaluating the sharpened model ...")
         const after = yield* Report.evaluateWithGrids(model, sets, sampler, clip, samplesDir, "after")
         const table = Report.comparison(before, after)
         const totalNfe = records.reduce((a, r) => a + r.nfe, 0)
         const totalCalls = records.reduce((a, r) => a + r.rewardCalls, 0)
         const wallMin = records.reduce((a, r) => a + r.wallMs, 0) / 60_000
-        const summary = `${algorithm.toUpperCase()}-Diffusion-Sharpening of ${f.model} with reward ${f.reward}: ${done} iterations, ` +
+        const summary = `${algorithm.toUpperCase()}-Diffusion-Sharpening of ${f.model} with reward ${rewardSpec.reward}: ${done} iterations, ` +
           `${wallMin.toFixed(1)} min of training, ${totalNfe} training NFE, ${totalCalls} reward calls.`
         yield* AtomicFile.writeText(path.join(out, "report.md"), `${summary}\n\n${table}\n`)
-        yield* AtomicFile.writeText(path.join(out, "report.json"), JSON.stringify({ config, model: f.model, reward: f.reward, iterations: done, before, after }, null, 2) + "\n")
+        yield* AtomicFile.writeText(path.join(out, "report.json"), JSON.stringify({ config, model: f.model, reward: rewardSpec.reward, iterations: done, before, after }, null, 2) + "\n")
         yield* Console.log(`\n${summary}\n\n${table}\n\nmodel: ${path.join(out, "model")}  report: ${path.join(out, "report.md")}`)
       })
       yield* program.pipe(Effect.provide(layers), Effect.scoped)
-    })
+    }, Effect.scoped)
   ).pipe(
     Command.withDescription(
       algorithm === "sft"

@@ -3,8 +3,11 @@
  *
  * Each checkpoint is written to its own directory `ckpt-<step>/`; only when
  * every file is on disk does the `LATEST` pointer (itself replaced
- * atomically) move to it, and only then are older checkpoints removed. A
- * crash at any moment leaves `LATEST` naming a complete checkpoint.
+ * atomically) move to it, and only then are older checkpoints removed
+ * (`keep` of them stay, the new one included). A crash at any moment leaves
+ * `LATEST` naming a complete checkpoint; `candidates` also lists the older
+ * ones kept, for a reader to fall back on when the latest was damaged after
+ * its write.
  *
  * @since 0.1.0
  */
@@ -39,26 +42,27 @@ export const save = Effect.fn("CheckpointDir.save")(function*(
   const dir = path.join(runDir, name(step))
   for (const [file, bytes] of Object.entries(files)) yield* AtomicFile.writeFile(path.join(dir, file), bytes)
   yield* AtomicFile.writeText(path.join(runDir, LATEST), name(step) + "\n")
-  const old = (yield* fs.readDirectory(runDir)).filter((d) => d.startsWith("ckpt-") && d !== name(step)).sort()
-  for (const d of old.slice(0, Math.max(0, old.length - (keep - 1)))) {
+  // Keep the newest `keep - 1` older checkpoints; any of a later step is
+  // from an abandoned future (a fallback to an older one) and goes too.
+  const others = (yield* fs.readDirectory(runDir)).filter((d) => CKPT.test(d) && d !== name(step)).sort()
+  const older = others.filter((d) => d < name(step))
+  const drop = [...older.slice(0, Math.max(0, older.length - (keep - 1))), ...others.filter((d) => d > name(step))]
+  for (const d of drop) {
     yield* fs.remove(path.join(runDir, d), { recursive: true }).pipe(Effect.ignore)
   }
   return dir
 })
 
+const CKPT = /^ckpt-\d+$/
+
 /**
- * The latest complete checkpoint, if any: its directory and a reader.
+ * A reader of the checkpoint in `runDir/dirName` (nothing is read until asked).
  *
  * @since 0.1.0
  */
-export const latest = Effect.fn("CheckpointDir.latest")(function*(runDir: string) {
-  const fs = yield* FileSystem.FileSystem
-  const path = yield* Path.Path
-  const pointer = path.join(runDir, LATEST)
-  if (!(yield* fs.exists(pointer).pipe(Effect.orElseSucceed(() => false)))) return Option.none()
-  const dirName = (yield* fs.readFileString(pointer).pipe(
-    Effect.mapError(() => new CheckpointError({ path: pointer, message: "cannot read the LATEST pointer" }))
-  )).trim()
+export type Reader = ReturnType<typeof reader>
+
+const reader = (fs: FileSystem.FileSystem, path: Path.Path, runDir: string, dirName: string) => {
   const dir = path.join(runDir, dirName)
   const read = (file: string) =>
     fs.readFile(path.join(dir, file)).pipe(
@@ -95,5 +99,41 @@ export const latest = Effect.fn("CheckpointDir.latest")(function*(runDir: string
         ? Effect.succeed(r.success)
         : Effect.fail(new CheckpointError({ path: file, message: "does not match the checkpoint format" }))
     })
-  return Option.some({ dir, read, readText, readTensors, restore, readState })
+  return { dir, read, readText, readTensors, restore, readState }
+}
+
+
+/**
+ * The latest complete checkpoint, if any: its directory and a reader.
+ *
+ * @since 0.1.0
+ */
+export const latest = Effect.fn("CheckpointDir.latest")(function*(runDir: string) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const pointer = path.join(runDir, LATEST)
+  if (!(yield* fs.exists(pointer).pipe(Effect.orElseSucceed(() => false)))) return Option.none()
+  const dirName = (yield* fs.readFileString(pointer).pipe(
+    Effect.mapError(() => new CheckpointError({ path: pointer, message: "cannot read the LATEST pointer" }))
+  )).trim()
+  return Option.some(reader(fs, path, runDir, dirName))
+})
+
+/**
+ * Every checkpoint a resume may use, best first: the one `LATEST` names,
+ * then the other `ckpt-*` directories from the newest. Empty when the run
+ * has none.
+ *
+ * @since 0.1.0
+ */
+export const candidates = Effect.fn("CheckpointDir.candidates")(function*(runDir: string) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  if (!(yield* fs.exists(runDir).pipe(Effect.orElseSucceed(() => false)))) return []
+  const dirs = (yield* fs.readDirectory(runDir).pipe(
+    Effect.mapError(() => new CheckpointError({ path: runDir, message: "cannot list the run directory" }))
+  )).filter((d) => CKPT.test(d)).sort().reverse()
+  const pointer = yield* fs.readFileString(path.join(runDir, LATEST)).pipe(Effect.map((t) => t.trim()), Effect.orElseSucceed(() => ""))
+  const names = pointer === "" ? dirs : [pointer, ...dirs.filter((d) => d !== pointer)]
+  return names.map((d) => reader(fs, path, runDir, d))
 })

@@ -12,6 +12,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Effect, FileSystem, Path, Schema, SchemaIssue } from "effect"
+import { createHash } from "node:crypto"
 import type { ParamSpec } from "../model/Layers.ts"
 import * as AtomicFile from "./AtomicFile.ts"
 import * as Safetensors from "./Safetensors.ts"
@@ -63,6 +64,16 @@ export const checkWeights = (
   const known = new Set(specs.map((s) => s.name))
   const extra = Object.keys(weights).find((k) => !known.has(k))
   if (extra !== undefined) return new ModelLoadError({ file, tensor: extra, message: `tensor "${extra}" is not part of this architecture` })
+  // A NaN or Inf weight would only show as a non-finite loss after a whole
+  // evaluation; name it at load.
+  for (const s of specs) {
+    const data = weights[s.name].data
+    for (let i = 0; i < data.length; i++) {
+      if (!Number.isFinite(data[i])) {
+        return new ModelLoadError({ file, tensor: s.name, message: `tensor "${s.name}" holds ${data[i]} at index ${i}: the weights are not finite` })
+      }
+    }
+  }
   return undefined
 }
 
@@ -98,6 +109,24 @@ export const load = <C>(
     if (bad !== undefined) return yield* bad
     return { config, weights: decoded.tensors, metadata: decoded.metadata }
   }).pipe(Effect.withSpan("ModelDir.load"))
+
+/**
+ * The identity of a model directory: sha256 of its config.json and
+ * model.safetensors (hex), whatever the directory is called.
+ *
+ * @since 0.1.0
+ */
+export const contentHash = Effect.fn("ModelDir.contentHash")(function*(dir: string) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const hash = createHash("sha256")
+  for (const name of [CONFIG_FILE, WEIGHTS_FILE]) {
+    const file = path.join(dir, name)
+    const bytes = yield* fs.readFile(file).pipe(Effect.mapError(() => new ModelLoadError({ file, message: `cannot read ${name}` })))
+    hash.update(name).update(bytes)
+  }
+  return hash.digest("hex")
+})
 
 /** Write weights, then config, each atomically. */
 export const save = Effect.fn("ModelDir.save")(function*(

@@ -145,7 +145,7 @@ const stack = <GE, GR, SCE, SCR, OE, OR, SE, SR, XO, XE, XR>(
     Optimizer.adamW({ ...optimizerConfig(c), totalSteps: c.iterations * parts.stepsPerIteration }),
     metrics
   )
-  return Checkpointer.layer(w.runDir).pipe(Layer.provideMerge(stages), Layer.provideMerge(base))
+  return Checkpointer.layer(w.runDir, c.keepCheckpoints).pipe(Layer.provideMerge(stages), Layer.provideMerge(base))
 }
 
 /** No extra services. */

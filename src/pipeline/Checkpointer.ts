@@ -3,7 +3,10 @@
  * moments and step, the run's RNG state, the reward normaliser's state (if
  * the pipeline has one), the iteration and the metrics so far. Written
  * atomically as a whole (src/io/CheckpointDir.ts); restoring them makes a
- * resumed run continue exactly as an uninterrupted one.
+ * resumed run continue exactly as an uninterrupted one. The last `keep`
+ * checkpoints stay on disk: a resume whose latest one was damaged after its
+ * write (truncated file, bad state.json, LATEST naming nothing) falls back to
+ * the newest good one and says so.
  *
  * @since 0.1.0
  */
@@ -28,10 +31,20 @@ const State = Schema.Struct({
 
 export class Checkpointer extends Context.Service<Checkpointer, {
   readonly save: (iteration: number) => Effect.Effect<string, CheckpointDir.CheckpointError>
-  /** Restore the latest checkpoint if any; the iteration to continue from (0 if none). */
+  /**
+   * Restore the latest good checkpoint if any; the iteration to continue
+   * from (0 if none: the metrics history is then emptied too).
+   */
   readonly resume: Effect.Effect<number, CheckpointDir.CheckpointError>
+  /** Remember the RNG (and tracker) state at an iteration boundary. */
+  readonly mark: Effect.Effect<void>
+  /**
+   * Return the RNG (and tracker) to the last mark: an iteration abandoned
+   * before its update leaves no trace in the next checkpoint.
+   */
+  readonly rollback: Effect.Effect<void>
 }>()("sharpen/pipeline/Checkpointer") {
-  static readonly layer = (runDir: string) =>
+  static readonly layer = (runDir: string, keep = 2) =>
     Layer.effect(
       Checkpointer,
       Effect.gen(function*() {
@@ -57,13 +70,10 @@ export class Checkpointer extends Context.Service<Checkpointer, {
             "policy.safetensors": Safetensors.encode(Denoiser.toStored(model)),
             "optimizer.safetensors": Safetensors.encode(opt.moments),
             "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(State)(state)))
-          }).pipe(Effect.mapError((e) => (e instanceof CheckpointDir.CheckpointError ? e : fail(String(e)))), Effect.provide(context))
+          }, keep).pipe(Effect.mapError((e) => (e instanceof CheckpointDir.CheckpointError ? e : fail(String(e)))), Effect.provide(context))
         })
 
-        const resume = Effect.gen(function*() {
-          const latest = yield* CheckpointDir.latest(runDir).pipe(Effect.mapError((e) => (e instanceof CheckpointDir.CheckpointError ? e : fail(String(e)))))
-          if (Option.isNone(latest)) return 0
-          const ck = latest.value
+        const restore = Effect.fn("Checkpointer.restore")(function*(ck: CheckpointDir.Reader) {
           const st = yield* ck.readState(State)
           yield* ck.restore("policy.safetensors", model.params)
           const bad = optimizer.restore({ step: st.optimizerStep, moments: yield* ck.readTensors("optimizer.safetensors") })
@@ -73,11 +83,45 @@ export class Checkpointer extends Context.Service<Checkpointer, {
           rng.setState(st.rng)
           if (Option.isSome(tracker) && st.statTracker !== undefined) yield* tracker.value.restore(st.statTracker)
           yield* metrics.reset(st.records)
-          yield* Effect.logInfo(`resumed from ${ck.dir} at iteration ${st.iteration}`)
           return st.iteration
+        })
+
+        const resume = Effect.gen(function*() {
+          const all = yield* CheckpointDir.candidates(runDir).pipe(Effect.mapError((e) => (e instanceof CheckpointDir.CheckpointError ? e : fail(String(e)))))
+          if (all.length === 0) {
+            // A run killed before its first checkpoint may have left metrics lines.
+            yield* metrics.reset([])
+            return 0
+          }
+          let first: CheckpointDir.CheckpointError | undefined
+          for (const [k, ck] of all.entries()) {
+            const r = yield* Effect.result(restore(ck))
+            if (r._tag === "Success") {
+              yield* Effect.logInfo(`resumed from ${ck.dir} at iteration ${r.success}`)
+              return r.success
+            }
+            first ??= r.failure
+            // A restore that failed half-way is overwritten by the next candidate's.
+            const next = all[k + 1]
+            yield* Effect.logWarning(
+              `checkpoint ${ck.dir} is damaged (${r.failure.message}: ${r.failure.path})` +
+                (next === undefined ? "; no older checkpoint to fall back to" : `; falling back to ${next.dir}`)
+            )
+          }
+          return yield* first!
         }).pipe(Effect.provide(context))
 
-        return Checkpointer.of({ save, resume })
+        let marked: { rng: RngState; tracker: StatTrackerState | undefined } | undefined
+        const mark = Effect.gen(function*() {
+          marked = { rng: rng.state(), tracker: Option.isSome(tracker) ? yield* tracker.value.state : undefined }
+        })
+        const rollback = Effect.gen(function*() {
+          if (marked === undefined) return
+          rng.setState(marked.rng)
+          if (Option.isSome(tracker) && marked.tracker !== undefined) yield* tracker.value.restore(marked.tracker)
+        })
+
+        return Checkpointer.of({ save, resume, mark, rollback })
       })
     )
 }

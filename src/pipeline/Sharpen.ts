@@ -34,12 +34,19 @@ const stats = (xs: ReadonlyArray<number>) => {
   return { mean, std }
 }
 
+/** Marks the part of an iteration that may be abandoned (see `loop`). */
+export type Interruptible = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
 /**
  * One sharpening iteration; all its tensors are released when it ends.
+ * Everything before the first optimiser step (batch, trajectories, rewards,
+ * objective) runs through `interruptible`: inside `Effect.uninterruptibleMask`
+ * pass its `restore`, so that an interruption abandons the iteration before
+ * it changes the model, and never during its update.
  *
  * @since 0.1.0
  */
-export const iteration = Effect.fn("Sharpen.iteration")(function*(config: SharpenConfig, index: number) {
+export const iteration = Effect.fn("Sharpen.iteration")(function*(config: SharpenConfig, index: number, interruptible: Interruptible = (e) => e) {
   const started = performance.now()
   const source = yield* BatchSource
   const generator = yield* TrajectoryGenerator
@@ -48,11 +55,14 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
   const objective = yield* Objective
   const optimizer = yield* Optimizer
   return yield* Effect.scoped(Effect.gen(function*() {
-    const batch = yield* source.next(config.batchSize)
-    const trajectories = yield* generator.generate(batch.x0, batch.prompts)
-    const scores = yield* scorer.score(trajectories)
-    const selection = selector.select(scores.trajectory)
-    const prepared = yield* objective.prepare(trajectories, selection, scores)
+    const { batch, trajectories, scores, selection, prepared } = yield* interruptible(Effect.gen(function*() {
+      const batch = yield* source.next(config.batchSize)
+      const trajectories = yield* generator.generate(batch.x0, batch.prompts)
+      const scores = yield* scorer.score(trajectories)
+      const selection = selector.select(scores.trajectory)
+      const prepared = yield* objective.prepare(trajectories, selection, scores)
+      return { batch, trajectories, scores, selection, prepared }
+    }))
     const steps = [yield* optimizer.step(prepared.loss, index)]
     for (const loss of prepared.updates ?? []) steps.push(yield* optimizer.step(loss, index))
     // Several steps (Prepared.updates): their mean loss and gradient norm, the last lr.
@@ -86,9 +96,12 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
 /**
  * The training loop shared by both algorithms: resume if a checkpoint
  * exists, run the remaining iterations, checkpoint every
- * `checkpointEvery` and at the end. An iteration is never cut in half: on
- * interruption (Ctrl-C) the loop stops after the current iteration and
- * writes a checkpoint. Returns the number of iterations done.
+ * `checkpointEvery` and at the end. An interruption (Ctrl-C, SIGTERM)
+ * reaches the iteration's sampling and reward calls (a hung reward server
+ * must not hold the run), abandons that iteration, and writes a checkpoint
+ * of the iterations done; only an iteration's update (optimiser steps, its
+ * metrics line, its checkpoint) is never cut in half. Returns the number of
+ * iterations done.
  *
  * @since 0.1.0
  */
@@ -97,24 +110,30 @@ export const loop = Effect.fn("Sharpen.loop")(function*(config: SharpenConfig) {
   const checkpointer = yield* Checkpointer
   let done = yield* checkpointer.resume
   let saved = done
+  yield* checkpointer.mark
   const body = Effect.gen(function*() {
     while (done < config.iterations) {
-      // Uninterruptible: Ctrl-C lands between iterations, never inside one
-      // (nor between an iteration and its metrics line or checkpoint).
-      yield* Effect.uninterruptible(Effect.gen(function*() {
-        yield* metrics.log(yield* iteration(config, done + 1))
-        done += 1
-        if (done % config.checkpointEvery === 0 || done === config.iterations) {
-          yield* checkpointer.save(done)
-          saved = done
-        }
-      }))
+      // Interruptible until the update starts; from there on (optimiser
+      // steps, metrics line, checkpoint) it completes.
+      yield* Effect.uninterruptibleMask((restore) =>
+        Effect.gen(function*() {
+          yield* metrics.log(yield* iteration(config, done + 1, restore))
+          done += 1
+          if (done % config.checkpointEvery === 0 || done === config.iterations) {
+            yield* checkpointer.save(done)
+            saved = done
+          }
+          yield* checkpointer.mark
+        })
+      )
     }
   })
   yield* body.pipe(
     Effect.onInterrupt(() =>
       Effect.gen(function*() {
         yield* metrics.end
+        // An abandoned iteration may have drawn random numbers: not saved.
+        yield* checkpointer.rollback
         if (done > saved) {
           yield* checkpointer.save(done).pipe(Effect.ignore)
           yield* Effect.logInfo(`interrupted: checkpoint written at iteration ${done}`)

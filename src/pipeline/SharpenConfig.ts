@@ -63,7 +63,9 @@ export const SharpenConfig = Schema.Struct({
   /** Prompts per eval set for the before/after report (0: whole set). */
   evalPrompts: int(0, 100_000),
   /** DDIM steps of the before/after evaluation (paper: 50). */
-  evalSteps: int(1, 1000)
+  evalSteps: int(1, 1000),
+  /** Checkpoints kept on disk: a damaged latest one falls back to the one before. */
+  keepCheckpoints: int(1, 1000)
 })
 export type SharpenConfig = typeof SharpenConfig.Type
 
@@ -96,7 +98,8 @@ export const defaults: SharpenConfig = {
   checkpointEvery: 5,
   sampleEvery: 10,
   evalPrompts: 24,
-  evalSteps: 50
+  evalSteps: 50,
+  keepCheckpoints: 2
 }
 
 /**

@@ -82,7 +82,7 @@ const common = <RE, RR, OE, OR, SE, SR>(
     Optimizer.adamW(optimizerConfig(c)),
     metrics
   )
-  const checkpointer = Checkpointer.layer(w.runDir)
+  const checkpointer = Checkpointer.layer(w.runDir, c.keepCheckpoints)
   return checkpointer.pipe(Layer.provideMerge(stages), Layer.provideMerge(base))
 }
 

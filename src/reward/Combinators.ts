@@ -423,6 +423,8 @@ export const retrySchedule = (policy: RemotePolicy) =>
  * Applies a policy to one request effect: wait for the rate limiter, time
  * out each attempt (`RewardTimeout` naming `reward` and `url`), retry
  * retryable errors with exponential backoff; the last error propagates.
+ * Every failed attempt logs a warning line (what failed, retrying or giving
+ * up). All of it is interruptible: an interruption aborts the request.
  *
  * @since 0.1.0
  */
@@ -443,9 +445,24 @@ export const withPolicy = <A, R>(
       request.pipe(Effect.timeoutOrElse({ duration: Duration.millis(policy.timeoutMs), orElse: () => Effect.fail(timeout) }))
     )
   )
-  return policy.retries === 0
-    ? attempt
-    : attempt.pipe(Effect.retry({ schedule: retrySchedule(policy), times: policy.retries, while: isRetryable }))
+  // One line per failed attempt (a timeout or a retry), so that a slow or
+  // hung server is visible on the progress output, not only after the last try.
+  const where = `${context.reward}${context.url === undefined ? "" : ` (${context.url})`}`
+  const counted = Effect.suspend(() => {
+    let n = 0
+    const logged = Effect.suspend(() => {
+      const k = ++n
+      return attempt.pipe(Effect.tapError((e) => {
+        const what = e._tag === "RewardTimeout" ? `no answer within ${policy.timeoutMs} ms` : e.message.split("\n")[0]
+        const next = k <= policy.retries && isRetryable(e) ? "retrying" : "giving up"
+        return Effect.logWarning(`reward ${where}: attempt ${k} of ${policy.retries + 1}: ${what}; ${next}`)
+      }))
+    })
+    return policy.retries === 0
+      ? logged
+      : logged.pipe(Effect.retry({ schedule: retrySchedule(policy), times: policy.retries, while: isRetryable }))
+  })
+  return counted
 }
 
 /**

@@ -1,0 +1,170 @@
+/**
+ * What defines a sharpening run, recorded in its run directory as
+ * `run.json`: the algorithm, every setting, the reward expression and its
+ * options, the base model (and the clip model of a clip reward) by content
+ * hash, and the library version. A resume compares the current invocation
+ * with it and refuses any difference that changes the training, naming
+ * each; the settings in `MAY_CHANGE` (and the reward's transport options)
+ * may differ, and the record is then rewritten with the new values.
+ *
+ * @since 0.1.0
+ */
+import { Effect, FileSystem, Path, Schema } from "effect"
+import * as AtomicFile from "../io/AtomicFile.ts"
+import * as ModelDir from "../io/ModelDir.ts"
+import * as Registry from "../reward/Registry.ts"
+import { RewardConfigError } from "../reward/RewardError.ts"
+import pkg from "../../package.json" with { type: "json" }
+import * as SharpenConfig from "./SharpenConfig.ts"
+
+export const FILE = "run.json"
+
+/** The library version recorded in (and checked against) a run. */
+export const VERSION: string = pkg.version
+
+/**
+ * Settings that do not change what is trained, so a resume may change them:
+ * evaluation sizes, checkpoint cadence and retention, sample grids, and the
+ * micro-batch (the same update in parts). `iterations` may change too (to
+ * extend or shorten a run) unless the learning rate follows a cosine
+ * schedule, whose length it sets.
+ *
+ * @since 0.1.0
+ */
+export const MAY_CHANGE: ReadonlyArray<string> = ["evalPrompts", "evalSteps", "checkpointEvery", "sampleEvery", "keepCheckpoints", "microBatchRows"]
+
+/**
+ * Reward options that only say how to reach a remote reward, not what it
+ * computes: they may change on resume.
+ *
+ * @since 0.1.0
+ */
+export const REWARD_TRANSPORT: ReadonlyArray<string> = ["apiKeyEnv", "timeoutMs", "retries", "concurrency", "requestsPerSecond", "batchSize"]
+
+const Model = Schema.Struct({ path: Schema.String, sha256: Schema.String })
+
+export const RunRecord = Schema.Struct({
+  format: Schema.Literal("diffusion-sharpening/run@1"),
+  version: Schema.String,
+  algorithm: Schema.String,
+  /** The settings, encoded; fields added by later versions may be absent (then their default). */
+  settings: Schema.Record(Schema.String, Schema.Unknown),
+  reward: Schema.Record(Schema.String, Schema.Unknown),
+  baseModel: Model,
+  /** The clip model directory of a reward that names clip. */
+  rewardModel: Schema.optionalKey(Model)
+})
+export type RunRecord = typeof RunRecord.Type
+
+/**
+ * A resume whose settings, reward or base model differ from the run's.
+ *
+ * @since 0.1.0
+ */
+export class RunMismatch extends Schema.TaggedError<RunMismatch>()("RunMismatch", {
+  path: Schema.String,
+  message: Schema.String
+}) {}
+
+/**
+ * The record of an invocation (reads and hashes the model directories).
+ *
+ * @since 0.1.0
+ */
+export const make = Effect.fn("RunRecord.make")(function*(options: {
+  readonly algorithm: string
+  readonly config: SharpenConfig.SharpenConfig
+  readonly reward: Registry.RewardSpec
+  readonly model: string
+}) {
+  const terms = Registry.parseExpression(options.reward.reward)
+  if (terms instanceof RewardConfigError) return yield* terms
+  const clip = Registry.needsBackend(terms) && options.reward.modelDir !== undefined ? options.reward.modelDir : undefined
+  const record: RunRecord = {
+    format: "diffusion-sharpening/run@1",
+    version: VERSION,
+    algorithm: options.algorithm,
+    settings: Schema.encodeSync(SharpenConfig.SharpenConfig)(options.config) as Record<string, unknown>,
+    reward: { ...options.reward },
+    baseModel: { path: options.model, sha256: yield* ModelDir.contentHash(options.model) },
+    ...(clip === undefined ? {} : { rewardModel: { path: clip, sha256: yield* ModelDir.contentHash(clip) } })
+  }
+  return record
+})
+
+// Key order differs between decoded and literal values.
+const canonical = (v: unknown): string =>
+  v === undefined
+    ? "(none)"
+    : JSON.stringify(v, (_, x) => (x !== null && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => a.localeCompare(b))) : x))
+
+const short = (sha: string) => sha.slice(0, 12)
+
+/**
+ * The differences between a run's record and a resume's that change the
+ * training, one phrase each (empty: the resume may proceed).
+ *
+ * @since 0.1.0
+ */
+export const differences = (run: RunRecord, now: RunRecord): Array<string> => {
+  const out: Array<string> = []
+  if (run.version !== now.version) out.push(`library version ${run.version} -> ${now.version}`)
+  if (run.algorithm !== now.algorithm) out.push(`algorithm ${run.algorithm} -> ${now.algorithm}`)
+  if (run.baseModel.sha256 !== now.baseModel.sha256) {
+    out.push(`base model ${run.baseModel.path} (sha256 ${short(run.baseModel.sha256)}) -> ${now.baseModel.path} (sha256 ${short(now.baseModel.sha256)})`)
+  }
+  const defaults = Schema.encodeSync(SharpenConfig.SharpenConfig)(SharpenConfig.defaults) as Record<string, unknown>
+  const cosine = run.settings.lrSchedule === "cosine" || now.settings.lrSchedule === "cosine"
+  for (const key of new Set([...Object.keys(run.settings), ...Object.keys(now.settings)])) {
+    if (MAY_CHANGE.includes(key) || (key === "iterations" && !cosine)) continue
+    const was = key in run.settings ? run.settings[key] : defaults[key]
+    const is = key in now.settings ? now.settings[key] : defaults[key]
+    if (canonical(was) !== canonical(is)) out.push(`${key} ${canonical(was)} -> ${canonical(is)}${key === "iterations" ? " (the cosine learning-rate schedule spans the iterations)" : ""}`)
+  }
+  const expression = (r: Record<string, unknown>) => String(r.reward ?? "").replace(/\s+/g, "")
+  if (expression(run.reward) !== expression(now.reward)) out.push(`reward ${run.reward.reward} -> ${now.reward.reward}`)
+  for (const key of new Set([...Object.keys(run.reward), ...Object.keys(now.reward)])) {
+    // The clip model counts by content (below), not by path.
+    if (key === "reward" || key === "modelDir" || REWARD_TRANSPORT.includes(key)) continue
+    if (canonical(run.reward[key]) !== canonical(now.reward[key])) out.push(`reward option ${key} ${canonical(run.reward[key])} -> ${canonical(now.reward[key])}`)
+  }
+  if (run.rewardModel?.sha256 !== now.rewardModel?.sha256 && run.rewardModel !== undefined && now.rewardModel !== undefined) {
+    out.push(`reward model ${run.rewardModel.path} (sha256 ${short(run.rewardModel.sha256)}) -> ${now.rewardModel.path} (sha256 ${short(now.rewardModel.sha256)})`)
+  }
+  return out
+}
+
+/**
+ * Record a run in `runDir`: on a resume, first check the invocation against
+ * the run's record (a run without one, from before records existed, is
+ * accepted with a warning); then write the record.
+ *
+ * @since 0.1.0
+ */
+export const check = Effect.fn("RunRecord.check")(function*(runDir: string, now: RunRecord, resuming: boolean) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const file = path.join(runDir, FILE)
+  if (resuming && (yield* fs.exists(file))) {
+    const text = yield* fs.readFileString(file).pipe(Effect.mapError(() => new RunMismatch({ path: file, message: "cannot read the run's record" })))
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch {
+      return yield* new RunMismatch({ path: file, message: "the run's record is not valid JSON" })
+    }
+    const run = Schema.decodeUnknownResult(RunRecord)(json)
+    if (run._tag === "Failure") return yield* new RunMismatch({ path: file, message: "the run's record does not match the run record format" })
+    const diff = differences(run.success, now)
+    if (diff.length > 0) {
+      return yield* new RunMismatch({
+        path: file,
+        message: `cannot resume: this invocation differs from the run in what it trains: ${diff.join("; ")}. ` +
+          `Resume with the run's settings, or choose another --out`
+      })
+    }
+  } else if (resuming) {
+    yield* Effect.logWarning(`${file} is missing (a run from an older version): resuming without checking the settings`)
+  }
+  yield* AtomicFile.writeText(file, JSON.stringify(now, null, 2) + "\n")
+})
