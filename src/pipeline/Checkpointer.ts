@@ -6,7 +6,7 @@
  * resumed run continue exactly as an uninterrupted one. The last `keep`
  * checkpoints stay on disk: a resume whose latest one was damaged after its
  * write (truncated file, bad state.json, LATEST naming nothing) falls back to
- * the newest good one and says so.
+ * the newest good one, says so, and renames the damaged one `<dir>.damaged`.
  *
  * @since 0.1.0
  */
@@ -54,6 +54,7 @@ export class Checkpointer extends Context.Service<Checkpointer, {
         const metrics = yield* Metrics
         const tracker = yield* Effect.serviceOption(StatTracker)
         const context = yield* Effect.context<FileSystem.FileSystem | Path.Path>()
+        const fs = yield* FileSystem.FileSystem
         const fail = (message: string) => new CheckpointDir.CheckpointError({ path: runDir, message })
 
         const save = Effect.fn("Checkpointer.save")(function*(iteration: number) {
@@ -107,6 +108,8 @@ export class Checkpointer extends Context.Service<Checkpointer, {
               `checkpoint ${ck.dir} is damaged (${r.failure.message}: ${r.failure.path})` +
                 (next === undefined ? "; no older checkpoint to fall back to" : `; falling back to ${next.dir}`)
             )
+            // Set aside (kept for inspection), so it is never a fallback again.
+            if (next !== undefined) yield* fs.rename(ck.dir, `${ck.dir}.damaged`).pipe(Effect.ignore)
           }
           return yield* first!
         }).pipe(Effect.provide(context))

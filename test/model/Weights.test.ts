@@ -113,4 +113,22 @@ describe("Weights", () => {
       assert.strictEqual(fsNode.readFileSync(nodePath.join(target, "keep"), "utf8"), "old")
       assert.deepStrictEqual(fsNode.readdirSync(dir), ["model.safetensors"])
     }).pipe(Effect.provide(NodeServices.layer)))
+
+  it.effect("weights holding NaN or Inf are rejected at load, naming the tensor", () =>
+    Effect.gen(function*() {
+      for (const bad of [NaN, Infinity]) {
+        const dir = tmp()
+        const m = Denoiser.init(tinyConfig, 4)
+        const stored = Denoiser.toStored(m)
+        const name = Object.keys(stored)[3]
+        const data = Float32Array.from(stored[name].data)
+        data[1] = bad
+        yield* Weights.save(dir, m.config, { ...stored, [name]: { ...stored[name], data } })
+        Denoiser.dispose(m)
+        const e = yield* loadError(dir)
+        assert.strictEqual(e._tag, "ModelLoadError")
+        assert.strictEqual(e.tensor, name)
+        assert.include(e.message, `holds ${bad} at index 1`)
+      }
+    }).pipe(Effect.provide(NodeServices.layer)))
 })

@@ -1,7 +1,7 @@
 import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, Exit, Layer } from "effect"
+import { Deferred, Effect, Exit, Fiber, Layer } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { beforeAll } from "vitest"
@@ -10,17 +10,19 @@ import { Objective } from "../../src/objective/Objective.ts"
 import { Metrics } from "../../src/pipeline/Metrics.ts"
 import * as Sharpen from "../../src/pipeline/Sharpen.ts"
 import * as SharpenLayers from "../../src/pipeline/SharpenLayers.ts"
-import { Reward } from "../../src/reward/Reward.ts"
+import { functionReward, Reward } from "../../src/reward/Reward.ts"
 import { RewardUnavailable } from "../../src/reward/RewardError.ts"
 import { Backend } from "../../src/tensor/Backend.ts"
 import { savedTinyModel, smallConfig, tmpDir } from "../sharpen-helpers.ts"
 
 // A mock reward: mean brightness of the red channel (any function of pixels works).
-const redness = Reward.fromFunction((image) => {
+const red = (image: Float32Array) => {
   let s = 0
   for (let k = 0; k < image.length; k += 3) s += image[k]
   return s / (image.length / 3)
-}, { name: "redness", range: [0, 1] })
+}
+const redness = Reward.fromFunction(red, { name: "redness", range: [0, 1] })
+const rednessService = functionReward(red, { name: "redness", range: [0, 1] })
 
 const strip = (rs: ReadonlyArray<Record<string, unknown>>) => rs.map(({ liveTensors: _l, wallMs: _w, ...rest }) => rest)
 
@@ -113,4 +115,57 @@ describe("Sharpen", () => {
       assert.strictEqual(error?._tag, "RewardUnavailable")
       assert.strictEqual(fs.readFileSync(path.join(dir, "LATEST"), "utf8").trim(), "ckpt-0000002")
     }))
+
+  it.effect("an interruption reaches a hung reward call: the iteration is abandoned, the last update kept, and the resume is exact", () =>
+    Effect.gen(function*() {
+      const whole = yield* run("rlhf", model, tmpDir("whole-"), smallConfig({ iterations: 4, checkpointEvery: 10 }))
+      // 3 iterations score (m = 2 calls each), then the server stops answering.
+      let calls = 0
+      const hanging = yield* Deferred.make<void>()
+      const hung = Reward.layerOf(Reward.make(
+        { name: "hung", range: [0, 1], differentiable: false, relativeCost: 1 },
+        (images) => {
+          if (++calls <= 3 * 2) return rednessService.score(images, images.map(() => ""))
+          return Effect.andThen(Deferred.succeed(hanging, undefined), Effect.never)
+        }
+      ))
+      const dir = tmpDir("hung-")
+      const fiber = yield* Effect.forkChild(run("rlhf", model, dir, smallConfig({ iterations: 4, checkpointEvery: 10 }), hung))
+      yield* Deferred.await(hanging)
+      const started = Date.now()
+      yield* Fiber.interrupt(fiber)
+      assert.isBelow(Date.now() - started, 5000)
+      // Nothing of the abandoned iteration: the checkpoint holds the 3 done.
+      assert.strictEqual(fs.readFileSync(path.join(dir, "LATEST"), "utf8").trim(), "ckpt-0000003")
+      const resumed = yield* run("rlhf", model, dir, smallConfig({ iterations: 4, checkpointEvery: 10 }))
+      assert.strictEqual(resumed.records.length, 4)
+      assert.deepStrictEqual(strip(resumed.records), strip(whole.records))
+    }), 60_000)
+
+  it.effect("keeps the last keepCheckpoints checkpoints and falls back from a damaged latest one", () =>
+    Effect.gen(function*() {
+      const whole = yield* run("sft", model, tmpDir("whole-"), smallConfig({ iterations: 4 }))
+      const dir = tmpDir("keep-")
+      yield* run("sft", model, dir, smallConfig({ iterations: 3, checkpointEvery: 1, keepCheckpoints: 2 }))
+      assert.deepStrictEqual(fs.readdirSync(dir).filter((d) => d.startsWith("ckpt-")).sort(), ["ckpt-0000002", "ckpt-0000003"])
+      // Damaged after its write: a truncated policy.
+      const policy = path.join(dir, "ckpt-0000003", "policy.safetensors")
+      fs.truncateSync(policy, 100)
+      const resumed = yield* run("sft", model, dir, smallConfig({ iterations: 4 }))
+      assert.strictEqual(resumed.records.length, 4)
+      assert.deepStrictEqual(strip(resumed.records), strip(whole.records))
+      // The damaged one is set aside, the fallback kept.
+      assert.deepStrictEqual(fs.readdirSync(dir).filter((d) => d.startsWith("ckpt-")).sort(), ["ckpt-0000002", "ckpt-0000003.damaged", "ckpt-0000004"])
+      // LATEST naming nothing, then a bad state.json: each falls back.
+      fs.writeFileSync(path.join(dir, "LATEST"), "ckpt-0000099\n")
+      fs.writeFileSync(path.join(dir, "ckpt-0000004", "state.json"), "{\"format\": 1")
+      const again = yield* run("sft", model, dir, smallConfig({ iterations: 4 }))
+      assert.deepStrictEqual(strip(again.records), strip(whole.records))
+      // No good checkpoint left: a typed error, not a silent restart.
+      for (const d of fs.readdirSync(dir).filter((d) => /^ckpt-\d+$/.test(d))) fs.writeFileSync(path.join(dir, d, "state.json"), "")
+      const exit = yield* Effect.exit(run("sft", model, dir, smallConfig({ iterations: 4 })))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? (exit.cause.reasons[0] as { error?: { _tag: string } }).error : undefined
+      assert.strictEqual(error?._tag, "CheckpointError")
+    }), 60_000)
 })
