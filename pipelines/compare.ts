@@ -19,6 +19,9 @@ import * as Generate from "../src/eval/Generate.ts"
 import * as Plot from "../src/eval/Plot.ts"
 import * as Wilson from "../src/eval/Wilson.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
+import * as RunLock from "../src/io/RunLock.ts"
+import * as Inputs from "../src/cli/Inputs.ts"
+import * as RewardFlags from "../src/cli/RewardFlags.ts"
 import * as ClipModel from "../src/reward/ClipModel.ts"
 import * as Registry from "../src/reward/Registry.ts"
 import * as Compare from "../src/pipeline/Compare.ts"
@@ -33,13 +36,13 @@ const command = Command.make(
   "compare",
   {
     model: Flag.String("model").pipe(Flag.withDescription("base model directory"), Flag.withDefault("models/shapeworld-base")),
-    clipModel: Flag.String("clip-model").pipe(Flag.withDescription("clip model (reward and clip score)"), Flag.withDefault("models/shapeworld-clip")),
-    reward: Flag.String("reward").pipe(Flag.withDescription("reward every method optimises"), Flag.withDefault("clip")),
+    // The reward every method optimises, and its options (also the config file's "reward" entry).
+    ...RewardFlags.flags,
     out: Flag.String("out").pipe(Flag.withDescription("stage directory (resumable)"), Flag.withDefault("out/compare")),
     results: Flag.String("results").pipe(Flag.withDescription("markdown file to write (its compare block is replaced if present)"), Flag.optional),
     plots: Flag.String("plots").pipe(Flag.withDescription("directory of the plots and grids (default: img/compare beside --results, else <out>/plots)"), Flag.optional),
     modelsDir: Flag.String("models-dir").pipe(Flag.withDescription("also copy each trained model (first seed) to <dir>/shapeworld-<method>-<reward>"), Flag.optional),
-    config: Flag.String("config").pipe(Flag.withDescription("JSON file of sharpening settings shared by every method"), Flag.optional),
+    config: Flag.String("config").pipe(Flag.withDescription("JSON file of sharpening settings shared by every method (and a \"reward\" entry)"), Flag.optional),
     iterations: Flag.Int("iterations").pipe(Flag.withDescription("iterations of every fine-tuning method"), Flag.withDefault(40)),
     lr: Flag.Finite("lr").pipe(Flag.withDescription("learning rate of every fine-tuning method"), Flag.withDefault(1e-4)),
     seeds: Flag.String("seeds").pipe(Flag.withDescription("comma-separated seeds of the fine-tuning runs"), Flag.withDefault("0")),
@@ -78,7 +81,14 @@ const command = Command.make(
       ablationIterations: q ? 2 : Option.getOrElse(f.ablationIterations, () => f.iterations),
       seeds: ints(f.seeds)
     }
-    const shared: Record<string, unknown> = Option.isSome(f.config) ? JSON.parse(yield* fs.readFileString(f.config.value)) : {}
+    // Outputs first, then the lock: one compare per --out.
+    yield* Inputs.writableDirectory(f.out)
+    yield* RunLock.acquire(f.out)
+    const stale = yield* AtomicFile.removeStale(f.out)
+    if (stale.length > 0) yield* Console.error(`removed ${stale.length} temporary file(s) of interrupted writes in ${f.out}`)
+    const { reward: rewardEntry, ...shared }: Record<string, unknown> = Option.isSome(f.config) ? JSON.parse(yield* fs.readFileString(f.config.value)) : {}
+    const rewardSpec = RewardFlags.spec(f, rewardEntry, Option.getOrUndefined(f.config))
+    if (rewardSpec instanceof SharpenConfig.ConfigError) return yield* rewardSpec
     const quickConfig = q ? { batchSize: 2, n: 2, m: 2, onlineSteps: 4, inferenceSteps: 10, evalSteps: 4, evalPrompts: 2 } : {}
     const configFor = (seed: number, extra: Record<string, unknown> = {}) => {
       const c = SharpenConfig.decode([shared, quickConfig, { iterations: settings.iterations, lr: f.lr, seed, checkpointEvery: 5 }, extra], Option.getOrUndefined(f.config))
@@ -87,16 +97,18 @@ const command = Command.make(
     }
     const methods = f.methods.split(",").map((m) => Schema.decodeUnknownSync(Compare.FinetuneMethod)(m.trim()))
     const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
-    const hasClip = yield* fs.exists(f.clipModel)
-    const reward = Registry.layerNode({ reward: f.reward, ...(hasClip ? { modelDir: f.clipModel } : {}) }).pipe(Layer.provide(backend))
-    const wiring: Compare.TrainWiring = { model: f.model, reward, backend }
+    const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL
+    const hasClip = yield* fs.exists(clipModel)
+    const { modelDir: _, ...withoutClip } = rewardSpec
+    const reward = Registry.layerNode(hasClip ? rewardSpec : withoutClip).pipe(Layer.provide(backend))
+    const wiring: Compare.TrainWiring = { model: f.model, reward, backend, rewardSpec }
     const sampler: Generate.SamplerOptions = { ...Generate.paperDefaults, steps: settings.evalSteps }
     const sets = yield* Report.loadEvalSets(settings.evalPrompts)
     const inferenceSets = yield* Report.loadEvalSets(settings.inferencePrompts)
 
     const program = Effect.gen(function*() {
       const clip = hasClip
-        ? yield* Effect.flatMap(ClipModel.loadFiles(f.clipModel), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose))
+        ? yield* Effect.flatMap(ClipModel.loadFiles(clipModel), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose))
         : undefined
       const evalDir = path.join(f.out, "eval")
       const evalModel = <E = never, R = never>(
@@ -144,7 +156,7 @@ const command = Command.make(
 
         if (Option.isSome(f.modelsDir)) {
           for (const t of trained.filter((t) => t.seed === settings.seeds[0])) {
-            const to = path.join(f.modelsDir.value, `shapeworld-${t.method}-${f.reward}`)
+            const to = path.join(f.modelsDir.value, `shapeworld-${t.method}-${rewardSpec.reward}`)
             yield* fs.makeDirectory(to, { recursive: true })
             for (const file of yield* fs.readDirectory(path.join(f.out, "train", `${t.method}-s${t.seed}`, "model"))) {
               yield* fs.copyFile(path.join(f.out, "train", `${t.method}-s${t.seed}`, "model", file), path.join(to, file))
@@ -225,7 +237,7 @@ const command = Command.make(
       // from its own start, not levels on one scale.
       const fig46 = yield* Effect.promise(() =>
         Plot.lineSvg({
-          title: `Training reward minus its first-3-iteration mean (each method's own statistic), reward ${f.reward}`,
+          title: `Training reward minus its first-3-iteration mean (each method's own statistic), reward ${rewardSpec.reward}`,
           x: "iteration",
           y: "reward change",
           series: "method",
@@ -237,7 +249,7 @@ const command = Command.make(
         }))
       const fig5 = yield* Effect.promise(() =>
         Plot.lineSvg({
-          title: `Reward (${f.reward}) of the final images vs NFE per image`,
+          title: `Reward (${rewardSpec.reward}) of the final images vs NFE per image`,
           x: "NFE per image",
           y: "reward",
           series: "family",
@@ -288,7 +300,7 @@ const command = Command.make(
       const n = (s: Compare.EvalSummary) => s.sets.map((x) => `${Compare.overall(x).n} ${x.name}`).join(" + ")
       const block = [
         `Generated by \`npx tsx pipelines/compare.ts ${process.argv.slice(2).join(" ")}\` (stages in \`${f.out}\`).`,
-        `Reward optimised by every method: \`${f.reward}\`. Fine-tuning: ${settings.iterations} iterations each, lr ${f.lr}, seeds ${settings.seeds.join(", ")}; evaluation DDIM ${sampler.steps}, CFG ${sampler.cfg}, eta 0 on ${n(base)} prompts.`,
+        `Reward optimised by every method: \`${rewardSpec.reward}\`. Fine-tuning: ${settings.iterations} iterations each, lr ${f.lr}, seeds ${settings.seeds.join(", ")}; evaluation DDIM ${sampler.steps}, CFG ${sampler.cfg}, eta 0 on ${n(base)} prompts.`,
         "",
         "### Table 1: verifier accuracy (overall), clip score, other rewards, NFE per image",
         "",
@@ -336,7 +348,7 @@ const command = Command.make(
       yield* Console.log(`${table}\n\nwritten: ${file}`)
     })
     yield* program.pipe(Effect.provide(reward), Effect.provide(backend), Effect.scoped)
-  })
+  }, Effect.scoped)
 ).pipe(Command.withDescription("Train every fine-tuning method and run every inference-time method from the base model with one reward; write the paper's tables and plots."))
 
 Main.run(command)

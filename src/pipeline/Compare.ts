@@ -30,6 +30,8 @@ import * as Denoiser from "../model/Denoiser.ts"
 import * as Weights from "../model/Weights.ts"
 import type * as ClipModel from "../reward/ClipModel.ts"
 import * as Registry from "../reward/Registry.ts"
+import * as CheckpointDir from "../io/CheckpointDir.ts"
+import * as RunRecord from "./RunRecord.ts"
 import { Reward } from "../reward/Reward.ts"
 import type { Backend } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
@@ -116,6 +118,8 @@ export interface TrainWiring {
   readonly model: string
   readonly reward: Layer.Layer<Reward, unknown, FileSystem.FileSystem | Path.Path>
   readonly backend: Layer.Layer<Backend, unknown>
+  /** The reward's spec: recorded in each run (run.json) and checked when the stage resumes. */
+  readonly rewardSpec?: Registry.RewardSpec
 }
 
 const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length)
@@ -133,6 +137,11 @@ export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string
     yield* fs.makeDirectory(path.join(dir, "run"), { recursive: true })
     const wiring = { model: w.model, runDir: path.join(dir, "run"), reward: w.reward, backend: w.backend, label: method }
     const program = Effect.gen(function*() {
+      if (w.rewardSpec !== undefined) {
+        // A stage resumed with other settings, reward or base model would mix two runs.
+        const resuming = (yield* CheckpointDir.candidates(wiring.runDir)).length > 0
+        yield* RunRecord.check(wiring.runDir, yield* RunRecord.make({ algorithm: method, config, reward: w.rewardSpec, model: w.model }), resuming)
+      }
       const done = yield* Sharpen.loop(config)
       const { model } = yield* Denoiser.Denoiser
       yield* Denoiser.save(path.join(dir, "model"), model, { method, iterations: String(done), base: w.model, seed: String(config.seed) })
