@@ -8,7 +8,8 @@
  *                       run.json (what defines the run; checked by --resume)
  *   out/model/          the sharpened model (loadable by sample.ts)
  *   out/plots/          reward.svg|png, loss.svg|png
- *   out/samples/        before-/after- contact sheets of the eval prompts
+ *   out/samples/        before-/after- contact sheets of the eval prompts, and
+ *                       iter-<n>- sheets every sampleEvery iterations (first eval set)
  *   out/report.md|json  before/after verifier accuracy and clip score
  *
  *
@@ -179,7 +180,16 @@ export const command = (algorithm: "sft" | "rlhf") =>
           before = yield* Report.evaluateWithGrids(model, sets, sampler, clip, samplesDir, "before")
           yield* AtomicFile.writeText(beforeFile, JSON.stringify(before))
         }
-        const done = yield* (algorithm === "sft" ? Sharpen.sft(config) : Sharpen.rlhf(config))
+        // Grids during training (sampleEvery): the first eval set, its own seeds.
+        const grids = Sharpen.IterationSampler.of({
+          sample: (iteration) =>
+            Report.evaluateWithGrids(model, sets.slice(0, 1), sampler, undefined, samplesDir, `iter-${String(iteration).padStart(7, "0")}`).pipe(
+              Effect.catch((e) => Effect.logWarning(`sample grid of iteration ${iteration} not written: ${e.message}`)),
+              Effect.provideService(FileSystem.FileSystem, fs),
+              Effect.provideService(Path.Path, path)
+            )
+        })
+        const done = yield* (algorithm === "sft" ? Sharpen.sft(config) : Sharpen.rlhf(config)).pipe(Effect.provideService(Sharpen.IterationSampler, grids))
         const records = yield* (yield* Metrics).records
         yield* Denoiser.save(path.join(out, "model"), model, { algorithm, iterations: String(done), reward: rewardSpec.reward, base: f.model })
         yield* Report.curves(records, path.join(out, "plots"), `${algorithm.toUpperCase()}-Diffusion-Sharpening, reward ${rewardSpec.reward}`)

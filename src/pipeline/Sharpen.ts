@@ -17,7 +17,7 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect } from "effect"
+import { Context, Effect, Option } from "effect"
 import { Objective } from "../objective/Objective.ts"
 import { Optimizer } from "../optim/Optimizer.ts"
 import { PathSelector } from "../trajectory/PathSelector.ts"
@@ -27,6 +27,18 @@ import { Checkpointer } from "./Checkpointer.ts"
 import { type IterationRecord, Metrics } from "./Metrics.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
 import { BatchSource } from "./Sources.ts"
+
+/**
+ * Optional stage: sample grids during training, called after every
+ * `sampleEvery`-th iteration (once its update and checkpoint are done). Not
+ * provided: no grids. It must not draw from the run's RNG, so that grids
+ * never change what is trained.
+ *
+ * @since 0.1.0
+ */
+export class IterationSampler extends Context.Service<IterationSampler, {
+  readonly sample: (iteration: number) => Effect.Effect<void>
+}>()("sharpen/pipeline/IterationSampler") {}
 
 const stats = (xs: ReadonlyArray<number>) => {
   const mean = xs.reduce((a, b) => a + b, 0) / xs.length
@@ -108,6 +120,7 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
 export const loop = Effect.fn("Sharpen.loop")(function*(config: SharpenConfig) {
   const metrics = yield* Metrics
   const checkpointer = yield* Checkpointer
+  const sampler = yield* Effect.serviceOption(IterationSampler)
   let done = yield* checkpointer.resume
   let saved = done
   yield* checkpointer.mark
@@ -126,6 +139,9 @@ export const loop = Effect.fn("Sharpen.loop")(function*(config: SharpenConfig) {
           yield* checkpointer.mark
         })
       )
+      if (Option.isSome(sampler) && config.sampleEvery > 0 && done % config.sampleEvery === 0 && done < config.iterations) {
+        yield* sampler.value.sample(done)
+      }
     }
   })
   yield* body.pipe(

@@ -26,7 +26,7 @@ const rednessService = functionReward(red, { name: "redness", range: [0, 1] })
 
 const strip = (rs: ReadonlyArray<Record<string, unknown>>) => rs.map(({ liveTensors: _l, wallMs: _w, ...rest }) => rest)
 
-const run = (algorithm: "sft" | "rlhf", model: string, runDir: string, config = smallConfig(), reward: Layer.Layer<Reward> = redness, extra?: Layer.Layer<Objective, never, Denoiser.Denoiser>) => {
+const run = (algorithm: "sft" | "rlhf", model: string, runDir: string, config = smallConfig(), reward: Layer.Layer<Reward> = redness, extra?: Layer.Layer<Objective, never, Denoiser.Denoiser>, sampler?: Layer.Layer<Sharpen.IterationSampler>) => {
   const wiring = { model, runDir, reward, backend: Backend.make("wasm"), metrics: Metrics.memory }
   const layers = (algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, wiring)
   const program = Effect.gen(function*() {
@@ -34,6 +34,7 @@ const run = (algorithm: "sft" | "rlhf", model: string, runDir: string, config = 
     return { done, records: yield* (yield* Metrics).records }
   })
   return program.pipe(
+    sampler === undefined ? (e) => e : Effect.provide(sampler),
     Effect.provide(extra === undefined ? layers : Layer.provideMerge(extra, layers) as never),
     Effect.scoped,
     Effect.provide(NodeServices.layer)
@@ -167,5 +168,15 @@ describe("Sharpen", () => {
       assert.isTrue(Exit.isFailure(exit))
       const error = Exit.isFailure(exit) ? (exit.cause.reasons[0] as { error?: { _tag: string } }).error : undefined
       assert.strictEqual(error?._tag, "CheckpointError")
+    }), 60_000)
+
+  it.effect("sampleEvery: the IterationSampler is called after every sampleEvery-th iteration but the last, and changes nothing trained", () =>
+    Effect.gen(function*() {
+      const plain = yield* run("sft", model, tmpDir("plain-"), smallConfig({ iterations: 5, sampleEvery: 2 }))
+      const at: Array<number> = []
+      const sampler = Layer.succeed(Sharpen.IterationSampler, { sample: (i: number) => Effect.sync(() => void at.push(i)) })
+      const sampled = yield* run("sft", model, tmpDir("sampled-"), smallConfig({ iterations: 5, sampleEvery: 2 }), redness, undefined, sampler)
+      assert.deepStrictEqual(at, [2, 4])
+      assert.deepStrictEqual(strip(sampled.records), strip(plain.records))
     }), 60_000)
 })

@@ -130,13 +130,16 @@ describe("run safety", () => {
 
       // Every reward option in the config file; a stale temporary is cleared.
       const config = path.join(path.dirname(out), "config.json")
-      fs.writeFileSync(config, JSON.stringify({ iterations: 2, reward: { reward: "http", baseUrl: server.url, apiKeyEnv: "RUN_SAFETY_KEY", timeoutMs: 5000, retries: 1, concurrency: 1 } }))
+      fs.writeFileSync(config, JSON.stringify({ iterations: 2, sampleEvery: 1, reward: { reward: "http", baseUrl: server.url, apiKeyEnv: "RUN_SAFETY_KEY", timeoutMs: 5000, retries: 1, concurrency: 1 } }))
       fs.mkdirSync(path.join(out, "run"), { recursive: true })
       fs.writeFileSync(path.join(out, "run", "metrics.jsonl.4242.1700000000000.tmp"), "torn")
       const first = pipeline("rlhf.ts", [...small(), "--out", out, "--config", config, "--resume-if-present"], { RUN_SAFETY_KEY: "s3cret" })
       assert.strictEqual((await first.exited).code, 0, first.output)
       assert.include(first.output, "removed 1 temporary file(s) of interrupted writes")
       assert.isFalse(fs.existsSync(path.join(out, "run", "metrics.jsonl.4242.1700000000000.tmp")))
+      // sampleEvery: a grid after iteration 1 (the last one has the after- grids).
+      assert.isTrue(fs.existsSync(path.join(out, "samples", "iter-0000001-prompts-seen.png")))
+      assert.isFalse(fs.existsSync(path.join(out, "samples", "iter-0000002-prompts-seen.png")))
       assert.isAbove(server.requests.length, 0)
       assert.strictEqual(server.requests[0].headers.authorization, "Bearer s3cret")
       assert.notInclude(first.output, "s3cret")
