@@ -448,7 +448,8 @@ export const withPolicy = <A, R>(
   // One line per failed attempt (a timeout or a retry), so that a slow or
   // hung server is visible on the progress output, not only after the last try.
   const where = `${context.reward}${context.url === undefined ? "" : ` (${context.url})`}`
-  const counted = Effect.suspend(() => {
+  return Effect.suspend(() => {
+    // Attempts of this call (the returned effect may run many times).
     let n = 0
     const logged = Effect.suspend(() => {
       const k = ++n
@@ -462,7 +463,6 @@ export const withPolicy = <A, R>(
       ? logged
       : logged.pipe(Effect.retry({ schedule: retrySchedule(policy), times: policy.retries, while: isRetryable }))
   })
-  return counted
 }
 
 /**

@@ -1,6 +1,6 @@
 import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Effect } from "effect"
+import { ConfigProvider, Effect, Logger } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { toBytes } from "../../src/data/Image.ts"
 import { decodePng } from "../../src/data/Png.ts"
@@ -100,6 +100,23 @@ describe("http reward against a real server", () => {
         assert.match(e.message, /150 ms/)
         assert.strictEqual(server.requests.length, 2)
       })))
+
+  it.live("every failed attempt prints one line (timeout or error, retrying or giving up)", () => {
+    const logs: Array<string> = []
+    return withServer((req) => (req.n === 1 ? { ...echoMean(req), delayMs: 1500 } : req.n === 2 ? { status: 503, body: "busy" } : echoMean(req)), (server) =>
+      Effect.gen(function*() {
+        const reward = yield* Http.make({ url: server.url, timeoutMs: 150, retries: 3, backoffMs: 5 })
+        yield* reward.score([img(0)], ["p"])
+        assert.strictEqual(logs.length, 2, logs.join("\n"))
+        assert.match(logs[0], /^reward http \(http:\/\/127\.0\.0\.1:\d+\): attempt 1 of 4: no answer within 150 ms; retrying$/)
+        assert.match(logs[1], /attempt 2 of 4: HTTP 503 .*busy; retrying$/)
+        // The last attempt says it gives up.
+        const once = yield* Http.make({ url: `${server.url}/x`, timeoutMs: 50, retries: 0 })
+        server.requests.length = 0
+        yield* Effect.flip(once.score([img(0)], ["p"]))
+        assert.match(logs[2], /attempt 1 of 1: no answer within 50 ms; giving up$/)
+      }).pipe(Effect.provide(Logger.layer([Logger.make((o) => logs.push(String(o.message)))]))))
+  })
 
   it.live("protocol errors name the field and the image index; never a silent zero", () =>
     withServer((req) => {
