@@ -10,7 +10,7 @@
  *
  * Every stage writes its JSON under --out and is skipped when it exists.
  */
-import { Console, Effect, FileSystem, Layer, Option, Path, Schema } from "effect"
+import { Console, Effect, FileSystem, Layer, Logger, Option, Path, Schema } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
 import * as Png from "../src/data/Png.ts"
@@ -348,7 +348,7 @@ const command = Command.make(
       yield* Console.log(`${table}\n\nwritten: ${file}`)
     })
     yield* program.pipe(Effect.provide(reward), Effect.provide(backend), Effect.scoped)
-  }, Effect.scoped)
+  }, (effect) => effect.pipe(Effect.scoped, Effect.provideService(Logger.LogToStderr, true)))
 ).pipe(Command.withDescription("Train every fine-tuning method and run every inference-time method from the base model with one reward; write the paper's tables and plots."))
 
 Main.run(command)

@@ -10,7 +10,7 @@
  * @since 0.1.0
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Cause, Effect } from "effect"
+import { Cause, Effect, Runtime } from "effect"
 import { Command } from "effect/cli"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
@@ -163,5 +163,9 @@ export const run = <Name extends string, Input, E, R>(
     }),
     Effect.provide(NodeServices.layer)
   )
-  NodeRuntime.runMain(program as Effect.Effect<void>, { disableErrorReporting: true })
+  NodeRuntime.runMain(program as Effect.Effect<void>, {
+    disableErrorReporting: true,
+    // An interrupted main fiber exits with 130 whatever the signal; SIGTERM's is 143.
+    teardown: (exit, onExit) => Runtime.defaultTeardown(exit, (code) => onExit(code === 130 && terminated ? 143 : code))
+  })
 }

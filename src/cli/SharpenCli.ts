@@ -19,7 +19,7 @@
  *
  * @since 0.1.0
  */
-import { Console, Effect, FileSystem, Layer, Option, Path, Schema } from "effect"
+import { Console, Effect, FileSystem, Layer, Logger, Option, Path, Schema } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Evaluate from "../eval/Evaluate.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
@@ -206,7 +206,9 @@ export const command = (algorithm: "sft" | "rlhf") =>
         yield* Console.log(`\n${summary}\n\n${table}\n\nmodel: ${path.join(out, "model")}  report: ${path.join(out, "report.md")}`)
       })
       yield* program.pipe(Effect.provide(layers), Effect.scoped)
-    }, Effect.scoped)
+    },
+    // Logs (resume, fallbacks, reward retries) go with the progress output to stderr.
+    (effect) => effect.pipe(Effect.scoped, Effect.provideService(Logger.LogToStderr, true)))
   ).pipe(
     Command.withDescription(
       algorithm === "sft"

@@ -62,7 +62,7 @@ describe("run safety", () => {
     "--inference-steps", "10", "--eval-prompts", "1", "--eval-steps", "2", "--backend", "wasm"
   ]
 
-  it("Ctrl-C reaches a hung reward server: exit 130 within seconds, each timeout printed, the last checkpoint kept", async () => {
+  it("Ctrl-C and SIGTERM reach a hung reward server: exit 130 / 143 within seconds, each timeout printed, the last checkpoint kept", async () => {
     // Answers 4 requests (2 iterations x m = 2), then never again.
     const server = await startServer((req) =>
       req.n <= 4 ? { body: { rewards: (req.body.images as Array<unknown>).map((_, i) => i / 10) } } : { delayMs: 600_000 }
@@ -83,6 +83,18 @@ describe("run safety", () => {
       assert.strictEqual(lines(path.join(out, "run", "metrics.jsonl")).length, 2)
       assert.isFalse(fs.existsSync(path.join(out, "LOCK")))
       assert.deepStrictEqual(fs.readdirSync(out).filter((f) => f.endsWith(".tmp")), [])
+
+      // Resumed, hung again: SIGTERM stops it the same way, exit 143.
+      const resumed = pipeline("rlhf.ts", [...small(), "--out", out, "--iterations", "50", "--checkpoint-every", "1",
+        "--reward", "http", "--base-url", server.url, "--timeout-ms", "800", "--retries", "5", "--resume"])
+      await until("the resumed run's timed-out attempt", () => /resumed from .*ckpt-0000002 at iteration 2[\s\S]*attempt 1 of 6: no answer/.test(resumed.output), 90_000, resumed)
+      const termed = Date.now()
+      resumed.child.kill("SIGTERM")
+      assert.strictEqual((await resumed.exited).code, 143, resumed.output)
+      assert.isBelow(Date.now() - termed, 10_000)
+      assert.strictEqual(lines(path.join(out, "run", "metrics.jsonl")).length, 2)
+      assert.strictEqual(fs.readFileSync(path.join(out, "run", "LATEST"), "utf8").trim(), "ckpt-0000002")
+      assert.isFalse(fs.existsSync(path.join(out, "LOCK")))
     } finally {
       await server.close()
     }
