@@ -54,7 +54,7 @@ export const writableDirectory = Effect.fn("Inputs.writableDirectory")(function*
     const info = yield* fs.stat(cur).pipe(Effect.option)
     if (info._tag === "Some") {
       if (info.value.type !== "Directory") {
-        return yield* fail(cur === path.resolve(dir) ? "exists and is not a directory" : `${cur} exists and is not a directory`)
+        return yield* fail(`output directory is not writable (${cur === path.resolve(dir) ? "it" : cur} exists and is not a directory)`)
       }
       break
     }

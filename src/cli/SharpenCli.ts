@@ -12,7 +12,6 @@
  *                       iter-<n>- sheets every sampleEvery iterations (first eval set)
  *   out/report.md|json  before/after verifier accuracy and clip score
  *
- *
  * Before anything is written: the output directory is checked (Inputs.
  * writableDirectory), locked, cleared of temporaries of interrupted writes,
  * and the model, the reward and (on --resume) the run's record are checked.
@@ -164,16 +163,18 @@ export const command = (algorithm: "sft" | "rlhf") =>
       // Runs once the layers are built: the model and the reward are valid.
       const program = Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
-        yield* RunRecord.check(runDir, yield* RunRecord.make({ algorithm, config, reward: rewardSpec, model: f.model }), hasCheckpoint)
+        const record = yield* RunRecord.make({ algorithm, config, reward: rewardSpec, model: f.model })
+        const previous = yield* RunRecord.check(runDir, record, hasCheckpoint)
         yield* AtomicFile.writeText(path.join(out, "config.json"), JSON.stringify(Schema.encodeSync(SharpenConfig.SharpenConfig)(config), null, 2) + "\n")
         const hasClip = yield* fs.exists(clipModel)
         const clip = hasClip
           ? yield* Effect.flatMap(ClipModel.loadFiles(clipModel), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose))
           : undefined
-        // Before: the base model, evaluated once (kept across --resume).
+        // Before: the base model, evaluated once (kept across --resume while
+        // the model and the evaluation settings are those it was made with).
         const beforeFile = path.join(out, "before.json")
         let before: Array<Evaluate.SetReport>
-        if (yield* fs.exists(beforeFile)) {
+        if ((yield* fs.exists(beforeFile)) && RunRecord.sameEvaluation(previous, record)) {
           before = JSON.parse(yield* fs.readFileString(beforeFile))
         } else {
           yield* Console.error(`evaluating the base model on ${sets.map((s) => `${s.prompts.length} ${s.name}`).join(" + ")} prompts ...`)

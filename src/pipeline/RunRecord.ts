@@ -137,7 +137,8 @@ export const differences = (run: RunRecord, now: RunRecord): Array<string> => {
 /**
  * Record a run in `runDir`: on a resume, first check the invocation against
  * the run's record (a run without one, from before records existed, is
- * accepted with a warning); then write the record.
+ * accepted with a warning); then write the record. Returns the previous
+ * record, if there was a readable one.
  *
  * @since 0.1.0
  */
@@ -145,17 +146,21 @@ export const check = Effect.fn("RunRecord.check")(function*(runDir: string, now:
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
   const file = path.join(runDir, FILE)
-  if (resuming && (yield* fs.exists(file))) {
-    const text = yield* fs.readFileString(file).pipe(Effect.mapError(() => new RunMismatch({ path: file, message: "cannot read the run's record" })))
+  let previous: RunRecord | undefined
+  if (yield* fs.exists(file)) {
+    const text = yield* fs.readFileString(file).pipe(Effect.orElseSucceed(() => ""))
     let json: unknown
     try {
       json = JSON.parse(text)
     } catch {
-      return yield* new RunMismatch({ path: file, message: "the run's record is not valid JSON" })
+      json = undefined
     }
     const run = Schema.decodeUnknownResult(RunRecord)(json)
-    if (run._tag === "Failure") return yield* new RunMismatch({ path: file, message: "the run's record does not match the run record format" })
-    const diff = differences(run.success, now)
+    if (run._tag === "Success") previous = run.success
+    else if (resuming) return yield* new RunMismatch({ path: file, message: "the run's record is unreadable or not in the run record format" })
+  }
+  if (resuming && previous !== undefined) {
+    const diff = differences(previous, now)
     if (diff.length > 0) {
       return yield* new RunMismatch({
         path: file,
@@ -167,4 +172,15 @@ export const check = Effect.fn("RunRecord.check")(function*(runDir: string, now:
     yield* Effect.logWarning(`${file} is missing (a run from an older version): resuming without checking the settings`)
   }
   yield* AtomicFile.writeText(file, JSON.stringify(now, null, 2) + "\n")
+  return previous
 })
+
+/**
+ * Whether an evaluation of the base model made for run `a` holds for run
+ * `b`: the same model content and evaluation settings.
+ *
+ * @since 0.1.0
+ */
+export const sameEvaluation = (a: RunRecord | undefined, b: RunRecord): boolean =>
+  a !== undefined && a.baseModel.sha256 === b.baseModel.sha256 &&
+  ["evalPrompts", "evalSteps", "cfg", "seed"].every((k) => canonical(a.settings[k]) === canonical(b.settings[k]))

@@ -170,6 +170,9 @@ describe("run safety", () => {
       const more = pipeline("rlhf.ts", [...small(), "--out", out, "--config", config, "--resume", "--iterations", "3", "--timeout-ms", "9000"], { RUN_SAFETY_KEY: "s3cret" })
       assert.strictEqual((await more.exited).code, 0, more.output)
       assert.deepStrictEqual(lines(path.join(out, "run", "metrics.jsonl")).map((l) => JSON.parse(l).iteration), [1, 2, 3])
+      // The base model's evaluation is reused: same model, same evaluation settings.
+      assert.include(first.output, "evaluating the base model")
+      assert.notInclude(more.output, "evaluating the base model")
     } finally {
       await server.close()
     }
