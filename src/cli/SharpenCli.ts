@@ -66,7 +66,7 @@ const flags = {
   out: Flag.String("out").pipe(Flag.withDescription("output directory"), Flag.optional),
   resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue the run in --out from its latest checkpoint (refused if there is none, or if a setting that changes the training differs)"), Flag.withDefault(false)),
   resumeIfPresent: Flag.Boolean("resume-if-present").pipe(Flag.withDescription("as --resume when --out holds a checkpoint, else start a new run there"), Flag.withDefault(false)),
-  config: Flag.String("config").pipe(Flag.withDescription("JSON file of settings (see docs/architecture.md)"), Flag.optional),
+  config: Flag.String("config").pipe(Flag.withDescription("JSON file of settings and a \"reward\" entry (see docs/architecture.md, docs/rewards.md)"), Flag.optional),
   iterations: optInt("iterations", "optimisation steps"),
   seed: optInt("seed", "seed of data, noise and sampling"),
   batchSize: optInt("batch-size", "prompts per step (paper: 8)"),
@@ -83,6 +83,7 @@ const flags = {
   evalPrompts: optInt("eval-prompts", "prompts per eval set for before/after (0 = all)"),
   evalSteps: optInt("eval-steps", "DDIM steps of the before/after evaluation"),
   checkpointEvery: optInt("checkpoint-every", "iterations between checkpoints"),
+  sampleEvery: optInt("sample-every", "iterations between sample grids of the first eval set in samples/ (0 = only before and after)"),
   keepCheckpoints: optInt("keep-checkpoints", "checkpoints kept on disk (a damaged latest one falls back to the one before)"),
   backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
 }
@@ -90,7 +91,7 @@ const flags = {
 type Flags = Command.Command.Config.Infer<typeof flags>
 
 const overrides = (f: Flags): Record<string, unknown> => {
-  const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery", "keepCheckpoints"] as const
+  const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery", "sampleEvery", "keepCheckpoints"] as const
   const out: Record<string, unknown> = {}
   for (const k of keys) {
     const v = f[k] as Option.Option<unknown>
