@@ -63,7 +63,35 @@ export const SharpenConfig = Schema.Struct({
   /** Prompts per eval set for the before/after report (0: whole set). */
   evalPrompts: int(0, 100_000),
   /** DDIM steps of the before/after evaluation (paper: 50). */
-  evalSteps: int(1, 1000)
+  evalSteps: int(1, 1000),
+  /**
+   * What a preference compares (docs/method.md):
+   * - "paper": the published objectives; every path is regressed on the one
+   *   clean image the paths were noised from (a preference between noise
+   *   draws of one image);
+   * - "image": every path continued to t = 0, the objective on the paths'
+   *   own final images (DPO between best and worst for RLHF, the denoising
+   *   loss on the best for SFT).
+   */
+  preference: Schema.Literals(["paper", "image"]),
+  /** Draw the start timestep once per batch (the paper's code) or per prompt. */
+  timestepPer: Schema.Literals(["batch", "prompt"]),
+  /**
+   * RLHF: where the paths start: the policy's online sample noised to t
+   * (the paper) or pure noise (then no online sample is drawn; use a
+   * timestep range at the top of the grid).
+   */
+  start: Schema.Literals(["online-sample", "noise"]),
+  /** Batches whose gradients are summed into one optimiser step (effective batch = batchSize x accumulate). */
+  accumulate: int(1, 1024),
+  /** EMA decay of the weights used for evaluation and saving (0: off). */
+  ema: num(0, 0.999999),
+  /**
+   * Stop once the run's training NFE (sampling `nfe` plus the objective's
+   * `lossNfe`) reaches this, even before `iterations` (0: no budget).
+   * Methods differ in NFE per iteration; a budget compares them fairly.
+   */
+  trainingNfe: int(0, Number.MAX_SAFE_INTEGER)
 })
 export type SharpenConfig = typeof SharpenConfig.Type
 
@@ -96,7 +124,13 @@ export const defaults: SharpenConfig = {
   checkpointEvery: 5,
   sampleEvery: 10,
   evalPrompts: 24,
-  evalSteps: 50
+  evalSteps: 50,
+  preference: "paper",
+  timestepPer: "batch",
+  start: "online-sample",
+  accumulate: 1,
+  ema: 0,
+  trainingNfe: 0
 }
 
 /**
