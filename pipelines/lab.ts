@@ -173,8 +173,8 @@ const command = Command.make(
     reward: Flag.Literals("reward", LabReward.LabRewardName.literals).pipe(Flag.withDescription("mode: closeness to mode 0; x: the x coordinate"), Flag.withDefault("mode" as const)),
     methods: Flag.String("methods").pipe(Flag.withDescription(`comma-separated methods (default all: ${Lab.methods.map((m) => m.name).join(", ")}, best-of-${BEST_OF})`), Flag.optional),
     seeds: Flag.String("seeds").pipe(Flag.withDescription("comma-separated seeds"), Flag.withDefault("0,1,2")),
-    budget: Flag.Int("budget").pipe(Flag.withDescription("training NFE per run (sampling plus the objective's model evaluations)"), Flag.withDefault(60_000)),
-    maxIterations: Flag.Int("max-iterations").pipe(Flag.withDescription("iteration cap (methods with cheap iterations stop here first)"), Flag.withDefault(300)),
+    budget: Flag.Int("budget").pipe(Flag.withDescription("training NFE per run (sampling plus the objective's model evaluations)"), Flag.withDefault(Lab.LAB_BUDGET)),
+    maxIterations: Flag.Int("max-iterations").pipe(Flag.withDescription("iteration cap (methods with cheap iterations stop here first)"), Flag.withDefault(Lab.LAB_MAX_ITERATIONS)),
     evalSamples: Flag.Int("eval-samples").pipe(Flag.withDescription("fresh DDIM-50 samples per evaluation"), Flag.withDefault(4000)),
     grid: Flag.String("grid").pipe(Flag.withDescription("JSON file: a list of settings objects; every method runs at each (a sweep)"), Flag.optional),
     settings: Flag.String("settings").pipe(Flag.withDescription("JSON settings over every method's (e.g. '{\"lr\":3e-5}')"), Flag.optional),
@@ -264,13 +264,16 @@ const command = Command.make(
     yield* AtomicFile.writeText(nodePath.join(f.out, "lab.json"), JSON.stringify(json, null, 2) + "\n")
     if (Option.isSome(f.json)) yield* AtomicFile.writeText(f.json.value, JSON.stringify(json, null, 2) + "\n")
 
-    // Reward per iteration (mean over seeds) and the samples after training.
+    // Training reward per iteration (mean over seeds; methods that call no reward left out) and the samples after training.
     const curveRows = labels.flatMap((l) => {
       const rs = results.filter((r) => r.label === l)
       const len = Math.min(...rs.map((r) => r.curve.length))
-      return Array.from({ length: len }, (_, i) => ({ method: l, iteration: i + 1, reward: rs.reduce((a, r) => a + r.curve[i], 0) / rs.length }))
+      const rows = Array.from({ length: len }, (_, i) => ({ method: l, iteration: i + 1, reward: rs.reduce((a, r) => a + r.curve[i], 0) / rs.length }))
+      return rows.every((r) => r.reward === 0) ? [] : rows
     })
-    const rewardSvg = yield* Effect.promise(() => Plot.lineSvg({ title: `Training reward per iteration (mean over seeds): ${o.reward}`, x: "iteration", y: "reward", rows: curveRows, series: "method", smooth: 10, width: 640 }))
+    const rewardSvg = yield* Effect.promise(() =>
+      Plot.lineSvg({ title: `Mean reward of each iteration's samples (mean over seeds): ${o.reward}`, x: "iteration", y: "reward", rows: curveRows, series: "method", smooth: 10, width: 640, scheme: "category20" })
+    )
     const firstSeed = (l: string) => results.filter((r) => r.label === l).sort((a, b) => a.seed - b.seed)[0]
     const scatterRows = [
       ...base.points.map(([x, y]) => ({ method: "base", x, y })),

@@ -22,10 +22,14 @@ export interface LinePlot {
   readonly smooth?: number
   /** Mark every point (a series of one point is otherwise invisible). */
   readonly points?: boolean
+  /** Vega colour scheme of the series (default category10; "category20" for many series). */
+  readonly scheme?: string
 }
 
 export const lineSvg = async (p: LinePlot): Promise<string> => {
-  const color = p.series !== undefined ? { color: { field: p.series, type: "nominal" as const } } : {}
+  const color = p.series !== undefined
+    ? { color: { field: p.series, type: "nominal" as const, ...(p.scheme !== undefined ? { scale: { scheme: p.scheme } } : {}) } }
+    : {}
   const base = {
     x: { field: p.x, type: "quantitative" as const },
     y: { field: p.y, type: "quantitative" as const, scale: p.logY ? { type: "log" as const } : { zero: false } },

@@ -21,6 +21,7 @@ import * as SharpenConfig from "../pipeline/SharpenConfig.ts"
 import * as SharpenLayers from "../pipeline/SharpenLayers.ts"
 import { Decoder } from "../reward/Decoder.ts"
 import type { Backend } from "../tensor/Backend.ts"
+import type { PathSelector } from "../trajectory/PathSelector.ts"
 import * as LabModel from "./LabModel.ts"
 import * as LabReward from "./LabReward.ts"
 import * as Ring from "./Ring.ts"
@@ -37,9 +38,11 @@ export interface LabMethod {
 }
 
 /**
- * The lab's run settings: the paper's n = m = 3, batch 8 and AdamW betas,
- * unguided (the MLP is unconditional), and the sweep's learning rate and
- * DPO beta (docs/method.md has the sweep).
+ * The lab's run settings: the paper's n = m = 3, batch 8 and beta2, unguided
+ * (the MLP is unconditional), DPO beta 50 (the lab's values are 2 numbers
+ * per sample, so its errors are not on ShapeWorld's scale), and the
+ * library's defaults otherwise. Each method adds its own learning rate, the
+ * best of the lab's sweep (docs/method.md).
  */
 export const labDefaults: Partial<SharpenConfig.SharpenConfig> = {
   batchSize: 8,
@@ -48,28 +51,34 @@ export const labDefaults: Partial<SharpenConfig.SharpenConfig> = {
   cfg: 1,
   inferenceSteps: 50,
   onlineSteps: 50,
-  lr: 1e-3,
-  beta1: 0,
-  beta2: 0.99,
   dpoBeta: 50,
   microBatchRows: 0,
   iterations: 100_000,
   checkpointEvery: 100_000
 }
 
-/** Every method of the project, faithful variants first. */
+/** Training NFE per run of the lab's table (sampling plus the objective's evaluations). */
+export const LAB_BUDGET = 60_000
+
+/** Iteration cap: methods with cheap iterations (standard fine-tuning) stop here first. */
+export const LAB_MAX_ITERATIONS = 300
+
+const paper = SharpenConfig.paperVariant
+
+/** Every method of the project, faithful variants first; `lr` is each one's best of the sweep. */
 export const methods: ReadonlyArray<LabMethod> = [
-  { name: "rlhf-paper", algorithm: "rlhf", settings: { preference: "paper" }, note: "RLHF sharpening as published (consistent target, margin inside)" },
-  { name: "rlhf-paper-original", algorithm: "rlhf", settings: { preference: "paper", target: "original" }, note: "... with the reference code's epsilon target" },
-  { name: "rlhf-paper-refmargin", algorithm: "rlhf", settings: { preference: "paper", margin: "reference-code" }, note: "... with the reference code's margin (outside the log-sigmoid)" },
-  { name: "sft-paper", algorithm: "sft", settings: { preference: "paper" }, note: "SFT sharpening as published (consistent target)" },
-  { name: "sft-paper-original", algorithm: "sft", settings: { preference: "paper", target: "original" }, note: "... with the reference code's epsilon target" },
-  { name: "standard-ft", algorithm: "standard", settings: {}, note: "denoising loss on data, no reward" },
-  { name: "diffusion-dpo", algorithm: "diffusion-dpo", settings: {}, note: "2 reference samples per prompt, ranked, Diffusion-DPO" },
-  { name: "ddpo", algorithm: "ddpo", settings: {}, note: "PPO on n policy chains (eta 1)" },
-  { name: "raft", algorithm: "raft", settings: {}, note: "best of n fresh samples, denoising loss on it" },
-  { name: "rlhf-image", algorithm: "rlhf", settings: { preference: "image" }, note: "image-level RLHF sharpening: DPO between best and worst paths' final images" },
-  { name: "sft-image", algorithm: "sft", settings: { preference: "image" }, note: "image-level SFT sharpening: denoising loss on the best path's final image" }
+  { name: "rlhf-paper", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, lr: 1e-5 }, note: "RLHF sharpening as published (consistent target, margin inside the log-sigmoid), AdamW beta1 0.9" },
+  { name: "rlhf-paper-exact", algorithm: "rlhf", settings: { ...paper, lr: 1e-5 }, note: "... with the paper's AdamW (beta1 0)" },
+  { name: "rlhf-paper-original", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, target: "original", lr: 1e-5 }, note: "... with the reference code's epsilon target" },
+  { name: "rlhf-paper-refmargin", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, margin: "reference-code", lr: 1e-5 }, note: "... with the reference code's margin (outside the log-sigmoid)" },
+  { name: "sft-paper", algorithm: "sft", settings: { ...paper, beta1: 0.9, lr: 1e-5 }, note: "SFT sharpening as published (consistent target)" },
+  { name: "sft-paper-original", algorithm: "sft", settings: { ...paper, beta1: 0.9, target: "original", lr: 1e-5 }, note: "... with the reference code's epsilon target" },
+  { name: "standard-ft", algorithm: "standard", settings: { lr: 1e-5 }, note: "denoising loss on data, no reward" },
+  { name: "diffusion-dpo", algorithm: "diffusion-dpo", settings: { lr: 1e-4 }, note: "2 reference samples per prompt, ranked, Diffusion-DPO" },
+  { name: "ddpo", algorithm: "ddpo", settings: { lr: 3e-5 }, note: "PPO on n policy chains (eta 1)" },
+  { name: "raft", algorithm: "raft", settings: { lr: 3e-5 }, note: "best of n fresh samples, denoising loss on it" },
+  { name: "rlhf-image", algorithm: "rlhf", settings: { lr: 1e-4 }, note: "image-level RLHF sharpening (the default): DPO between the best and worst paths' final images" },
+  { name: "sft-image", algorithm: "sft", settings: { lr: 5e-5 }, note: "image-level SFT sharpening (the default): denoising loss on the best path's final image" }
 ]
 
 export interface RunResult extends LabModel.LabMetrics {
@@ -93,6 +102,8 @@ export interface RunOptions {
   readonly backend: Layer.Layer<Backend, unknown>
   /** Settings over the method's (sweeps). */
   readonly overrides?: Partial<SharpenConfig.SharpenConfig>
+  /** Path selection (default best / worst); tests flip it to check the objectives' direction. */
+  readonly selector?: Layer.Layer<PathSelector>
 }
 
 /** The method's settings, validated. */
@@ -110,7 +121,8 @@ const stack = (method: LabMethod, c: SharpenConfig.SharpenConfig, o: RunOptions,
     backend: o.backend,
     metrics: Metrics.memory,
     decoder: Decoder.scaled(Ring.SCALE),
-    label: method.name
+    label: method.name,
+    ...(o.selector === undefined ? {} : { selector: o.selector })
   }
   switch (method.algorithm) {
     case "rlhf":

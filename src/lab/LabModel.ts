@@ -25,7 +25,7 @@ export interface PretrainOptions {
   readonly onStep?: (step: number, loss: number) => void
 }
 
-export const pretrainDefaults: PretrainOptions = { steps: 4000, batch: 256, lr: 2e-3, seed: 0 }
+export const pretrainDefaults: PretrainOptions = { steps: 3000, batch: 256, lr: 2e-3, seed: 0 }
 
 /**
  * Trains `model` in place on ring samples: eps MSE at t ~ U[0, T), AdamW

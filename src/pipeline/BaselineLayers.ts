@@ -111,6 +111,12 @@ export const unscored: Layer.Layer<TrajectoryScorer> = Layer.succeed(
   })
 )
 
+/**
+ * These baselines score finished samples (one "step" per row), so the
+ * image-level "final" aggregation is their plain reward.
+ */
+const sampleAggregation = (c: SharpenConfig) => (c.aggregation.kind === "final" ? { kind: "sum" as const } : c.aggregation)
+
 /** The run's frozen reference: the base model directory (also when resuming). */
 const referenceLayer = (model: string) => Reference.fromDir(model)
 
@@ -180,7 +186,7 @@ export const diffusionDpo = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>, settin
   const s = Schema.decodeUnknownSync(DiffusionDpoSettings)({ ...diffusionDpoDefaults, ...settings })
   return stack(c, w, "diffusion-dpo", {
     generator: PreferencePairs.generatorLayer({ steps: c.onlineSteps, cfg: c.cfg }),
-    scorer: TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
+    scorer: TrajectoryScorer.layer(sampleAggregation(c)).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
     objective: DiffusionDpo.objective(s),
     source: PreferencePairs.promptSource(c.split),
     extra: referenceLayer(w.model),
@@ -199,7 +205,7 @@ export const ddpo = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>, settings: Part
   const s = Schema.decodeUnknownSync(DdpoSettings)({ ...ddpoDefaults, ...settings })
   return stack(c, w, "ddpo", {
     generator: PolicyRollout.generatorLayer({ n: c.n, steps: c.onlineSteps, cfg: c.cfg, eta: s.eta, clipSample: 1 }),
-    scorer: TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
+    scorer: TrajectoryScorer.layer(sampleAggregation(c)).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
     objective: Ddpo.objective(s),
     source: PreferencePairs.promptSource(c.split),
     extra: StatTracker.layer(s.tracker),

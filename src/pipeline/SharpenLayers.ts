@@ -49,6 +49,8 @@ export interface Wiring<RE, RR> {
   readonly source?: Layer.Layer<BatchSource, never, RandomSource | Denoiser.Denoiser>
   /** Model space to what the reward scores (default: ShapeWorld's pixel decoder). */
   readonly decoder?: Layer.Layer<Decoder>
+  /** Which paths to learn from (default: best and worst, `PathSelector.bestWorst`). */
+  readonly selector?: Layer.Layer<PathSelector>
 }
 
 export const trajectoryOptions = (c: SharpenConfig) => ({
@@ -91,7 +93,7 @@ const common = <RE, RR, OE, OR, SE, SR>(
   const stages = Layer.mergeAll(
     TrajectoryGenerator.layer(trajectoryOptions(c)),
     TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
-    PathSelector.bestWorst,
+    w.selector ?? PathSelector.bestWorst,
     objective,
     w.source ?? source,
     Optimizer.adamW(optimizerConfig(c)),
