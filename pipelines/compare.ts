@@ -91,7 +91,8 @@ const command = Command.make(
     if (rewardSpec instanceof SharpenConfig.ConfigError) return yield* rewardSpec
     const quickConfig = q ? { batchSize: 2, n: 2, m: 2, onlineSteps: 4, inferenceSteps: 10, evalSteps: 4, evalPrompts: 2 } : {}
     const configFor = (seed: number, extra: Record<string, unknown> = {}) => {
-      const c = SharpenConfig.decode([shared, quickConfig, { iterations: settings.iterations, lr: f.lr, seed, checkpointEvery: 5 }, extra], Option.getOrUndefined(f.config))
+      // The published algorithms, as in docs/results.md's tables; a --config can set image-level settings.
+      const c = SharpenConfig.decode([SharpenConfig.paperVariant, shared, quickConfig, { iterations: settings.iterations, lr: f.lr, seed, checkpointEvery: 5 }, extra], Option.getOrUndefined(f.config))
       if (c instanceof SharpenConfig.ConfigError) throw c
       return c
     }

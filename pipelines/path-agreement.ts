@@ -145,7 +145,8 @@ const command = Command.make(
     if (Option.isSome(f.from)) return yield* pool(f.from.value.split(",").map((s) => s.trim()).filter((s) => s !== ""), f.out)
     const started = performance.now()
     const fs = yield* FileSystem.FileSystem
-    const config = SharpenConfig.decode([{ n: f.n, m: f.m, seed: f.seed, batchSize: f.batchSize, inferenceSteps: f.inferenceSteps, onlineSteps: f.onlineSteps }])
+    // The published trajectory reward (x0 estimates summed along the path) is what this measures.
+    const config = SharpenConfig.decode([SharpenConfig.paperVariant, { n: f.n, m: f.m, seed: f.seed, batchSize: f.batchSize, inferenceSteps: f.inferenceSteps, onlineSteps: f.onlineSteps }])
     if (config instanceof SharpenConfig.ConfigError) return yield* config
     const sets = yield* Report.loadEvalSets(f.prompts, [f.promptFile])
     const prompts = sets[0].prompts.map((p) => p.text)

@@ -39,6 +39,8 @@ export const smallConfig = (overrides: Partial<SharpenConfig.SharpenConfig> = {}
   m: 2,
   cfg: 2,
   onlineSteps: 3,
+  // A coarse grid: image-level paths run to t = 0 (at most 10 steps each).
+  inferenceSteps: 10,
   lr: 1e-3,
   checkpointEvery: 2,
   ...overrides

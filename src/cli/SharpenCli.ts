@@ -37,6 +37,7 @@ import { Metrics } from "../pipeline/Metrics.ts"
 import * as RunRecord from "../pipeline/RunRecord.ts"
 import * as Inputs from "./Inputs.ts"
 import * as RewardFlags from "./RewardFlags.ts"
+import { Ema } from "../optim/Ema.ts"
 
 export class RunDirectoryInUse extends Schema.TaggedError<RunDirectoryInUse>()("RunDirectoryInUse", {
   path: Schema.String,
@@ -83,6 +84,19 @@ const flags = {
   evalPrompts: optInt("eval-prompts", "prompts per eval set for before/after (0 = all)"),
   evalSteps: optInt("eval-steps", "DDIM steps of the before/after evaluation"),
   checkpointEvery: optInt("checkpoint-every", "iterations between checkpoints"),
+  paper: Flag.Boolean("paper").pipe(
+    Flag.withDescription("the published algorithm: preference between noise draws of one image, x0-estimate reward summed, one start timestep per batch, AdamW beta1 0 (pipelines/configs/paper.json; docs/method.md)"),
+    Flag.withDefault(false)
+  ),
+  preference: Flag.Literals("preference", ["paper", "image"]).pipe(Flag.withDescription(withDefault("preference", "what a preference compares: the paths' own final images (image) or noise draws of one image (paper)")), Flag.optional),
+  aggregation: Flag.Literals("aggregation", ["sum", "mean", "last", "final"]).pipe(Flag.withDescription(withDefault("aggregation", "trajectory reward: of the paths' final images (final), or over the x0 estimates (sum: Eq. 8)")), Flag.optional),
+  timestepPer: Flag.Literals("timestep-per", ["batch", "prompt"]).pipe(Flag.withDescription(withDefault("timestep-per", "draw the start timestep once per batch or per prompt")), Flag.optional),
+  timestepRange: Flag.String("timestep-range").pipe(Flag.withDescription(`start timesteps MIN,MAX on the grid, "uniform" or "top" (default ${JSON.stringify(SharpenConfig.defaults.timestep)})`), Flag.optional),
+  start: Flag.Literals("start", ["online-sample", "noise"]).pipe(Flag.withDescription(withDefault("start", "RLHF: paths start from the online sample noised to t, or from pure noise")), Flag.optional),
+  beta1: optNum("beta1", "AdamW beta1 (paper: 0)"),
+  accumulate: optInt("accumulate", "batches per optimiser step (effective batch = batch-size x accumulate)"),
+  ema: optNum("ema", "EMA decay of the weights evaluated and saved (0 = off)"),
+  trainingNfe: optInt("training-nfe", "stop at this training NFE (sampling plus objective; 0 = iterations only)"),
   sampleEvery: optInt("sample-every", "iterations between sample grids of the first eval set in samples/ (0 = only before and after)"),
   keepCheckpoints: optInt("keep-checkpoints", "checkpoints kept on disk (a damaged latest one falls back to the one before)"),
   backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
@@ -91,8 +105,14 @@ const flags = {
 type Flags = Command.Command.Config.Infer<typeof flags>
 
 const overrides = (f: Flags): Record<string, unknown> => {
-  const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery", "sampleEvery", "keepCheckpoints"] as const
+  const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery", "preference", "timestepPer", "start", "beta1", "accumulate", "ema", "trainingNfe", "sampleEvery", "keepCheckpoints"] as const
   const out: Record<string, unknown> = {}
+  if (Option.isSome(f.aggregation)) out.aggregation = { kind: f.aggregation.value }
+  if (Option.isSome(f.timestepRange)) {
+    const v = f.timestepRange.value.trim()
+    const [min, max] = v.split(",").map((s) => Number(s.trim()))
+    out.timestep = v === "uniform" || v === "top" ? { kind: v } : { kind: "range", min, max }
+  }
   for (const k of keys) {
     const v = f[k] as Option.Option<unknown>
     if (Option.isSome(v)) out[k] = v.value
@@ -117,6 +137,8 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags) {
     rewardEntry = reward
     layers.push(settings)
   }
+  // --paper goes under --config and the flags, so they can still adjust it.
+  if (f.paper) layers.unshift(SharpenConfig.paperVariant)
   layers.push(overrides(f))
   const config = SharpenConfig.decode(layers, file)
   if (config instanceof SharpenConfig.ConfigError) return yield* config
@@ -182,10 +204,12 @@ export const command = (algorithm: "sft" | "rlhf") =>
           before = yield* Report.evaluateWithGrids(model, sets, sampler, clip, samplesDir, "before")
           yield* AtomicFile.writeText(beforeFile, JSON.stringify(before))
         }
-        // Grids during training (sampleEvery): the first eval set, its own seeds.
+        // Grids during training (sampleEvery): the first eval set, its own
+        // seeds, of the model that would be saved (the weight average with --ema).
+        const ema = yield* Ema
         const grids = Sharpen.IterationSampler.of({
           sample: (iteration) =>
-            Report.evaluateWithGrids(model, sets.slice(0, 1), sampler, undefined, samplesDir, `iter-${String(iteration).padStart(7, "0")}`).pipe(
+            Report.evaluateWithGrids(ema.model(), sets.slice(0, 1), sampler, undefined, samplesDir, `iter-${String(iteration).padStart(7, "0")}`).pipe(
               Effect.catch((e) => Effect.logWarning(`sample grid of iteration ${iteration} not written: ${e.message}`)),
               Effect.provideService(FileSystem.FileSystem, fs),
               Effect.provideService(Path.Path, path)
@@ -193,10 +217,12 @@ export const command = (algorithm: "sft" | "rlhf") =>
         })
         const done = yield* (algorithm === "sft" ? Sharpen.sft(config) : Sharpen.rlhf(config)).pipe(Effect.provideService(Sharpen.IterationSampler, grids))
         const records = yield* (yield* Metrics).records
-        yield* Denoiser.save(path.join(out, "model"), model, { algorithm, iterations: String(done), reward: rewardSpec.reward, base: f.model })
+        // The weight average when the run keeps one (--ema), else the policy.
+        const trained = (yield* Ema).model()
+        yield* Denoiser.save(path.join(out, "model"), trained, { algorithm, iterations: String(done), reward: rewardSpec.reward, base: f.model, preference: config.preference })
         yield* Report.curves(records, path.join(out, "plots"), `${algorithm.toUpperCase()}-Diffusion-Sharpening, reward ${rewardSpec.reward}`)
         yield* Console.error("evaluating the sharpened model ...")
-        const after = yield* Report.evaluateWithGrids(model, sets, sampler, clip, samplesDir, "after")
+        const after = yield* Report.evaluateWithGrids(trained, sets, sampler, clip, samplesDir, "after")
         const table = Report.comparison(before, after)
         const totalNfe = records.reduce((a, r) => a + r.nfe, 0)
         const totalCalls = records.reduce((a, r) => a + r.rewardCalls, 0)
@@ -214,7 +240,7 @@ export const command = (algorithm: "sft" | "rlhf") =>
   ).pipe(
     Command.withDescription(
       algorithm === "sft"
-        ? "SFT-Diffusion-Sharpening: fine-tune on image-text data along the best-rewarded denoising trajectory."
-        : "RLHF-Diffusion-Sharpening: online samples, reward-modulated Diffusion-DPO between the best and worst trajectories."
+        ? "SFT-Diffusion-Sharpening: n paths from each data image, continued to t = 0; the denoising loss on the best path's final image (default, image-level; measured best on the lab, docs/method.md). --paper: the published Eq. 9 along the best path."
+        : "RLHF-Diffusion-Sharpening: n paths from each online sample, continued to t = 0; reward-modulated Diffusion-DPO between the best and worst paths' final images against the frozen base (default, image-level; measured best on the lab, docs/method.md). --paper: the published Eq. 11 between noise draws of one image."
     )
   )

@@ -118,16 +118,16 @@ export const coefficients = (
 export interface StepOptions {
   readonly schedule: Schedule.Schedule
   /** Predicted noise at (xt, t). */
-  readonly eps: tf.Tensor4D
+  readonly eps: tf.Tensor
   /** Current timestep(s), in [0, trainSteps). One per batch item allowed. */
   readonly t: Timesteps
   /** Target timestep(s), in [-1, t): -1 is clean data (a = 1). */
   readonly tPrev: Timesteps
-  readonly xt: tf.Tensor4D
+  readonly xt: tf.Tensor
   /** Stochasticity, >= 0 (0 = deterministic DDIM / probability-flow ODE; 1 = DDPM posterior variance). Default 0. */
   readonly eta?: number
   /** Standard normal noise of xt's shape; required when some std > 0, ignored otherwise. Not disposed. */
-  readonly noise?: tf.Tensor4D
+  readonly noise?: tf.Tensor
   /**
    * Clip the x0 prediction to [-clipSample, clipSample] (then re-derive eps
    * from the clipped x0, as diffusers). Default: no clipping. diffusers'
@@ -145,11 +145,11 @@ export interface StepOptions {
  */
 export interface StepResult {
   /** mean + std * noise: the sample at tPrev. */
-  readonly prevSample: tf.Tensor4D
+  readonly prevSample: tf.Tensor
   /** The x0 prediction used by this step (after optional clipping). */
-  readonly x0Pred: tf.Tensor4D
+  readonly x0Pred: tf.Tensor
   /** Deterministic part: sqrt(a_prev) * x0Pred + sqrt(1 - a_prev - std^2) * eps. */
-  readonly mean: tf.Tensor4D
+  readonly mean: tf.Tensor
   readonly std: number | ReadonlyArray<number>
 }
 
@@ -199,11 +199,11 @@ export const step = (options: StepOptions): StepResult => {
   const coef = (f: (c: (typeof coefs)[number]) => number) => coefficient(batched, xt, (i) => f(coefs[i]))
   const out = tf.tidy(() => {
     // same coefficients and operation order as Noise.x0FromEps (so k = 1 PF-ODE == tweedie bit for bit)
-    let x0Pred: tf.Tensor4D = tf.add(
+    let x0Pred: tf.Tensor = tf.add(
       tf.mul(xt, coef((c) => 1 / Math.sqrt(c.alphaProd))),
       tf.mul(eps, coef((c) => -Math.sqrt(1 - c.alphaProd) / Math.sqrt(c.alphaProd)))
     )
-    let epsUsed: tf.Tensor4D = eps
+    let epsUsed: tf.Tensor = eps
     if (clipSample !== undefined) {
       x0Pred = tf.clipByValue(x0Pred, -clipSample, clipSample)
       epsUsed = tf.div(
@@ -211,11 +211,11 @@ export const step = (options: StepOptions): StepResult => {
         coef((c) => Math.sqrt(1 - c.alphaProd))
       )
     }
-    const mean: tf.Tensor4D = tf.add(
+    const mean: tf.Tensor = tf.add(
       tf.mul(x0Pred, coef((c) => Math.sqrt(c.alphaProdPrev))),
       tf.mul(epsUsed, coef((c) => c.dirCoef))
     )
-    const prevSample: tf.Tensor4D = stochastic ? tf.add(mean, tf.mul(noise!, coef((c) => c.std))) : mean.clone()
+    const prevSample: tf.Tensor = stochastic ? tf.add(mean, tf.mul(noise!, coef((c) => c.std))) : mean.clone()
     return { prevSample, x0Pred, mean }
   })
   return { ...out, std: typeof t === "number" && typeof tPrev === "number" ? stds[0] : stds }
@@ -281,7 +281,7 @@ export const logProb = (
  *
  * @since 0.1.0
  */
-export type Denoiser = (xt: tf.Tensor4D, t: number) => tf.Tensor4D
+export type Denoiser = (xt: tf.Tensor, t: number) => tf.Tensor
 
 /**
  * A conditional model evaluated on a doubled batch in one call, diffusers'
@@ -293,7 +293,7 @@ export type Denoiser = (xt: tf.Tensor4D, t: number) => tf.Tensor4D
  *
  * @since 0.1.0
  */
-export type PairedDenoiser = (xtPair: tf.Tensor4D, t: number) => tf.Tensor4D
+export type PairedDenoiser = (xtPair: tf.Tensor, t: number) => tf.Tensor
 
 /**
  * Classifier-free guidance combination `epsUncond + scale * (epsCond - epsUncond)`
@@ -301,7 +301,7 @@ export type PairedDenoiser = (xtPair: tf.Tensor4D, t: number) => tf.Tensor4D
  *
  * @since 0.1.0
  */
-export const cfg = (epsCond: tf.Tensor4D, epsUncond: tf.Tensor4D, scale: number): tf.Tensor4D => {
+export const cfg = (epsCond: tf.Tensor, epsUncond: tf.Tensor, scale: number): tf.Tensor => {
   checkNumber("scale", scale, () => true, "a finite number")
   checkShape("epsUncond", epsCond.shape, epsUncond.shape)
   return tf.tidy(() => tf.add(epsUncond, tf.mul(tf.sub(epsCond, epsUncond), scale)))
@@ -319,7 +319,7 @@ export const guided = (denoisePair: PairedDenoiser, scale: number): Denoiser => 
     const b = xt.shape[0]
     const pairShape = [2 * b, ...xt.shape.slice(1)]
     const pair = tf.concat([xt, xt], 0)
-    let both: tf.Tensor4D
+    let both: tf.Tensor
     try {
       both = denoisePair(pair, t)
     } finally {
@@ -328,7 +328,7 @@ export const guided = (denoisePair: PairedDenoiser, scale: number): Denoiser => 
     try {
       checkShape("paired denoiser output", pairShape, both.shape)
       return tf.tidy(() => {
-        const [uncond, cond] = tf.split<tf.Tensor4D>(both, [b, b], 0)
+        const [uncond, cond] = tf.split<tf.Tensor>(both, [b, b], 0)
         return cfg(cond, uncond, scale)
       })
     } finally {
@@ -375,11 +375,11 @@ export interface StepInfo {
   readonly index: number
   readonly t: number
   readonly tPrev: number
-  readonly xt: tf.Tensor4D
-  readonly eps: tf.Tensor4D
-  readonly prevSample: tf.Tensor4D
-  readonly x0Pred: tf.Tensor4D
-  readonly mean: tf.Tensor4D
+  readonly xt: tf.Tensor
+  readonly eps: tf.Tensor
+  readonly prevSample: tf.Tensor
+  readonly x0Pred: tf.Tensor
+  readonly mean: tf.Tensor
   readonly std: number
 }
 
@@ -392,7 +392,7 @@ export interface SampleOptions {
   readonly schedule: Schedule.Schedule
   readonly denoise: Denoiser
   /** Starting sample at the first grid timestep (usually pure noise). Not disposed. */
-  readonly xT: tf.Tensor4D
+  readonly xT: tf.Tensor
   readonly inferenceSteps: number
   /** Default 0 (deterministic). */
   readonly eta?: number
@@ -419,31 +419,32 @@ export interface SampleOptions {
  *
  * @since 0.1.0
  */
-export const sample = (options: SampleOptions): tf.Tensor4D => {
+export const sample = (options: SampleOptions): tf.Tensor => {
   const { clipSample, denoise, inferenceSteps, noise, onStep, schedule, xT } = options
   const eta = checkNumber("eta", options.eta ?? 0, (v) => v >= 0, "a finite number >= 0")
   if (eta > 0 && noise === undefined) {
     throw new InvalidArgument({ name: "noise", value: undefined, message: `a noise source is required when eta > 0 (eta = ${eta})` })
   }
   checkFloat32("xT", xT)
-  if (xT.rank !== 4) {
-    throw new InvalidArgument({ name: "xT", value: xT.shape, message: `xT must be rank 4 (NHWC), got shape [${xT.shape.join(", ")}]` })
+  // Any sample shape behind the batch axis: images [B, H, W, C], latents, the lab's points [B, 2].
+  if (xT.rank < 2) {
+    throw new InvalidArgument({ name: "xT", value: xT.shape, message: `xT must have a batch axis and a sample shape (rank >= 2), got shape [${xT.shape.join(", ")}]` })
   }
   const grid = options.startTimestep === undefined
     ? timesteps(schedule.trainSteps, inferenceSteps, options.stepsOffset ?? 0)
     : trajectory(schedule.trainSteps, inferenceSteps, options.startTimestep)
-  let x: tf.Tensor4D = xT
+  let x: tf.Tensor = xT
   try {
     for (let i = 0; i < grid.length; i++) {
       const t = grid[i]
       const tPrev = i + 1 < grid.length ? grid[i + 1] : -1
       const eps = denoise(x, t)
-      let z: tf.Tensor4D | undefined
-      let next: tf.Tensor4D | undefined
+      let z: tf.Tensor | undefined
+      let next: tf.Tensor | undefined
       try {
         checkShape(`denoiser output at t = ${t}`, x.shape, eps.shape)
         if (eta > 0) {
-          z = noise!(x.shape) as tf.Tensor4D
+          z = noise!(x.shape) as tf.Tensor
           checkShape("noise source output", x.shape, z.shape)
         }
         const r = step({ schedule, eps, t, tPrev, xt: x, eta, noise: z, clipSample })
@@ -491,5 +492,5 @@ export const trajectory = (trainSteps: number, inferenceSteps: number, t0: numbe
  *
  * @since 0.1.0
  */
-export const sampleEffect = (options: SampleOptions): Effect.Effect<tf.Tensor4D, DiffusionError> =>
+export const sampleEffect = (options: SampleOptions): Effect.Effect<tf.Tensor, DiffusionError> =>
   attempt(() => sample(options))

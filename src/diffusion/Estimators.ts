@@ -55,7 +55,7 @@ export interface PfOdeOptions {
   /** Epsilon model; called k times (NFE = k). */
   readonly denoise: Ddim.Denoiser
   /** State at timestep t. Not disposed. */
-  readonly xt: tf.Tensor4D
+  readonly xt: tf.Tensor
   readonly t: number
   /** Number of DDIM (eta = 0) solver steps, 1 <= k <= t + 1. */
   readonly k: number
@@ -63,7 +63,7 @@ export interface PfOdeOptions {
    * Precomputed eps at (xt, t), e.g. from the training step that produced xt;
    * saves one model call (NFE = k - 1). Not disposed.
    */
-  readonly epsAtT?: tf.Tensor4D
+  readonly epsAtT?: tf.Tensor
   /** See `Ddim.StepOptions.clipSample`. Default: no clipping. */
   readonly clipSample?: number
 }
@@ -76,15 +76,15 @@ export interface PfOdeOptions {
  *
  * @since 0.1.0
  */
-export const pfOde = (options: PfOdeOptions): tf.Tensor4D => {
+export const pfOde = (options: PfOdeOptions): tf.Tensor => {
   const { clipSample, denoise, epsAtT, k, schedule, t, xt } = options
   checkFloat32("xt", xt)
-  if (xt.rank !== 4) {
-    throw new InvalidArgument({ name: "xt", value: xt.shape, message: `xt must be rank 4 (NHWC), got shape [${xt.shape.join(", ")}]` })
+  if (xt.rank < 2) {
+    throw new InvalidArgument({ name: "xt", value: xt.shape, message: `xt must have a batch axis and a sample shape (rank >= 2), got shape [${xt.shape.join(", ")}]` })
   }
   if (epsAtT !== undefined) checkShape("epsAtT", xt.shape, epsAtT.shape)
   const grid = pfOdeGrid(schedule.trainSteps, t, k)
-  let x: tf.Tensor4D = xt
+  let x: tf.Tensor = xt
   try {
     for (let j = 0; j < k; j++) {
       const s = grid[j]
@@ -112,5 +112,5 @@ export const pfOde = (options: PfOdeOptions): tf.Tensor4D => {
  *
  * @since 0.1.0
  */
-export const pfOdeEffect = (options: PfOdeOptions): Effect.Effect<tf.Tensor4D, DiffusionError> =>
+export const pfOdeEffect = (options: PfOdeOptions): Effect.Effect<tf.Tensor, DiffusionError> =>
   attempt(() => pfOde(options))

@@ -27,7 +27,7 @@ import { Effect } from "effect"
 import * as Ddim from "../diffusion/Ddim.ts"
 import { attempt, type DiffusionError } from "../diffusion/DiffusionError.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
-import type * as Denoiser from "../model/Denoiser.ts"
+import * as Denoiser from "../model/Denoiser.ts"
 import { Reward } from "../reward/Reward.ts"
 import type { RewardError } from "../reward/RewardError.ts"
 import type { Rng } from "../tensor/Random.ts"
@@ -127,9 +127,8 @@ export const sampleRows = (
   sampler: Generate.SamplerOptions,
   denoise: GuidedDenoiser = modelDenoiser(model, sampler.cfg)
 ): Array<Float32Array> => {
-  const a = model.config.architecture
   const schedule = Schedule.make(model.config.schedule)
-  const xT = Generate.batchNoise(rngs, [prompts.length, a.imageSize, a.imageSize, a.channels]) as tf.Tensor4D
+  const xT = Generate.batchNoise(rngs, [prompts.length, ...Denoiser.sampleShape(model.config)]) as tf.Tensor
   try {
     const x0 = Ddim.sample({
       schedule,

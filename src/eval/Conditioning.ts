@@ -36,7 +36,7 @@ export const DEFAULT_TIMESTEPS = [10, 50, 150, 300, 500, 700, 900, 990]
 export const report = (model: Denoiser.Model, batch = 32, seed = 5, timesteps: ReadonlyArray<number> = DEFAULT_TIMESTEPS): Array<Row> => {
   const rng = Rng.fromSeed(seed)
   const data = Dataset.nextBatch(rng, { batchSize: batch, split: "train" })
-  const a = model.config.architecture
+  const a = Denoiser.unetConfig(model.config).architecture
   const shape: [number, number, number, number] = [batch, a.imageSize, a.imageSize, a.channels]
   const schedule = Denoiser.scheduleOf(model.config)
   return timesteps.map((t) => {

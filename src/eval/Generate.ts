@@ -47,7 +47,7 @@ export const normalTensor = (rng: Rng, shape: ReadonlyArray<number>): tf.Tensor 
   tf.tensor(rng.normals(shape.reduce((a, b) => a * b, 1)), shape as Array<number>, "float32")
 
 /** Float images in [0, 1], HWC, one per prompt. */
-export const toUnitImages = (x: tf.Tensor4D): Array<Float32Array> => {
+export const toUnitImages = (x: tf.Tensor): Array<Float32Array> => {
   const [b, h, w, c] = x.shape
   const data = tf.tidy(() => tf.clipByValue(tf.div(tf.add(x, 1), 2), 0, 1).dataSync() as Float32Array)
   return Array.from({ length: b }, (_, i) => data.slice(i * h * w * c, (i + 1) * h * w * c))
@@ -66,14 +66,13 @@ export const generate = (
   onBatch?: (done: number, total: number) => void,
   firstIndex = 0
 ): Array<Float32Array> => {
-  const a = model.config.architecture
   const schedule = Schedule.make(model.config.schedule)
   const out: Array<Float32Array> = []
   for (let start = 0; start < prompts.length; start += o.batchSize) {
     const batch = prompts.slice(start, start + o.batchSize)
     const rngs = batch.map((_, i) => imageRng(o.seed, firstIndex + start + i))
-    const shape = [batch.length, a.imageSize, a.imageSize, a.channels]
-    const xT = batchNoise(rngs, shape) as tf.Tensor4D
+    const shape = [batch.length, ...Denoiser.sampleShape(model.config)]
+    const xT = batchNoise(rngs, shape) as tf.Tensor
     const x0 = Ddim.sample({
       schedule,
       denoise: (x, t) => Denoiser.guidedEps(model, x, t, batch, o.cfg),

@@ -81,7 +81,7 @@ export const cfgFactor = (cfg: number): 1 | 2 => (cfg === 1 ? 1 : 2)
  *
  * @since 0.1.0
  */
-export type GuidedDenoiser = (x: tf.Tensor4D, t: number, prompts: ReadonlyArray<string>) => tf.Tensor4D
+export type GuidedDenoiser = (x: tf.Tensor, t: number, prompts: ReadonlyArray<string>) => tf.Tensor
 
 /** The model's classifier-free guided eps (`Denoiser.guidedEps`). */
 export const modelDenoiser = (model: Denoiser.Model, cfg: number): GuidedDenoiser => (x, t, prompts) =>

@@ -352,7 +352,7 @@ export const markdown = (s: Summary): string => {
  */
 export interface Continuation {
   /** Clean samples in [-1, 1], [n*B, H, W, C], rows as the trajectory's. */
-  readonly images: tf.Tensor4D
+  readonly images: tf.Tensor
   readonly nfe: number
 }
 
@@ -415,7 +415,7 @@ export const continuePaths = Effect.fn("PathAgreement.continuePaths")(function*(
 })
 
 /** Rows of a [N, H, W, C] tensor as flat arrays (what `scoreSamples` takes). */
-export const rowsOf = (x: tf.Tensor4D): Array<Float32Array> => {
+export const rowsOf = (x: tf.Tensor): Array<Float32Array> => {
   const data = x.dataSync() as Float32Array
   const per = x.size / x.shape[0]
   return Array.from({ length: x.shape[0] }, (_, r) => data.slice(r * per, (r + 1) * per))

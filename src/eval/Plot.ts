@@ -22,10 +22,14 @@ export interface LinePlot {
   readonly smooth?: number
   /** Mark every point (a series of one point is otherwise invisible). */
   readonly points?: boolean
+  /** Vega colour scheme of the series (default category10; "category20" for many series). */
+  readonly scheme?: string
 }
 
 export const lineSvg = async (p: LinePlot): Promise<string> => {
-  const color = p.series !== undefined ? { color: { field: p.series, type: "nominal" as const } } : {}
+  const color = p.series !== undefined
+    ? { color: { field: p.series, type: "nominal" as const, ...(p.scheme !== undefined ? { scale: { scheme: p.scheme } } : {}) } }
+    : {}
   const base = {
     x: { field: p.x, type: "quantitative" as const },
     y: { field: p.y, type: "quantitative" as const, scale: p.logY ? { type: "log" as const } : { zero: false } },
@@ -59,3 +63,42 @@ export const lineSvg = async (p: LinePlot): Promise<string> => {
 
 export const svgToPng = (svg: string, zoom = 2): Uint8Array =>
   new Resvg(svg, { background: "white", fitTo: { mode: "zoom", value: zoom } }).render().asPng()
+
+export interface ScatterPlot {
+  readonly title: string
+  readonly x: string
+  readonly y: string
+  readonly rows: ReadonlyArray<Record<string, number | string>>
+  /** One small panel per value of this field. */
+  readonly facet: string
+  readonly columns?: number
+  /** Side of each square panel, px. */
+  readonly size?: number
+  /** Fixed axis range [min, max] for x and y (panels then compare). */
+  readonly domain?: readonly [number, number]
+}
+
+/** Faceted scatter plots (the lab's samples per method). */
+export const scatterSvg = async (p: ScatterPlot): Promise<string> => {
+  const scale = p.domain === undefined ? {} : { scale: { domain: [...p.domain] } }
+  const spec = vl.compile({
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: p.title,
+    data: { values: p.rows as Array<Record<string, number | string>> },
+    facet: { field: p.facet, type: "nominal", sort: null, title: null },
+    columns: p.columns ?? 4,
+    spec: {
+      width: p.size ?? 160,
+      height: p.size ?? 160,
+      mark: { type: "circle", size: 6, opacity: 0.5 },
+      encoding: {
+        x: { field: p.x, type: "quantitative", ...scale },
+        y: { field: p.y, type: "quantitative", ...scale }
+      }
+    }
+  } as never).spec
+  const view = new vega.View(vega.parse(spec), { renderer: "none" })
+  const svg = await view.toSVG()
+  view.finalize()
+  return svg
+}

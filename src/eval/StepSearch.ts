@@ -46,7 +46,7 @@ import { Effect } from "effect"
 import * as Ddim from "../diffusion/Ddim.ts"
 import { attempt, type DiffusionError } from "../diffusion/DiffusionError.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
-import type * as Denoiser from "../model/Denoiser.ts"
+import * as Denoiser from "../model/Denoiser.ts"
 import { Reward } from "../reward/Reward.ts"
 import type { RewardError } from "../reward/RewardError.ts"
 import * as Generate from "./Generate.ts"
@@ -178,13 +178,13 @@ const checkOptions = (o: StepSearchOptions): ReadonlyArray<number> => {
 // ---------------------------------------------------------------------------
 
 /** The denoiser on at most `maxRows` rows per call. */
-const denoiseChunked = (denoise: GuidedDenoiser, x: tf.Tensor4D, t: number, prompts: ReadonlyArray<string>, maxRows: number): tf.Tensor4D => {
+const denoiseChunked = (denoise: GuidedDenoiser, x: tf.Tensor, t: number, prompts: ReadonlyArray<string>, maxRows: number): tf.Tensor => {
   if (x.shape[0] <= maxRows) return denoise(x, t, prompts)
   return tf.tidy(() => {
-    const parts: Array<tf.Tensor4D> = []
+    const parts: Array<tf.Tensor> = []
     for (let start = 0; start < x.shape[0]; start += maxRows) {
       const size = Math.min(maxRows, x.shape[0] - start)
-      const slice = tf.slice(x, [start, 0, 0, 0], [size, -1, -1, -1])
+      const slice = tf.slice(x, start, size)
       parts.push(denoise(slice, t, prompts.slice(start, start + size)))
     }
     return tf.concat(parts, 0)
@@ -192,11 +192,11 @@ const denoiseChunked = (denoise: GuidedDenoiser, x: tf.Tensor4D, t: number, prom
 }
 
 /** Rows `rows` of `x`. */
-const gatherRows = (x: tf.Tensor4D, rows: ReadonlyArray<number>): tf.Tensor4D =>
+const gatherRows = (x: tf.Tensor, rows: ReadonlyArray<number>): tf.Tensor =>
   tf.tidy(() => tf.gather(x, tf.tensor1d(rows as Array<number>, "int32")))
 
 /** The x0 prediction a DDIM step from (x, t) would use (clipped to [-1, 1]), as [0, 1] images. */
-const x0Images = (schedule: Schedule.Schedule, x: tf.Tensor4D, eps: tf.Tensor4D, t: number): Array<Float32Array> => {
+const x0Images = (schedule: Schedule.Schedule, x: tf.Tensor, eps: tf.Tensor, t: number): Array<Float32Array> => {
   const x0 = tf.tidy(() => Ddim.step({ schedule, eps, t, tPrev: -1, xt: x, eta: 0, clipSample: 1 }).x0Pred)
   try {
     return Generate.toUnitImages(x0)
@@ -231,7 +231,7 @@ const searchBatch = <E>(
 ): Effect.Effect<{ images: Array<Float32Array>; trace: Array<Array<SearchPoint>> }, E | DiffusionError> =>
   Effect.suspend(() => {
     // Tensors held across Effect boundaries (reward calls): released on any exit.
-    const live: { x?: tf.Tensor4D; eps?: tf.Tensor4D; cand?: tf.Tensor4D; candEps?: tf.Tensor4D } = {}
+    const live: { x?: tf.Tensor; eps?: tf.Tensor; cand?: tf.Tensor; candEps?: tf.Tensor } = {}
     const release = Effect.sync(() => {
       for (const v of Object.values(live)) v?.dispose()
     })
@@ -241,7 +241,7 @@ const searchBatch = <E>(
     const candPrompts = prompts.flatMap((p) => new Array<string>(B).fill(p))
     const trace: Array<Array<SearchPoint>> = prompts.map(() => [])
     return Effect.gen(function*() {
-      live.x = Generate.batchNoise(rngs, plan.shape(b)) as tf.Tensor4D
+      live.x = Generate.batchNoise(rngs, plan.shape(b)) as tf.Tensor
       for (let i = 0; i < grid.length; i++) {
         const t = grid[i]
         const tPrev = i + 1 < grid.length ? grid[i + 1] : -1
@@ -255,7 +255,7 @@ const searchBatch = <E>(
         if (j < 0) {
           // A plain DDIM step, as Ddim.sample (noise from the images' generators when eta > 0).
           const next = yield* attempt(() => {
-            const z = plan.eta > 0 ? Generate.batchNoise(rngs, x.shape) as tf.Tensor4D : undefined
+            const z = plan.eta > 0 ? Generate.batchNoise(rngs, x.shape) as tf.Tensor : undefined
             try {
               const r = Ddim.step({ schedule, eps, t, tPrev, xt: x, eta: plan.eta, noise: z, clipSample: 1 })
               r.x0Pred.dispose()
@@ -280,7 +280,7 @@ const searchBatch = <E>(
             const rows = tf.tensor1d(prompts.flatMap((_, k) => new Array<number>(B).fill(k)), "int32")
             const xs = tf.gather(x, rows)
             const z = Generate.batchNoise(noiseRngs, xs.shape)
-            return Ddim.step({ schedule, eps: tf.gather(eps, rows), t, tPrev, xt: xs, eta: plan.searchEta, noise: z as tf.Tensor4D, clipSample: 1 }).prevSample
+            return Ddim.step({ schedule, eps: tf.gather(eps, rows), t, tPrev, xt: xs, eta: plan.searchEta, noise: z as tf.Tensor, clipSample: 1 }).prevSample
           })
         )
         x.dispose()
@@ -335,7 +335,6 @@ export const stepSearchWith = <E>(
     const { sampler } = options
     const schedule = Schedule.make(model.config.schedule)
     const grid = yield* attempt(() => Ddim.timesteps(schedule.trainSteps, sampler.steps))
-    const a = model.config.architecture
     const plan: Plan = {
       schedule,
       grid,
@@ -345,7 +344,7 @@ export const stepSearchWith = <E>(
       branches: options.branches,
       seed: sampler.seed,
       maxRows: sampler.batchSize,
-      shape: (b) => [b, a.imageSize, a.imageSize, a.channels]
+      shape: (b) => [b, ...Denoiser.sampleShape(model.config)]
     }
     const counter = counted(options.denoise ?? modelDenoiser(model, sampler.cfg), sampler.cfg)
     const stats = { rewardEvals: 0, rewardCalls: 0 }

@@ -19,9 +19,39 @@ import { initParams } from "./Layers.ts"
 import { encode } from "./Tokenizer.ts"
 import * as Noise from "../diffusion/Noise.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
-import { forward, paramSpecs } from "./UNet.ts"
+import * as Mlp from "./Mlp.ts"
+import { forward } from "./UNet.ts"
 import type { UNetConfig } from "./UNetConfig.ts"
 import * as Weights from "./Weights.ts"
+
+/**
+ * A model directory's config: the ShapeWorld UNet, or the lab's MLP.
+ *
+ * @since 0.4.0
+ */
+export type ModelConfig = UNetConfig | Mlp.MlpConfig
+
+/** Whether a config is the UNet's (text-conditioned images). */
+export const isUNet = (c: ModelConfig): c is UNetConfig => c.format === "diffusion-sharpening/unet@1"
+
+/**
+ * The UNet config of a model, for image-only code (pretraining, FLOP counts);
+ * a defect for another architecture.
+ */
+export const unetConfig = (c: ModelConfig): UNetConfig => {
+  if (!isUNet(c)) throw new TypeError(`this needs a UNet model (${c.format} given)`)
+  return c
+}
+
+/**
+ * Shape of one sample in model space, without the batch axis: [H, W, C] for
+ * the UNet, [dim] for the MLP. Stages build noise and placeholders from it,
+ * so nothing downstream assumes images.
+ *
+ * @since 0.4.0
+ */
+export const sampleShape = (c: ModelConfig): Array<number> =>
+  isUNet(c) ? [c.architecture.imageSize, c.architecture.imageSize, c.architecture.channels] : [c.architecture.dim]
 
 /**
  * A model in memory. `params` are tf.Variables (trainable or frozen).
@@ -29,17 +59,17 @@ import * as Weights from "./Weights.ts"
  * @since 0.1.0
  */
 export interface Model {
-  readonly config: UNetConfig
+  readonly config: ModelConfig
   readonly params: Readonly<Record<string, tf.Variable>>
 }
 
 /** A freshly initialised model (seeded). */
-export const init = (config: UNetConfig, seed: number, trainable = true): Model => ({
+export const init = (config: ModelConfig, seed: number, trainable = true): Model => ({
   config,
-  params: ModelDir.variables(initParams(paramSpecs(config.architecture, config.vocabulary.length), Rng.fromSeed(seed)), trainable)
+  params: ModelDir.variables(initParams(Weights.specsOf(config), Rng.fromSeed(seed)), trainable)
 })
 
-export const fromStored = (config: UNetConfig, weights: Readonly<Record<string, StoredTensor>>, trainable = true): Model => ({
+export const fromStored = (config: ModelConfig, weights: Readonly<Record<string, StoredTensor>>, trainable = true): Model => ({
   config,
   params: ModelDir.fromStored(Weights.specsOf(config), weights, trainable)
 })
@@ -55,9 +85,9 @@ export const clone = (m: Model, trainable = false): Model => {
 
 export const dispose = (m: Model): void => ModelDir.disposeParams(m.params)
 
-export const parameterCount = (m: Model | UNetConfig): number => {
+export const parameterCount = (m: Model | ModelConfig): number => {
   const config = "params" in m ? m.config : m
-  return paramSpecs(config.architecture, config.vocabulary.length)
+  return Weights.specsOf(config)
     .reduce((a, s) => a + s.shape.reduce((x, y) => x * y, 1), 0)
 }
 
@@ -89,17 +119,20 @@ export const encodeInputs = (config: UNetConfig, x: tf.Tensor4D, t: ReadonlyArra
  *
  * @since 0.1.0
  */
-export const eps = (m: Model, x: tf.Tensor4D, t: number | ReadonlyArray<number>, prompts: ReadonlyArray<string>): tf.Tensor4D =>
+export const eps = <T extends tf.Tensor>(m: Model, x: T, t: number | ReadonlyArray<number>, prompts: ReadonlyArray<string>): T =>
   tf.tidy(() => {
     const ts = typeof t === "number" ? new Array(x.shape[0]).fill(t) : t
-    const out = forward(m.params, m.config.architecture, encodeInputs(m.config, x, ts, prompts))
-    return m.config.prediction === "v_prediction" ? Noise.epsFromV(scheduleOf(m.config), x, out, ts) : out
+    const c = m.config
+    const out = isUNet(c)
+      ? forward(m.params, c.architecture, encodeInputs(c, x as unknown as tf.Tensor4D, ts, prompts))
+      : Mlp.forward(m.params, c.architecture, x, ts)
+    return (m.config.prediction === "v_prediction" ? Noise.epsFromV(scheduleOf(m.config), x, out, ts) : out) as T
   })
 
-const schedules = new WeakMap<UNetConfig, Schedule.Schedule>()
+const schedules = new WeakMap<ModelConfig, Schedule.Schedule>()
 
 /** The model's noise schedule (computed once per config object). */
-export const scheduleOf = (config: UNetConfig): Schedule.Schedule => {
+export const scheduleOf = (config: ModelConfig): Schedule.Schedule => {
   let s = schedules.get(config)
   if (s === undefined) {
     s = Schedule.make(config.schedule)
@@ -114,13 +147,13 @@ export const scheduleOf = (config: UNetConfig): Schedule.Schedule => {
  *
  * @since 0.1.0
  */
-export const guidedEps = (m: Model, x: tf.Tensor4D, t: number, prompts: ReadonlyArray<string>, scale: number): tf.Tensor4D =>
+export const guidedEps = <T extends tf.Tensor>(m: Model, x: T, t: number | ReadonlyArray<number>, prompts: ReadonlyArray<string>, scale: number): T =>
   tf.tidy(() => {
     if (scale === 1) return eps(m, x, t, prompts)
     const b = x.shape[0]
-    const both = eps(m, tf.concat([x, x], 0) as tf.Tensor4D, t, [...prompts, ...prompts.map(() => "")])
+    const both = eps(m, tf.concat([x, x], 0), typeof t === "number" ? t : [...t, ...t], [...prompts, ...prompts.map(() => "")])
     const [c, u] = tf.split(both, [b, b], 0)
-    return tf.add(u, tf.mul(tf.sub(c, u), scale)) as tf.Tensor4D
+    return tf.add(u, tf.mul(tf.sub(c, u), scale)) as T
   })
 
 /**
@@ -144,7 +177,7 @@ export class Denoiser extends Context.Service<Denoiser, {
     )
 
   /** A seeded, freshly initialised model (tests, pretraining from scratch). */
-  static readonly fromInit = (config: UNetConfig, seed: number) =>
+  static readonly fromInit = (config: ModelConfig, seed: number) =>
     Layer.effect(
       Denoiser,
       Effect.andThen(Effect.service(Backend), Effect.map(Scoped.acquireWith(() => init(config, seed), dispose), (model) => Denoiser.of({ model })))

@@ -135,7 +135,7 @@ export const logProbs = (
       tf.concat(ks.map((k) => tf.gather(latents[k + offset], tf.tensor1d(items.filter((i) => i.k === k).map((i) => i.row), "int32"))), 0)
     const position = new Array<number>(items.length)
     grouped.forEach((j, p) => (position[j] = p))
-    const reorder = (x: tf.Tensor) => tf.gather(x, tf.tensor1d(position, "int32")) as tf.Tensor4D
+    const reorder = (x: tf.Tensor) => tf.gather(x, tf.tensor1d(position, "int32")) as tf.Tensor
     return stepLogProb(
       model,
       schedule,
@@ -177,7 +177,8 @@ export const objective = (o: DdpoOptions): Layer.Layer<Objective, never, Denoise
             const advantages = clipAdvantages(yield* tracker.update(prompts, rewards), o.advClip)
             // One optimiser step per minibatch; its loss in parts, each part
             // its pairs' share of the minibatch mean.
-            const steps = plan(rng, rows, t.rollout.logProbs.length, o).map((items) =>
+            const planned = plan(rng, rows, t.rollout.logProbs.length, o)
+            const steps = planned.map((items) =>
               Losses.microBatches(items.length, o.microBatch ?? 0).map((idx) => idx.map((i) => items[i])).map((part) => () =>
                 tf.tidy(() =>
                   tf.mul(
@@ -195,7 +196,9 @@ export const objective = (o: DdpoOptions): Layer.Layer<Objective, never, Denoise
             return {
               loss: steps[0],
               updates: steps.slice(1),
-              stats: { advantageAbsMean: advantages.reduce((a, x) => a + Math.abs(x), 0) / rows }
+              stats: { advantageAbsMean: advantages.reduce((a, x) => a + Math.abs(x), 0) / rows },
+              // One guided policy evaluation per (sample, step) pair trained.
+              nfe: planned.reduce((a, items) => a + items.length, 0) * (t.rollout.options.cfg === 1 ? 1 : 2)
             }
           })
       })

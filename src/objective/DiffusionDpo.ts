@@ -86,7 +86,8 @@ export const objective = (o: DiffusionDpoOptions): Layer.Layer<Objective, never,
                   const [modelW, modelL] = tf.split(rowErrors(model, t, rows), [b, b]) as [tf.Tensor1D, tf.Tensor1D]
                   return loss({ modelW, modelL, refW: ref.w, refL: ref.l }, o.beta)
                 }),
-              stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b }
+              stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b },
+              nfe: 4 * b
             }
           })
       })

@@ -10,7 +10,7 @@ import { Schema } from "effect"
 import * as Noise from "../diffusion/Noise.ts"
 import type * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
-import type { Trajectories } from "../trajectory/Trajectory.ts"
+import { rowTimesteps, type Trajectories } from "../trajectory/Trajectory.ts"
 
 /**
  * Epsilon target along a path.
@@ -43,24 +43,26 @@ export const pathBatch = (
   traj: Trajectories,
   rows: ReadonlyArray<number>,
   target: EpsTarget
-): { x: tf.Tensor4D; t: Array<number>; prompts: Array<string>; target: tf.Tensor4D } =>
+): { x: tf.Tensor; t: Array<number>; prompts: Array<string>; target: tf.Tensor } =>
   tf.tidy(() => {
     const idx = tf.tensor1d(rows as Array<number>, "int32")
     const items = rows.map((r) => r % traj.batch)
-    const x0 = tf.gather(traj.x0, tf.tensor1d(items, "int32")) as tf.Tensor4D
-    const xs: Array<tf.Tensor4D> = []
-    const targets: Array<tf.Tensor4D> = []
+    const x0 = tf.gather(traj.x0, tf.tensor1d(items, "int32")) as tf.Tensor
+    const xs: Array<tf.Tensor> = []
+    const targets: Array<tf.Tensor> = []
     const ts: Array<number> = []
     const prompts: Array<string> = []
-    const original = tf.gather(traj.noise, idx) as tf.Tensor4D
+    const original = tf.gather(traj.noise, idx) as tf.Tensor
     for (const step of traj.steps) {
-      const x = tf.gather(step.xt, idx) as tf.Tensor4D
+      const x = tf.gather(step.xt, idx) as tf.Tensor
+      const all = rowTimesteps(step, traj.n * traj.batch)
+      const t = rows.map((r) => all[r])
       xs.push(x)
-      targets.push(target === "original" ? original : Noise.epsFromX0(schedule, x, x0, step.t))
-      ts.push(...rows.map(() => step.t))
+      targets.push(target === "original" ? original : Noise.epsFromX0(schedule, x, x0, step.ts === undefined ? step.t : t))
+      ts.push(...t)
       prompts.push(...items.map((b) => traj.prompts[b]))
     }
-    return { x: tf.concat(xs, 0) as tf.Tensor4D, t: ts, prompts, target: tf.concat(targets, 0) as tf.Tensor4D }
+    return { x: tf.concat(xs, 0) as tf.Tensor, t: ts, prompts, target: tf.concat(targets, 0) as tf.Tensor }
   }) as never
 
 /**
@@ -83,7 +85,7 @@ export const microBatchesByRows = (batch: number, rowsPerItem: number, rows: num
   microBatches(batch, rows <= 0 ? 0 : Math.max(1, Math.floor(rows / rowsPerItem)))
 
 /** Per-item mean squared error over the m steps and pixels: [m*B] rows -> [B]. */
-const perItemMse = (pred: tf.Tensor4D, target: tf.Tensor4D, m: number, b: number): tf.Tensor1D =>
+const perItemMse = (pred: tf.Tensor, target: tf.Tensor, m: number, b: number): tf.Tensor1D =>
   tf.mean(tf.reshape(tf.squaredDifference(pred, target), [m, b, -1]), [0, 2]) as tf.Tensor1D
 
 /**

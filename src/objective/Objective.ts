@@ -32,6 +32,11 @@ export interface Prepared {
    * (DDPO's minibatches and inner epochs). Absent: one step per iteration.
    */
   readonly updates?: ReadonlyArray<Loss>
+  /**
+   * Model evaluations the objective spends (policy rows with gradient and
+   * reference rows), logged as `lossNfe` beside the sampling NFE.
+   */
+  readonly nfe?: number
 }
 
 /**
@@ -75,7 +80,8 @@ export class Objective extends Context.Service<Objective, {
               loss: Losses.microBatchesByRows(t.batch, t.steps.length, o.microBatchRows ?? 0).map((items) => () =>
                 tf.tidy(() => tf.mul(Losses.sftLoss(model, schedule, t, items.map((b) => best[b]), o.target), items.length / t.batch) as tf.Scalar)
               ),
-              stats: {}
+              stats: {},
+              nfe: t.steps.length * t.batch
             })
           }
         })
@@ -118,7 +124,8 @@ export class Objective extends Context.Service<Objective, {
                     return tf.mul(mean, items.length / b) as tf.Scalar
                   })
                 ),
-                stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b }
+                stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b },
+                nfe: 2 * b * (t.steps.length + refSteps)
               }
             })
         })

@@ -45,7 +45,7 @@ export const objective: Layer.Layer<Objective, never, Denoiser.Denoiser> = Layer
       name: "standard-finetune",
       prepare: (t) =>
         isNoisedSamples(t)
-          ? Effect.succeed({ loss: () => standardLoss(model, t), stats: {} })
+          ? Effect.succeed({ loss: () => standardLoss(model, t), stats: {}, nfe: t.n * t.batch })
           : Effect.die(new TypeError("standard fine-tuning needs single-timestep samples (NoisedSamples.generatorLayer)"))
     })
   })

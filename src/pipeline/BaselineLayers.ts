@@ -43,7 +43,8 @@ import { Checkpointer } from "./Checkpointer.ts"
 import { Metrics } from "./Metrics.ts"
 import * as PreferencePairs from "./PreferencePairs.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
-import { optimizerConfig, type Wiring } from "./SharpenLayers.ts"
+import * as SharpenLayers from "./SharpenLayers.ts"
+import { emaLayer, optimizerConfig, type Wiring } from "./SharpenLayers.ts"
 import { BatchSource } from "./Sources.ts"
 
 /**
@@ -110,6 +111,12 @@ export const unscored: Layer.Layer<TrajectoryScorer> = Layer.succeed(
   })
 )
 
+/**
+ * These baselines score finished samples (one "step" per row), so the
+ * image-level "final" aggregation is their plain reward.
+ */
+const sampleAggregation = (c: SharpenConfig) => (c.aggregation.kind === "final" ? { kind: "sum" as const } : c.aggregation)
+
 /** The run's frozen reference: the base model directory (also when resuming). */
 const referenceLayer = (model: string) => Reference.fromDir(model)
 
@@ -143,6 +150,7 @@ const stack = <GE, GR, SCE, SCR, OE, OR, SE, SR, XO, XE, XR>(
     parts.objective,
     parts.source,
     Optimizer.adamW({ ...optimizerConfig(c), totalSteps: c.iterations * parts.stepsPerIteration }),
+    emaLayer(c),
     metrics
   )
   return Checkpointer.layer(w.runDir, c.keepCheckpoints).pipe(Layer.provideMerge(stages), Layer.provideMerge(base))
@@ -163,7 +171,7 @@ export const standard = (c: SharpenConfig, w: Omit<Wiring<unknown, unknown>, "re
     generator: NoisedSamples.generatorLayer,
     scorer: unscored,
     objective: StandardFinetune.objective,
-    source: BatchSource.imageText(c.split),
+    source: w.source ?? BatchSource.imageText(c.split),
     extra: none,
     stepsPerIteration: 1
   })
@@ -178,7 +186,7 @@ export const diffusionDpo = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>, settin
   const s = Schema.decodeUnknownSync(DiffusionDpoSettings)({ ...diffusionDpoDefaults, ...settings })
   return stack(c, w, "diffusion-dpo", {
     generator: PreferencePairs.generatorLayer({ steps: c.onlineSteps, cfg: c.cfg }),
-    scorer: TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, Decoder.layer))),
+    scorer: TrajectoryScorer.layer(sampleAggregation(c)).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
     objective: DiffusionDpo.objective(s),
     source: PreferencePairs.promptSource(c.split),
     extra: referenceLayer(w.model),
@@ -197,12 +205,27 @@ export const ddpo = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>, settings: Part
   const s = Schema.decodeUnknownSync(DdpoSettings)({ ...ddpoDefaults, ...settings })
   return stack(c, w, "ddpo", {
     generator: PolicyRollout.generatorLayer({ n: c.n, steps: c.onlineSteps, cfg: c.cfg, eta: s.eta, clipSample: 1 }),
-    scorer: TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, Decoder.layer))),
+    scorer: TrajectoryScorer.layer(sampleAggregation(c)).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
     objective: Ddpo.objective(s),
     source: PreferencePairs.promptSource(c.split),
     extra: StatTracker.layer(s.tracker),
     stepsPerIteration: s.innerEpochs * s.minibatches
   })
+}
+
+/**
+ * RAFT (best-of-N fine-tuning; Dong et al. 2023): per prompt N = `n` fresh
+ * samples of the policy (paths from pure noise at the top of the grid, run
+ * to t = 0), the best by the reward of its final image kept, and the
+ * denoising loss on it. What a user would try first, and strong.
+ *
+ * @since 0.4.0
+ */
+export const raft = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) => {
+  return SharpenLayers.sft(
+    { ...c, preference: "image", m: 1, aggregation: { kind: "final" }, timestep: { kind: "top" }, timestepPer: "batch" },
+    { ...w, source: w.source ?? PreferencePairs.promptSource(c.split), label: w.label ?? "raft" }
+  )
 }
 
 /**

@@ -14,6 +14,7 @@ import { Context, Effect, FileSystem, Layer, Option, Path, Schema } from "effect
 import * as CheckpointDir from "../io/CheckpointDir.ts"
 import * as Safetensors from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
+import { Ema } from "../optim/Ema.ts"
 import { Optimizer } from "../optim/Optimizer.ts"
 import { StatTracker, StatTrackerState } from "../reward/Combinators.ts"
 import { RngState } from "../tensor/Random.ts"
@@ -53,6 +54,8 @@ export class Checkpointer extends Context.Service<Checkpointer, {
         const { rng } = yield* RandomSource
         const metrics = yield* Metrics
         const tracker = yield* Effect.serviceOption(StatTracker)
+        // The weight average, when the run keeps one (ema > 0).
+        const ema = Option.filter(yield* Effect.serviceOption(Ema), (e) => e.decay > 0)
         const context = yield* Effect.context<FileSystem.FileSystem | Path.Path>()
         const fs = yield* FileSystem.FileSystem
         const fail = (message: string) => new CheckpointDir.CheckpointError({ path: runDir, message })
@@ -70,7 +73,8 @@ export class Checkpointer extends Context.Service<Checkpointer, {
           return yield* CheckpointDir.save(runDir, iteration, {
             "policy.safetensors": Safetensors.encode(Denoiser.toStored(model)),
             "optimizer.safetensors": Safetensors.encode(opt.moments),
-            "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(State)(state)))
+            "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(State)(state))),
+            ...(Option.isSome(ema) ? { "ema.safetensors": Safetensors.encode(ema.value.state()) } : {})
           }, keep).pipe(Effect.mapError((e) => (e instanceof CheckpointDir.CheckpointError ? e : fail(String(e)))), Effect.provide(context))
         })
 
@@ -80,6 +84,12 @@ export class Checkpointer extends Context.Service<Checkpointer, {
           const bad = optimizer.restore({ step: st.optimizerStep, moments: yield* ck.readTensors("optimizer.safetensors") })
           if (bad !== undefined) {
             return yield* new CheckpointDir.CheckpointError({ path: `${ck.dir}/optimizer.safetensors`, message: `tensor "${bad}" missing or of the wrong size` })
+          }
+          if (Option.isSome(ema)) {
+            const badEma = ema.value.restore(yield* ck.readTensors("ema.safetensors"))
+            if (badEma !== undefined) {
+              return yield* new CheckpointDir.CheckpointError({ path: `${ck.dir}/ema.safetensors`, message: `tensor "${badEma}" missing or of the wrong size` })
+            }
           }
           rng.setState(st.rng)
           if (Option.isSome(tracker) && st.statTracker !== undefined) yield* tracker.value.restore(st.statTracker)

@@ -85,14 +85,15 @@ export const assignFlat = (params: Readonly<Record<string, tf.Variable>>, flat: 
  */
 export const lossAndGrads = (model: Denoiser.Model, s: Shard): { loss: number; grads: Record<string, tf.Tensor> } => {
   const schedule = Schedule.make(model.config.schedule)
-  const a = model.config.architecture
+  const config = Denoiser.unetConfig(model.config)
+  const a = config.architecture
   const shape: [number, number, number, number] = [s.batch, a.imageSize, a.imageSize, a.channels]
   const { grads, value } = paramGrads(() =>
     tf.tidy(() => {
       const x0 = tf.tensor4d(s.images, shape)
       const eps = tf.tensor4d(s.noise, shape)
       const xt = Noise.addNoise(schedule, x0, eps, s.t)
-      const inputs = Denoiser.encodeInputs(model.config, xt, s.t, s.prompts)
+      const inputs = Denoiser.encodeInputs(config, xt, s.t, s.prompts)
       const target = model.config.prediction === "v_prediction" ? Noise.vTarget(schedule, x0, eps, s.t) : eps
       return tf.mean(tf.squaredDifference(forward(model.params, a, inputs), target)) as tf.Scalar
     }), model.params)

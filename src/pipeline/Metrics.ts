@@ -22,7 +22,9 @@ export const IterationRecord = Schema.Struct({
   liveTensors: Schema.Int,
   nfe: Schema.Int,
   rewardCalls: Schema.Int,
-  rewardMargin: Schema.optional(Schema.Number)
+  rewardMargin: Schema.optional(Schema.Number),
+  /** Model evaluations of the objective (gradient and reference rows); `nfe` counts sampling only. */
+  lossNfe: Schema.optional(Schema.Int)
 })
 export type IterationRecord = typeof IterationRecord.Type
 

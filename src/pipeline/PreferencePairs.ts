@@ -57,10 +57,10 @@ export const drawPairs = (
   o: PairOptions
 ): NoisedSamples.NoisedSamples => {
   const b = prompts.length
-  const a = reference.config.architecture
+  const shape = Denoiser.sampleShape(reference.config)
   const rowPrompts = [...prompts, ...prompts]
-  const xT = Generate.normalTensor(rng, [2 * b, a.imageSize, a.imageSize, a.channels]) as tf.Tensor4D
-  let clean: tf.Tensor4D
+  const xT = Generate.normalTensor(rng, [2 * b, ...shape])
+  let clean: tf.Tensor
   try {
     clean = Ddim.sample({
       schedule,
@@ -74,8 +74,8 @@ export const drawPairs = (
   }
   const itemTimesteps = NoisedSamples.drawTimesteps(rng, schedule.trainSteps, b)
   const noise = tf.tidy(() => {
-    const half = Generate.normalTensor(rng, [b, a.imageSize, a.imageSize, a.channels])
-    return tf.concat([half, half], 0) as tf.Tensor4D
+    const half = Generate.normalTensor(rng, [b, ...shape])
+    return tf.concat([half, half], 0) as tf.Tensor
   })
   return NoisedSamples.make(schedule, { clean, noise, itemTimesteps, prompts, n: 2, nfe: pairNfe(b, o) })
 }
@@ -114,13 +114,13 @@ export const promptSource = (split: Split): Layer.Layer<BatchSource, never, Rand
     BatchSource,
     Effect.gen(function*() {
       const { rng } = yield* RandomSource
-      const a = (yield* Denoiser.Denoiser).model.config.architecture
+      const shape = Denoiser.sampleShape((yield* Denoiser.Denoiser).model.config)
       return BatchSource.of({
         name: `prompts-${split}`,
         next: (batchSize) =>
           Scoped.acquireWith(() => {
             const prompts = Array.from({ length: batchSize }, () => sample(rng, Dataset.sampleCategory(rng), split).text)
-            return { x0: tf.zeros([batchSize, a.imageSize, a.imageSize, a.channels]) as tf.Tensor4D, prompts, nfe: 0 }
+            return { x0: tf.zeros([batchSize, ...shape]), prompts, nfe: 0 }
           }, (b) => b.x0.dispose())
       })
     })

@@ -75,7 +75,7 @@ export const lrAt = (o: Pick<PretrainOptions, "lr" | "minLr" | "warmupSteps" | "
 /** The timesteps and noise of a batch, drawn in a fixed order (so resume is exact). */
 const drawShard = (schedule: Schedule.Schedule, model: Denoiser.Model, batch: Dataset.Batch, rng: Rng): DataParallel.Shard => {
   const b = batch.batchSize
-  const { channels, imageSize } = model.config.architecture
+  const { channels, imageSize } = Denoiser.unetConfig(model.config).architecture
   const t = Array.from({ length: b }, () => rng.int(schedule.trainSteps))
   const noise = rng.normals(b * imageSize * imageSize * channels)
   return { batch: b, images: batch.images, prompts: batch.prompts, t, noise }

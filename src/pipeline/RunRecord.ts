@@ -25,13 +25,14 @@ export const VERSION: string = pkg.version
 /**
  * Settings that do not change what is trained, so a resume may change them:
  * evaluation sizes, checkpoint cadence and retention, sample grids, and the
- * micro-batch (the same update in parts). `iterations` may change too (to
- * extend or shorten a run) unless the learning rate follows a cosine
- * schedule, whose length it sets.
+ * micro-batch (the same update in parts), the training-NFE budget (a stop,
+ * like `iterations`). `iterations` may change too (to extend or shorten a
+ * run) unless the learning rate follows a cosine schedule, whose length it
+ * sets.
  *
  * @since 0.1.0
  */
-export const MAY_CHANGE: ReadonlyArray<string> = ["evalPrompts", "evalSteps", "checkpointEvery", "sampleEvery", "keepCheckpoints", "microBatchRows"]
+export const MAY_CHANGE: ReadonlyArray<string> = ["evalPrompts", "evalSteps", "checkpointEvery", "sampleEvery", "keepCheckpoints", "microBatchRows", "trainingNfe"]
 
 /**
  * Reward options that only say how to reach a remote reward, not what it

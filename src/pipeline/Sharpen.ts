@@ -12,14 +12,16 @@
  *   R(tau_i) <- TrajectoryScorer       reward of every step's x0 estimate, summed (Eq. 7-8)
  *   w, l     <- PathSelector           best (and worst) trajectory per prompt
  *   L        <- Objective              Eq. 9 on tau_w (SFT) | Eq. 11 on (tau_w, tau_l) (RLHF)
- *   theta    <- Optimizer              AdamW step on grad L
+ *   theta    <- Optimizer              AdamW step on grad L (summed over `accumulate` batches)
+ *   theta'   <- Ema                    the weight average used for evaluation and saving
  *
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Context, Effect, Option } from "effect"
 import { Objective } from "../objective/Objective.ts"
-import { Optimizer } from "../optim/Optimizer.ts"
+import { Ema } from "../optim/Ema.ts"
+import { type Loss, Optimizer } from "../optim/Optimizer.ts"
 import { PathSelector } from "../trajectory/PathSelector.ts"
 import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
 import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
@@ -51,10 +53,11 @@ export type Interruptible = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.
 
 /**
  * One sharpening iteration; all its tensors are released when it ends.
- * Everything before the first optimiser step (batch, trajectories, rewards,
- * objective) runs through `interruptible`: inside `Effect.uninterruptibleMask`
- * pass its `restore`, so that an interruption abandons the iteration before
- * it changes the model, and never during its update.
+ * Everything before the first optimiser step (batches, trajectories,
+ * rewards, objective) runs through `interruptible`: inside
+ * `Effect.uninterruptibleMask` pass its `restore`, so that an interruption
+ * abandons the iteration before it changes the model, and never during its
+ * update.
  *
  * @since 0.1.0
  */
@@ -66,27 +69,54 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
   const selector = yield* PathSelector
   const objective = yield* Objective
   const optimizer = yield* Optimizer
+  const ema = yield* Effect.serviceOption(Ema)
+  // Absent from older configs built by hand: one batch per step.
+  const rounds = config.accumulate ?? 1
   return yield* Effect.scoped(Effect.gen(function*() {
-    const { batch, trajectories, scores, selection, prepared } = yield* interruptible(Effect.gen(function*() {
-      const batch = yield* source.next(config.batchSize)
-      const trajectories = yield* generator.generate(batch.x0, batch.prompts)
-      const scores = yield* scorer.score(trajectories)
-      const selection = selector.select(scores.trajectory)
-      const prepared = yield* objective.prepare(trajectories, selection, scores)
-      return { batch, trajectories, scores, selection, prepared }
+    // `accumulate` batches, each its share of one update (their gradients are summed).
+    const losses: Array<() => tf.Scalar> = []
+    const all: Array<number> = []
+    const best: Array<number> = []
+    const worst: Array<number> = []
+    const margins: Array<number> = []
+    let nfe = 0
+    let lossNfe = 0
+    let rewardCalls = 0
+    let updates: ReadonlyArray<Loss> = []
+    // Interruptible (see `loop`): nothing of the model has changed yet.
+    yield* interruptible(Effect.gen(function*() {
+      for (let r = 0; r < rounds; r++) {
+        const batch = yield* source.next(config.batchSize)
+        const trajectories = yield* generator.generate(batch.x0, batch.prompts)
+        const scores = yield* scorer.score(trajectories)
+        const selection = selector.select(scores.trajectory)
+        const prepared = yield* objective.prepare(trajectories, selection, scores)
+        if (rounds > 1 && (prepared.updates?.length ?? 0) > 0) {
+          return yield* Effect.die(new RangeError(`${objective.name} takes several steps per batch; accumulate must be 1`))
+        }
+        for (const part of typeof prepared.loss === "function" ? [prepared.loss] : prepared.loss) {
+          losses.push(rounds === 1 ? part : () => tf.tidy(() => tf.div(part(), rounds) as tf.Scalar))
+        }
+        updates = prepared.updates ?? []
+        all.push(...scores.trajectory.flat())
+        best.push(...selection.best.map((i, b) => scores.trajectory[i][b]))
+        worst.push(...selection.worst.map((i, b) => scores.trajectory[i][b]))
+        if (prepared.stats.rewardMargin !== undefined) margins.push(prepared.stats.rewardMargin)
+        nfe += batch.nfe + trajectories.nfe
+        lossNfe += prepared.nfe ?? 0
+        rewardCalls += scores.rewardCalls
+      }
     }))
-    const steps = [yield* optimizer.step(prepared.loss, index)]
-    for (const loss of prepared.updates ?? []) steps.push(yield* optimizer.step(loss, index))
+    const steps = [yield* optimizer.step(losses.length === 1 ? losses[0] : losses, index)]
+    for (const loss of updates) steps.push(yield* optimizer.step(loss, index))
+    if (Option.isSome(ema)) yield* ema.value.update
     // Several steps (Prepared.updates): their mean loss and gradient norm, the last lr.
     const update = steps.length === 1 ? steps[0] : {
       loss: stats(steps.map((s) => s.loss)).mean,
       gradNorm: stats(steps.map((s) => s.gradNorm)).mean,
       lr: steps[steps.length - 1].lr
     }
-    const all = scores.trajectory.flat()
     const { mean, std } = stats(all)
-    const best = selection.best.map((i, b) => scores.trajectory[i][b])
-    const worst = selection.worst.map((i, b) => scores.trajectory[i][b])
     return {
       iteration: index,
       loss: update.loss,
@@ -98,9 +128,10 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
       gradNorm: update.gradNorm,
       wallMs: 0,
       liveTensors: 0,
-      nfe: batch.nfe + trajectories.nfe,
-      rewardCalls: scores.rewardCalls,
-      ...(prepared.stats.rewardMargin !== undefined ? { rewardMargin: prepared.stats.rewardMargin } : {})
+      nfe,
+      rewardCalls,
+      ...(margins.length > 0 ? { rewardMargin: stats(margins).mean } : {}),
+      ...(lossNfe > 0 ? { lossNfe } : {})
     } satisfies IterationRecord
   })).pipe(Effect.map((r) => ({ ...r, wallMs: performance.now() - started, liveTensors: tf.memory().numTensors })))
 })
@@ -124,15 +155,19 @@ export const loop = Effect.fn("Sharpen.loop")(function*(config: SharpenConfig) {
   let done = yield* checkpointer.resume
   let saved = done
   yield* checkpointer.mark
+  const budget = config.trainingNfe ?? 0
+  let spent = (yield* metrics.records).reduce((a, r) => a + r.nfe + (r.lossNfe ?? 0), 0)
   const body = Effect.gen(function*() {
-    while (done < config.iterations) {
+    while (done < config.iterations && (budget === 0 || spent < budget)) {
       // Interruptible until the update starts; from there on (optimiser
       // steps, metrics line, checkpoint) it completes.
       yield* Effect.uninterruptibleMask((restore) =>
         Effect.gen(function*() {
-          yield* metrics.log(yield* iteration(config, done + 1, restore))
+          const record = yield* iteration(config, done + 1, restore)
+          yield* metrics.log(record)
           done += 1
-          if (done % config.checkpointEvery === 0 || done === config.iterations) {
+          spent += record.nfe + (record.lossNfe ?? 0)
+          if (done % config.checkpointEvery === 0 || done === config.iterations || (budget > 0 && spent >= budget)) {
             yield* checkpointer.save(done)
             saved = done
           }

@@ -12,7 +12,9 @@
 import { type FileSystem, Layer, type Path } from "effect"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Reference } from "../model/Reference.ts"
+import * as ImageLevel from "../objective/ImageLevel.ts"
 import { Objective } from "../objective/Objective.ts"
+import { Ema } from "../optim/Ema.ts"
 import { Optimizer } from "../optim/Optimizer.ts"
 import { Decoder } from "../reward/Decoder.ts"
 import type { Reward } from "../reward/Reward.ts"
@@ -24,6 +26,7 @@ import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
 import { Checkpointer } from "./Checkpointer.ts"
 import { Metrics } from "./Metrics.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
+import * as PreferencePairs from "./PreferencePairs.ts"
 import { BatchSource } from "./Sources.ts"
 
 export interface Wiring<RE, RR> {
@@ -39,15 +42,26 @@ export interface Wiring<RE, RR> {
   readonly label?: string
   /** Metrics sink (default: metrics.jsonl in runDir with a progress bar). */
   readonly metrics?: Layer.Layer<Metrics, never, FileSystem.FileSystem | Path.Path>
+  /**
+   * The data source (default: ShapeWorld renders for SFT, online samples of
+   * ShapeWorld prompts for RLHF); the lab gives its own points.
+   */
+  readonly source?: Layer.Layer<BatchSource, never, RandomSource | Denoiser.Denoiser>
+  /** Model space to what the reward scores (default: ShapeWorld's pixel decoder). */
+  readonly decoder?: Layer.Layer<Decoder>
+  /** Which paths to learn from (default: best and worst, `PathSelector.bestWorst`). */
+  readonly selector?: Layer.Layer<PathSelector>
 }
 
-const trajectoryOptions = (c: SharpenConfig) => ({
+export const trajectoryOptions = (c: SharpenConfig) => ({
   n: c.n,
   m: c.m,
   inferenceSteps: c.inferenceSteps,
   cfg: c.cfg,
   estimator: c.estimator,
-  timestep: c.timestep
+  timestep: c.timestep,
+  perPrompt: c.timestepPer === "prompt",
+  continuation: c.preference === "image" || c.aggregation.kind === "final"
 })
 
 /** The AdamW settings of a run (one optimiser step per iteration). */
@@ -63,6 +77,9 @@ export const optimizerConfig = (c: SharpenConfig) => ({
   totalSteps: c.iterations
 })
 
+/** The run's weight average (a no-op service when `ema` is 0). */
+export const emaLayer = (c: SharpenConfig) => Ema.layer(c.ema)
+
 /** Stages both algorithms share, given the source and objective layers. */
 const common = <RE, RR, OE, OR, SE, SR>(
   c: SharpenConfig,
@@ -75,11 +92,12 @@ const common = <RE, RR, OE, OR, SE, SR>(
   const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? "sharpen")
   const stages = Layer.mergeAll(
     TrajectoryGenerator.layer(trajectoryOptions(c)),
-    TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, Decoder.layer))),
-    PathSelector.bestWorst,
+    TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
+    w.selector ?? PathSelector.bestWorst,
     objective,
-    source,
+    w.source ?? source,
     Optimizer.adamW(optimizerConfig(c)),
+    emaLayer(c),
     metrics
   )
   const checkpointer = Checkpointer.layer(w.runDir, c.keepCheckpoints)
@@ -92,7 +110,14 @@ const common = <RE, RR, OE, OR, SE, SR>(
  * @since 0.1.0
  */
 export const sft = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
-  common(c, w, Objective.sft({ target: c.target, microBatchRows: c.microBatchRows }), BatchSource.imageText(c.split))
+  common(
+    c,
+    w,
+    c.preference === "image"
+      ? ImageLevel.sft({ microBatchRows: c.microBatchRows })
+      : Objective.sft({ target: c.target, microBatchRows: c.microBatchRows }),
+    BatchSource.imageText(c.split)
+  )
 
 /**
  * RLHF-Diffusion-Sharpening: online samples, Eq. 11 against the frozen base model.
@@ -103,9 +128,13 @@ export const rlhf = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
   common(
     c,
     w,
-    Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps, microBatchRows: c.microBatchRows }).pipe(
-      // The reference is always the base model directory, also when resuming.
-      Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))
-    ),
-    BatchSource.online({ split: c.split, steps: c.onlineSteps, cfg: c.cfg })
+    (c.preference === "image"
+      ? ImageLevel.rlhf({ beta: c.dpoBeta, margin: c.margin, microBatchRows: c.microBatchRows })
+      : Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps, microBatchRows: c.microBatchRows })).pipe(
+        // The reference is always the base model directory, also when resuming.
+        Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))
+      ),
+    c.start === "noise"
+      ? PreferencePairs.promptSource(c.split)
+      : BatchSource.online({ split: c.split, steps: c.onlineSteps, cfg: c.cfg })
   )

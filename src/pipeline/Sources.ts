@@ -18,8 +18,8 @@ import { RandomSource } from "../tensor/RandomSource.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 
 export interface Batch {
-  /** Clean images in model space [-1, 1], [B, 32, 32, 3]. */
-  readonly x0: tf.Tensor4D
+  /** Clean samples in model space, [B, ...sampleShape] (ShapeWorld: [B, 32, 32, 3] in [-1, 1]). */
+  readonly x0: tf.Tensor
   readonly prompts: ReadonlyArray<string>
   /** Model evaluations spent producing the batch. */
   readonly nfe: number
@@ -64,7 +64,7 @@ export class BatchSource extends Context.Service<BatchSource, {
         const { rng } = yield* RandomSource
         const { model } = yield* Denoiser.Denoiser
         const schedule = Schedule.make(model.config.schedule)
-        const a = model.config.architecture
+        const shape = Denoiser.sampleShape(model.config)
         const fixed = options.prompts
         if (fixed !== undefined && fixed.length === 0) throw new RangeError("BatchSource.online: an empty prompt list")
         let cursor = 0
@@ -75,7 +75,7 @@ export class BatchSource extends Context.Service<BatchSource, {
               const prompts = fixed === undefined
                 ? Array.from({ length: batchSize }, () => sample(rng, Dataset.sampleCategory(rng), options.split).text)
                 : Array.from({ length: batchSize }, () => fixed[cursor++ % fixed.length])
-              const xT = Generate.normalTensor(rng, [batchSize, a.imageSize, a.imageSize, a.channels]) as tf.Tensor4D
+              const xT = Generate.normalTensor(rng, [batchSize, ...shape])
               const x0 = Ddim.sample({
                 schedule,
                 denoise: (x, t) => Denoiser.guidedEps(model, x, t, prompts, options.cfg),

@@ -85,6 +85,27 @@ export class Decoder extends Context.Service<Decoder, DecoderService>()("sharpen
     decodeTensor: (x) => tf.tidy(() => tf.clipByValue(tf.div(tf.add(x, 1), 2), 0, 1) as tf.Tensor4D)
   }
 
+  /**
+   * Points (the 2-D lab): model space times `scale`, any length, finite
+   * values required. The lab trains in [-1, 1] (the samplers clip there)
+   * and scores in its own units.
+   */
+  static readonly scaled = (scale: number): Layer.Layer<Decoder> =>
+    Layer.succeed(Decoder, {
+      name: `scaled-${scale}`,
+      decode: Effect.fn("Decoder.decode")(function*(samples: ReadonlyArray<Float32Array>) {
+        const out: Array<Float32Array> = []
+        for (let i = 0; i < samples.length; i++) {
+          if (!samples[i].every(Number.isFinite)) {
+            return yield* new RewardInputError({ reward: "decoder", field: "samples", index: i, message: `sample ${i} has a non-finite value (the model diverged?)` })
+          }
+          out.push(samples[i].map((v) => v * scale))
+        }
+        return out as ReadonlyArray<Float32Array>
+      }),
+      decodeTensor: (x) => tf.tidy(() => tf.mul(x, scale) as tf.Tensor4D)
+    })
+
   /** The pixel-space decoder (the project's UNet). */
   static readonly layer: Layer.Layer<Decoder> = Layer.succeed(Decoder, Decoder.pixel)
 

@@ -90,7 +90,8 @@ const finiteImage = (image: Float32Array): boolean => {
 export const checkInput = (
   reward: string,
   images: ReadonlyArray<Float32Array>,
-  prompts: ReadonlyArray<string>
+  prompts: ReadonlyArray<string>,
+  sampleLength: number = IMAGE_LENGTH
 ): RewardInputError | undefined => {
   if (images.length !== prompts.length) {
     return new RewardInputError({
@@ -101,12 +102,14 @@ export const checkInput = (
   }
   for (let i = 0; i < images.length; i++) {
     const image = images[i]
-    if (!(image instanceof Float32Array) || image.length !== IMAGE_LENGTH) {
+    if (!(image instanceof Float32Array) || image.length !== sampleLength) {
       return new RewardInputError({
         reward,
         field: "images",
         index: i,
-        message: `image ${i} has ${image?.length ?? 0} values, expected 32x32x3 = ${IMAGE_LENGTH}`
+        message: sampleLength === IMAGE_LENGTH
+          ? `image ${i} has ${image?.length ?? 0} values, expected 32x32x3 = ${IMAGE_LENGTH}`
+          : `sample ${i} has ${image?.length ?? 0} values, expected ${sampleLength}`
       })
     }
     if (!finiteImage(image)) {
@@ -161,12 +164,16 @@ export const checkOutput = (
 export const make = (
   metadata: RewardMetadata,
   score: ScoreFn,
-  options: { readonly scoreTensor?: RewardService["scoreTensor"] } = {}
+  options: {
+    readonly scoreTensor?: RewardService["scoreTensor"]
+    /** Values per sample (default 32 x 32 x 3: an image); the lab's points have 2. */
+    readonly sampleLength?: number
+  } = {}
 ): RewardService => {
   const name = metadata.name
   const checked = Effect.fn("Reward.score")(function*(images: ReadonlyArray<Float32Array>, prompts: ReadonlyArray<string>) {
     yield* Effect.annotateCurrentSpan({ reward: name, batch: images.length })
-    const bad = checkInput(name, images, prompts)
+    const bad = checkInput(name, images, prompts, options.sampleLength)
     if (bad !== undefined) return yield* bad
     if (images.length === 0) return [] as ReadonlyArray<number>
     const rewards = yield* score(images, prompts)

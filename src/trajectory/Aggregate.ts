@@ -15,6 +15,11 @@ export const Aggregation = Schema.Union([
   Schema.Struct({ kind: Schema.Literal("mean") }),
   /** Only the last step's estimate. */
   Schema.Struct({ kind: Schema.Literal("last") }),
+  /**
+   * The reward of each path's final image (needs paths continued to t = 0,
+   * `continuation`); the scorer then scores the finals only.
+   */
+  Schema.Struct({ kind: Schema.Literal("final") }),
   /** sum_k gamma^(m-1-k) R_k: later (cleaner) estimates weigh more. */
   Schema.Struct({ kind: Schema.Literal("discounted"), gamma: Schema.Number.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1)) })
 ])
@@ -34,6 +39,7 @@ export const aggregate = (perStep: ReadonlyArray<ReadonlyArray<number>>, n: numb
       case "mean":
         return 1 / m
       case "last":
+      case "final":
         return k === m - 1 ? 1 : 0
       case "discounted":
         return how.gamma ** (m - 1 - k)

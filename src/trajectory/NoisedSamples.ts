@@ -30,7 +30,7 @@ import { TrajectoryGenerator } from "./TrajectoryGenerator.ts"
 export interface NoisedSamples extends Trajectories {
   readonly kind: "noised"
   /** The clean image of every row, [n*B, H, W, C] (also `steps[0].x0`). */
-  readonly clean: tf.Tensor4D
+  readonly clean: tf.Tensor
   /** The training timestep of every row (`steps[0].t` is row 0's). */
   readonly timesteps: ReadonlyArray<number>
 }
@@ -48,8 +48,8 @@ export const isNoisedSamples = (t: Trajectories): t is NoisedSamples => (t as Pa
 export const make = (
   schedule: Schedule.Schedule,
   o: {
-    readonly clean: tf.Tensor4D
-    readonly noise: tf.Tensor4D
+    readonly clean: tf.Tensor
+    readonly noise: tf.Tensor
     /** One training timestep per item, [B]. */
     readonly itemTimesteps: ReadonlyArray<number>
     readonly prompts: ReadonlyArray<string>
@@ -63,7 +63,7 @@ export const make = (
   const timesteps = Array.from({ length: o.n * b }, (_, r) => o.itemTimesteps[r % b])
   const { x0, xt } = tf.tidy(() => ({
     xt: Noise.addNoise(schedule, o.clean, o.noise, timesteps),
-    x0: tf.slice(o.clean, [0, 0, 0, 0], [b, -1, -1, -1]) as tf.Tensor4D
+    x0: tf.slice(o.clean, 0, b)
   }))
   return {
     kind: "noised",
@@ -98,8 +98,8 @@ export const drawTimesteps = (rng: Rng, trainSteps: number, count: number): Arra
 export const rowErrors = (model: Denoiser.Model, s: NoisedSamples, rows: ReadonlyArray<number>): tf.Tensor1D =>
   tf.tidy(() => {
     const idx = tf.tensor1d(rows as Array<number>, "int32")
-    const x = tf.gather(s.steps[0].xt, idx) as tf.Tensor4D
-    const target = tf.gather(s.noise, idx) as tf.Tensor4D
+    const x = tf.gather(s.steps[0].xt, idx) as tf.Tensor
+    const target = tf.gather(s.noise, idx) as tf.Tensor
     const pred = Denoiser.eps(model, x, rows.map((r) => s.timesteps[r]), rows.map((r) => s.prompts[r % s.batch]))
     return tf.mean(tf.reshape(tf.squaredDifference(pred, target), [rows.length, -1]), 1) as tf.Tensor1D
   })
@@ -124,7 +124,7 @@ export const generatorLayer = Layer.effect(
           const b = x0.shape[0]
           if (prompts.length !== b) throw new RangeError(`${prompts.length} prompts for a batch of ${b}`)
           const itemTimesteps = drawTimesteps(rng, schedule.trainSteps, b)
-          const noise = Generate.normalTensor(rng, x0.shape) as tf.Tensor4D
+          const noise = Generate.normalTensor(rng, x0.shape) as tf.Tensor
           return make(schedule, { clean: x0.clone(), noise, itemTimesteps, prompts, n: 1, nfe: 0 }) as Trajectories
         }, (t) => dispose(t as NoisedSamples)).pipe(Effect.withSpan("NoisedSamples.generate"))
     })

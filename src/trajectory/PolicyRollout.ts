@@ -49,7 +49,7 @@ export interface Rollout {
   /** The DDIM grid t_0 > ... > t_{T-1}; step k goes t_k -> t_{k+1} (-1 after the last). */
   readonly timesteps: ReadonlyArray<number>
   /** States x_{t_0} (pure noise) ... x_{t_{T-1}}, then the final sample: T + 1 tensors of [n*B, H, W, C]. */
-  readonly latents: ReadonlyArray<tf.Tensor4D>
+  readonly latents: ReadonlyArray<tf.Tensor>
   /** logProbs[k][r]: log pi of step k of row r under the sampling policy, for the T - 1 stochastic steps. */
   readonly logProbs: ReadonlyArray<ReadonlyArray<number>>
   readonly options: RolloutOptions
@@ -75,17 +75,17 @@ export const dispose = (t: RolloutTrajectories): void => {
  */
 export const guidedEpsPerItem = (
   model: Denoiser.Model,
-  x: tf.Tensor4D,
+  x: tf.Tensor,
   ts: ReadonlyArray<number>,
   prompts: ReadonlyArray<string>,
   scale: number
-): tf.Tensor4D =>
+): tf.Tensor =>
   tf.tidy(() => {
     if (scale === 1) return Denoiser.eps(model, x, ts, prompts)
     const b = x.shape[0]
-    const both = Denoiser.eps(model, tf.concat([x, x], 0) as tf.Tensor4D, [...ts, ...ts], [...prompts, ...prompts.map(() => "")])
+    const both = Denoiser.eps(model, tf.concat([x, x], 0) as tf.Tensor, [...ts, ...ts], [...prompts, ...prompts.map(() => "")])
     const [c, u] = tf.split(both, [b, b], 0)
-    return tf.add(u, tf.mul(tf.sub(c, u), scale)) as tf.Tensor4D
+    return tf.add(u, tf.mul(tf.sub(c, u), scale)) as tf.Tensor
   })
 
 /**
@@ -101,11 +101,11 @@ export const stepLogProb = (
   model: Denoiser.Model,
   schedule: Schedule.Schedule,
   o: Pick<RolloutOptions, "cfg" | "eta" | "clipSample">,
-  x: tf.Tensor4D,
+  x: tf.Tensor,
   ts: ReadonlyArray<number>,
   tPrevs: ReadonlyArray<number>,
   prompts: ReadonlyArray<string>,
-  next: tf.Tensor4D
+  next: tf.Tensor
 ): tf.Tensor1D =>
   tf.tidy(() => {
     const eps = guidedEpsPerItem(model, x, ts, prompts, o.cfg)
@@ -132,20 +132,19 @@ export const rollout = (
   if (!(o.eta > 0)) throw new RangeError(`DDPO needs stochastic steps (eta > 0), got eta = ${o.eta}`)
   const b = prompts.length
   const rows = o.n * b
-  const a = model.config.architecture
-  const shape = [rows, a.imageSize, a.imageSize, a.channels]
+  const shape = [rows, ...Denoiser.sampleShape(model.config)]
   const rowPrompts = Array.from({ length: rows }, (_, r) => prompts[r % b])
   const grid = Ddim.timesteps(schedule.trainSteps, o.steps)
-  const latents: Array<tf.Tensor4D> = [Generate.normalTensor(rng, shape) as tf.Tensor4D]
+  const latents: Array<tf.Tensor> = [Generate.normalTensor(rng, shape) as tf.Tensor]
   const logProbs: Array<ReadonlyArray<number>> = []
-  let lastEps: tf.Tensor4D | undefined
+  let lastEps: tf.Tensor | undefined
   try {
     for (let k = 0; k < grid.length; k++) {
       const x = latents[k]
       const ts = new Array<number>(rows).fill(grid[k])
       const tPrevs = new Array<number>(rows).fill(k + 1 < grid.length ? grid[k + 1] : -1)
       const stochastic = k + 1 < grid.length
-      const z = stochastic ? (Generate.normalTensor(rng, shape) as tf.Tensor4D) : undefined
+      const z = stochastic ? (Generate.normalTensor(rng, shape) as tf.Tensor) : undefined
       let std: number | ReadonlyArray<number> = 0
       const out = tf.tidy(() => {
         const eps = guidedEpsPerItem(model, x, ts, rowPrompts, o.cfg)
@@ -171,13 +170,13 @@ export const rollout = (
     throw e
   }
   const final = latents[latents.length - 1]
-  const x0 = tf.tidy(() => tf.clipByValue(final, -1, 1) as tf.Tensor4D)
+  const x0 = tf.tidy(() => tf.clipByValue(final, -1, 1) as tf.Tensor)
   return {
     kind: "rollout",
     n: o.n,
     batch: b,
     prompts,
-    x0: tf.tidy(() => tf.slice(x0, [0, 0, 0, 0], [b, -1, -1, -1]) as tf.Tensor4D),
+    x0: tf.tidy(() => tf.slice(x0, 0, b)),
     noise: latents[0],
     steps: [{ t: -1, xt: final, eps: lastEps!, x0 }],
     nfe: rows * o.steps * (o.cfg === 1 ? 1 : 2),

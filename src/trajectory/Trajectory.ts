@@ -35,7 +35,9 @@ export const TimestepChoice = Schema.Union([
   /** Uniform over the sampler grid, keeping all m steps above clean data. */
   Schema.Struct({ kind: Schema.Literal("uniform") }),
   /** Uniform over grid timesteps within [min, max]. */
-  Schema.Struct({ kind: Schema.Literal("range"), min: Schema.Int, max: Schema.Int })
+  Schema.Struct({ kind: Schema.Literal("range"), min: Schema.Int, max: Schema.Int }),
+  /** The top of the grid: paths from (almost) pure noise, i.e. fresh samples. */
+  Schema.Struct({ kind: Schema.Literal("top") })
 ])
 export type TimestepChoice = typeof TimestepChoice.Type
 
@@ -50,16 +52,30 @@ export interface TrajectoryOptions {
   readonly cfg: number
   readonly estimator: Estimator
   readonly timestep: TimestepChoice
+  /**
+   * Draw the start timestep per prompt (from `timestep`'s range) instead of
+   * once per batch (the paper's code). Default false.
+   */
+  readonly perPrompt?: boolean
+  /**
+   * Continue every path to t = 0 (DDIM eta 0, same grid and guidance), so
+   * each path ends in its own final image (`Trajectories.final`): the
+   * image-level variants compare those. Default false (the paper).
+   */
+  readonly continuation?: boolean
 }
 
 export interface Step {
+  /** Timestep of row 0 (of every row unless `ts` is given). */
   readonly t: number
+  /** Per-row timesteps, when the start timestep is drawn per prompt. */
+  readonly ts?: ReadonlyArray<number>
   /** x_{t_k}, [n*B, H, W, C]. */
-  readonly xt: tf.Tensor4D
+  readonly xt: tf.Tensor
   /** Guided noise prediction at x_{t_k}. */
-  readonly eps: tf.Tensor4D
+  readonly eps: tf.Tensor
   /** The x0 estimate c(x_{t_k}, t_k), clipped to [-1, 1]. */
-  readonly x0: tf.Tensor4D
+  readonly x0: tf.Tensor
 }
 
 export interface Trajectories {
@@ -68,10 +84,12 @@ export interface Trajectories {
   /** One prompt per batch item. */
   readonly prompts: ReadonlyArray<string>
   /** The clean images the paths start from, [B, H, W, C]. */
-  readonly x0: tf.Tensor4D
+  readonly x0: tf.Tensor
   /** The n noises, [n*B, H, W, C] (the reference code's epsilon target). */
-  readonly noise: tf.Tensor4D
+  readonly noise: tf.Tensor
   readonly steps: ReadonlyArray<Step>
+  /** With `continuation`: every path's final image at t = 0, [n*B, ...]. */
+  readonly final?: tf.Tensor
   /** Model evaluations spent (one per image per network call, guidance counts 2). */
   readonly nfe: number
 }
@@ -80,7 +98,11 @@ export const dispose = (t: Trajectories): void => {
   t.x0.dispose()
   t.noise.dispose()
   for (const s of t.steps) tf.dispose([s.xt, s.eps, s.x0])
+  t.final?.dispose()
 }
+
+/** The timestep of every row of a step. */
+export const rowTimesteps = (s: Step, rows: number): ReadonlyArray<number> => s.ts ?? new Array<number>(rows).fill(s.t)
 
 /** Spacing of the sampler grid in training timesteps. */
 export const stride = (trainSteps: number, inferenceSteps: number): number => Math.floor(trainSteps / inferenceSteps)
@@ -95,7 +117,7 @@ export const startTimesteps = (trainSteps: number, o: Pick<TrajectoryOptions, "m
   const ratio = stride(trainSteps, o.inferenceSteps)
   const grid = Ddim.timesteps(trainSteps, o.inferenceSteps).filter((t) => t - (o.m - 1) * ratio >= 0)
   const range = o.timestep
-  return range.kind === "range" ? grid.filter((t) => t >= range.min && t <= range.max) : grid
+  return range.kind === "range" ? grid.filter((t) => t >= range.min && t <= range.max) : range.kind === "top" ? grid.slice(0, 1) : grid
 }
 
 /**
@@ -110,7 +132,7 @@ export const chooseTimestep = (rng: Rng, trainSteps: number, o: Pick<TrajectoryO
   return allowed[rng.int(allowed.length)]
 }
 
-const repeatRows = (x: tf.Tensor4D, n: number): tf.Tensor4D => tf.tidy(() => tf.concat(Array.from({ length: n }, () => x), 0) as tf.Tensor4D)
+const repeatRows = (x: tf.Tensor, n: number): tf.Tensor => tf.tidy(() => tf.concat(Array.from({ length: n }, () => x), 0) as tf.Tensor)
 
 /**
  * Generate the trajectories of Algorithms 1-2 (no gradient).
@@ -120,7 +142,7 @@ const repeatRows = (x: tf.Tensor4D, n: number): tf.Tensor4D => tf.tidy(() => tf.
 export const generate = (
   model: Denoiser.Model,
   schedule: Schedule.Schedule,
-  x0: tf.Tensor4D,
+  x0: tf.Tensor,
   prompts: ReadonlyArray<string>,
   rng: Rng,
   o: TrajectoryOptions
@@ -128,41 +150,108 @@ export const generate = (
   const b = x0.shape[0]
   if (prompts.length !== b) throw new RangeError(`${prompts.length} prompts for a batch of ${b}`)
   const ratio = stride(schedule.trainSteps, o.inferenceSteps)
-  const t0 = chooseTimestep(rng, schedule.trainSteps, o)
+  // One draw per batch keeps the faithful runs' random stream unchanged.
+  const itemT0 = o.perPrompt === true
+    ? Array.from({ length: b }, () => chooseTimestep(rng, schedule.trainSteps, o))
+    : new Array<number>(b).fill(chooseTimestep(rng, schedule.trainSteps, o))
+  if (o.perPrompt === true && o.estimator.kind === "pf-ode" && o.estimator.k > 1) {
+    throw new RangeError("the pf-ode estimator needs one start timestep per batch (perPrompt false)")
+  }
   const rows = o.n * b
   const allPrompts = Array.from({ length: rows }, (_, r) => prompts[r % b])
-  const noise = Generate.normalTensor(rng, [rows, ...x0.shape.slice(1)]) as tf.Tensor4D
-  const perCall = rows * (o.cfg === 1 ? 1 : 2)
+  const uniform = itemT0.every((t) => t === itemT0[0])
+  // Scalar timesteps when all rows agree: the same kernels as before per-prompt draws existed.
+  const asArg = (ts: ReadonlyArray<number>): number | ReadonlyArray<number> => (ts.every((t) => t === ts[0]) ? ts[0] : ts)
+  let rowT: Array<number> = Array.from({ length: rows }, (_, r) => itemT0[r % b])
+  const noise = Generate.normalTensor(rng, [rows, ...x0.shape.slice(1)])
+  const guidance = o.cfg === 1 ? 1 : 2
   let nfe = 0
-  const denoise = (x: tf.Tensor4D, t: number) => {
-    nfe += perCall
-    return Denoiser.guidedEps(model, x, t, allPrompts, o.cfg)
+  const denoise = (x: tf.Tensor, t: number | ReadonlyArray<number>, p: ReadonlyArray<string> = allPrompts) => {
+    nfe += x.shape[0] * guidance
+    return Denoiser.guidedEps(model, x, t, p, o.cfg)
   }
+  const down = (t: number) => (t - ratio >= 0 ? t - ratio : -1)
   const steps: Array<Step> = []
-  let x = tf.tidy(() => Noise.addNoise(schedule, repeatRows(x0, o.n), noise, t0))
+  let x = tf.tidy(() => Noise.addNoise(schedule, repeatRows(x0, o.n), noise, uniform ? itemT0[0] : rowT))
+  let final: tf.Tensor | undefined
   try {
     for (let k = 0; k < o.m; k++) {
-      const t = t0 - k * ratio
+      const t = asArg(rowT)
       const eps = denoise(x, t)
       const estimate = o.estimator.kind === "tweedie" || o.estimator.k === 1
         ? Estimators.tweedie(schedule, x, eps, t)
-        : Estimators.pfOde({ schedule, denoise, xt: x, t, k: Math.min(o.estimator.k, t + 1), epsAtT: eps })
-      const x0k = tf.tidy(() => tf.clipByValue(estimate, -1, 1) as tf.Tensor4D)
+        : Estimators.pfOde({ schedule, denoise, xt: x, t: rowT[0], k: Math.min(o.estimator.k, rowT[0] + 1), epsAtT: eps })
+      const x0k = tf.tidy(() => tf.clipByValue(estimate, -1, 1))
       estimate.dispose()
-      steps.push({ t, xt: x, eps, x0: x0k })
+      steps.push({ t: rowT[0], ...(typeof t === "number" ? {} : { ts: rowT.slice() }), xt: x, eps, x0: x0k })
       if (k + 1 < o.m) {
-        const r = Ddim.step({ schedule, eps, t, tPrev: t - ratio >= 0 ? t - ratio : -1, xt: x, eta: 0, clipSample: 1 })
+        const r = Ddim.step({ schedule, eps, t, tPrev: asArg(rowT.map(down)), xt: x, eta: 0, clipSample: 1 })
         tf.dispose([r.x0Pred, r.mean])
         x = r.prevSample
+        rowT = rowT.map(down)
       }
     }
+    if (o.continuation === true) final = continueToZero(schedule, steps[steps.length - 1], rowT, allPrompts, down, denoise)
   } catch (e) {
     for (const s of steps) tf.dispose([s.xt, s.eps, s.x0])
     if (!steps.some((s) => s.xt === x)) x.dispose()
     noise.dispose()
     throw e
   }
-  return { n: o.n, batch: b, prompts, x0: x0.clone(), noise, steps, nfe }
+  return { n: o.n, batch: b, prompts, x0: x0.clone(), noise, steps, nfe, ...(final === undefined ? {} : { final }) }
+}
+
+/**
+ * DDIM (eta 0) from the last recorded step to clean data, every row on its
+ * own grid; rows that reach t = 0 sooner (a lower start) wait for the others.
+ * Returns the final samples (clipped to [-1, 1] by the last step).
+ */
+const continueToZero = (
+  schedule: Schedule.Schedule,
+  last: Step,
+  start: ReadonlyArray<number>,
+  prompts: ReadonlyArray<string>,
+  down: (t: number) => number,
+  denoise: (x: tf.Tensor, t: number | ReadonlyArray<number>, p: ReadonlyArray<string>) => tf.Tensor
+): tf.Tensor => {
+  let rowT = start.slice()
+  let x = last.xt.clone()
+  let eps: tf.Tensor | undefined = last.eps.clone()
+  let active = rowT.map((_, r) => r)
+  try {
+    while (active.length > 0) {
+      const idx = tf.tensor1d(active, "int32")
+      const ts = active.map((r) => rowT[r])
+      const next = tf.tidy(() => {
+        const xa = active.length === rowT.length ? x : tf.gather(x, idx)
+        const r = Ddim.step({ schedule, eps: eps!, t: ts, tPrev: ts.map(down), xt: xa, eta: 0, clipSample: 1 })
+        if (active.length === rowT.length) return r.prevSample
+        // Put the stepped rows back in place: [stepped; waiting] rows, gathered in row order.
+        const waiting = rowT.map((_, q) => q).filter((q) => !active.includes(q))
+        const order = [...active, ...waiting]
+        const position = new Array<number>(order.length)
+        order.forEach((q, k) => (position[q] = k))
+        const both = tf.concat([r.prevSample, tf.gather(x, tf.tensor1d(waiting, "int32"))], 0)
+        return tf.gather(both, tf.tensor1d(position, "int32"))
+      })
+      idx.dispose()
+      eps.dispose()
+      eps = undefined
+      x.dispose()
+      x = next
+      for (const r of active) rowT[r] = down(rowT[r])
+      active = active.filter((r) => rowT[r] >= 0)
+      if (active.length === 0) break
+      const sub = tf.tidy(() => (active.length === rowT.length ? x.clone() : tf.gather(x, tf.tensor1d(active, "int32"))))
+      eps = denoise(sub, active.map((r) => rowT[r]).every((t, _, a) => t === a[0]) ? rowT[active[0]] : active.map((r) => rowT[r]), active.map((r) => prompts[r]))
+      sub.dispose()
+    }
+    return x
+  } catch (e) {
+    x.dispose()
+    eps?.dispose()
+    throw e
+  }
 }
 
 /**

@@ -15,7 +15,7 @@ import * as Trajectory from "./Trajectory.ts"
 export class TrajectoryGenerator extends Context.Service<TrajectoryGenerator, {
   readonly options: Trajectory.TrajectoryOptions
   /** Trajectories from clean images x0 [B,H,W,C] with one prompt per item. */
-  readonly generate: (x0: tf.Tensor4D, prompts: ReadonlyArray<string>) => Effect.Effect<Trajectory.Trajectories, never, Scope.Scope>
+  readonly generate: (x0: tf.Tensor, prompts: ReadonlyArray<string>) => Effect.Effect<Trajectory.Trajectories, never, Scope.Scope>
 }>()("sharpen/trajectory/TrajectoryGenerator") {
   /** DDIM trajectories from the policy, drawing noise from the run's generator. */
   static readonly layer = (options: Trajectory.TrajectoryOptions) =>

@@ -5,6 +5,7 @@
  *
  * @since 0.1.0
  */
+import type * as tf from "@tensorflow/tfjs-core"
 import { Context, Effect, Layer } from "effect"
 import type { RewardError } from "../reward/RewardError.ts"
 import { scoreSamples, type Decoder } from "../reward/Decoder.ts"
@@ -13,7 +14,7 @@ import * as Aggregate from "./Aggregate.ts"
 import type { Trajectories } from "./Trajectory.ts"
 
 export interface TrajectoryScores {
-  /** perStep[k][i*B + b]: reward of step k's estimate. */
+  /** perStep[k][i*B + b]: reward of step k's estimate (aggregation "final": one row, the final images). */
   readonly perStep: ReadonlyArray<ReadonlyArray<number>>
   /** trajectory[i][b]: aggregated reward of path i of item b. */
   readonly trajectory: ReadonlyArray<ReadonlyArray<number>>
@@ -21,8 +22,7 @@ export interface TrajectoryScores {
   readonly rewardCalls: number
 }
 
-const flatRows = (t: Trajectories, k: number): Array<Float32Array> => {
-  const x = t.steps[k].x0
+const flatRows = (x: tf.Tensor): Array<Float32Array> => {
   const data = x.dataSync() as Float32Array
   const per = x.size / x.shape[0]
   return Array.from({ length: x.shape[0] }, (_, r) => data.slice(r * per, (r + 1) * per))
@@ -39,8 +39,13 @@ export class TrajectoryScorer extends Context.Service<TrajectoryScorer, {
         const score = Effect.fn("TrajectoryScorer.score")(function*(t: Trajectories) {
           const prompts = Array.from({ length: t.n * t.batch }, (_, r) => t.prompts[r % t.batch])
           const perStep: Array<ReadonlyArray<number>> = []
-          for (let k = 0; k < t.steps.length; k++) {
-            perStep.push(yield* scoreSamples(flatRows(t, k), prompts).pipe(Effect.provide(context)))
+          // "final": the paths' final images only (perStep then has one row).
+          if (aggregation.kind === "final" && t.final === undefined) {
+            return yield* Effect.die(new TypeError("aggregation \"final\" needs paths continued to t = 0 (continuation)"))
+          }
+          const judged = aggregation.kind === "final" ? [t.final!] : t.steps.map((s) => s.x0)
+          for (const x of judged) {
+            perStep.push(yield* scoreSamples(flatRows(x), prompts).pipe(Effect.provide(context)))
           }
           return {
             perStep,

@@ -101,11 +101,12 @@ describe("Sharpen", () => {
   it.effect("a failing reward stops the run with its typed error; the last checkpoint stays intact", () =>
     Effect.gen(function*() {
       let calls = 0
-      // 2 iterations x m = 2 steps score fine, then the service goes away.
+      // 2 iterations score fine (one call each: the default "final" aggregation
+      // scores the paths' final images), then the service goes away.
       const flaky = Reward.layerOf(Reward.make(
         { name: "flaky", range: [0, 1], differentiable: false, relativeCost: 1 },
         (images) =>
-          ++calls > 2 * 2
+          ++calls > 2
             ? Effect.fail(new RewardUnavailable({ reward: "flaky", url: "http://127.0.0.1:9", message: "connection refused" }))
             : Effect.succeed(images.map(() => 0.5))
       ))

@@ -1,0 +1,192 @@
+/**
+ * The 2-D lab's experiment: every method of the project, through the same
+ * `Sharpen.loop` and layer stacks as ShapeWorld (only the model directory,
+ * the reward, the decoder and the SFT data source differ), at one budget of
+ * training NFE, over several seeds, measured on fresh DDIM-50 samples.
+ *
+ * @since 0.4.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Effect, Layer } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as nodePath from "node:path"
+import * as Denoiser from "../model/Denoiser.ts"
+import { Ema } from "../optim/Ema.ts"
+import * as BaselineLayers from "../pipeline/BaselineLayers.ts"
+import { Metrics } from "../pipeline/Metrics.ts"
+import type { IterationRecord } from "../pipeline/Metrics.ts"
+import * as Sharpen from "../pipeline/Sharpen.ts"
+import * as SharpenConfig from "../pipeline/SharpenConfig.ts"
+import * as SharpenLayers from "../pipeline/SharpenLayers.ts"
+import { Decoder } from "../reward/Decoder.ts"
+import type { Backend } from "../tensor/Backend.ts"
+import type { PathSelector } from "../trajectory/PathSelector.ts"
+import * as LabModel from "./LabModel.ts"
+import * as LabReward from "./LabReward.ts"
+import * as Ring from "./Ring.ts"
+import * as RingSource from "./RingSource.ts"
+
+export type Algorithm = "rlhf" | "sft" | "standard" | "diffusion-dpo" | "ddpo" | "raft"
+
+export interface LabMethod {
+  readonly name: string
+  readonly algorithm: Algorithm
+  /** Settings over the lab's defaults. */
+  readonly settings: Partial<SharpenConfig.SharpenConfig>
+  readonly note: string
+}
+
+/**
+ * The lab's run settings: the paper's n = m = 3, batch 8 and beta2, unguided
+ * (the MLP is unconditional), DPO beta 50 (the lab's values are 2 numbers
+ * per sample, so its errors are not on ShapeWorld's scale), and the
+ * library's defaults otherwise. Each method adds its own learning rate, the
+ * best of the lab's sweep (docs/method.md).
+ */
+export const labDefaults: Partial<SharpenConfig.SharpenConfig> = {
+  batchSize: 8,
+  n: 3,
+  m: 3,
+  cfg: 1,
+  inferenceSteps: 50,
+  onlineSteps: 50,
+  dpoBeta: 50,
+  microBatchRows: 0,
+  iterations: 100_000,
+  checkpointEvery: 100_000
+}
+
+/** Training NFE per run of the lab's table (sampling plus the objective's evaluations). */
+export const LAB_BUDGET = 60_000
+
+/** Iteration cap: methods with cheap iterations (standard fine-tuning) stop here first. */
+export const LAB_MAX_ITERATIONS = 300
+
+const paper = SharpenConfig.paperVariant
+
+/** Every method of the project, faithful variants first; `lr` is each one's best of the sweep. */
+export const methods: ReadonlyArray<LabMethod> = [
+  { name: "rlhf-paper", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, lr: 1e-5 }, note: "RLHF sharpening as published (consistent target, margin inside the log-sigmoid), AdamW beta1 0.9" },
+  { name: "rlhf-paper-exact", algorithm: "rlhf", settings: { ...paper, lr: 1e-5 }, note: "... with the paper's AdamW (beta1 0)" },
+  { name: "rlhf-paper-original", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, target: "original", lr: 1e-5 }, note: "... with the reference code's epsilon target" },
+  { name: "rlhf-paper-refmargin", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, margin: "reference-code", lr: 1e-5 }, note: "... with the reference code's margin (outside the log-sigmoid)" },
+  { name: "sft-paper", algorithm: "sft", settings: { ...paper, beta1: 0.9, lr: 1e-5 }, note: "SFT sharpening as published (consistent target)" },
+  { name: "sft-paper-original", algorithm: "sft", settings: { ...paper, beta1: 0.9, target: "original", lr: 1e-5 }, note: "... with the reference code's epsilon target" },
+  { name: "standard-ft", algorithm: "standard", settings: { lr: 1e-5 }, note: "denoising loss on data, no reward" },
+  { name: "diffusion-dpo", algorithm: "diffusion-dpo", settings: { lr: 1e-4 }, note: "2 reference samples per prompt, ranked, Diffusion-DPO" },
+  { name: "ddpo", algorithm: "ddpo", settings: { lr: 3e-5 }, note: "PPO on n policy chains (eta 1)" },
+  { name: "raft", algorithm: "raft", settings: { lr: 3e-5 }, note: "best of n fresh samples, denoising loss on it" },
+  { name: "rlhf-image", algorithm: "rlhf", settings: { lr: 1e-4 }, note: "image-level RLHF sharpening (the default): DPO between the best and worst paths' final images" },
+  { name: "sft-image", algorithm: "sft", settings: { lr: 5e-5 }, note: "image-level SFT sharpening (the default): denoising loss on the best path's final image" }
+]
+
+export interface RunResult extends LabModel.LabMetrics {
+  readonly method: string
+  readonly seed: number
+  readonly iterations: number
+  readonly trainingNfe: number
+  readonly wallMs: number
+  readonly records: ReadonlyArray<IterationRecord>
+  /** A few hundred evaluation points (lab units) for the scatter plot. */
+  readonly points: ReadonlyArray<readonly [number, number]>
+}
+
+export interface RunOptions {
+  readonly modelDir: string
+  readonly reward: LabReward.LabRewardName
+  readonly seed: number
+  /** Training NFE per run. */
+  readonly budget: number
+  readonly evalSamples: number
+  readonly backend: Layer.Layer<Backend, unknown>
+  /** Settings over the method's (sweeps). */
+  readonly overrides?: Partial<SharpenConfig.SharpenConfig>
+  /** Path selection (default best / worst); tests flip it to check the objectives' direction. */
+  readonly selector?: Layer.Layer<PathSelector>
+}
+
+/** The method's settings, validated. */
+export const configOf = (method: LabMethod, o: Pick<RunOptions, "seed" | "budget" | "overrides">): SharpenConfig.SharpenConfig => {
+  const c = SharpenConfig.decode([labDefaults, method.settings, o.overrides ?? {}, { seed: o.seed, trainingNfe: o.budget }])
+  if (c instanceof SharpenConfig.ConfigError) throw new RangeError(`lab method ${method.name}: ${c.message}`)
+  return c
+}
+
+const stack = (method: LabMethod, c: SharpenConfig.SharpenConfig, o: RunOptions, runDir: string) => {
+  const w = {
+    model: o.modelDir,
+    runDir,
+    reward: LabReward.layer(o.reward),
+    backend: o.backend,
+    metrics: Metrics.memory,
+    decoder: Decoder.scaled(Ring.SCALE),
+    label: method.name,
+    ...(o.selector === undefined ? {} : { selector: o.selector })
+  }
+  switch (method.algorithm) {
+    case "rlhf":
+      return SharpenLayers.rlhf(c, w)
+    case "sft":
+      return SharpenLayers.sft(c, { ...w, source: RingSource.layer })
+    case "standard":
+      return BaselineLayers.standard(c, { ...w, source: RingSource.layer })
+    case "diffusion-dpo":
+      return BaselineLayers.diffusionDpo(c, w)
+    case "ddpo":
+      return BaselineLayers.ddpo(c, w)
+    case "raft":
+      return BaselineLayers.raft(c, w)
+  }
+}
+
+/** Evaluation seed: the same fresh samples for every method and the base. */
+export const EVAL_SEED = 12345
+
+/**
+ * Train one method from the base model for one seed and measure it.
+ *
+ * @since 0.4.0
+ */
+export const run = (method: LabMethod, o: RunOptions) =>
+  Effect.gen(function*() {
+    const c = configOf(method, o)
+    const runDir = fs.mkdtempSync(nodePath.join(os.tmpdir(), "lab-"))
+    const started = performance.now()
+    return yield* Effect.gen(function*() {
+      yield* Sharpen.loop(c)
+      const records = yield* (yield* Metrics).records
+      const wallMs = performance.now() - started
+      const model = (yield* Ema).model()
+      const pts = LabModel.sample(model, o.evalSamples, EVAL_SEED)
+      const metrics = LabModel.measure(pts, o.reward)
+      return {
+        method: method.name,
+        seed: o.seed,
+        iterations: records.length,
+        trainingNfe: records.reduce((a, r) => a + r.nfe + (r.lossNfe ?? 0), 0),
+        wallMs,
+        records,
+        points: Array.from({ length: Math.min(400, o.evalSamples) }, (_, i) => [pts[2 * i], pts[2 * i + 1]] as const),
+        ...metrics
+      } satisfies RunResult
+    }).pipe(
+      Effect.provide(stack(method, c, o, runDir)),
+      Effect.scoped,
+      Effect.ensuring(Effect.sync(() => fs.rmSync(runDir, { recursive: true, force: true })))
+    )
+  })
+
+/** The base model's measures (and points) on the evaluation samples. */
+export const base = (model: Denoiser.Model, reward: LabReward.LabRewardName, evalSamples: number) => {
+  const pts = LabModel.sample(model, evalSamples, EVAL_SEED)
+  return { ...LabModel.measure(pts, reward), points: Array.from({ length: Math.min(400, evalSamples) }, (_, i) => [pts[2 * i], pts[2 * i + 1]] as const) }
+}
+
+/** Mean and (population) standard deviation. */
+export const spread = (xs: ReadonlyArray<number>) => {
+  const mean = xs.reduce((a, b) => a + b, 0) / xs.length
+  return { mean, std: Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / xs.length) }
+}
+
+export const liveTensors = () => tf.memory().numTensors

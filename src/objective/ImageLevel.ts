@@ -1,0 +1,158 @@
+/**
+ * Image-level sharpening objectives (docs/method.md). The paper's objectives
+ * regress every path on the one clean image the paths were noised from, so
+ * their preference is between noise draws of one image. Here each path is
+ * continued to t = 0 (`TrajectoryOptions.continuation`) and the objectives
+ * compare the paths' own final images:
+ *
+ * - `rlhf`: reward-modulated Diffusion-DPO (Eq. 11's margin) between the best
+ *   and the worst path's final images y_w, y_l, both noised with one fresh
+ *   eps at one t ~ U[0, T) as Diffusion-DPO does, against the frozen reference:
+ *
+ *     L = -log sigmoid( -beta/2 * [(e_w - e_w^ref) - (e_l - e_l^ref)] - margin(R_w - R_l) )
+ *
+ *   with e = ||eps - eps_theta(x_t, t, c)||^2 per sample (mean over values).
+ *   beta/2 as Diffusion-DPO's official code, so one beta means the same in both.
+ * - `sft`: the denoising loss on the best path's final image (a fresh eps and
+ *   t per item): self-distillation toward the best of n, which with paths
+ *   started from pure noise is RAFT (best-of-N fine-tuning).
+ *
+ * @since 0.4.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Effect, Layer, Schema } from "effect"
+import * as Schedule from "../diffusion/Schedule.ts"
+import * as Generate from "../eval/Generate.ts"
+import * as Denoiser from "../model/Denoiser.ts"
+import { Reference } from "../model/Reference.ts"
+import type { Rng } from "../tensor/Random.ts"
+import { RandomSource } from "../tensor/RandomSource.ts"
+import * as Scoped from "../tensor/Scoped.ts"
+import * as NoisedSamples from "../trajectory/NoisedSamples.ts"
+import type { Selection } from "../trajectory/PathSelector.ts"
+import { rowIndex, type Trajectories } from "../trajectory/Trajectory.ts"
+import * as Losses from "./Losses.ts"
+import { Objective } from "./Objective.ts"
+
+const MicroBatchRows = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+
+export const ImageRlhfOptions = Schema.Struct({
+  /** DPO temperature, scaled by 1/2 as Diffusion-DPO's code. */
+  beta: Schema.Number.check(Schema.isGreaterThan(0)),
+  margin: Losses.MarginPlacement,
+  microBatchRows: Schema.optional(MicroBatchRows)
+})
+export type ImageRlhfOptions = typeof ImageRlhfOptions.Type
+
+export const ImageSftOptions = Schema.Struct({ microBatchRows: Schema.optional(MicroBatchRows) })
+export type ImageSftOptions = typeof ImageSftOptions.Type
+
+const finals = (t: Trajectories): tf.Tensor =>
+  t.final ?? (() => {
+    throw new TypeError("image-level objectives need paths continued to t = 0 (continuation: true)")
+  })()
+
+/**
+ * The selected paths' final images as single-timestep samples: `paths` is a
+ * list of path choices per item (one list per role: winners, losers), every
+ * role noised with the same eps and t per item. Pure; the caller owns it.
+ *
+ * @since 0.4.0
+ */
+export const noisedFinals = (
+  schedule: Schedule.Schedule,
+  t: Trajectories,
+  paths: ReadonlyArray<ReadonlyArray<number>>,
+  rng: Rng
+): NoisedSamples.NoisedSamples => {
+  const b = t.batch
+  const final = finals(t)
+  const rows = paths.flatMap((p) => rowIndex(t, p))
+  const clean = tf.tidy(() => tf.gather(final, tf.tensor1d(rows, "int32")))
+  const itemTimesteps = NoisedSamples.drawTimesteps(rng, schedule.trainSteps, b)
+  const noise = tf.tidy(() => {
+    const one = Generate.normalTensor(rng, [b, ...final.shape.slice(1)])
+    return tf.concat(paths.map(() => one), 0)
+  })
+  return NoisedSamples.make(schedule, { clean, noise, itemTimesteps, prompts: t.prompts, n: paths.length, nfe: 0 })
+}
+
+const margins = (selection: Selection, scores: { readonly trajectory: ReadonlyArray<ReadonlyArray<number>> }, b: number) =>
+  Array.from({ length: b }, (_, i) => scores.trajectory[selection.best[i]][i] - scores.trajectory[selection.worst[i]][i])
+
+/**
+ * Image-level RLHF sharpening: DPO between the best and worst paths' final images.
+ *
+ * @since 0.4.0
+ */
+export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoiser.Denoiser | Reference | RandomSource> =>
+  Layer.effect(
+    Objective,
+    Effect.gen(function*() {
+      const { model } = yield* Denoiser.Denoiser
+      const reference = (yield* Reference).model
+      const { rng } = yield* RandomSource
+      const schedule = Schedule.make(model.config.schedule)
+      return Objective.of({
+        name: "rlhf-image",
+        prepare: (t, selection, scores) =>
+          Effect.gen(function*() {
+            const b = t.batch
+            const s = yield* Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best, selection.worst], rng), NoisedSamples.dispose)
+            const margin = margins(selection, scores, b)
+            // Winner rows are 0..B-1 of the pair samples, losers B..2B-1.
+            const rowsOf = (items: ReadonlyArray<number>) => [...items, ...items.map((i) => i + b)]
+            const parts = Losses.microBatchesByRows(b, 2, o.microBatchRows ?? 0)
+            const refs = yield* Effect.forEach(parts, (items) =>
+              Scoped.acquire(() => {
+                const e = NoisedSamples.rowErrors(reference, s, rowsOf(items))
+                const [w, l] = tf.split(e, [items.length, items.length])
+                e.dispose()
+                return { w: w as tf.Tensor1D, l: l as tf.Tensor1D }
+              }))
+            return {
+              loss: parts.map((items, p) => () =>
+                tf.tidy(() => {
+                  const [modelW, modelL] = tf.split(NoisedSamples.rowErrors(model, s, rowsOf(items)), [items.length, items.length]) as [tf.Tensor1D, tf.Tensor1D]
+                  const mean = Losses.dpoFromTerms({ modelW, modelL, refW: refs[p].w, refL: refs[p].l }, items.map((i) => margin[i]), o.beta / 2, o.margin)
+                  return tf.mul(mean, items.length / b) as tf.Scalar
+                })
+              ),
+              stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b },
+              // Policy and reference each see the 2B pair rows.
+              nfe: 4 * b
+            }
+          })
+      })
+    })
+  )
+
+/**
+ * Image-level SFT sharpening (and RAFT): denoising loss on the best path's final image.
+ *
+ * @since 0.4.0
+ */
+export const sft = (o: ImageSftOptions): Layer.Layer<Objective, never, Denoiser.Denoiser | RandomSource> =>
+  Layer.effect(
+    Objective,
+    Effect.gen(function*() {
+      const { model } = yield* Denoiser.Denoiser
+      const { rng } = yield* RandomSource
+      const schedule = Schedule.make(model.config.schedule)
+      return Objective.of({
+        name: "sft-image",
+        prepare: (t, selection) =>
+          Effect.gen(function*() {
+            const b = t.batch
+            const s = yield* Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best], rng), NoisedSamples.dispose)
+            return {
+              loss: Losses.microBatchesByRows(b, 1, o.microBatchRows ?? 0).map((items) => () =>
+                tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), items.length / b) as tf.Scalar)
+              ),
+              stats: {},
+              nfe: b
+            }
+          })
+      })
+    })
+  )
