@@ -121,16 +121,21 @@ describe("Sharpen", () => {
   it.effect("an interruption reaches a hung reward call: the iteration is abandoned, the last update kept, and the resume is exact", () =>
     Effect.gen(function*() {
       const whole = yield* run("rlhf", model, tmpDir("whole-"), smallConfig({ iterations: 4, checkpointEvery: 10 }))
-      // 3 iterations score (m = 2 calls each), then the server stops answering.
+      // 3 iterations score, then the server stops answering (calls per
+      // iteration measured first: they depend on the aggregation).
       let calls = 0
+      let hangAfter = Infinity
       const hanging = yield* Deferred.make<void>()
       const hung = Reward.layerOf(Reward.make(
         { name: "hung", range: [0, 1], differentiable: false, relativeCost: 1 },
         (images) => {
-          if (++calls <= 3 * 2) return rednessService.score(images, images.map(() => ""))
+          if (++calls <= hangAfter) return rednessService.score(images, images.map(() => ""))
           return Effect.andThen(Deferred.succeed(hanging, undefined), Effect.never)
         }
       ))
+      yield* run("rlhf", model, tmpDir("probe-"), smallConfig({ iterations: 1 }), hung)
+      hangAfter = 3 * calls
+      calls = 0
       const dir = tmpDir("hung-")
       const fiber = yield* Effect.forkChild(run("rlhf", model, dir, smallConfig({ iterations: 4, checkpointEvery: 10 }), hung))
       yield* Deferred.await(hanging)

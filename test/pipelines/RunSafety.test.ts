@@ -63,37 +63,43 @@ describe("run safety", () => {
   ]
 
   it("Ctrl-C and SIGTERM reach a hung reward server: exit 130 / 143 within seconds, each timeout printed, the last checkpoint kept", async () => {
-    // Answers 4 requests (2 iterations x m = 2), then never again.
+    // Answers until two iterations are done, then never again (an iteration
+    // may have started its requests by then: it is the one abandoned).
+    let hang = false
     const server = await startServer((req) =>
-      req.n <= 4 ? { body: { rewards: (req.body.images as Array<unknown>).map((_, i) => i / 10) } } : { delayMs: 600_000 }
+      hang ? { delayMs: 600_000 } : { body: { rewards: (req.body.images as Array<unknown>).map((_, i) => i / 10) } }
     )
     try {
       const out = tmpDir("hung-")
       const run = pipeline("rlhf.ts", [...small(), "--out", out, "--iterations", "50", "--checkpoint-every", "1",
         "--reward", "http", "--base-url", server.url, "--timeout-ms", "800", "--retries", "5"])
+      await until("two iterations", () => lines(path.join(out, "run", "metrics.jsonl")).length >= 2, 90_000, run)
+      hang = true
       await until("a timed-out attempt", () => /attempt 2 of 6: no answer within 800 ms; retrying/.test(run.output), 90_000, run)
+      const done = lines(path.join(out, "run", "metrics.jsonl")).length
+      const latest = `ckpt-${String(done).padStart(7, "0")}`
       const sent = Date.now()
       run.child.kill("SIGINT")
       const exit = await run.exited
       assert.strictEqual(exit.code, 130, run.output)
       assert.isBelow(Date.now() - sent, 10_000)
       assert.match(run.output, /reward http \(http:\/\/127\.0\.0\.1:\d+\): attempt 1 of 6: no answer within 800 ms; retrying/)
-      // Two iterations done and checkpointed; nothing of the third.
-      assert.strictEqual(fs.readFileSync(path.join(out, "run", "LATEST"), "utf8").trim(), "ckpt-0000002")
-      assert.strictEqual(lines(path.join(out, "run", "metrics.jsonl")).length, 2)
+      // The iterations done are checkpointed; nothing of the hung one.
+      assert.strictEqual(fs.readFileSync(path.join(out, "run", "LATEST"), "utf8").trim(), latest)
+      assert.strictEqual(lines(path.join(out, "run", "metrics.jsonl")).length, done)
       assert.isFalse(fs.existsSync(path.join(out, "LOCK")))
       assert.deepStrictEqual(fs.readdirSync(out).filter((f) => f.endsWith(".tmp")), [])
 
       // Resumed, hung again: SIGTERM stops it the same way, exit 143.
       const resumed = pipeline("rlhf.ts", [...small(), "--out", out, "--iterations", "50", "--checkpoint-every", "1",
         "--reward", "http", "--base-url", server.url, "--timeout-ms", "800", "--retries", "5", "--resume"])
-      await until("the resumed run's timed-out attempt", () => /resumed from .*ckpt-0000002 at iteration 2[\s\S]*attempt 1 of 6: no answer/.test(resumed.output), 90_000, resumed)
+      await until("the resumed run's timed-out attempt", () => new RegExp(`resumed from .*${latest} at iteration ${done}[\\s\\S]*attempt 1 of 6: no answer`).test(resumed.output), 90_000, resumed)
       const termed = Date.now()
       resumed.child.kill("SIGTERM")
       assert.strictEqual((await resumed.exited).code, 143, resumed.output)
       assert.isBelow(Date.now() - termed, 10_000)
-      assert.strictEqual(lines(path.join(out, "run", "metrics.jsonl")).length, 2)
-      assert.strictEqual(fs.readFileSync(path.join(out, "run", "LATEST"), "utf8").trim(), "ckpt-0000002")
+      assert.strictEqual(lines(path.join(out, "run", "metrics.jsonl")).length, done)
+      assert.strictEqual(fs.readFileSync(path.join(out, "run", "LATEST"), "utf8").trim(), latest)
       assert.isFalse(fs.existsSync(path.join(out, "LOCK")))
     } finally {
       await server.close()
