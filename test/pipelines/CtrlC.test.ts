@@ -1,6 +1,6 @@
 // Ctrl-C under `npx tsx` (the documented way to run pipelines): the whole
-// process group gets SIGINT; the run must stop after the current iteration
-// with a checkpoint and exit 130.
+// process group gets SIGINT; the run must stop (abandoning the iteration in
+// progress) with a checkpoint of the iterations done.
 import { assert, describe, it } from "@effect/vitest"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
@@ -10,7 +10,7 @@ import { savedTinyModel, tmpDir } from "../sharpen-helpers.ts"
 const root = path.resolve(import.meta.dirname, "../..")
 
 describe("Ctrl-C", () => {
-  it("sft.ts under npx tsx stops after the current iteration with a checkpoint", async () => {
+  it("sft.ts under npx tsx stops with a checkpoint of the iterations done", async () => {
     const model = await savedTinyModel()
     const out = tmpDir("ctrlc-")
     const args = ["tsx", "pipelines/sft.ts", "--model", model, "--out", out, "--iterations", "500", "--batch-size", "1", "--m", "2",
