@@ -170,6 +170,8 @@ describe("run safety", () => {
       const changed = pipeline("rlhf.ts", [...small(), "--out", out, "--config", config, "--resume", "--cfg", "3", "--dpo-beta", "7"], { RUN_SAFETY_KEY: "s3cret" })
       assert.strictEqual((await changed.exited).code, 1)
       assert.match(changed.output, /RunMismatch: cannot resume: .*cfg 5 -> 3; dpoBeta 5000 -> 7/)
+      // The lock is released after a success and after a failure alike.
+      assert.isFalse(fs.existsSync(path.join(out, "LOCK")))
       assert.deepStrictEqual(["run/metrics.jsonl", "run/run.json", "config.json"].map((f) => fs.readFileSync(path.join(out, f), "utf8")), before)
 
       // More iterations (and another timeout) may change.
