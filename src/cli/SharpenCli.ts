@@ -104,6 +104,17 @@ const flags = {
 
 type Flags = Command.Command.Config.Infer<typeof flags>
 
+/**
+ * On a terminal the progress bar's line has no newline until the run ends:
+ * a log line (a reward retry, a checkpoint fallback) first clears it, and
+ * the bar is redrawn at the next iteration.
+ */
+const barAwareLogger = Logger.make((o) => {
+  const time = o.date.toISOString().slice(11, 23)
+  const message = Array.isArray(o.message) ? o.message.map(String).join(" ") : String(o.message)
+  process.stderr.write(`\r\x1b[2K[${time}] ${o.logLevel.toUpperCase()}: ${message}\n`)
+})
+
 const overrides = (f: Flags): Record<string, unknown> => {
   const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery", "preference", "timestepPer", "start", "beta1", "accumulate", "ema", "trainingNfe", "sampleEvery", "keepCheckpoints"] as const
   const out: Record<string, unknown> = {}
@@ -236,7 +247,12 @@ export const command = (algorithm: "sft" | "rlhf") =>
       yield* program.pipe(Effect.provide(layers), Effect.scoped)
     },
     // Logs (resume, fallbacks, reward retries) go with the progress output to stderr.
-    (effect) => effect.pipe(Effect.scoped, Effect.provideService(Logger.LogToStderr, true)))
+    (effect) =>
+      effect.pipe(
+        Effect.scoped,
+        Effect.provideService(Logger.LogToStderr, true),
+        process.stderr.isTTY === true ? Effect.provide(Logger.layer([barAwareLogger])) : (e) => e
+      ))
   ).pipe(
     Command.withDescription(
       algorithm === "sft"
