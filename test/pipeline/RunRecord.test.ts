@@ -20,7 +20,8 @@ describe("RunRecord", () => {
   it("names every difference that changes the training", () => {
     const run = record()
     assert.deepStrictEqual(RunRecord.differences(run, record()), [])
-    assert.deepStrictEqual(RunRecord.differences(run, record({ n: 4 })), ["n 3 -> 4"])
+    const d = SharpenConfig.defaults
+    assert.deepStrictEqual(RunRecord.differences(run, record({ n: d.n + 1 })), [`n ${d.n} -> ${d.n + 1}`])
     assert.deepStrictEqual(RunRecord.differences(run, record({}, { reward: "aesthetic" })), ["reward clip -> aesthetic"])
     assert.deepStrictEqual(RunRecord.differences(run, record({}, { reward: "mllm", model: "gpt-4o" })), ["reward clip -> mllm", "reward option model (none) -> \"gpt-4o\""])
     const other = RunRecord.differences(run, { ...record({}, { reward: "clip" }, "b".repeat(64)), baseModel: { path: "models/other", sha256: "b".repeat(64) } })
@@ -40,14 +41,14 @@ describe("RunRecord", () => {
     assert.strictEqual(RunRecord.differences(run, record({}, { reward: "http", baseUrl: "http://y/score" })).length, 1)
     // A cosine schedule spans the iterations: they define the run.
     const cosine = record({ lrSchedule: "cosine" })
-    assert.match(RunRecord.differences(cosine, record({ lrSchedule: "cosine", iterations: 99 }))[0], /^iterations 12 -> 99/)
+    assert.match(RunRecord.differences(cosine, record({ lrSchedule: "cosine", iterations: 99 }))[0], new RegExp(`^iterations ${SharpenConfig.defaults.iterations} -> 99`))
   })
 
   it("a setting absent from an older record counts as its default", () => {
     const run = record()
     const { dpoBeta: _, ...older } = run.settings
     assert.deepStrictEqual(RunRecord.differences({ ...run, settings: older }, record()), [])
-    assert.deepStrictEqual(RunRecord.differences({ ...run, settings: older }, record({ dpoBeta: 1 })), ["dpoBeta 5000 -> 1"])
+    assert.deepStrictEqual(RunRecord.differences({ ...run, settings: older }, record({ dpoBeta: 0.5 })), [`dpoBeta ${SharpenConfig.defaults.dpoBeta} -> 0.5`])
   })
 
   it.effect("check refuses a resume that differs and leaves the record as it was; writes it otherwise", () =>
@@ -56,11 +57,11 @@ describe("RunRecord", () => {
       yield* RunRecord.check(dir, record(), false)
       const file = path.join(dir, RunRecord.FILE)
       const before = fs.readFileSync(file, "utf8")
-      const exit = yield* Effect.exit(RunRecord.check(dir, record({ m: 5 }), true))
+      const exit = yield* Effect.exit(RunRecord.check(dir, record({ m: SharpenConfig.defaults.m + 2 }), true))
       assert.isTrue(Exit.isFailure(exit))
       const error = Exit.isFailure(exit) ? (exit.cause.reasons[0] as { error?: { _tag: string; message: string } }).error : undefined
       assert.strictEqual(error?._tag, "RunMismatch")
-      assert.include(error?.message, "m 3 -> 5")
+      assert.include(error?.message, `m ${SharpenConfig.defaults.m} -> ${SharpenConfig.defaults.m + 2}`)
       assert.strictEqual(fs.readFileSync(file, "utf8"), before)
       yield* RunRecord.check(dir, record({ iterations: 40 }), true)
       assert.strictEqual(JSON.parse(fs.readFileSync(file, "utf8")).settings.iterations, 40)

@@ -6,6 +6,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { beforeAll } from "vitest"
+import * as SharpenConfig from "../../src/pipeline/SharpenConfig.ts"
 import { root, tsxLoader } from "../cli-helpers.ts"
 import { startServer } from "../reward/RewardServer.ts"
 import { savedTinyModel, tmpDir } from "../sharpen-helpers.ts"
@@ -167,9 +168,11 @@ describe("run safety", () => {
 
       // A setting that changes the training: refused, naming it; nothing rewritten.
       const before = ["run/metrics.jsonl", "run/run.json", "config.json"].map((f) => fs.readFileSync(path.join(out, f), "utf8"))
-      const changed = pipeline("rlhf.ts", [...small(), "--out", out, "--config", config, "--resume", "--cfg", "3", "--dpo-beta", "7"], { RUN_SAFETY_KEY: "s3cret" })
+      const { cfg, dpoBeta } = SharpenConfig.defaults
+      const changed = pipeline("rlhf.ts", [...small(), "--out", out, "--config", config, "--resume", "--cfg", String(cfg + 1), "--dpo-beta", String(dpoBeta + 1)], { RUN_SAFETY_KEY: "s3cret" })
       assert.strictEqual((await changed.exited).code, 1)
-      assert.match(changed.output, /RunMismatch: cannot resume: .*cfg 5 -> 3; dpoBeta 5000 -> 7/)
+      assert.include(changed.output, "RunMismatch: cannot resume: ")
+      assert.include(changed.output, `cfg ${cfg} -> ${cfg + 1}; dpoBeta ${dpoBeta} -> ${dpoBeta + 1}`)
       // The lock is released after a success and after a failure alike.
       assert.isFalse(fs.existsSync(path.join(out, "LOCK")))
       assert.deepStrictEqual(["run/metrics.jsonl", "run/run.json", "config.json"].map((f) => fs.readFileSync(path.join(out, f), "utf8")), before)
