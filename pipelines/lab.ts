@@ -98,11 +98,15 @@ const runJobs = (jobs: ReadonlyArray<Job>, o: Options, onResult: (r: JobResult) 
 
 /** Split jobs over `workers` child processes of this script (each one core). */
 const runParallel = (jobs: ReadonlyArray<Job>, o: Options, workers: number, onResult: (r: JobResult) => void) =>
-  Effect.promise(() =>
+  Effect.promise((signal) =>
     Promise.all(Array.from({ length: workers }, (_, w) => jobs.filter((_, i) => i % workers === w)).filter((js) => js.length > 0).map((share) =>
       new Promise<void>((resolve, reject) => {
         const args = [...process.execArgv, process.argv[1], "--worker-jobs", JSON.stringify(share), "--model", o.model, "--reward", o.reward, "--budget", String(o.budget), "--max-iterations", String(o.maxIterations), "--eval-samples", String(o.evalSamples), "--backend", o.backend]
-        const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, SHARPEN_CHILD: "1", SHARPEN_LOG: "quiet" } })
+        const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, SHARPEN_CHILD: "1" } })
+        // Ctrl-C (interruption) or the parent's exit stops the workers too.
+        const stop = () => child.exitCode === null && child.kill("SIGTERM")
+        signal.addEventListener("abort", stop)
+        process.once("exit", stop)
         let buffer = ""
         child.stdout.on("data", (d: Buffer) => {
           buffer += d.toString()

@@ -39,10 +39,10 @@ export interface LabMethod {
 
 /**
  * The lab's run settings: the paper's n = m = 3, batch 8 and beta2, unguided
- * (the MLP is unconditional), DPO beta 50 (the lab's values are 2 numbers
- * per sample, so its errors are not on ShapeWorld's scale), and the
- * library's defaults otherwise. Each method adds its own learning rate, the
- * best of the lab's sweep (docs/method.md).
+ * (the MLP is unconditional), DPO beta 5 (the best of the lab's beta sweep
+ * for both DPO methods; its errors are means over 2 numbers, not on
+ * ShapeWorld's scale), and the library's defaults otherwise. Each method adds
+ * its own learning rate, the best of the lab's sweep (docs/method.md).
  */
 export const labDefaults: Partial<SharpenConfig.SharpenConfig> = {
   batchSize: 8,
@@ -51,7 +51,7 @@ export const labDefaults: Partial<SharpenConfig.SharpenConfig> = {
   cfg: 1,
   inferenceSteps: 50,
   onlineSteps: 50,
-  dpoBeta: 50,
+  dpoBeta: 5,
   microBatchRows: 0,
   iterations: 100_000,
   checkpointEvery: 100_000
@@ -132,7 +132,8 @@ const stack = (method: LabMethod, c: SharpenConfig.SharpenConfig, o: RunOptions,
     case "standard":
       return BaselineLayers.standard(c, { ...w, source: RingSource.layer })
     case "diffusion-dpo":
-      return BaselineLayers.diffusionDpo(c, w)
+      // The run's dpoBeta (same beta / 2 convention), so a sweep reaches it.
+      return BaselineLayers.diffusionDpo(c, w, { beta: c.dpoBeta })
     case "ddpo":
       return BaselineLayers.ddpo(c, w)
     case "raft":
