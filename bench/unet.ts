@@ -243,7 +243,8 @@ const program = Effect.gen(function*() {
   const r = { fwd: med("ref.tfjs.forward")!, train: med("ref.tfjs.train")! }
   const date = new Date().toISOString().slice(0, 16).replace("T", " ")
   const cpu = os.cpus()[0]?.model ?? "unknown cpu"
-  const command = `\`${write ? `npm run bench -- --write ${write}` : "npm run bench"}${reps !== 10 ? ` --reps ${reps}` : ""}\`${process.env.SHARPEN_BACKEND ? ` with SHARPEN_BACKEND=${process.env.SHARPEN_BACKEND}` : ""}`
+  const options = [...(write !== undefined ? [`--write ${write}`] : []), ...(reps !== 10 ? [`--reps ${reps}`] : []), ...(batch !== 8 ? [`--batch ${batch}`] : [])]
+  const command = `\`npm run bench${options.length > 0 ? ` -- ${options.join(" ")}` : ""}\`${process.env.SHARPEN_BACKEND ? ` with SHARPEN_BACKEND=${process.env.SHARPEN_BACKEND}` : ""}`
   const sideBySide = torch === undefined ? [] : (() => {
     const row = (name: string, p: "ref" | "unet", mode: "forward" | "train", digits: number) => {
       const t1 = med(`${p}.tfjs.${mode}`)
