@@ -101,10 +101,12 @@ export const lossAndGrads = (model: Denoiser.Model, s: Shard): { loss: number; g
   return { loss, grads }
 }
 
-/** {@link lossAndGrads} with the gradients as one flat array (worker side). */
+/** {@link lossAndGrads} with the gradients as one flat array in the model's parameter order. */
 export const shardGrads = (model: Denoiser.Model, s: Shard): { loss: number; grads: Float32Array } => {
   const r = lossAndGrads(model, s)
-  const flat = flatten(r.grads)
+  const missing = Object.keys(model.params).filter((k) => r.grads[k] === undefined)
+  if (missing.length > 0) throw new Error(`no gradient for ${missing.join(", ")}`)
+  const flat = flatten(Object.fromEntries(Object.keys(model.params).map((k) => [k, r.grads[k]])))
   Scoped.disposeAll(r.grads)
   return { loss: r.loss, grads: flat }
 }
@@ -142,8 +144,11 @@ export const shards = (whole: Shard, parts: number): Array<Shard> => {
  */
 export interface Pool {
   readonly workers: number
-  /** Loss and gradients of the whole batch at the model's current weights (tensors owned by the caller). */
-  readonly lossAndGrads: (model: Denoiser.Model, whole: Shard) => Promise<{ loss: number; grads: Record<string, tf.Tensor> }>
+  /**
+   * Loss and gradients of the whole batch at the model's current weights,
+   * the gradients as one flat array in parameter order (for `AdamW.stepFlat`).
+   */
+  readonly lossAndGrads: (model: Denoiser.Model, whole: Shard) => Promise<{ loss: number; grads: Float32Array }>
   readonly close: () => Promise<void>
 }
 
@@ -183,25 +188,21 @@ export const make = (model: Denoiser.Model, workers: number, backend: string): P
     workers: threads.length + 1,
     lossAndGrads: async (m, whole) => {
       const parts = shards(whole, threads.length + 1)
-      if (parts.length === 1) return lossAndGrads(m, whole)
+      if (parts.length === 1) return shardGrads(m, whole)
       const params = flatten(m.params)
       const remote = parts.slice(1).map((s, i) => ask(threads[i], { ...s, params }))
       // The main thread's shard runs while the workers run theirs.
-      const mine = lossAndGrads(m, parts[0])
+      const mine = shardGrads(m, parts[0])
       const others = await Promise.all(remote)
       const weights = parts.map((s) => s.batch / whole.batch)
-      const grads: Record<string, tf.Tensor> = {}
-      const views = others.map((o) => split(m.params, o.grads))
-      tf.tidy(() => {
-        split(m.params, others[0].grads).forEach(([k, p], j) => {
-          let g = tf.mul(mine.grads[k], weights[0])
-          views.forEach((v, i) => {
-            g = tf.add(g, tf.mul(tf.tensor(v[j][2], p.shape, "float32"), weights[i + 1]))
-          })
-          grads[k] = tf.keep(g)
-        })
-      })
-      Scoped.disposeAll(mine.grads)
+      // Weighted mean over shards on the flat arrays: one pass, no tensor ops
+      // (per-parameter tensor ops cost ~1,000 kernel calls a step on wasm).
+      const grads = mine.grads
+      for (let i = 0; i < grads.length; i++) {
+        let g = grads[i] * weights[0]
+        for (let j = 0; j < others.length; j++) g += others[j].grads[i] * weights[j + 1]
+        grads[i] = g
+      }
       const loss = mine.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
       return { loss, grads }
     },
