@@ -136,23 +136,29 @@ const update = (
   const bc1 = 1 - c.beta1 ** state.step
   const bc2 = 1 - c.beta2 ** state.step
   const decay = 1 - lr * c.weightDecay
+  const { beta1, beta2, eps } = c
+  const stepSize = lr / bc1
+  const rbc2 = 1 / Math.sqrt(bc2)
+  // wasm's dataSync returns a copy, which the update may overwrite and upload;
+  // cpu's returns the tensor's own storage, so there the update writes fresh arrays.
+  const inPlace = tf.getBackend() === "wasm"
   for (const [k, g] of grads) {
     const p = params[k]
-    // dataSync may hand back the backend's own storage (cpu): read only, write fresh arrays.
     const p0 = p.dataSync() as Float32Array
     const m0 = state.m[k].dataSync() as Float32Array
     const v0 = state.v[k].dataSync() as Float32Array
     const n = p0.length
-    const p1 = new Float32Array(n)
-    const m1 = new Float32Array(n)
-    const v1 = new Float32Array(n)
+    const p1 = inPlace ? p0 : new Float32Array(n)
+    const m1 = inPlace ? m0 : new Float32Array(n)
+    const v1 = inPlace ? v0 : new Float32Array(n)
     for (let i = 0; i < n; i++) {
       const gi = g[i] * scale
-      const mi = c.beta1 * m0[i] + (1 - c.beta1) * gi
-      const vi = c.beta2 * v0[i] + (1 - c.beta2) * gi * gi
+      const mi = beta1 * m0[i] + (1 - beta1) * gi
+      const vi = beta2 * v0[i] + (1 - beta2) * gi * gi
       m1[i] = mi
       v1[i] = vi
-      p1[i] = p0[i] * decay - lr * ((mi / bc1) / (Math.sqrt(vi / bc2) + c.eps))
+      // (m / bc1) / (sqrt(v / bc2) + eps), one division
+      p1[i] = p0[i] * decay - stepSize * mi / (Math.sqrt(vi) * rbc2 + eps)
     }
     tf.tidy(() => {
       state.m[k].assign(tf.tensor(m1, p.shape, "float32"))

@@ -5,7 +5,7 @@ import { beforeAll } from "vitest"
 import * as AdamW from "../../src/optim/AdamW.ts"
 import { paramGrads } from "../../src/tensor/Grad.ts"
 import { Rng } from "../../src/tensor/Random.ts"
-import { useCpu } from "../helpers.ts"
+import { useCpu, useWasm } from "../helpers.ts"
 
 describe("AdamW", () => {
   beforeAll(useCpu)
@@ -70,31 +70,34 @@ describe("AdamW", () => {
     }
   }
 
-  it.effect("the array update equals the per-tensor update (moments, weights, norm), with clipping and decay", () =>
-    Effect.sync(() => {
-      const cfg = { beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1 }
-      const ours = setup(1)
-      const ref = setup(1)
-      const s1 = AdamW.init(ours.params)
-      const s2 = AdamW.init(ref.params)
-      for (let i = 0; i < 5; i++) {
-        // Alternate clipped (norm ~ 30) and unclipped (norm ~ 0.3) steps.
-        const scale = i % 2 === 0 ? 3 : 0.03
-        const g1 = ours.grads(scale)
-        const g2 = ref.grads(scale)
-        const n1 = AdamW.step(ours.params, g1, s1, 0.01, cfg)
-        const n2 = AdamW.stepPerTensor(ref.params, g2, s2, 0.01, cfg)
-        assert.closeTo(n1, n2, 1e-5 * n2)
-        tf.dispose([...Object.values(g1), ...Object.values(g2)])
-      }
-      assert.strictEqual(s1.step, 5)
-      close(ours.params, ref.params, 1e-5)
-      close(s1.m, s2.m, 1e-5)
-      close(s1.v, s2.v, 1e-5)
-      assert.deepStrictEqual(Array.from(ours.params.frozen.dataSync()), Array.from(ref.params.frozen.dataSync()))
-      // The reference must have moved, or the comparison proves nothing.
-      assert.isAbove(Math.abs(ref.params.a.dataSync()[0] - setup(1).params.a.dataSync()[0]), 1e-3)
-    }))
+  // Both backends: on wasm the update overwrites dataSync's copies, on cpu it must not.
+  for (const [backend, use] of [["cpu", useCpu], ["wasm", useWasm]] as const) {
+    it.effect(`the array update equals the per-tensor update (moments, weights, norm), with clipping and decay, on ${backend}`, () =>
+      Effect.promise(use).pipe(Effect.map(() => {
+        const cfg = { beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1 }
+        const ours = setup(1)
+        const ref = setup(1)
+        const s1 = AdamW.init(ours.params)
+        const s2 = AdamW.init(ref.params)
+        for (let i = 0; i < 5; i++) {
+          // Alternate clipped (norm ~ 30) and unclipped (norm ~ 0.3) steps.
+          const scale = i % 2 === 0 ? 3 : 0.03
+          const g1 = ours.grads(scale)
+          const g2 = ref.grads(scale)
+          const n1 = AdamW.step(ours.params, g1, s1, 0.01, cfg)
+          const n2 = AdamW.stepPerTensor(ref.params, g2, s2, 0.01, cfg)
+          assert.closeTo(n1, n2, 1e-5 * n2)
+          tf.dispose([...Object.values(g1), ...Object.values(g2)])
+        }
+        assert.strictEqual(s1.step, 5)
+        close(ours.params, ref.params, 1e-5)
+        close(s1.m, s2.m, 1e-5)
+        close(s1.v, s2.v, 1e-5)
+        assert.deepStrictEqual(Array.from(ours.params.frozen.dataSync()), Array.from(ref.params.frozen.dataSync()))
+        // The reference must have moved, or the comparison proves nothing.
+        assert.isAbove(Math.abs(ref.params.a.dataSync()[0] - setup(1).params.a.dataSync()[0]), 1e-3)
+      }), Effect.ensuring(Effect.promise(useCpu))))
+  }
 
   it.effect("stepFlat takes the gradient as one array in parameter order", () =>
     Effect.sync(() => {
