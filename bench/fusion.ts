@@ -1,0 +1,129 @@
+/**
+ * Before/after of each kept speed-up, in one run: the default UNet's AdamW
+ * training step at batch 8 (one thread) with the speed-ups switched on one
+ * by one, and the update part of a data-parallel step. Variants alternate
+ * round by round (the machine is shared) and each figure is the median of
+ * its rounds; kernel calls are counted with tf.profile.
+ *
+ *   npx tsx bench/fusion.ts              # 8 rounds
+ *   npx tsx bench/fusion.ts --reps 4
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { NodeRuntime } from "@effect/platform-node"
+import { Effect } from "effect"
+import * as os from "node:os"
+import * as Load from "./Load.ts"
+import * as TrainingBench from "./TrainingBench.ts"
+import * as Layers from "../src/model/Layers.ts"
+import { defaultConfig } from "../src/model/UNetConfig.ts"
+import * as AdamW from "../src/optim/AdamW.ts"
+import * as DataParallel from "../src/pipeline/DataParallel.ts"
+import { Backend, fromEnv } from "../src/tensor/Backend.ts"
+import * as Scoped from "../src/tensor/Scoped.ts"
+
+const args = process.argv.slice(2)
+const i = args.indexOf("--reps")
+const reps = i >= 0 ? Number(args[i + 1]) : 8
+const batch = 8
+
+const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+
+interface Variant {
+  readonly name: string
+  readonly fused: boolean
+  readonly adam: typeof AdamW.step
+}
+
+// Cumulative: each row adds one speed-up to the row above.
+const variants: Array<Variant> = [
+  { name: "before: per-tensor AdamW, conv + separate bias add", fused: false, adam: AdamW.stepPerTensor },
+  { name: "+ AdamW as one pass over arrays", fused: false, adam: AdamW.step },
+  { name: "+ fused conv + bias (FusedConv2D, bias gradient one Sum)", fused: true, adam: AdamW.step }
+]
+
+const program = Effect.gen(function*() {
+  const backend = yield* Backend
+  const bench = TrainingBench.make(defaultConfig, batch)
+  const { model, data } = bench
+  const shard: DataParallel.Shard = {
+    batch,
+    images: data.images,
+    prompts: data.prompts,
+    t: Array.from({ length: batch }, (_, k) => 50 + 110 * k),
+    noise: bench.rng.normals(data.images.length)
+  }
+  const step = (v: Variant) => () => {
+    Layers.fusion.enabled = v.fused
+    const r = DataParallel.lossAndGrads(model, shard)
+    v.adam(model.params, r.grads, bench.adam, 1e-4, AdamW.defaults)
+    Scoped.disposeAll(r.grads)
+    Layers.fusion.enabled = true
+  }
+
+  // The update of a 2-shard data-parallel step, from the shards' flat gradients:
+  // before, each shard's arrays became tensors averaged per parameter, then the
+  // per-tensor AdamW; now one pass over the arrays, then AdamW.stepFlat.
+  const keys = Object.keys(model.params)
+  const n = keys.reduce((a, k) => a + model.params[k].size, 0)
+  const shardGrads = [bench.rng.normals(n, 1e-3), bench.rng.normals(n, 1e-3)]
+  const dpBefore = () => {
+    const grads: Record<string, tf.Tensor> = {}
+    tf.tidy(() => {
+      let o = 0
+      for (const k of keys) {
+        const p = model.params[k]
+        let g = tf.mul(tf.tensor(shardGrads[0].subarray(o, o + p.size), p.shape), 0.5)
+        g = tf.add(g, tf.mul(tf.tensor(shardGrads[1].subarray(o, o + p.size), p.shape), 0.5))
+        grads[k] = tf.keep(g)
+        o += p.size
+      }
+    })
+    AdamW.stepPerTensor(model.params, grads, bench.adam, 1e-4, AdamW.defaults)
+    Scoped.disposeAll(grads)
+  }
+  const dpAfter = () => {
+    const g = new Float32Array(shardGrads[0])
+    for (let k = 0; k < n; k++) g[k] = g[k] * 0.5 + shardGrads[1][k] * 0.5
+    AdamW.stepFlat(model.params, g, bench.adam, 1e-4, AdamW.defaults)
+  }
+
+  const tasks: Array<{ key: string; run: () => void }> = [
+    ...variants.map((v) => ({ key: v.name, run: step(v) })),
+    { key: "dp.before", run: dpBefore },
+    { key: "dp.after", run: dpAfter }
+  ]
+  const calls = new Map<string, number>()
+  for (const t of tasks) {
+    t.run() // warm-up
+    const info = yield* Effect.promise(() => tf.profile(t.run))
+    calls.set(t.key, info.kernels.length)
+  }
+  const load = Load.start(() => [])
+  const times = new Map<string, Array<number>>()
+  for (let r = 0; r < reps; r++) {
+    for (const t of tasks) {
+      const t0 = performance.now()
+      t.run()
+      times.set(t.key, [...(times.get(t.key) ?? []), performance.now() - t0])
+    }
+  }
+  const busy = load?.others()
+  bench.dispose()
+
+  const ms = (key: string) => median(times.get(key)!)
+  const base = ms(variants[0].name)
+  console.log(`Training step of the default UNet at batch ${batch} on **${backend.name}**, one thread, median of ${reps} interleaved rounds, ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC on ${os.cpus().length} x ${os.cpus()[0]?.model ?? "cpu"}` +
+    (busy === undefined ? "" : `; other processes used ${(100 * busy.share).toFixed(0)}% of the machine's CPU meanwhile (1-min load average ${busy.loadavg.toFixed(2)} at the end, this run included)`) + ".")
+  console.log("")
+  console.log("Command: `npx tsx bench/fusion.ts" + (reps !== 8 ? ` --reps ${reps}` : "") + "`")
+  console.log("")
+  console.log("| variant | step ms | vs before | kernel calls |")
+  console.log("|---|---|---|---|")
+  for (const v of variants) {
+    console.log(`| ${v.name} | ${ms(v.name).toFixed(0)} | ${(ms(v.name) / base).toFixed(2)}x | ${calls.get(v.name)!.toLocaleString("en-US")} |`)
+  }
+  console.log("")
+  console.log(`Update of a 2-shard data-parallel step (average the shards' gradients, AdamW): per-parameter tensor ops ${ms("dp.before").toFixed(1)} ms (${calls.get("dp.before")!.toLocaleString("en-US")} kernel calls), one pass over the arrays ${ms("dp.after").toFixed(1)} ms (${calls.get("dp.after")!.toLocaleString("en-US")} kernel calls).`)
+}).pipe(Effect.provide(Backend.make(fromEnv())))
+
+NodeRuntime.runMain(program)
