@@ -14,7 +14,6 @@ import { Effect } from "effect"
 import * as os from "node:os"
 import * as Load from "./Load.ts"
 import * as TrainingBench from "./TrainingBench.ts"
-import * as Layers from "../src/model/Layers.ts"
 import { defaultConfig } from "../src/model/UNetConfig.ts"
 import * as AdamW from "../src/optim/AdamW.ts"
 import * as DataParallel from "../src/pipeline/DataParallel.ts"
@@ -30,15 +29,13 @@ const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math
 
 interface Variant {
   readonly name: string
-  readonly fused: boolean
   readonly adam: typeof AdamW.step
 }
 
 // Cumulative: each row adds one speed-up to the row above.
 const variants: Array<Variant> = [
-  { name: "before: per-tensor AdamW, conv + separate bias add", fused: false, adam: AdamW.stepPerTensor },
-  { name: "+ AdamW as one pass over arrays", fused: false, adam: AdamW.step },
-  { name: "+ fused conv + bias (FusedConv2D, bias gradient one Sum)", fused: true, adam: AdamW.step }
+  { name: "before: AdamW as tensor ops per parameter", adam: AdamW.stepPerTensor },
+  { name: "AdamW as one pass over arrays", adam: AdamW.step }
 ]
 
 const program = Effect.gen(function*() {
@@ -53,11 +50,9 @@ const program = Effect.gen(function*() {
     noise: bench.rng.normals(data.images.length)
   }
   const step = (v: Variant) => () => {
-    Layers.fusion.enabled = v.fused
     const r = DataParallel.lossAndGrads(model, shard)
     v.adam(model.params, r.grads, bench.adam, 1e-4, AdamW.defaults)
     Scoped.disposeAll(r.grads)
-    Layers.fusion.enabled = true
   }
 
   // The update of a 2-shard data-parallel step, from the shards' flat gradients:

@@ -11,7 +11,7 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { conv2dSame, conv2dSameBias } from "../tensor/Conv.ts"
+import { conv2dSame } from "../tensor/Conv.ts"
 import type { Rng } from "../tensor/Random.ts"
 
 /**
@@ -81,20 +81,8 @@ export const param = (p: Params, name: string): tf.Tensor => {
   return t
 }
 
-/**
- * Whether layers use their fused forms (conv + bias in one kernel; see
- * each layer). `false` runs the plain op sequences they are tested equal to,
- * so that bench/fusion.ts can time both in one process; nothing else turns
- * it off.
- *
- * @since 0.4.0
- */
-export const fusion = { enabled: true }
-
 export const conv = (p: Params, name: string, x: tf.Tensor4D): tf.Tensor4D =>
-  fusion.enabled
-    ? conv2dSameBias(x, param(p, `${name}.w`) as tf.Tensor4D, param(p, `${name}.b`) as tf.Tensor1D)
-    : tf.add(conv2dSame(x, param(p, `${name}.w`) as tf.Tensor4D), param(p, `${name}.b`))
+  tf.add(conv2dSame(x, param(p, `${name}.w`) as tf.Tensor4D), param(p, `${name}.b`))
 
 /**
  * Rows from which a dense layer runs as a 1x1 convolution: on wasm (XNNPACK)
@@ -113,16 +101,11 @@ export const linear = (p: Params, name: string, x: tf.Tensor): tf.Tensor => {
   const shape = x.shape
   const cin = shape[shape.length - 1]
   const rows = x.size / cin
+  let y: tf.Tensor = rows >= CONV_ROWS && rows <= CONV_MAX_ROWS
+    ? conv2dSame(tf.reshape(x, [1, rows, 1, cin]) as tf.Tensor4D, tf.reshape(w, [1, 1, cin, w.shape[1]]) as tf.Tensor4D)
+    : tf.matMul(tf.reshape(x, [-1, cin]) as tf.Tensor2D, w)
   const b = p[`${name}.b`]
-  const asConv = rows >= CONV_ROWS && rows <= CONV_MAX_ROWS
-  const x4 = () => tf.reshape(x, [1, rows, 1, cin]) as tf.Tensor4D
-  const w4 = () => tf.reshape(w, [1, 1, cin, w.shape[1]]) as tf.Tensor4D
-  let y: tf.Tensor
-  if (asConv && b !== undefined && fusion.enabled) y = conv2dSameBias(x4(), w4(), b as tf.Tensor1D)
-  else {
-    y = asConv ? conv2dSame(x4(), w4()) : tf.matMul(tf.reshape(x, [-1, cin]) as tf.Tensor2D, w)
-    if (b !== undefined) y = tf.add(y, b)
-  }
+  if (b !== undefined) y = tf.add(y, b)
   return tf.reshape(y, [...shape.slice(0, -1), w.shape[1]])
 }
 

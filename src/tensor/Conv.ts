@@ -15,53 +15,31 @@
 import * as tf from "@tensorflow/tfjs-core"
 
 type Conv = (x: tf.Tensor4D, kernel: tf.Tensor4D) => tf.Tensor4D
-type ConvBias = (x: tf.Tensor4D, kernel: tf.Tensor4D, bias: tf.Tensor1D) => tf.Tensor4D
 
-const checkKernel = (kernel: tf.Tensor4D) => {
+const convSame: Conv = tf.customGrad(((x: tf.Tensor4D, kernel: tf.Tensor4D, save: tf.GradSaveFunc) => {
   const [kh, kw] = kernel.shape
   if (kh !== kw || kh % 2 !== 1) {
     throw new Error(`conv2dSame needs an odd square kernel, got ${kh}x${kw}`)
   }
-}
-
-/** Input and kernel gradients of a "same" convolution, as forward convolutions. */
-const convGrads = (dy: tf.Tensor4D, xs: tf.Tensor4D, ks: tf.Tensor4D): [tf.Tensor4D, tf.Tensor4D] => {
-  const p = (ks.shape[0] - 1) / 2
-  // dx: flip spatially, swap in/out channels. (wasm's Conv2DBackpropInput
-  // would skip the flip but is a plain loop: 7-10x slower than this.)
-  const flipped = tf.transpose(tf.reverse(ks, [0, 1]), [0, 1, 3, 2]) as tf.Tensor4D
-  const dx = tf.conv2d(dy, flipped, 1, "same")
-  // dK[i,j,ci,co] = sum_b,h,w xpad[b,h+i,w+j,ci] * dy[b,h,w,co]
-  const xPad = p === 0 ? xs : tf.pad(xs, [[0, 0], [p, p], [p, p], [0, 0]])
-  const xT = tf.transpose(xPad, [3, 1, 2, 0]) as tf.Tensor4D // [ci, H+2p, W+2p, B]
-  const dyT = tf.transpose(dy, [1, 2, 0, 3]) as tf.Tensor4D // [H, W, B, co]
-  const dkT = tf.conv2d(xT, dyT, 1, "valid") // [ci, kh, kw, co]
-  return [dx, tf.transpose(dkT, [1, 2, 0, 3])]
-}
-
-const convSame: Conv = tf.customGrad(((x: tf.Tensor4D, kernel: tf.Tensor4D, save: tf.GradSaveFunc) => {
-  checkKernel(kernel)
   save([x, kernel])
   return {
     value: tf.conv2d(x, kernel, 1, "same"),
-    gradFunc: (dy: tf.Tensor4D, saved: Array<tf.Tensor>) => convGrads(dy, saved[0] as tf.Tensor4D, saved[1] as tf.Tensor4D)
+    gradFunc: (dy: tf.Tensor4D, saved: Array<tf.Tensor>) => {
+      const [xs, ks] = saved as [tf.Tensor4D, tf.Tensor4D]
+      const p = (ks.shape[0] - 1) / 2
+      // dx: flip spatially, swap in/out channels.
+      const flipped = tf.transpose(tf.reverse(ks, [0, 1]), [0, 1, 3, 2]) as tf.Tensor4D
+      const dx = tf.conv2d(dy, flipped, 1, "same")
+      // dK[i,j,ci,co] = sum_b,h,w xpad[b,h+i,w+j,ci] * dy[b,h,w,co]
+      const xPad = p === 0 ? xs : tf.pad(xs, [[0, 0], [p, p], [p, p], [0, 0]])
+      const xT = tf.transpose(xPad, [3, 1, 2, 0]) as tf.Tensor4D // [ci, H+2p, W+2p, B]
+      const dyT = tf.transpose(dy, [1, 2, 0, 3]) as tf.Tensor4D // [H, W, B, co]
+      const dkT = tf.conv2d(xT, dyT, 1, "valid") // [ci, kh, kw, co]
+      const dk = tf.transpose(dkT, [1, 2, 0, 3])
+      return [dx, dk]
+    }
   }
 }) as never) as unknown as Conv
-
-// The bias rides in the convolution kernel (FusedConv2D) and its gradient is
-// one Sum, instead of a separate broadcast Add whose gradient tfjs builds
-// from several kernels.
-const convSameBias: ConvBias = tf.customGrad(((x: tf.Tensor4D, kernel: tf.Tensor4D, bias: tf.Tensor1D, save: tf.GradSaveFunc) => {
-  checkKernel(kernel)
-  save([x, kernel])
-  return {
-    value: tf.fused.conv2d({ x, filter: kernel, bias, strides: 1, pad: "same" }),
-    gradFunc: (dy: tf.Tensor4D, saved: Array<tf.Tensor>) => [
-      ...convGrads(dy, saved[0] as tf.Tensor4D, saved[1] as tf.Tensor4D),
-      tf.sum(dy, [0, 1, 2])
-    ]
-  }
-}) as never) as unknown as ConvBias
 
 /**
  * `conv2d(x, k, 1, "same")` whose gradient works on every tfjs backend.
@@ -69,10 +47,3 @@ const convSameBias: ConvBias = tf.customGrad(((x: tf.Tensor4D, kernel: tf.Tensor
  * @since 0.1.0
  */
 export const conv2dSame = (x: tf.Tensor4D, kernel: tf.Tensor4D): tf.Tensor4D => convSame(x, kernel)
-
-/**
- * `conv2dSame(x, k) + bias` as one kernel call, gradients included.
- *
- * @since 0.4.0
- */
-export const conv2dSameBias = (x: tf.Tensor4D, kernel: tf.Tensor4D, bias: tf.Tensor1D): tf.Tensor4D => convSameBias(x, kernel, bias)
