@@ -24,6 +24,7 @@ import * as Denoiser from "../model/Denoiser.ts"
 import { forward } from "../model/UNet.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import * as Scoped from "../tensor/Scoped.ts"
+import * as WasmHeap from "../tensor/WasmHeap.ts"
 
 /**
  * One shard of a pretraining batch: images in [-1, 1] (B x H x W x C, HWC),
@@ -87,7 +88,7 @@ export const lossAndGrads = (model: Denoiser.Model, s: Shard): { loss: number; g
   const schedule = Schedule.make(model.config.schedule)
   const a = model.config.architecture
   const shape: [number, number, number, number] = [s.batch, a.imageSize, a.imageSize, a.channels]
-  const { grads, value } = paramGrads(() =>
+  const { grads, value } = WasmHeap.guard("pretraining gradients", s.batch, () => paramGrads(() =>
     tf.tidy(() => {
       const x0 = tf.tensor4d(s.images, shape)
       const eps = tf.tensor4d(s.noise, shape)
@@ -95,7 +96,7 @@ export const lossAndGrads = (model: Denoiser.Model, s: Shard): { loss: number; g
       const inputs = Denoiser.encodeInputs(model.config, xt, s.t, s.prompts)
       const target = model.config.prediction === "v_prediction" ? Noise.vTarget(schedule, x0, eps, s.t) : eps
       return tf.mean(tf.squaredDifference(forward(model.params, a, inputs), target)) as tf.Scalar
-    }), model.params)
+    }), model.params), (r) => tf.dispose([r.value, ...Object.values(r.grads)]))
   const loss = value.dataSync()[0]
   value.dispose()
   return { loss, grads }
@@ -156,6 +157,8 @@ interface Reply {
   readonly loss?: number
   readonly grads?: Float32Array
   readonly error?: string
+  /** The worker's heap ran out (the fields of WasmHeapExhausted). */
+  readonly heap?: ConstructorParameters<typeof WasmHeap.WasmHeapExhausted>[0]
 }
 
 /**
@@ -173,7 +176,8 @@ export const make = (model: Denoiser.Model, workers: number, backend: string): P
     new Promise<{ loss: number; grads: Float32Array }>((resolve, reject) => {
       const onMessage = (m: Reply) => {
         w.off("error", onError)
-        if (m.error !== undefined) reject(new Error(`pretraining worker: ${m.error}`))
+        if (m.heap !== undefined) reject(new WasmHeap.WasmHeapExhausted({ ...m.heap, what: `${m.heap.what} (worker thread)` }))
+        else if (m.error !== undefined) reject(new Error(`pretraining worker: ${m.error}`))
         else resolve({ loss: m.loss!, grads: m.grads! })
       }
       const onError = (e: Error) => {

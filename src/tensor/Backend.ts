@@ -18,6 +18,11 @@ import { createRequire } from "node:module"
 // alone (its CommonJS entry, which Node loads) registers no gradients.
 import "@tensorflow/tfjs"
 import * as tf from "@tensorflow/tfjs-core"
+import * as WasmHeap from "./WasmHeap.ts"
+
+// Before any wasm module exists: it binds console.warn when created, and its
+// XNNPACK out-of-memory reports arrive only there (see WasmHeap).
+WasmHeap.hookWarnings()
 
 export const BackendName = Schema.Literals(["auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu"])
 export type BackendName = typeof BackendName.Type
