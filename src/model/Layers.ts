@@ -111,8 +111,78 @@ export const linear = (p: Params, name: string, x: tf.Tensor): tf.Tensor => {
 
 export const silu = (x: tf.Tensor): tf.Tensor => tf.mul(x, tf.sigmoid(x))
 
+/**
+ * Whether {@link groupNorm} and {@link groupNormSilu} run their fused form
+ * (one custom-gradient op) or the plain op sequence it is tested equal to.
+ * Only bench/fusion.ts turns it off, to time both in one process.
+ *
+ * @since 0.4.0
+ */
+export const fusion = { groupNorm: true }
+
+type NormOp = (x: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tensor1D) => tf.Tensor4D
+const normOps = new Map<string, NormOp>()
+
+/**
+ * GroupNorm (optionally followed by SiLU) as one op with a hand-written
+ * gradient: tfjs differentiates the plain form op by op, ~40 small kernels
+ * per norm, most of them broadcasts that wasm runs without SIMD; the
+ * closed form below needs about half as many.
+ */
+const fusedNorm = (groups: number, eps: number, withSilu: boolean): NormOp => {
+  const key = `${groups}/${eps}/${withSilu}`
+  const cached = normOps.get(key)
+  if (cached !== undefined) return cached
+  const op = tf.customGrad(((x: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tensor1D, save: tf.GradSaveFunc) => {
+    const [b, h, w, c] = x.shape
+    const g = Math.min(groups, c)
+    const xg = tf.reshape(x, [b, h * w, g, c / g])
+    const mean = tf.mean(xg, [1, 3], true)
+    const xc = tf.sub(xg, mean)
+    const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(xc), [1, 3], true), eps))
+    const xhat = tf.reshape(tf.mul(xc, rstd), [b, h, w, c]) as tf.Tensor4D
+    const y = tf.add(tf.mul(xhat, gamma), beta) as tf.Tensor4D
+    const s = withSilu ? tf.sigmoid(y) : undefined
+    save(withSilu ? [xhat, rstd, gamma, y, s!] : [xhat, rstd, gamma])
+    return {
+      value: withSilu ? tf.mul(y, s!) as tf.Tensor4D : y,
+      gradFunc: (dout: tf.Tensor4D, saved: Array<tf.Tensor>) => {
+        const [xh, rs, gm] = saved
+        // d silu(y)/dy = s (1 + y (1 - s))
+        const dy = withSilu ? tf.mul(dout, tf.mul(saved[4], tf.add(tf.mul(saved[3], tf.sub(1, saved[4])), 1))) : dout
+        const dgamma = tf.sum(tf.mul(dy, xh), [0, 1, 2])
+        const dbeta = tf.sum(dy, [0, 1, 2])
+        const shape = [b, h * w, g, c / g]
+        const dxh = tf.reshape(tf.mul(dy, gm), shape)
+        const xhg = tf.reshape(xh, shape)
+        // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over each group
+        const dx = tf.mul(tf.sub(tf.sub(dxh, tf.mean(dxh, [1, 3], true)), tf.mul(xhg, tf.mean(tf.mul(dxh, xhg), [1, 3], true))), rs)
+        return [tf.reshape(dx, [b, h, w, c]), dgamma, dbeta]
+      }
+    }
+  }) as never) as unknown as NormOp
+  normOps.set(key, op)
+  return op
+}
+
 /** GroupNorm over NHWC. */
-export const groupNorm = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D => {
+export const groupNorm = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D =>
+  fusion.groupNorm
+    ? fusedNorm(groups, eps, false)(x, param(p, `${name}.g`) as tf.Tensor1D, param(p, `${name}.b`) as tf.Tensor1D)
+    : groupNormPlain(p, name, x, groups, eps)
+
+/**
+ * `silu(groupNorm(...))`, the pre-activation of every conv in a res block.
+ *
+ * @since 0.4.0
+ */
+export const groupNormSilu = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D =>
+  fusion.groupNorm
+    ? fusedNorm(groups, eps, true)(x, param(p, `${name}.g`) as tf.Tensor1D, param(p, `${name}.b`) as tf.Tensor1D)
+    : silu(groupNormPlain(p, name, x, groups, eps)) as tf.Tensor4D
+
+/** GroupNorm as plain tfjs ops (differentiated op by op): the reference of the fused form. */
+export const groupNormPlain = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D => {
   const [b, h, w, c] = x.shape
   const g = Math.min(groups, c)
   const xg = tf.reshape(x, [b, h, w, g, c / g])

@@ -1,8 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
 import { beforeAll } from "vitest"
-import { linear } from "../../src/model/Layers.ts"
-import { useCpu } from "../helpers.ts"
+import { fusion, groupNorm, groupNormPlain, groupNormSilu, linear, silu } from "../../src/model/Layers.ts"
+import { useCpu, useWasm } from "../helpers.ts"
 
 describe("linear", () => {
   beforeAll(useCpu)
@@ -22,4 +22,41 @@ describe("linear", () => {
     assert.isBelow(rel(gw, rw), 1e-5)
     assert.deepStrictEqual(linear({ "l.w": w, "l.b": b }, "l", x).shape, [2, 16, 16, 5])
   })
+})
+
+describe("groupNorm", () => {
+  beforeAll(useCpu)
+
+  const rel = (a: tf.Tensor, c: tf.Tensor) => tf.tidy(() => tf.norm(tf.sub(a, c)).dataSync()[0] / tf.norm(c).dataSync()[0])
+
+  // The fused form (one op, closed-form gradient) against tfjs's own
+  // differentiation of the plain ops, on both backends it runs on.
+  for (const [backend, use] of [["cpu", useCpu], ["wasm", useWasm]] as const) {
+    for (const withSilu of [false, true]) {
+      it(`${withSilu ? "groupNormSilu" : "groupNorm"} equals the plain ops on ${backend}, gradients of input, scale and shift included`, async () => {
+        await use()
+        const x = tf.add(tf.mul(tf.randomNormal([2, 4, 4, 12], 0, 1, "float32", 1), 3), 1) as tf.Tensor4D
+        const g = tf.randomNormal([12], 1, 0.5, "float32", 2)
+        const b = tf.randomNormal([12], 0, 0.5, "float32", 3)
+        const up = tf.randomNormal([2, 4, 4, 12], 0, 1, "float32", 4)
+        const fused = (xx: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor) =>
+          tf.sum(tf.mul((withSilu ? groupNormSilu : groupNorm)({ "n.g": gg, "n.b": bb }, "n", xx as tf.Tensor4D, 3), up))
+        const plain = (xx: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor) => {
+          const y = groupNormPlain({ "n.g": gg, "n.b": bb }, "n", xx as tf.Tensor4D, 3)
+          return tf.sum(tf.mul(withSilu ? silu(y) : y, up))
+        }
+        assert.isTrue(fusion.groupNorm)
+        assert.isBelow(rel(fused(x, g, b), plain(x, g, b)), 1e-5)
+        const ours = tf.grads(fused)([x, g, b])
+        const ref = tf.grads(plain)([x, g, b])
+        ours.forEach((d, i) => assert.isBelow(rel(d, ref[i]), 1e-4, `gradient ${i}`))
+        // The switch runs the plain form.
+        fusion.groupNorm = false
+        const off = tf.grads(fused)([x, g, b])
+        fusion.groupNorm = true
+        off.forEach((d, i) => assert.isBelow(rel(d, ref[i]), 1e-6, `switched off, gradient ${i}`))
+        await useCpu()
+      })
+    }
+  }
 })
