@@ -81,15 +81,33 @@ export const param = (p: Params, name: string): tf.Tensor => {
   return t
 }
 
+/**
+ * Kernel choices that make the layers faster on wasm, each tested equal to
+ * the plain form it replaces. Only bench/fusion.ts changes them, to time
+ * both forms in one process.
+ *
+ * @since 0.4.0
+ */
+export const speedups = {
+  /**
+   * {@link groupNorm} and {@link groupNormSilu} as one op with a closed-form
+   * gradient (false: the plain ops, differentiated by tfjs).
+   */
+  groupNorm: true,
+  /**
+   * Rows from which a dense layer runs as a 1x1 convolution. On wasm
+   * (XNNPACK) that is 3-5x faster than BatchMatMul for image-sized inputs
+   * (2,048-8,192 rows of 64-128 channels), and about 2x for the text
+   * encoder's 96 rows (batch 8 x 12 tokens; its gradient's transposed
+   * BatchMatMul is a plain loop on wasm); at 24 rows and below BatchMatMul is
+   * faster. Was 256.
+   */
+  denseConvRows: 64
+}
+
 export const conv = (p: Params, name: string, x: tf.Tensor4D): tf.Tensor4D =>
   tf.add(conv2dSame(x, param(p, `${name}.w`) as tf.Tensor4D), param(p, `${name}.b`))
 
-/**
- * Rows from which a dense layer runs as a 1x1 convolution: on wasm (XNNPACK)
- * that is 3-5x faster than BatchMatMul for image-sized inputs (measured for
- * 2,048-8,192 rows of 64-128 channels), with the same weights.
- */
-const CONV_ROWS = 256
 // Above this many rows the 1x1-conv gradient's extra copies can exhaust the
 // wasm heap on large sharpening batches (a "memory access out of bounds"
 // in RLHF with 48 images of 32 px = 49k rows); matMul fits there.
@@ -101,7 +119,7 @@ export const linear = (p: Params, name: string, x: tf.Tensor): tf.Tensor => {
   const shape = x.shape
   const cin = shape[shape.length - 1]
   const rows = x.size / cin
-  let y: tf.Tensor = rows >= CONV_ROWS && rows <= CONV_MAX_ROWS
+  let y: tf.Tensor = rows >= speedups.denseConvRows && rows <= CONV_MAX_ROWS
     ? conv2dSame(tf.reshape(x, [1, rows, 1, cin]) as tf.Tensor4D, tf.reshape(w, [1, 1, cin, w.shape[1]]) as tf.Tensor4D)
     : tf.matMul(tf.reshape(x, [-1, cin]) as tf.Tensor2D, w)
   const b = p[`${name}.b`]
@@ -111,14 +129,6 @@ export const linear = (p: Params, name: string, x: tf.Tensor): tf.Tensor => {
 
 export const silu = (x: tf.Tensor): tf.Tensor => tf.mul(x, tf.sigmoid(x))
 
-/**
- * Whether {@link groupNorm} and {@link groupNormSilu} run their fused form
- * (one custom-gradient op) or the plain op sequence it is tested equal to.
- * Only bench/fusion.ts turns it off, to time both in one process.
- *
- * @since 0.4.0
- */
-export const fusion = { groupNorm: true }
 
 type NormOp = (x: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tensor1D) => tf.Tensor4D
 const normOps = new Map<string, NormOp>()
@@ -167,7 +177,7 @@ const fusedNorm = (groups: number, eps: number, withSilu: boolean): NormOp => {
 
 /** GroupNorm over NHWC. */
 export const groupNorm = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D =>
-  fusion.groupNorm
+  speedups.groupNorm
     ? fusedNorm(groups, eps, false)(x, param(p, `${name}.g`) as tf.Tensor1D, param(p, `${name}.b`) as tf.Tensor1D)
     : groupNormPlain(p, name, x, groups, eps)
 
@@ -177,7 +187,7 @@ export const groupNorm = (p: Params, name: string, x: tf.Tensor4D, groups: numbe
  * @since 0.4.0
  */
 export const groupNormSilu = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D =>
-  fusion.groupNorm
+  speedups.groupNorm
     ? fusedNorm(groups, eps, true)(x, param(p, `${name}.g`) as tf.Tensor1D, param(p, `${name}.b`) as tf.Tensor1D)
     : silu(groupNormPlain(p, name, x, groups, eps)) as tf.Tensor4D
 
