@@ -20,6 +20,7 @@ import { defaultConfig } from "../src/model/UNetConfig.ts"
 import * as AdamW from "../src/optim/AdamW.ts"
 import * as DataParallel from "../src/pipeline/DataParallel.ts"
 import { Backend, fromEnv } from "../src/tensor/Backend.ts"
+import * as Conv from "../src/tensor/Conv.ts"
 import * as Scoped from "../src/tensor/Scoped.ts"
 
 const args = process.argv.slice(2)
@@ -34,14 +35,16 @@ interface Variant {
   readonly adam: typeof AdamW.step
   readonly fusedNorm: boolean
   readonly denseConvRows: number
+  readonly jsFlip: boolean
 }
 
 // Cumulative: each row adds one speed-up to the row above.
 const variants: Array<Variant> = [
-  { name: "before: AdamW as tensor ops per parameter, GroupNorm + SiLU as plain ops, dense layers as 1x1 convs from 256 rows", adam: AdamW.stepPerTensor, fusedNorm: false, denseConvRows: 256 },
-  { name: "+ AdamW as one pass over arrays", adam: AdamW.step, fusedNorm: false, denseConvRows: 256 },
-  { name: "+ GroupNorm (+ SiLU) as one op with a closed-form gradient", adam: AdamW.step, fusedNorm: true, denseConvRows: 256 },
-  { name: "+ dense layers as 1x1 convs from 64 rows (the text encoder's 96)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64 }
+  { name: "before: AdamW as tensor ops per parameter, GroupNorm + SiLU as plain ops, dense layers as 1x1 convs from 256 rows", adam: AdamW.stepPerTensor, fusedNorm: false, denseConvRows: 256, jsFlip: false },
+  { name: "+ AdamW as one pass over arrays", adam: AdamW.step, fusedNorm: false, denseConvRows: 256, jsFlip: false },
+  { name: "+ GroupNorm (+ SiLU) as one op with a closed-form gradient", adam: AdamW.step, fusedNorm: true, denseConvRows: 256, jsFlip: false },
+  { name: "+ dense layers as 1x1 convs from 64 rows (the text encoder's 96)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: false },
+  { name: "+ conv input gradient's kernel flip permuted in JS (no Reverse/Transpose kernels)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: true }
 ]
 
 const program = Effect.gen(function*() {
@@ -58,10 +61,12 @@ const program = Effect.gen(function*() {
   const defaults = { ...Layers.speedups }
   const step = (v: Variant) => () => {
     Object.assign(Layers.speedups, { groupNorm: v.fusedNorm, denseConvRows: v.denseConvRows })
+    Conv.speedups.jsFlip = v.jsFlip
     const r = DataParallel.lossAndGrads(model, shard)
     v.adam(model.params, r.grads, bench.adam, 1e-4, AdamW.defaults)
     Scoped.disposeAll(r.grads)
     Object.assign(Layers.speedups, defaults)
+    Conv.speedups.jsFlip = true
   }
   // Sampling's forward pass, before and after.
   const x = tf.tensor4d(data.images, [batch, 32, 32, 3])

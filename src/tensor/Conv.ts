@@ -16,6 +16,37 @@ import * as tf from "@tensorflow/tfjs-core"
 
 type Conv = (x: tf.Tensor4D, kernel: tf.Tensor4D) => tf.Tensor4D
 
+/**
+ * Whether {@link flipKernel} permutes the weights in JS on the backends
+ * that allow it. Only bench/fusion.ts turns it off, to time both forms.
+ *
+ * @since 0.4.0
+ */
+export const speedups = { jsFlip: true }
+
+/** [kh, kw, ci, co] -> the kernel flipped spatially, in/out swapped: [kh, kw, co, ci]. */
+export const flipKernel = (k: tf.Tensor4D): tf.Tensor4D => {
+  // On the backends whose tensors live in JS-visible memory a read is a copy
+  // (wasm) or free (cpu), and permuting the weights in JS is several times
+  // faster than wasm's Reverse + Transpose kernels (bench/fusion.ts);
+  // elsewhere (native, GPU) a read would be a download, so stay on the device.
+  const backend = tf.getBackend()
+  if (!speedups.jsFlip || (backend !== "wasm" && backend !== "cpu")) return tf.transpose(tf.reverse(k, [0, 1]), [0, 1, 3, 2])
+  const [kh, kw, ci, co] = k.shape
+  const src = k.dataSync() as Float32Array
+  const out = new Float32Array(src.length)
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const from = ((kh - 1 - i) * kw + (kw - 1 - j)) * ci * co
+      const to = (i * kw + j) * co * ci
+      for (let c = 0; c < ci; c++) {
+        for (let o = 0; o < co; o++) out[to + o * ci + c] = src[from + c * co + o]
+      }
+    }
+  }
+  return tf.tensor4d(out, [kh, kw, co, ci])
+}
+
 const convSame: Conv = tf.customGrad(((x: tf.Tensor4D, kernel: tf.Tensor4D, save: tf.GradSaveFunc) => {
   const [kh, kw] = kernel.shape
   if (kh !== kw || kh % 2 !== 1) {
@@ -28,7 +59,7 @@ const convSame: Conv = tf.customGrad(((x: tf.Tensor4D, kernel: tf.Tensor4D, save
       const [xs, ks] = saved as [tf.Tensor4D, tf.Tensor4D]
       const p = (ks.shape[0] - 1) / 2
       // dx: flip spatially, swap in/out channels.
-      const flipped = tf.transpose(tf.reverse(ks, [0, 1]), [0, 1, 3, 2]) as tf.Tensor4D
+      const flipped = flipKernel(ks)
       const dx = tf.conv2d(dy, flipped, 1, "same")
       // dK[i,j,ci,co] = sum_b,h,w xpad[b,h+i,w+j,ci] * dy[b,h,w,co]
       const xPad = p === 0 ? xs : tf.pad(xs, [[0, 0], [p, p], [p, p], [0, 0]])

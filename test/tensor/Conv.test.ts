@@ -2,7 +2,8 @@ import { assert, describe, it } from "@effect/vitest"
 import "@tensorflow/tfjs"
 import * as tf from "@tensorflow/tfjs-core"
 import { beforeAll } from "vitest"
-import { conv2dSame } from "../../src/tensor/Conv.ts"
+import { conv2dSame, flipKernel, speedups } from "../../src/tensor/Conv.ts"
+import { useWasm } from "../helpers.ts"
 
 const relErr = (a: tf.Tensor, b: tf.Tensor) =>
   tf.tidy(() => tf.norm(tf.sub(a, b)).dataSync()[0] / Math.max(tf.norm(b).dataSync()[0], 1e-12))
@@ -25,6 +26,23 @@ describe("conv2dSame", () => {
       assert.isBelow(relErr(dxOurs, dxRef), 1e-5)
       assert.isBelow(relErr(dwOurs, dwRef), 1e-5)
       tf.dispose([x, w, up, dxOurs, dwOurs, dxRef, dwRef])
+    })
+  }
+
+  // The JS permutation against the Reverse + Transpose kernels, on both backends where it runs.
+  for (const backend of ["cpu", "wasm"] as const) {
+    it(`flipKernel equals reverse + transpose on ${backend}`, async () => {
+      if (backend === "wasm") await useWasm()
+      for (const shape of [[3, 3, 4, 5], [5, 5, 2, 3], [1, 1, 6, 7]] as const) {
+        const k = tf.randomNormal([...shape], 0, 1, "float32", 5) as tf.Tensor4D
+        assert.isTrue(speedups.jsFlip)
+        const ours = flipKernel(k)
+        const ref = tf.transpose(tf.reverse(k, [0, 1]), [0, 1, 3, 2])
+        assert.deepStrictEqual(ours.shape, ref.shape)
+        assert.deepStrictEqual(Array.from(ours.dataSync()), Array.from(ref.dataSync()))
+        tf.dispose([k, ours, ref])
+      }
+      await tf.setBackend("cpu")
     })
   }
 
