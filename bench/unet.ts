@@ -183,8 +183,16 @@ const program = Effect.gen(function*() {
   const load = Load.start(() => [torch?.pid])
 
   // Series, one sample per round each; the reference net is so short (ms) that it gets 3 per round.
-  type Task = { key: string; times: number; run: () => Promise<number> }
-  const sync = (f: () => unknown) => () => Promise.resolve(timed(() => void f()))
+  // Each sample: wall ms and CPU ms of the process (the CPU time of a
+  // one-thread run hardly moves with other people's load; see the doc).
+  type Sample = { ms: number; cpu: number }
+  type Task = { key: string; times: number; run: () => Promise<Sample> }
+  const sync = (f: () => unknown) => () => {
+    const c0 = process.cpuUsage()
+    const ms = timed(() => void f())
+    const c = process.cpuUsage(c0)
+    return Promise.resolve({ ms, cpu: (c.user + c.system) / 1000 })
+  }
   const tasks: Array<Task> = [
     { key: "ref.tfjs.forward", times: 3, run: sync(ref.forward) },
     { key: "ref.tfjs.train", times: 3, run: sync(ref.train) },
@@ -196,7 +204,7 @@ const program = Effect.gen(function*() {
       run: async () => {
         const t0 = performance.now()
         await unetParallel()
-        return performance.now() - t0
+        return { ms: performance.now() - t0, cpu: NaN }
       }
     }])
   ]
@@ -206,17 +214,21 @@ const program = Effect.gen(function*() {
         for (const n of [1, threads]) {
           const key = `${net === "reference" ? "ref" : "unet"}.torch${n}.${mode}`
           if (tasks.some((t) => t.key === key)) continue
-          tasks.push({ key, times: net === "reference" ? 3 : 1, run: () => torch.request<{ ms: number }>({ op: "time", net, mode, threads: n }).then((r) => r.ms) })
+          tasks.push({ key, times: net === "reference" ? 3 : 1, run: () => torch.request<Sample>({ op: "time", net, mode, threads: n }) })
         }
       }
     }
   }
   const series = new Map<string, Array<number>>()
+  const cpuSeries = new Map<string, Array<number>>()
   for (let round = 0; round < warmup + reps; round++) {
     for (const task of tasks) {
       for (let k = 0; k < task.times; k++) {
-        const ms = yield* Effect.promise(task.run)
-        if (round >= warmup) series.set(task.key, [...(series.get(task.key) ?? []), ms])
+        const { ms, cpu } = yield* Effect.promise(task.run)
+        if (round >= warmup) {
+          series.set(task.key, [...(series.get(task.key) ?? []), ms])
+          cpuSeries.set(task.key, [...(cpuSeries.get(task.key) ?? []), cpu])
+        }
         // Let OpenMP's spinning threads go idle before the next timing (see TorchBench).
         if (task.key.includes("torch")) yield* Effect.sleep("20 millis")
       }
@@ -225,6 +237,10 @@ const program = Effect.gen(function*() {
   const busy = load?.others()
   const med = (key: string) => {
     const s = series.get(key)
+    return s === undefined ? undefined : median(s)
+  }
+  const medCpu = (key: string) => {
+    const s = cpuSeries.get(key)
     return s === undefined ? undefined : median(s)
   }
   const trainBuiltin = ref.builtin ? median(Array.from({ length: 3 }, () => timed(ref.trainBuiltin))) : undefined
@@ -251,20 +267,20 @@ const program = Effect.gen(function*() {
       const t2 = med(`${p}.tfjs2.${mode}`)
       const p1 = med(`${p}.torch1.${mode}`)
       const p2 = med(`${p}.torch${threads}.${mode}`)
-      return `| ${name} | ${ms(t1, digits)} | ${ms(t2, digits)} | ${ms(p1, digits)} | ${ms(p2, digits)} | ${ratio(t1, p1)} | ${ratio(t2 ?? t1, p2)} |`
+      return `| ${name} | ${ms(t1, digits)} | ${ms(t2, digits)} | ${ms(p1, digits)} | ${ms(p2, digits)} | ${ratio(t1, p1)} | ${ratio(medCpu(`${p}.tfjs.${mode}`), medCpu(`${p}.torch1.${mode}`))} | ${ratio(t2 ?? t1, p2)} |`
     }
     return [
       "",
       `Side by side with PyTorch ${torchVersion} (CPU, \`command -p python3\`, bench/torch/), same run, rounds interleaved. The PyTorch UNet has the same ${check!.params.toLocaleString("en-US")} parameters, names and shapes as ours (checked) and the same output for the same weights and input (max difference ${check!.rel.toExponential(1)} of the output's range, checked each run); same batch, same AdamW (betas 0.9/0.999, grad norm clipped at 1), v-prediction MSE step.`,
       "",
-      `| network, batch ${batch} | tfjs 1 thread ms | tfjs ${threads} threads ms | PyTorch 1 thread ms | PyTorch ${threads} threads ms | tfjs / PyTorch, 1 thread | tfjs / PyTorch, ${threads} threads |`,
-      "|---|---|---|---|---|---|---|",
+      `| network, batch ${batch} | tfjs 1 thread ms | tfjs ${threads} threads ms | PyTorch 1 thread ms | PyTorch ${threads} threads ms | tfjs / PyTorch, 1 thread | same, CPU time | tfjs / PyTorch, ${threads} threads |`,
+      "|---|---|---|---|---|---|---|---|",
       row("UNet forward", "unet", "forward", 0),
       row("UNet train step", "unet", "train", 0),
       row("reference net forward", "ref", "forward", 1),
       row("reference net train step", "ref", "train", 1),
       "",
-      `tfjs on ${threads} threads is the data-parallel step (DataParallel, as \`--workers ${threads}\`); the forward pass and the reference net have no 2-thread tfjs path (generation uses the second core for other prompts instead), so their last ratio is tfjs on one thread against PyTorch on ${threads}.`
+      `tfjs on ${threads} threads is the data-parallel step (DataParallel, as \`--workers ${threads}\`); the forward pass and the reference net have no 2-thread tfjs path (generation uses the second core for other prompts instead), so their last ratio is tfjs on one thread against PyTorch on ${threads}. "Same, CPU time" is the one-thread ratio of the processes' CPU time instead of wall time (medians of the same rounds): a one-thread run's CPU time hardly changes when other processes compete for the cores, so it checks the wall-time ratio on a busy machine.`
     ]
   })()
   const lines = [

@@ -8,7 +8,7 @@ Requests (one JSON object a line), each answered by one JSON line:
       -> {"torch": version, "unet": [[name, shape], ...], "reference": [...]}
          (shapes in the TypeScript layout, for the parameter check)
   {"op": "time", "net": "unet"|"reference", "mode": "forward"|"train", "threads": n}
-      -> {"ms": one timed repetition}
+      -> {"ms": wall time of one repetition, "cpu": its CPU time (all threads)}
   {"op": "check", "file": path, "batch": b, "tokens": [...], "mask": [...], "t": [...]}
       -> {"out": [...]}  the UNet's output at the TypeScript weights and input
          in `file` (float32: parameters in TypeScript order, then x as NHWC)
@@ -109,9 +109,11 @@ def main():
             torch.set_num_threads(req["threads"])
             f = {("unet", "forward"): bench.unet_forward, ("unet", "train"): bench.unet_train,
                  ("reference", "forward"): bench.ref_forward, ("reference", "train"): bench.ref_train}[(req["net"], req["mode"])]
+            c0 = time.process_time()
             t0 = time.perf_counter()
             f()
-            reply = {"ms": (time.perf_counter() - t0) * 1000}
+            # CPU time too: with one thread it hardly moves with other people's load
+            reply = {"ms": (time.perf_counter() - t0) * 1000, "cpu": (time.process_time() - c0) * 1000}
         elif op == "check":
             reply = {"out": bench.check(req)}
         else:
