@@ -1,7 +1,8 @@
 /**
  * Pretraining step time and wasm heap against batch size: each batch size
  * in a fresh process (the wasm heap only grows, so its size after the steps
- * is that batch's peak), one thread, the default UNet, AdamW.
+ * is that batch's peak), one thread, the default UNet, AdamW. Wall and CPU
+ * time (the latter hardly moves with other processes' load).
  *
  *   npx tsx bench/batch.ts                      # batches 1,2,4,8,16,32
  *   npx tsx bench/batch.ts --batches 8,48,64    # 64 runs the heap out: WasmHeapExhausted
@@ -19,6 +20,7 @@ const flag = (name: string) => {
 interface Row {
   readonly batch: number
   readonly stepMs?: number
+  readonly cpuMs?: number
   readonly heapMiB?: number
   readonly error?: string
 }
@@ -34,13 +36,17 @@ const child = async (batch: number): Promise<Row> => {
   try {
     bench.step() // warm-up
     const ts: Array<number> = []
+    const cpu: Array<number> = []
     for (let i = 0; i < (batch <= 8 ? 5 : batch <= 16 ? 3 : 1); i++) {
+      const c0 = process.cpuUsage()
       const t0 = performance.now()
       bench.step()
       ts.push(performance.now() - t0)
+      const c = process.cpuUsage(c0)
+      cpu.push((c.user + c.system) / 1000)
     }
-    ts.sort((a, b) => a - b)
-    return { batch, stepMs: ts[Math.floor(ts.length / 2)], heapMiB: WasmHeap.heapBytes() / 2 ** 20 }
+    const median = (xs: Array<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+    return { batch, stepMs: median(ts), cpuMs: median(cpu), heapMiB: WasmHeap.heapBytes() / 2 ** 20 }
   } catch (e) {
     return { batch, error: e instanceof WasmHeap.WasmHeapExhausted ? `${e._tag}: ${e.message}` : String(e) }
   }
@@ -60,16 +66,16 @@ if (flag("child") !== undefined) {
     const line = r.stdout.split("\n").find((l) => l.startsWith("@@"))
     rows.push(line !== undefined ? JSON.parse(line.slice(2)) as Row : { batch: b, error: `exited with ${r.status}: ${r.stderr.trim().split("\n").slice(-1)[0] ?? ""}` })
   }
-  const per = (r: Row) => (r.stepMs === undefined ? undefined : r.stepMs / r.batch)
+  const per = (r: Row) => (r.cpuMs === undefined ? undefined : r.cpuMs / r.batch)
   console.log(`Pretraining step of the default UNet on **wasm**, one thread, each batch in a fresh process (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC, ${os.cpus().length} x ${os.cpus()[0]?.model ?? "cpu"}; 1-min load average ${load0.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after).`)
   console.log("")
   console.log(`Command: \`npx tsx bench/batch.ts${flag("batches") !== undefined ? ` --batches ${flag("batches")}` : ""}\``)
   console.log("")
-  console.log("| batch (UNet rows) | step ms | ms per row | wasm heap MiB |")
-  console.log("|---|---|---|---|")
+  console.log("| batch (UNet rows) | step ms (wall) | step ms (CPU time) | CPU ms per row | wasm heap MiB |")
+  console.log("|---|---|---|---|---|")
   for (const r of rows) {
     console.log(r.error !== undefined
-      ? `| ${r.batch} | ${r.error} | | |`
-      : `| ${r.batch} | ${r.stepMs!.toFixed(0)} | ${per(r)!.toFixed(0)} | ${r.heapMiB!.toFixed(0)} |`)
+      ? `| ${r.batch} | ${r.error} | | | |`
+      : `| ${r.batch} | ${r.stepMs!.toFixed(0)} | ${r.cpuMs!.toFixed(0)} | ${per(r)!.toFixed(0)} | ${r.heapMiB!.toFixed(0)} |`)
   }
 }
