@@ -8,8 +8,8 @@
  * unusable. {@link guard} turns both into {@link WasmHeapExhausted}, naming
  * the work, its batch and the limit.
  *
- * The pretraining graph takes about 90 MiB of heap per UNet row at 32 px
- * (docs/performance.md), so about 45 rows fit.
+ * The default UNet's pretraining step takes about 70 MiB of heap per row
+ * at 32 px: batch 48 fits, 64 does not (docs/performance.md).
  *
  * @since 0.4.0
  */
@@ -87,7 +87,10 @@ export const guard = <A>(what: string, rows: number | undefined, f: () => A, rel
     try {
       result = f()
     } catch (e) {
-      if (isAbort(e)) throw fail(`${(e as Error).message.split("\n")[0]}; the wasm backend is unusable until the process restarts`)
+      if (isAbort(e)) {
+        const first = (e as Error).message.split("\n")[0].replace(/\s*Build with -sASSERTIONS.*$/, "")
+        throw fail(`the module failed: "${first}"; the wasm backend is unusable until the process restarts`)
+      }
       throw e
     }
     if (reports.length > 0) {
