@@ -36,15 +36,17 @@ interface Variant {
   readonly fusedNorm: boolean
   readonly denseConvRows: number
   readonly jsFlip: boolean
+  readonly gemm1x1: boolean
 }
 
 // Cumulative: each row adds one speed-up to the row above.
 const variants: Array<Variant> = [
-  { name: "before: AdamW as tensor ops per parameter, GroupNorm + SiLU as plain ops, dense layers as 1x1 convs from 256 rows", adam: AdamW.stepPerTensor, fusedNorm: false, denseConvRows: 256, jsFlip: false },
-  { name: "+ AdamW as one pass over arrays", adam: AdamW.step, fusedNorm: false, denseConvRows: 256, jsFlip: false },
-  { name: "+ GroupNorm (+ SiLU) as one op with a closed-form gradient", adam: AdamW.step, fusedNorm: true, denseConvRows: 256, jsFlip: false },
-  { name: "+ dense layers as 1x1 convs from 64 rows (the text encoder's 96)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: false },
-  { name: "+ conv input gradient's kernel flip permuted in JS (no Reverse/Transpose kernels)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: true }
+  { name: "before: AdamW as tensor ops per parameter, GroupNorm + SiLU as plain ops, dense layers as 1x1 convs from 256 rows", adam: AdamW.stepPerTensor, fusedNorm: false, denseConvRows: 256, jsFlip: false, gemm1x1: false },
+  { name: "+ AdamW as one pass over arrays", adam: AdamW.step, fusedNorm: false, denseConvRows: 256, jsFlip: false, gemm1x1: false },
+  { name: "+ GroupNorm (+ SiLU) as one op with a closed-form gradient", adam: AdamW.step, fusedNorm: true, denseConvRows: 256, jsFlip: false, gemm1x1: false },
+  { name: "+ dense layers as 1x1 convs from 64 rows (the text encoder's 96)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: false, gemm1x1: false },
+  { name: "+ conv input gradient's kernel flip permuted in JS (no Reverse/Transpose kernels)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: true, gemm1x1: false },
+  { name: "+ 1x1 convolutions' filter gradient as one GEMM", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: true, gemm1x1: true }
 ]
 
 const program = Effect.gen(function*() {
@@ -59,14 +61,15 @@ const program = Effect.gen(function*() {
     noise: bench.rng.normals(data.images.length)
   }
   const defaults = { ...Layers.speedups }
+  const convDefaults = { ...Conv.speedups }
   const step = (v: Variant) => () => {
     Object.assign(Layers.speedups, { groupNorm: v.fusedNorm, denseConvRows: v.denseConvRows })
-    Conv.speedups.jsFlip = v.jsFlip
+    Object.assign(Conv.speedups, { jsFlip: v.jsFlip, gemm1x1: v.gemm1x1 })
     const r = DataParallel.lossAndGrads(model, shard)
     v.adam(model.params, r.grads, bench.adam, 1e-4, AdamW.defaults)
     Scoped.disposeAll(r.grads)
     Object.assign(Layers.speedups, defaults)
-    Conv.speedups.jsFlip = true
+    Object.assign(Conv.speedups, convDefaults)
   }
   // Sampling's forward pass, before and after.
   const x = tf.tensor4d(data.images, [batch, 32, 32, 3])

@@ -46,6 +46,25 @@ describe("conv2dSame", () => {
     })
   }
 
+  for (const backend of ["cpu", "wasm"] as const) {
+    it(`the 1x1 filter gradient as one GEMM equals the general form on ${backend}`, async () => {
+      if (backend === "wasm") await useWasm()
+      const x = tf.randomNormal([1, 300, 1, 6], 0, 1, "float32", 6) as tf.Tensor4D
+      const w = tf.randomNormal([1, 1, 6, 4], 0, 1, "float32", 7) as tf.Tensor4D
+      const up = tf.randomNormal([1, 300, 1, 4], 0, 1, "float32", 8)
+      const loss = (xx: tf.Tensor, ww: tf.Tensor) => tf.sum(tf.mul(conv2dSame(xx as tf.Tensor4D, ww as tf.Tensor4D), up))
+      assert.isTrue(speedups.gemm1x1)
+      const fast = tf.grads(loss)([x, w])
+      speedups.gemm1x1 = false
+      const general = tf.grads(loss)([x, w])
+      speedups.gemm1x1 = true
+      assert.isBelow(relErr(fast[1], general[1]), 1e-6)
+      assert.isAbove(tf.norm(general[1]).dataSync()[0], 1)
+      tf.dispose([x, w, up, ...fast, ...general])
+      await tf.setBackend("cpu")
+    })
+  }
+
   it("rejects even kernels", () => {
     const x = tf.zeros([1, 4, 4, 1]) as tf.Tensor4D
     const w = tf.zeros([2, 2, 1, 1]) as tf.Tensor4D
