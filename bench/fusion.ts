@@ -22,6 +22,7 @@ import * as DataParallel from "../src/pipeline/DataParallel.ts"
 import { Backend, fromEnv } from "../src/tensor/Backend.ts"
 import * as Conv from "../src/tensor/Conv.ts"
 import * as Scoped from "../src/tensor/Scoped.ts"
+import * as WasmKernels from "../src/tensor/WasmKernels.ts"
 
 const args = process.argv.slice(2)
 const i = args.indexOf("--reps")
@@ -37,16 +38,18 @@ interface Variant {
   readonly denseConvRows: number
   readonly jsFlip: boolean
   readonly gemm1x1: boolean
+  readonly shareIdentity: boolean
 }
 
 // Cumulative: each row adds one speed-up to the row above.
 const variants: Array<Variant> = [
-  { name: "before: AdamW as tensor ops per parameter, GroupNorm + SiLU as plain ops, dense layers as 1x1 convs from 256 rows", adam: AdamW.stepPerTensor, fusedNorm: false, denseConvRows: 256, jsFlip: false, gemm1x1: false },
-  { name: "+ AdamW as one pass over arrays", adam: AdamW.step, fusedNorm: false, denseConvRows: 256, jsFlip: false, gemm1x1: false },
-  { name: "+ GroupNorm (+ SiLU) as one op with a closed-form gradient", adam: AdamW.step, fusedNorm: true, denseConvRows: 256, jsFlip: false, gemm1x1: false },
-  { name: "+ dense layers as 1x1 convs from 64 rows (the text encoder's 96)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: false, gemm1x1: false },
-  { name: "+ conv input gradient's kernel flip permuted in JS (no Reverse/Transpose kernels)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: true, gemm1x1: false },
-  { name: "+ 1x1 convolutions' filter gradient as one GEMM", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: true, gemm1x1: true }
+  { name: "before: AdamW as tensor ops per parameter, GroupNorm + SiLU as plain ops, dense layers as 1x1 convs from 256 rows", adam: AdamW.stepPerTensor, fusedNorm: false, denseConvRows: 256, jsFlip: false, gemm1x1: false, shareIdentity: false },
+  { name: "+ AdamW as one pass over arrays", adam: AdamW.step, fusedNorm: false, denseConvRows: 256, jsFlip: false, gemm1x1: false, shareIdentity: false },
+  { name: "+ GroupNorm (+ SiLU) as one op with a closed-form gradient", adam: AdamW.step, fusedNorm: true, denseConvRows: 256, jsFlip: false, gemm1x1: false, shareIdentity: false },
+  { name: "+ dense layers as 1x1 convs from 64 rows (the text encoder's 96)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: false, gemm1x1: false, shareIdentity: false },
+  { name: "+ conv input gradient's kernel flip permuted in JS (no Reverse/Transpose kernels)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: true, gemm1x1: false, shareIdentity: false },
+  { name: "+ 1x1 convolutions' filter gradient as one GEMM", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: true, gemm1x1: true, shareIdentity: false },
+  { name: "+ tensors saved for the backward pass shared, not copied (wasm Identity)", adam: AdamW.step, fusedNorm: true, denseConvRows: 64, jsFlip: true, gemm1x1: true, shareIdentity: true }
 ]
 
 const program = Effect.gen(function*() {
@@ -65,18 +68,24 @@ const program = Effect.gen(function*() {
   const step = (v: Variant) => () => {
     Object.assign(Layers.speedups, { groupNorm: v.fusedNorm, denseConvRows: v.denseConvRows })
     Object.assign(Conv.speedups, { jsFlip: v.jsFlip, gemm1x1: v.gemm1x1 })
+    WasmKernels.speedups.shareIdentity = v.shareIdentity
     const r = DataParallel.lossAndGrads(model, shard)
     v.adam(model.params, r.grads, bench.adam, 1e-4, AdamW.defaults)
     Scoped.disposeAll(r.grads)
     Object.assign(Layers.speedups, defaults)
     Object.assign(Conv.speedups, convDefaults)
+    WasmKernels.speedups.shareIdentity = true
   }
   // Sampling's forward pass, before and after.
   const x = tf.tensor4d(data.images, [batch, 32, 32, 3])
   const fwd = (after: boolean) => () => {
-    if (!after) Object.assign(Layers.speedups, { groupNorm: false, denseConvRows: 256 })
+    if (!after) {
+      Object.assign(Layers.speedups, { groupNorm: false, denseConvRows: 256 })
+      WasmKernels.speedups.shareIdentity = false
+    }
     tf.tidy(() => Denoiser.eps(model, x, 500, data.prompts).dataSync())
     Object.assign(Layers.speedups, defaults)
+    WasmKernels.speedups.shareIdentity = true
   }
 
   // The update of a 2-shard data-parallel step, from the shards' flat gradients:

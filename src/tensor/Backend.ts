@@ -19,6 +19,7 @@ import { createRequire } from "node:module"
 import "@tensorflow/tfjs"
 import * as tf from "@tensorflow/tfjs-core"
 import * as WasmHeap from "./WasmHeap.ts"
+import * as WasmKernels from "./WasmKernels.ts"
 
 // Before any wasm module exists: it binds console.warn when created, and its
 // XNNPACK out-of-memory reports arrive only there (see WasmHeap).
@@ -59,6 +60,7 @@ const tryLoad = async (c: (typeof candidates)[number]): Promise<string | undefin
     const ok = await tf.setBackend(c.tfName)
     if (!ok) return `tf.setBackend("${c.tfName}") returned false`
     await tf.ready()
+    if (c.tfName === "wasm") WasmKernels.install()
     return undefined
   } catch (e) {
     return e instanceof Error ? e.message.split("\n")[0] : String(e)
