@@ -8,8 +8,8 @@
  * unusable. {@link guard} turns both into {@link WasmHeapExhausted}, naming
  * the work, its batch and the limit.
  *
- * The default UNet's pretraining step takes about 70 MiB of heap per row
- * at 32 px: batch 48 fits, 64 does not (docs/performance.md).
+ * The default UNet's pretraining step takes about 60 MiB of heap per row
+ * at 32 px: batch 64 fits, 80 does not (docs/performance.md).
  *
  * @since 0.4.0
  */
