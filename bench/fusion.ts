@@ -83,7 +83,8 @@ const program = Effect.gen(function*() {
       Object.assign(Layers.speedups, { groupNorm: false, denseConvRows: 256 })
       WasmKernels.speedups.shareIdentity = false
     }
-    tf.tidy(() => Denoiser.eps(model, x, 500, data.prompts).dataSync())
+    // (void: tf.tidy walks what it returns, element by element for a typed array)
+    tf.tidy(() => void Denoiser.eps(model, x, 500, data.prompts).dataSync())
     Object.assign(Layers.speedups, defaults)
     WasmKernels.speedups.shareIdentity = true
   }

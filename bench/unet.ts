@@ -87,7 +87,8 @@ const referenceNet = (backendName: string) => {
   return {
     flops,
     builtin,
-    forward: () => tf.tidy(() => net(false).dataSync()),
+    // void: tf.tidy walks what its function returns, a typed array element by element
+    forward: () => tf.tidy(() => void net(false).dataSync()),
     train: step(false),
     trainBuiltin: step(true),
     dispose: () => {
@@ -160,7 +161,7 @@ const program = Effect.gen(function*() {
   const unet = TrainingBench.make(defaultConfig, batch)
   const flops = Denoiser.flopsPerForward(defaultConfig, batch)
   const x = tf.tensor4d(unet.data.images, [batch, 32, 32, 3])
-  const unetForward = () => tf.tidy(() => Denoiser.eps(unet.model, x, 500, unet.data.prompts).dataSync())
+  const unetForward = () => tf.tidy(() => void Denoiser.eps(unet.model, x, 500, unet.data.prompts).dataSync())
   // Data-parallel training step (what pretraining runs with --workers 2): same model, same batch.
   const pool = threads > 1 ? DataParallel.make(unet.model, threads, backend.name) : undefined
   const unetParallel = pool === undefined
