@@ -76,6 +76,8 @@ export const globalNorm = (grads: Readonly<Record<string, tf.Tensor>>): number =
  * ~3,700 small calls made the UNet's update ~40 ms, several times the
  * arithmetic (bench/fusion.ts has the before/after). Equal to
  * {@link stepPerTensor} within float32 rounding (test/optim/AdamW.test.ts).
+ * On the native backends (tfjs-node, CUDA), where reading a tensor is a
+ * download, the tensor ops stay.
  *
  * @since 0.1.0
  */
@@ -86,7 +88,7 @@ export const step = (
   lr: number,
   c: AdamWConfig
 ): number =>
-  update(
+  !jsResident() ? stepPerTensor(params, grads, state, lr, c) : update(
     params,
     Object.keys(params).flatMap((k) => (grads[k] === undefined ? [] : [[k, grads[k].dataSync() as Float32Array] as const])),
     state,
@@ -116,6 +118,12 @@ export const stepFlat = (
   })
   if (o !== grads.length) throw new Error(`AdamW.stepFlat: gradient has ${grads.length} values, parameters ${o}`)
   return update(params, views, state, lr, c)
+}
+
+/** Backends whose tensors live in JS-visible memory: a read is a copy (wasm) or free (cpu). */
+const jsResident = () => {
+  const b = tf.getBackend()
+  return b === "wasm" || b === "cpu"
 }
 
 const update = (

@@ -146,10 +146,12 @@ export const shards = (whole: Shard, parts: number): Array<Shard> => {
 export interface Pool {
   readonly workers: number
   /**
-   * Loss and gradients of the whole batch at the model's current weights,
-   * the gradients as one flat array in parameter order (for `AdamW.stepFlat`).
+   * Loss and gradients of the whole batch at the model's current weights:
+   * with worker threads one flat array in parameter order (for
+   * `AdamW.stepFlat`), without them the gradient tensors (owned by the
+   * caller), which stay on the device of a native backend.
    */
-  readonly lossAndGrads: (model: Denoiser.Model, whole: Shard) => Promise<{ loss: number; grads: Float32Array }>
+  readonly lossAndGrads: (model: Denoiser.Model, whole: Shard) => Promise<{ loss: number; grads: Float32Array | Record<string, tf.Tensor> }>
   readonly close: () => Promise<void>
 }
 
@@ -192,7 +194,7 @@ export const make = (model: Denoiser.Model, workers: number, backend: string): P
     workers: threads.length + 1,
     lossAndGrads: async (m, whole) => {
       const parts = shards(whole, threads.length + 1)
-      if (parts.length === 1) return shardGrads(m, whole)
+      if (parts.length === 1) return lossAndGrads(m, whole)
       const params = flatten(m.params)
       const remote = parts.slice(1).map((s, i) => ask(threads[i], { ...s, params }))
       // The main thread's shard runs while the workers run theirs.
