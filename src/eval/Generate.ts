@@ -49,8 +49,12 @@ export const normalTensor = (rng: Rng, shape: ReadonlyArray<number>): tf.Tensor 
 /** Float images in [0, 1], HWC, one per prompt. */
 export const toUnitImages = (x: tf.Tensor): Array<Float32Array> => {
   const [b, h, w, c] = x.shape
-  const data = tf.tidy(() => tf.clipByValue(tf.div(tf.add(x, 1), 2), 0, 1).dataSync() as Float32Array)
-  return Array.from({ length: b }, (_, i) => data.slice(i * h * w * c, (i + 1) * h * w * c))
+  // Read outside tf.tidy: tidy walks a returned typed array element by element.
+  const unit = tf.tidy(() => tf.clipByValue(tf.div(tf.add(x, 1), 2), 0, 1))
+  const data = unit.dataSync() as Float32Array
+  const images = Array.from({ length: b }, (_, i) => data.slice(i * h * w * c, (i + 1) * h * w * c))
+  unit.dispose()
+  return images
 }
 
 /**

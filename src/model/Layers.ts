@@ -81,15 +81,33 @@ export const param = (p: Params, name: string): tf.Tensor => {
   return t
 }
 
+/**
+ * Kernel choices that make the layers faster on wasm, each tested equal to
+ * the plain form it replaces. Only bench/fusion.ts changes them, to time
+ * both forms in one process.
+ *
+ * @since 0.4.0
+ */
+export const speedups = {
+  /**
+   * {@link groupNorm} and {@link groupNormSilu} as one op with a closed-form
+   * gradient (false: the plain ops, differentiated by tfjs).
+   */
+  groupNorm: true,
+  /**
+   * Rows from which a dense layer runs as a 1x1 convolution. On wasm
+   * (XNNPACK) that is 3-5x faster than BatchMatMul for image-sized inputs
+   * (2,048-8,192 rows of 64-128 channels), and about 2x for the text
+   * encoder's 96 rows (batch 8 x 12 tokens; its gradient's transposed
+   * BatchMatMul is a plain loop on wasm); at 24 rows and below BatchMatMul is
+   * faster. Was 256.
+   */
+  denseConvRows: 64
+}
+
 export const conv = (p: Params, name: string, x: tf.Tensor4D): tf.Tensor4D =>
   tf.add(conv2dSame(x, param(p, `${name}.w`) as tf.Tensor4D), param(p, `${name}.b`))
 
-/**
- * Rows from which a dense layer runs as a 1x1 convolution: on wasm (XNNPACK)
- * that is 3-5x faster than BatchMatMul for image-sized inputs (measured for
- * 2,048-8,192 rows of 64-128 channels), with the same weights.
- */
-const CONV_ROWS = 256
 // Above this many rows the 1x1-conv gradient's extra copies can exhaust the
 // wasm heap on large sharpening batches (a "memory access out of bounds"
 // in RLHF with 48 images of 32 px = 49k rows); matMul fits there.
@@ -101,7 +119,7 @@ export const linear = (p: Params, name: string, x: tf.Tensor): tf.Tensor => {
   const shape = x.shape
   const cin = shape[shape.length - 1]
   const rows = x.size / cin
-  let y: tf.Tensor = rows >= CONV_ROWS && rows <= CONV_MAX_ROWS
+  let y: tf.Tensor = rows >= speedups.denseConvRows && rows <= CONV_MAX_ROWS
     ? conv2dSame(tf.reshape(x, [1, rows, 1, cin]) as tf.Tensor4D, tf.reshape(w, [1, 1, cin, w.shape[1]]) as tf.Tensor4D)
     : tf.matMul(tf.reshape(x, [-1, cin]) as tf.Tensor2D, w)
   const b = p[`${name}.b`]
@@ -111,8 +129,70 @@ export const linear = (p: Params, name: string, x: tf.Tensor): tf.Tensor => {
 
 export const silu = (x: tf.Tensor): tf.Tensor => tf.mul(x, tf.sigmoid(x))
 
+
+type NormOp = (x: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tensor1D) => tf.Tensor4D
+const normOps = new Map<string, NormOp>()
+
+/**
+ * GroupNorm (optionally followed by SiLU) as one op with a hand-written
+ * gradient: tfjs differentiates the plain form op by op, ~40 small kernels
+ * per norm, most of them broadcasts that wasm runs without SIMD; the
+ * closed form below needs about half as many.
+ */
+const fusedNorm = (groups: number, eps: number, withSilu: boolean): NormOp => {
+  const key = `${groups}/${eps}/${withSilu}`
+  const cached = normOps.get(key)
+  if (cached !== undefined) return cached
+  const op = tf.customGrad(((x: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tensor1D, save: tf.GradSaveFunc) => {
+    const [b, h, w, c] = x.shape
+    const g = Math.min(groups, c)
+    const xg = tf.reshape(x, [b, h * w, g, c / g])
+    const mean = tf.mean(xg, [1, 3], true)
+    const xc = tf.sub(xg, mean)
+    const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(xc), [1, 3], true), eps))
+    const xhat = tf.reshape(tf.mul(xc, rstd), [b, h, w, c]) as tf.Tensor4D
+    const y = tf.add(tf.mul(xhat, gamma), beta) as tf.Tensor4D
+    const s = withSilu ? tf.sigmoid(y) : undefined
+    save(withSilu ? [xhat, rstd, gamma, y, s!] : [xhat, rstd, gamma])
+    return {
+      value: withSilu ? tf.mul(y, s!) as tf.Tensor4D : y,
+      gradFunc: (dout: tf.Tensor4D, saved: Array<tf.Tensor>) => {
+        const [xh, rs, gm] = saved
+        // d silu(y)/dy = s (1 + y (1 - s))
+        const dy = withSilu ? tf.mul(dout, tf.mul(saved[4], tf.add(tf.mul(saved[3], tf.sub(1, saved[4])), 1))) : dout
+        const dgamma = tf.sum(tf.mul(dy, xh), [0, 1, 2])
+        const dbeta = tf.sum(dy, [0, 1, 2])
+        const shape = [b, h * w, g, c / g]
+        const dxh = tf.reshape(tf.mul(dy, gm), shape)
+        const xhg = tf.reshape(xh, shape)
+        // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over each group
+        const dx = tf.mul(tf.sub(tf.sub(dxh, tf.mean(dxh, [1, 3], true)), tf.mul(xhg, tf.mean(tf.mul(dxh, xhg), [1, 3], true))), rs)
+        return [tf.reshape(dx, [b, h, w, c]), dgamma, dbeta]
+      }
+    }
+  }) as never) as unknown as NormOp
+  normOps.set(key, op)
+  return op
+}
+
 /** GroupNorm over NHWC. */
-export const groupNorm = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D => {
+export const groupNorm = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D =>
+  speedups.groupNorm
+    ? fusedNorm(groups, eps, false)(x, param(p, `${name}.g`) as tf.Tensor1D, param(p, `${name}.b`) as tf.Tensor1D)
+    : groupNormPlain(p, name, x, groups, eps)
+
+/**
+ * `silu(groupNorm(...))`, the pre-activation of every conv in a res block.
+ *
+ * @since 0.4.0
+ */
+export const groupNormSilu = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D =>
+  speedups.groupNorm
+    ? fusedNorm(groups, eps, true)(x, param(p, `${name}.g`) as tf.Tensor1D, param(p, `${name}.b`) as tf.Tensor1D)
+    : silu(groupNormPlain(p, name, x, groups, eps)) as tf.Tensor4D
+
+/** GroupNorm as plain tfjs ops (differentiated op by op): the reference of the fused form. */
+export const groupNormPlain = (p: Params, name: string, x: tf.Tensor4D, groups: number, eps = 1e-5): tf.Tensor4D => {
   const [b, h, w, c] = x.shape
   const g = Math.min(groups, c)
   const xg = tf.reshape(x, [b, h, w, g, c / g])

@@ -18,6 +18,7 @@ import {
   conv,
   downsample2x,
   groupNorm,
+  groupNormSilu,
   layerNorm,
   linear,
   maskBias,
@@ -167,10 +168,10 @@ const resBlock = (
   fc?: FlopCounter
 ): tf.Tensor4D => {
   const [b] = x.shape
-  let h = convC(p, `${name}.c1`, silu(groupNorm(p, `${name}.n1`, x, groups)) as tf.Tensor4D, fc)
+  let h = convC(p, `${name}.c1`, groupNormSilu(p, `${name}.n1`, x, groups), fc)
   const tproj = linearC(p, `${name}.t`, silu(temb), fc)
   h = tf.add(h, tf.reshape(tproj, [b, 1, 1, -1])) as tf.Tensor4D
-  h = convC(p, `${name}.c2`, silu(groupNorm(p, `${name}.n2`, h, groups)) as tf.Tensor4D, fc)
+  h = convC(p, `${name}.c2`, groupNormSilu(p, `${name}.n2`, h, groups), fc)
   const skip = p[`${name}.skip.w`] !== undefined ? linearC(p, `${name}.skip`, x, fc) : x
   return tf.add(h, skip) as tf.Tensor4D
 }
@@ -282,7 +283,7 @@ export const forward = (p: Params, a: Architecture, input: Input, fc?: FlopCount
     }
     if (lv.i > 0) h = upsample2x(h)
   }
-  const out = convC(p, "out", silu(groupNorm(p, "out.n", h, a.groups)) as tf.Tensor4D, fc)
+  const out = convC(p, "out", groupNormSilu(p, "out.n", h, a.groups), fc)
   return patch > 1 ? depthToSpace(out, patch) : out
 }
 

@@ -71,9 +71,119 @@ export const globalNorm = (grads: Readonly<Record<string, tf.Tensor>>): number =
  * One AdamW update in place. Returns the gradient norm before clipping
  * (non-finite means the caller must stop: nothing was applied).
  *
+ * The update runs over plain arrays, one pass per parameter, instead of a
+ * dozen tensor ops per parameter: on wasm the per-kernel cost of those
+ * ~3,700 small calls made the UNet's update ~40 ms, several times the
+ * arithmetic (bench/fusion.ts has the before/after). Equal to
+ * {@link stepPerTensor} within float32 rounding (test/optim/AdamW.test.ts).
+ * On the native backends (tfjs-node, CUDA), where reading a tensor is a
+ * download, the tensor ops stay.
+ *
  * @since 0.1.0
  */
 export const step = (
+  params: Readonly<Record<string, tf.Variable>>,
+  grads: Readonly<Record<string, tf.Tensor>>,
+  state: AdamWState,
+  lr: number,
+  c: AdamWConfig
+): number =>
+  !jsResident() ? stepPerTensor(params, grads, state, lr, c) : update(
+    params,
+    Object.keys(params).flatMap((k) => (grads[k] === undefined ? [] : [[k, grads[k].dataSync() as Float32Array] as const])),
+    state,
+    lr,
+    c
+  )
+
+/**
+ * {@link step} with the gradient as one flat array: every parameter's
+ * gradient in the key order of `params`, concatenated (the layout of
+ * `DataParallel.flatten`), as data-parallel shards return it.
+ *
+ * @since 0.4.0
+ */
+export const stepFlat = (
+  params: Readonly<Record<string, tf.Variable>>,
+  grads: Float32Array,
+  state: AdamWState,
+  lr: number,
+  c: AdamWConfig
+): number => {
+  let o = 0
+  const views = Object.entries(params).map(([k, p]) => {
+    const view = grads.subarray(o, o + p.size)
+    o += p.size
+    return [k, view] as const
+  })
+  if (o !== grads.length) throw new Error(`AdamW.stepFlat: gradient has ${grads.length} values, parameters ${o}`)
+  return update(params, views, state, lr, c)
+}
+
+/** Backends whose tensors live in JS-visible memory: a read is a copy (wasm) or free (cpu). */
+const jsResident = () => {
+  const b = tf.getBackend()
+  return b === "wasm" || b === "cpu"
+}
+
+const update = (
+  params: Readonly<Record<string, tf.Variable>>,
+  grads: ReadonlyArray<readonly [string, Float32Array]>,
+  state: AdamWState,
+  lr: number,
+  c: AdamWConfig
+): number => {
+  let sq = 0
+  for (const [, g] of grads) {
+    for (let i = 0; i < g.length; i++) sq += g[i] * g[i]
+  }
+  const norm = Math.sqrt(sq)
+  if (!Number.isFinite(norm)) return norm
+  const scale = c.maxGradNorm > 0 && norm > c.maxGradNorm ? c.maxGradNorm / norm : 1
+  state.step += 1
+  const bc1 = 1 - c.beta1 ** state.step
+  const bc2 = 1 - c.beta2 ** state.step
+  const decay = 1 - lr * c.weightDecay
+  const { beta1, beta2, eps } = c
+  const stepSize = lr / bc1
+  const rbc2 = 1 / Math.sqrt(bc2)
+  // wasm's dataSync returns a copy, which the update may overwrite and upload;
+  // cpu's returns the tensor's own storage, so there the update writes fresh arrays.
+  const inPlace = tf.getBackend() === "wasm"
+  for (const [k, g] of grads) {
+    const p = params[k]
+    const p0 = p.dataSync() as Float32Array
+    const m0 = state.m[k].dataSync() as Float32Array
+    const v0 = state.v[k].dataSync() as Float32Array
+    const n = p0.length
+    const p1 = inPlace ? p0 : new Float32Array(n)
+    const m1 = inPlace ? m0 : new Float32Array(n)
+    const v1 = inPlace ? v0 : new Float32Array(n)
+    for (let i = 0; i < n; i++) {
+      const gi = g[i] * scale
+      const mi = beta1 * m0[i] + (1 - beta1) * gi
+      const vi = beta2 * v0[i] + (1 - beta2) * gi * gi
+      m1[i] = mi
+      v1[i] = vi
+      // (m / bc1) / (sqrt(v / bc2) + eps), one division
+      p1[i] = p0[i] * decay - stepSize * mi / (Math.sqrt(vi) * rbc2 + eps)
+    }
+    tf.tidy(() => {
+      state.m[k].assign(tf.tensor(m1, p.shape, "float32"))
+      state.v[k].assign(tf.tensor(v1, p.shape, "float32"))
+      p.assign(tf.tensor(p1, p.shape, "float32"))
+    })
+  }
+  return norm
+}
+
+/**
+ * The update as tensor ops per parameter: what {@link step} was, kept as
+ * the reference it is tested and benchmarked against.
+ *
+ * @since 0.4.0
+ */
+export const stepPerTensor = (
   params: Readonly<Record<string, tf.Variable>>,
   grads: Readonly<Record<string, tf.Tensor>>,
   state: AdamWState,

@@ -15,6 +15,7 @@ import type { StoredTensor } from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import * as Scoped from "../tensor/Scoped.ts"
+import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as AdamW from "./AdamW.ts"
 
 export class NonFiniteLoss extends Schema.TaggedError<NonFiniteLoss>()("NonFiniteLoss", {
@@ -96,7 +97,7 @@ export interface OptimizerState {
 
 export class Optimizer extends Context.Service<Optimizer, {
   /** Differentiate `loss` (summed over its parts) w.r.t. the policy and apply one update. */
-  readonly step: (loss: Loss, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss>
+  readonly step: (loss: Loss, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss | WasmHeap.WasmHeapExhausted>
   readonly state: () => OptimizerState
   /** Restore from a checkpoint; returns the first tensor that does not fit, if any. */
   readonly restore: (s: OptimizerState) => string | undefined
@@ -109,8 +110,14 @@ export class Optimizer extends Context.Service<Optimizer, {
         const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
         const step = Effect.fn("Optimizer.step")(function*(loss: Loss, iteration: number) {
           const lr = learningRate(c, adam.step)
+          const parts = typeof loss === "function" ? 1 : loss.length
+          const { value: l, grads } = yield* WasmHeap.guarded(
+            `the gradients of iteration ${iteration} (${parts} part${parts === 1 ? "" : "s"})`,
+            undefined,
+            () => accumulatedGrads(loss, model.params),
+            (r) => Scoped.disposeAll(r.grads)
+          )
           const r = yield* Effect.sync(() => {
-            const { value: l, grads } = accumulatedGrads(loss, model.params)
             const gradNorm = Number.isFinite(l) ? AdamW.step(model.params, grads, adam, lr, c) : NaN
             Scoped.disposeAll(grads)
             return { loss: l, gradNorm, lr }

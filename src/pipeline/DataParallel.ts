@@ -24,6 +24,7 @@ import * as Denoiser from "../model/Denoiser.ts"
 import { forward } from "../model/UNet.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import * as Scoped from "../tensor/Scoped.ts"
+import * as WasmHeap from "../tensor/WasmHeap.ts"
 
 /**
  * One shard of a pretraining batch: images in [-1, 1] (B x H x W x C, HWC),
@@ -88,7 +89,7 @@ export const lossAndGrads = (model: Denoiser.Model, s: Shard): { loss: number; g
   const config = Denoiser.unetConfig(model.config)
   const a = config.architecture
   const shape: [number, number, number, number] = [s.batch, a.imageSize, a.imageSize, a.channels]
-  const { grads, value } = paramGrads(() =>
+  const { grads, value } = WasmHeap.guard("pretraining gradients", s.batch, () => paramGrads(() =>
     tf.tidy(() => {
       const x0 = tf.tensor4d(s.images, shape)
       const eps = tf.tensor4d(s.noise, shape)
@@ -96,16 +97,18 @@ export const lossAndGrads = (model: Denoiser.Model, s: Shard): { loss: number; g
       const inputs = Denoiser.encodeInputs(config, xt, s.t, s.prompts)
       const target = model.config.prediction === "v_prediction" ? Noise.vTarget(schedule, x0, eps, s.t) : eps
       return tf.mean(tf.squaredDifference(forward(model.params, a, inputs), target)) as tf.Scalar
-    }), model.params)
+    }), model.params), (r) => tf.dispose([r.value, ...Object.values(r.grads)]))
   const loss = value.dataSync()[0]
   value.dispose()
   return { loss, grads }
 }
 
-/** {@link lossAndGrads} with the gradients as one flat array (worker side). */
+/** {@link lossAndGrads} with the gradients as one flat array in the model's parameter order. */
 export const shardGrads = (model: Denoiser.Model, s: Shard): { loss: number; grads: Float32Array } => {
   const r = lossAndGrads(model, s)
-  const flat = flatten(r.grads)
+  const missing = Object.keys(model.params).filter((k) => r.grads[k] === undefined)
+  if (missing.length > 0) throw new Error(`no gradient for ${missing.join(", ")}`)
+  const flat = flatten(Object.fromEntries(Object.keys(model.params).map((k) => [k, r.grads[k]])))
   Scoped.disposeAll(r.grads)
   return { loss: r.loss, grads: flat }
 }
@@ -143,8 +146,13 @@ export const shards = (whole: Shard, parts: number): Array<Shard> => {
  */
 export interface Pool {
   readonly workers: number
-  /** Loss and gradients of the whole batch at the model's current weights (tensors owned by the caller). */
-  readonly lossAndGrads: (model: Denoiser.Model, whole: Shard) => Promise<{ loss: number; grads: Record<string, tf.Tensor> }>
+  /**
+   * Loss and gradients of the whole batch at the model's current weights:
+   * with worker threads one flat array in parameter order (for
+   * `AdamW.stepFlat`), without them the gradient tensors (owned by the
+   * caller), which stay on the device of a native backend.
+   */
+  readonly lossAndGrads: (model: Denoiser.Model, whole: Shard) => Promise<{ loss: number; grads: Float32Array | Record<string, tf.Tensor> }>
   readonly close: () => Promise<void>
 }
 
@@ -152,6 +160,8 @@ interface Reply {
   readonly loss?: number
   readonly grads?: Float32Array
   readonly error?: string
+  /** The worker's heap ran out (the fields of WasmHeapExhausted). */
+  readonly heap?: ConstructorParameters<typeof WasmHeap.WasmHeapExhausted>[0]
 }
 
 /**
@@ -169,7 +179,8 @@ export const make = (model: Denoiser.Model, workers: number, backend: string): P
     new Promise<{ loss: number; grads: Float32Array }>((resolve, reject) => {
       const onMessage = (m: Reply) => {
         w.off("error", onError)
-        if (m.error !== undefined) reject(new Error(`pretraining worker: ${m.error}`))
+        if (m.heap !== undefined) reject(new WasmHeap.WasmHeapExhausted({ ...m.heap, what: `${m.heap.what} (worker thread)` }))
+        else if (m.error !== undefined) reject(new Error(`pretraining worker: ${m.error}`))
         else resolve({ loss: m.loss!, grads: m.grads! })
       }
       const onError = (e: Error) => {
@@ -188,21 +199,17 @@ export const make = (model: Denoiser.Model, workers: number, backend: string): P
       const params = flatten(m.params)
       const remote = parts.slice(1).map((s, i) => ask(threads[i], { ...s, params }))
       // The main thread's shard runs while the workers run theirs.
-      const mine = lossAndGrads(m, parts[0])
+      const mine = shardGrads(m, parts[0])
       const others = await Promise.all(remote)
       const weights = parts.map((s) => s.batch / whole.batch)
-      const grads: Record<string, tf.Tensor> = {}
-      const views = others.map((o) => split(m.params, o.grads))
-      tf.tidy(() => {
-        split(m.params, others[0].grads).forEach(([k, p], j) => {
-          let g = tf.mul(mine.grads[k], weights[0])
-          views.forEach((v, i) => {
-            g = tf.add(g, tf.mul(tf.tensor(v[j][2], p.shape, "float32"), weights[i + 1]))
-          })
-          grads[k] = tf.keep(g)
-        })
-      })
-      Scoped.disposeAll(mine.grads)
+      // Weighted mean over shards on the flat arrays: one pass, no tensor ops
+      // (per-parameter tensor ops cost ~1,000 kernel calls a step on wasm).
+      const grads = mine.grads
+      for (let i = 0; i < grads.length; i++) {
+        let g = grads[i] * weights[0]
+        for (let j = 0; j < others.length; j++) g += others[j].grads[i] * weights[j + 1]
+        grads[i] = g
+      }
       const loss = mine.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
       return { loss, grads }
     },

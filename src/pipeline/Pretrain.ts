@@ -86,9 +86,13 @@ const apply = (
   adam: AdamW.AdamWState,
   lr: number,
   adamConfig: AdamW.AdamWConfig,
-  r: { loss: number; grads: Record<string, tf.Tensor> }
+  r: { loss: number; grads: Record<string, tf.Tensor> | Float32Array }
 ): { loss: number; gradNorm: number } => {
-  const gradNorm = Number.isFinite(r.loss) ? AdamW.step(model.params, r.grads, adam, lr, adamConfig) : NaN
+  const ok = Number.isFinite(r.loss)
+  if (r.grads instanceof Float32Array) {
+    return { loss: r.loss, gradNorm: ok ? AdamW.stepFlat(model.params, r.grads, adam, lr, adamConfig) : NaN }
+  }
+  const gradNorm = ok ? AdamW.step(model.params, r.grads, adam, lr, adamConfig) : NaN
   Scoped.disposeAll(r.grads)
   return { loss: r.loss, gradNorm }
 }

@@ -12,6 +12,7 @@ import { parentPort, workerData } from "node:worker_threads"
 import * as Denoiser from "../model/Denoiser.ts"
 import type { UNetConfig } from "../model/UNetConfig.ts"
 import { initialise } from "../tensor/Backend.ts"
+import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as DataParallel from "./DataParallel.ts"
 
 interface Init {
@@ -30,5 +31,11 @@ parentPort!.on("message", (job: DataParallel.ShardJob) => {
     DataParallel.assignFlat(model.params, job.params)
     const r = DataParallel.shardGrads(model, job)
     parentPort!.postMessage({ loss: r.loss, grads: r.grads }, [r.grads.buffer as ArrayBuffer])
-  }).catch((e: unknown) => parentPort!.postMessage({ error: e instanceof Error ? e.message : String(e) }))
+  }).catch((e: unknown) =>
+    parentPort!.postMessage(
+      e instanceof WasmHeap.WasmHeapExhausted
+        ? { heap: { what: e.what, rows: e.rows, heapBytes: e.heapBytes, limitBytes: e.limitBytes, detail: e.detail } }
+        : { error: e instanceof Error ? e.message : String(e) }
+    )
+  )
 })

@@ -9,6 +9,7 @@
 import { Effect } from "effect"
 import * as Progress from "../cli/Progress.ts"
 import { NonFiniteLoss } from "../optim/Optimizer.ts"
+import { WasmHeapExhausted } from "../tensor/WasmHeap.ts"
 
 export interface StepOutcome {
   readonly loss: number
@@ -38,7 +39,7 @@ export interface LoopOptions<E, R> {
  *
  * @since 0.1.0
  */
-export const run = <E, R>(o: LoopOptions<E, R>): Effect.Effect<{ steps: number; wallMs: number }, E | NonFiniteLoss, R> =>
+export const run = <E, R>(o: LoopOptions<E, R>): Effect.Effect<{ steps: number; wallMs: number }, E | NonFiniteLoss | WasmHeapExhausted, R> =>
   Effect.gen(function*() {
     const bar = Progress.make({ label: o.label, total: o.total, start: o.start })
     const t0 = performance.now() - o.startWallMs
@@ -52,8 +53,18 @@ export const run = <E, R>(o: LoopOptions<E, R>): Effect.Effect<{ steps: number; 
           yield* Effect.logInfo(`time budget of ${o.maxMinutes} min reached at step ${step}`)
           break
         }
-        const out = yield* Effect.sync(() => o.step(step))
-        const r = out instanceof Promise ? yield* Effect.promise(() => out) : out
+        // Heap exhaustion is the one thing a step throws that a caller can act on (smaller batch).
+        const heapOrDie = (e: unknown) => (e instanceof WasmHeapExhausted ? Effect.fail(e) : Effect.die(e))
+        const out = yield* Effect.suspend(() => {
+          try {
+            return Effect.succeed(o.step(step))
+          } catch (e) {
+            return heapOrDie(e)
+          }
+        })
+        const r = out instanceof Promise
+          ? yield* Effect.tryPromise({ try: () => out, catch: (e) => e }).pipe(Effect.catch(heapOrDie))
+          : out
         if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
           return yield* new NonFiniteLoss({ iteration: step + 1, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` })
         }

@@ -18,6 +18,12 @@ import { createRequire } from "node:module"
 // alone (its CommonJS entry, which Node loads) registers no gradients.
 import "@tensorflow/tfjs"
 import * as tf from "@tensorflow/tfjs-core"
+import * as WasmHeap from "./WasmHeap.ts"
+import * as WasmKernels from "./WasmKernels.ts"
+
+// Before any wasm module exists: it binds console.warn when created, and its
+// XNNPACK out-of-memory reports arrive only there (see WasmHeap).
+WasmHeap.hookWarnings()
 
 export const BackendName = Schema.Literals(["auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu"])
 export type BackendName = typeof BackendName.Type
@@ -54,6 +60,7 @@ const tryLoad = async (c: (typeof candidates)[number]): Promise<string | undefin
     const ok = await tf.setBackend(c.tfName)
     if (!ok) return `tf.setBackend("${c.tfName}") returned false`
     await tf.ready()
+    if (c.tfName === "wasm") WasmKernels.install()
     return undefined
   } catch (e) {
     return e instanceof Error ? e.message.split("\n")[0] : String(e)

@@ -16,6 +16,39 @@ import * as tf from "@tensorflow/tfjs-core"
 
 type Conv = (x: tf.Tensor4D, kernel: tf.Tensor4D) => tf.Tensor4D
 
+/**
+ * Faster forms of the gradient, each tested equal to the general one:
+ * {@link flipKernel} permuting the weights in JS on the backends that allow
+ * it, and a 1x1 kernel's gradient as one GEMM. Only bench/fusion.ts turns
+ * them off, to time both forms.
+ *
+ * @since 0.4.0
+ */
+export const speedups = { jsFlip: true, gemm1x1: true }
+
+/** [kh, kw, ci, co] -> the kernel flipped spatially, in/out swapped: [kh, kw, co, ci]. */
+export const flipKernel = (k: tf.Tensor4D): tf.Tensor4D => {
+  // On the backends whose tensors live in JS-visible memory a read is a copy
+  // (wasm) or free (cpu), and permuting the weights in JS is several times
+  // faster than wasm's Reverse + Transpose kernels (bench/fusion.ts);
+  // elsewhere (native, GPU) a read would be a download, so stay on the device.
+  const backend = tf.getBackend()
+  if (!speedups.jsFlip || (backend !== "wasm" && backend !== "cpu")) return tf.transpose(tf.reverse(k, [0, 1]), [0, 1, 3, 2])
+  const [kh, kw, ci, co] = k.shape
+  const src = k.dataSync() as Float32Array
+  const out = new Float32Array(src.length)
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const from = ((kh - 1 - i) * kw + (kw - 1 - j)) * ci * co
+      const to = (i * kw + j) * co * ci
+      for (let c = 0; c < ci; c++) {
+        for (let o = 0; o < co; o++) out[to + o * ci + c] = src[from + c * co + o]
+      }
+    }
+  }
+  return tf.tensor4d(out, [kh, kw, co, ci])
+}
+
 const convSame: Conv = tf.customGrad(((x: tf.Tensor4D, kernel: tf.Tensor4D, save: tf.GradSaveFunc) => {
   const [kh, kw] = kernel.shape
   if (kh !== kw || kh % 2 !== 1) {
@@ -28,8 +61,19 @@ const convSame: Conv = tf.customGrad(((x: tf.Tensor4D, kernel: tf.Tensor4D, save
       const [xs, ks] = saved as [tf.Tensor4D, tf.Tensor4D]
       const p = (ks.shape[0] - 1) / 2
       // dx: flip spatially, swap in/out channels.
-      const flipped = tf.transpose(tf.reverse(ks, [0, 1]), [0, 1, 3, 2]) as tf.Tensor4D
+      const flipped = flipKernel(ks)
       const dx = tf.conv2d(dy, flipped, 1, "same")
+      if (ks.shape[0] === 1 && speedups.gemm1x1) {
+        // 1x1 (dense layers run as convolutions): dK = x^T dy, as a 1x1
+        // convolution whose input channels are the rows, so XNNPACK runs one
+        // GEMM; 2-3x faster than the general form's one-channel-per-tap
+        // convolution below, and the same sums.
+        const [b, h, w, ci] = xs.shape
+        const rows = b * h * w
+        const xT = tf.reshape(tf.transpose(tf.reshape(xs, [rows, ci])), [1, ci, 1, rows]) as tf.Tensor4D
+        const dk = tf.conv2d(xT, tf.reshape(dy, [1, 1, rows, ks.shape[3]]) as tf.Tensor4D, 1, "valid")
+        return [dx, tf.reshape(dk, ks.shape)]
+      }
       // dK[i,j,ci,co] = sum_b,h,w xpad[b,h+i,w+j,ci] * dy[b,h,w,co]
       const xPad = p === 0 ? xs : tf.pad(xs, [[0, 0], [p, p], [p, p], [0, 0]])
       const xT = tf.transpose(xPad, [3, 1, 2, 0]) as tf.Tensor4D // [ci, H+2p, W+2p, B]

@@ -1,9 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import { beforeAll } from "vitest"
 import * as AdamW from "../../src/optim/AdamW.ts"
 import { paramGrads } from "../../src/tensor/Grad.ts"
-import { useCpu } from "../helpers.ts"
+import { Rng } from "../../src/tensor/Random.ts"
+import { useCpu, useWasm } from "../helpers.ts"
 
 describe("AdamW", () => {
   beforeAll(useCpu)
@@ -48,4 +50,70 @@ describe("AdamW", () => {
     assert.deepStrictEqual(Array.from(p.w.dataSync()), [1, 2])
     assert.strictEqual(s.step, 0)
   })
+
+  // Parameters of several shapes, one without a gradient (it must not move).
+  const setup = (seed: number) => {
+    const rng = Rng.fromSeed(seed)
+    const shapes: Record<string, Array<number>> = { a: [3, 3, 4, 5], b: [5], c: [7, 2], frozen: [4] }
+    const params: Record<string, tf.Variable> = {}
+    for (const [k, s] of Object.entries(shapes)) params[k] = tf.variable(tf.tensor(rng.normals(s.reduce((x, y) => x * y, 1)), s))
+    const grads = (scale: number) =>
+      Object.fromEntries(Object.entries(shapes).filter(([k]) => k !== "frozen").map(([k, s]) => [k, tf.tensor(rng.normals(s.reduce((x, y) => x * y, 1), scale), s)]))
+    return { params, grads }
+  }
+
+  const close = (a: Record<string, tf.Tensor>, b: Record<string, tf.Tensor>, tol: number) => {
+    for (const k of Object.keys(a)) {
+      const x = a[k].dataSync()
+      const y = b[k].dataSync()
+      for (let i = 0; i < x.length; i++) assert.closeTo(x[i], y[i], tol * (1 + Math.abs(y[i])), `${k}[${i}]`)
+    }
+  }
+
+  // Both backends: on wasm the update overwrites dataSync's copies, on cpu it must not.
+  for (const [backend, use] of [["cpu", useCpu], ["wasm", useWasm]] as const) {
+    it.effect(`the array update equals the per-tensor update (moments, weights, norm), with clipping and decay, on ${backend}`, () =>
+      Effect.promise(use).pipe(Effect.map(() => {
+        const cfg = { beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1 }
+        const ours = setup(1)
+        const ref = setup(1)
+        const s1 = AdamW.init(ours.params)
+        const s2 = AdamW.init(ref.params)
+        for (let i = 0; i < 5; i++) {
+          // Alternate clipped (norm ~ 30) and unclipped (norm ~ 0.3) steps.
+          const scale = i % 2 === 0 ? 3 : 0.03
+          const g1 = ours.grads(scale)
+          const g2 = ref.grads(scale)
+          const n1 = AdamW.step(ours.params, g1, s1, 0.01, cfg)
+          const n2 = AdamW.stepPerTensor(ref.params, g2, s2, 0.01, cfg)
+          assert.closeTo(n1, n2, 1e-5 * n2)
+          tf.dispose([...Object.values(g1), ...Object.values(g2)])
+        }
+        assert.strictEqual(s1.step, 5)
+        close(ours.params, ref.params, 1e-5)
+        close(s1.m, s2.m, 1e-5)
+        close(s1.v, s2.v, 1e-5)
+        assert.deepStrictEqual(Array.from(ours.params.frozen.dataSync()), Array.from(ref.params.frozen.dataSync()))
+        // The reference must have moved, or the comparison proves nothing.
+        assert.isAbove(Math.abs(ref.params.a.dataSync()[0] - setup(1).params.a.dataSync()[0]), 1e-3)
+      }), Effect.ensuring(Effect.promise(useCpu))))
+  }
+
+  it.effect("stepFlat takes the gradient as one array in parameter order", () =>
+    Effect.sync(() => {
+      const a = setup(2)
+      const b = setup(2)
+      delete (a.params as Record<string, tf.Variable>).frozen
+      delete (b.params as Record<string, tf.Variable>).frozen
+      const g = a.grads(1)
+      b.grads(1) // keep the two generators in step
+      const flat = new Float32Array(Object.keys(a.params).flatMap((k) => [...g[k].dataSync()]))
+      const sa = AdamW.init(a.params)
+      const sb = AdamW.init(b.params)
+      const n1 = AdamW.step(a.params, g, sa, 0.01, AdamW.defaults)
+      const n2 = AdamW.stepFlat(b.params, flat, sb, 0.01, AdamW.defaults)
+      assert.strictEqual(n1, n2)
+      close(a.params, b.params, 0)
+      assert.throws(() => AdamW.stepFlat(b.params, flat.subarray(1), sb, 0.01, AdamW.defaults))
+    }))
 })

@@ -2,7 +2,8 @@ import { assert, describe, it } from "@effect/vitest"
 import "@tensorflow/tfjs"
 import * as tf from "@tensorflow/tfjs-core"
 import { beforeAll } from "vitest"
-import { conv2dSame } from "../../src/tensor/Conv.ts"
+import { conv2dSame, flipKernel, speedups } from "../../src/tensor/Conv.ts"
+import { useWasm } from "../helpers.ts"
 
 const relErr = (a: tf.Tensor, b: tf.Tensor) =>
   tf.tidy(() => tf.norm(tf.sub(a, b)).dataSync()[0] / Math.max(tf.norm(b).dataSync()[0], 1e-12))
@@ -25,6 +26,42 @@ describe("conv2dSame", () => {
       assert.isBelow(relErr(dxOurs, dxRef), 1e-5)
       assert.isBelow(relErr(dwOurs, dwRef), 1e-5)
       tf.dispose([x, w, up, dxOurs, dwOurs, dxRef, dwRef])
+    })
+  }
+
+  // The JS permutation against the Reverse + Transpose kernels, on both backends where it runs.
+  for (const backend of ["cpu", "wasm"] as const) {
+    it(`flipKernel equals reverse + transpose on ${backend}`, async () => {
+      if (backend === "wasm") await useWasm()
+      for (const shape of [[3, 3, 4, 5], [5, 5, 2, 3], [1, 1, 6, 7]] as const) {
+        const k = tf.randomNormal([...shape], 0, 1, "float32", 5) as tf.Tensor4D
+        assert.isTrue(speedups.jsFlip)
+        const ours = flipKernel(k)
+        const ref = tf.transpose(tf.reverse(k, [0, 1]), [0, 1, 3, 2])
+        assert.deepStrictEqual(ours.shape, ref.shape)
+        assert.deepStrictEqual(Array.from(ours.dataSync()), Array.from(ref.dataSync()))
+        tf.dispose([k, ours, ref])
+      }
+      await tf.setBackend("cpu")
+    })
+  }
+
+  for (const backend of ["cpu", "wasm"] as const) {
+    it(`the 1x1 filter gradient as one GEMM equals the general form on ${backend}`, async () => {
+      if (backend === "wasm") await useWasm()
+      const x = tf.randomNormal([1, 300, 1, 6], 0, 1, "float32", 6) as tf.Tensor4D
+      const w = tf.randomNormal([1, 1, 6, 4], 0, 1, "float32", 7) as tf.Tensor4D
+      const up = tf.randomNormal([1, 300, 1, 4], 0, 1, "float32", 8)
+      const loss = (xx: tf.Tensor, ww: tf.Tensor) => tf.sum(tf.mul(conv2dSame(xx as tf.Tensor4D, ww as tf.Tensor4D), up))
+      assert.isTrue(speedups.gemm1x1)
+      const fast = tf.grads(loss)([x, w])
+      speedups.gemm1x1 = false
+      const general = tf.grads(loss)([x, w])
+      speedups.gemm1x1 = true
+      assert.isBelow(relErr(fast[1], general[1]), 1e-6)
+      assert.isAbove(tf.norm(general[1]).dataSync()[0], 1)
+      tf.dispose([x, w, up, ...fast, ...general])
+      await tf.setBackend("cpu")
     })
   }
 
