@@ -225,8 +225,7 @@ const command = Command.make(
       const files = yield* Weights.load(o.model)
       const model = yield* Scoped.acquireWith(() => Denoiser.fromStored(files.config, files.weights, false), Denoiser.dispose)
       const base = Lab.base(model, o.reward, o.evalSamples)
-      const bestPts = LabModel.bestOfN(model, o.evalSamples, BEST_OF, Lab.EVAL_SEED, o.reward)
-      return { base, best: { ...LabModel.measure(bestPts, o.reward), points: Array.from({ length: 400 }, (_, i) => [bestPts[2 * i], bestPts[2 * i + 1]] as const) } }
+      return { base, best: Lab.measured(LabModel.bestOfN(model, o.evalSamples, BEST_OF, Lab.EVAL_SEED, o.reward), o.reward) }
     }).pipe(Effect.provide(Backend.make(o.backend)), Effect.scoped)
 
     const labels = [...new Set(jobs.map((j) => j.label))]

@@ -159,8 +159,7 @@ export const run = (method: LabMethod, o: RunOptions) =>
       const records = yield* (yield* Metrics).records
       const wallMs = performance.now() - started
       const model = (yield* Ema).model()
-      const pts = LabModel.sample(model, o.evalSamples, EVAL_SEED)
-      const metrics = LabModel.measure(pts, o.reward)
+      const evaluation = measured(LabModel.sample(model, o.evalSamples, EVAL_SEED), o.reward)
       return {
         method: method.name,
         seed: o.seed,
@@ -168,8 +167,7 @@ export const run = (method: LabMethod, o: RunOptions) =>
         trainingNfe: records.reduce((a, r) => a + r.nfe + (r.lossNfe ?? 0), 0),
         wallMs,
         records,
-        points: Array.from({ length: Math.min(400, o.evalSamples) }, (_, i) => [pts[2 * i], pts[2 * i + 1]] as const),
-        ...metrics
+        ...evaluation
       } satisfies RunResult
     }).pipe(
       Effect.provide(stack(method, c, o, runDir)),
@@ -179,10 +177,22 @@ export const run = (method: LabMethod, o: RunOptions) =>
   })
 
 /** The base model's measures (and points) on the evaluation samples. */
-export const base = (model: Denoiser.Model, reward: LabReward.LabRewardName, evalSamples: number) => {
-  const pts = LabModel.sample(model, evalSamples, EVAL_SEED)
-  return { ...LabModel.measure(pts, reward), points: Array.from({ length: Math.min(400, evalSamples) }, (_, i) => [pts[2 * i], pts[2 * i + 1]] as const) }
-}
+export const base = (model: Denoiser.Model, reward: LabReward.LabRewardName, evalSamples: number) =>
+  measured(LabModel.sample(model, evalSamples, EVAL_SEED), reward)
+
+/** Points to draw in a scatter per evaluation. */
+const SCATTER_POINTS = 400
+
+/**
+ * The lab's measures of evaluation points (lab units), with the first few
+ * hundred kept for the scatter plot.
+ *
+ * @since 0.4.0
+ */
+export const measured = (pts: Float32Array, reward: LabReward.LabRewardName) => ({
+  ...LabModel.measure(pts, reward),
+  points: Array.from({ length: Math.min(SCATTER_POINTS, pts.length / 2) }, (_, i) => [pts[2 * i], pts[2 * i + 1]] as const)
+})
 
 /** Mean and (population) standard deviation. */
 export const spread = (xs: ReadonlyArray<number>) => {

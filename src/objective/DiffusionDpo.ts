@@ -73,18 +73,13 @@ export const objective = (o: DiffusionDpoOptions): Layer.Layer<Objective, never,
             }
             const b = t.batch
             const rows = [...rowIndex(t, selection.best), ...rowIndex(t, selection.worst)]
-            const ref = yield* Scoped.acquire(() => {
-              const e = rowErrors(reference, t, rows)
-              const [w, l] = tf.split(e, [b, b])
-              e.dispose()
-              return { w: w as tf.Tensor1D, l: l as tf.Tensor1D }
-            })
+            const ref = yield* Scoped.acquire(() => tf.tidy(() => Losses.splitPair(rowErrors(reference, t, rows))))
             const margin = Array.from({ length: b }, (_, i) => scores.trajectory[selection.best[i]][i] - scores.trajectory[selection.worst[i]][i])
             return {
               loss: () =>
                 tf.tidy(() => {
-                  const [modelW, modelL] = tf.split(rowErrors(model, t, rows), [b, b]) as [tf.Tensor1D, tf.Tensor1D]
-                  return loss({ modelW, modelL, refW: ref.w, refL: ref.l }, o.beta)
+                  const policy = Losses.splitPair(rowErrors(model, t, rows))
+                  return loss({ modelW: policy.w, modelL: policy.l, refW: ref.w, refL: ref.l }, o.beta)
                 }),
               stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b },
               nfe: 4 * b

@@ -104,19 +104,12 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
             const rowsOf = (items: ReadonlyArray<number>) => [...items, ...items.map((i) => i + b)]
             const parts = Losses.microBatchesByRows(b, 2, o.microBatchRows ?? 0)
             const refs = yield* Effect.forEach(parts, (items) =>
-              Scoped.acquire(() => {
-                const e = NoisedSamples.rowErrors(reference, s, rowsOf(items))
-                const [w, l] = tf.split(e, [items.length, items.length])
-                e.dispose()
-                return { w: w as tf.Tensor1D, l: l as tf.Tensor1D }
-              }))
+              Scoped.acquire(() => tf.tidy(() => Losses.splitPair(NoisedSamples.rowErrors(reference, s, rowsOf(items))))))
             return {
               loss: parts.map((items, p) => () =>
-                tf.tidy(() => {
-                  const [modelW, modelL] = tf.split(NoisedSamples.rowErrors(model, s, rowsOf(items)), [items.length, items.length]) as [tf.Tensor1D, tf.Tensor1D]
-                  const mean = Losses.dpoFromTerms({ modelW, modelL, refW: refs[p].w, refL: refs[p].l }, items.map((i) => margin[i]), o.beta / 2, o.margin)
-                  return tf.mul(mean, items.length / b) as tf.Scalar
-                })
+                tf.tidy(() =>
+                  Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b)
+                )
               ),
               stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b },
               // Policy and reference each see the 2B pair rows.

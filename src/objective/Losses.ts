@@ -143,6 +143,38 @@ export const dpoFromTerms = (
   })
 
 /**
+ * The winner and loser halves of errors on [winner rows; loser rows]
+ * (call inside `tf.tidy`, or own both halves).
+ *
+ * @since 0.4.0
+ */
+export const splitPair = (e: tf.Tensor1D): { readonly w: tf.Tensor1D; readonly l: tf.Tensor1D } => {
+  const k = e.shape[0] / 2
+  const [w, l] = tf.split(e, [k, k]) as [tf.Tensor1D, tf.Tensor1D]
+  return { w, l }
+}
+
+/**
+ * One micro-batch part of a pairwise DPO objective: the policy's errors on
+ * the part's [winner rows; loser rows] against the reference's, Eq. 11's
+ * loss over the part, scaled by the part's share of the batch mean.
+ *
+ * @since 0.4.0
+ */
+export const dpoPart = (
+  policy: tf.Tensor1D,
+  reference: { readonly w: tf.Tensor1D; readonly l: tf.Tensor1D },
+  margin: ReadonlyArray<number>,
+  beta: number,
+  placement: MarginPlacement,
+  share: number
+): tf.Scalar =>
+  tf.tidy(() => {
+    const { l, w } = splitPair(policy)
+    return tf.mul(dpoFromTerms({ modelW: w, modelL: l, refW: reference.w, refL: reference.l }, margin, beta, placement), share) as tf.Scalar
+  })
+
+/**
  * Per-row MSE of a model on path rows ([rows.length], averaged over the first
  * `steps` steps and pixels); used for the policy (inside the gradient) and
  * the frozen reference (outside it). Pass winner and loser rows together to

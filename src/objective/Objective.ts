@@ -108,21 +108,13 @@ export class Objective extends Context.Service<Objective, {
               const rowsOf = (items: ReadonlyArray<number>) => [...items.map((i) => best[i]), ...items.map((i) => worst[i])]
               const parts = Losses.microBatchesByRows(b, 2 * t.steps.length, o.microBatchRows ?? 0)
               const refs = yield* Effect.forEach(parts, (items) =>
-                Scoped.acquire(() => {
-                  const e = Losses.pathErrors(reference, schedule, t, rowsOf(items), o.target, refSteps)
-                  const [w, l] = tf.split(e, [items.length, items.length])
-                  e.dispose()
-                  return { w: w as tf.Tensor1D, l: l as tf.Tensor1D }
-                }))
+                Scoped.acquire(() => tf.tidy(() => Losses.splitPair(Losses.pathErrors(reference, schedule, t, rowsOf(items), o.target, refSteps)))))
               return {
                 // Each part is its items' share of the batch mean of Eq. 11.
                 loss: parts.map((items, p) => () =>
-                  tf.tidy(() => {
-                    const e = Losses.pathErrors(model, schedule, t, rowsOf(items), o.target)
-                    const [modelW, modelL] = tf.split(e, [items.length, items.length]) as [tf.Tensor1D, tf.Tensor1D]
-                    const mean = Losses.dpoFromTerms({ modelW, modelL, refW: refs[p].w, refL: refs[p].l }, items.map((i) => margin[i]), o.beta, o.margin)
-                    return tf.mul(mean, items.length / b) as tf.Scalar
-                  })
+                  tf.tidy(() =>
+                    Losses.dpoPart(Losses.pathErrors(model, schedule, t, rowsOf(items), o.target), refs[p], items.map((i) => margin[i]), o.beta, o.margin, items.length / b)
+                  )
                 ),
                 stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b },
                 nfe: 2 * b * (t.steps.length + refSteps)

@@ -132,6 +132,9 @@ export const chooseTimestep = (rng: Rng, trainSteps: number, o: Pick<TrajectoryO
   return allowed[rng.int(allowed.length)]
 }
 
+/** Scalar timesteps when all rows agree: the same kernels as before per-row timesteps existed. */
+const asArg = (ts: ReadonlyArray<number>): number | ReadonlyArray<number> => (ts.every((t) => t === ts[0]) ? ts[0] : ts)
+
 const repeatRows = (x: tf.Tensor, n: number): tf.Tensor => tf.tidy(() => tf.concat(Array.from({ length: n }, () => x), 0) as tf.Tensor)
 
 /**
@@ -159,9 +162,6 @@ export const generate = (
   }
   const rows = o.n * b
   const allPrompts = Array.from({ length: rows }, (_, r) => prompts[r % b])
-  const uniform = itemT0.every((t) => t === itemT0[0])
-  // Scalar timesteps when all rows agree: the same kernels as before per-prompt draws existed.
-  const asArg = (ts: ReadonlyArray<number>): number | ReadonlyArray<number> => (ts.every((t) => t === ts[0]) ? ts[0] : ts)
   let rowT: Array<number> = Array.from({ length: rows }, (_, r) => itemT0[r % b])
   const noise = Generate.normalTensor(rng, [rows, ...x0.shape.slice(1)])
   const guidance = o.cfg === 1 ? 1 : 2
@@ -172,7 +172,7 @@ export const generate = (
   }
   const down = (t: number) => (t - ratio >= 0 ? t - ratio : -1)
   const steps: Array<Step> = []
-  let x = tf.tidy(() => Noise.addNoise(schedule, repeatRows(x0, o.n), noise, uniform ? itemT0[0] : rowT))
+  let x = tf.tidy(() => Noise.addNoise(schedule, repeatRows(x0, o.n), noise, asArg(rowT)))
   let final: tf.Tensor | undefined
   try {
     for (let k = 0; k < o.m; k++) {
@@ -243,7 +243,7 @@ const continueToZero = (
       active = active.filter((r) => rowT[r] >= 0)
       if (active.length === 0) break
       const sub = tf.tidy(() => (active.length === rowT.length ? x.clone() : tf.gather(x, tf.tensor1d(active, "int32"))))
-      eps = denoise(sub, active.map((r) => rowT[r]).every((t, _, a) => t === a[0]) ? rowT[active[0]] : active.map((r) => rowT[r]), active.map((r) => prompts[r]))
+      eps = denoise(sub, asArg(active.map((r) => rowT[r])), active.map((r) => prompts[r]))
       sub.dispose()
     }
     return x
