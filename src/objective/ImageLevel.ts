@@ -35,16 +35,27 @@ import * as Losses from "./Losses.ts"
 import { Objective } from "./Objective.ts"
 
 const MicroBatchRows = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+/**
+ * Optimiser steps per generated batch, each on the same selected images
+ * with a fresh eps and t (1: one step). Generation costs some 50x a
+ * gradient step on the UNet, so reusing the pairs buys updates almost free;
+ * the objective stays valid off-policy (DPO against a frozen reference).
+ */
+const StepsPerBatch = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
 
 export const ImageRlhfOptions = Schema.Struct({
   /** DPO temperature, scaled by 1/2 as Diffusion-DPO's code. */
   beta: Schema.Number.check(Schema.isGreaterThan(0)),
   margin: Losses.MarginPlacement,
-  microBatchRows: Schema.optional(MicroBatchRows)
+  microBatchRows: Schema.optional(MicroBatchRows),
+  stepsPerBatch: Schema.optional(StepsPerBatch)
 })
 export type ImageRlhfOptions = typeof ImageRlhfOptions.Type
 
-export const ImageSftOptions = Schema.Struct({ microBatchRows: Schema.optional(MicroBatchRows) })
+export const ImageSftOptions = Schema.Struct({
+  microBatchRows: Schema.optional(MicroBatchRows),
+  stepsPerBatch: Schema.optional(StepsPerBatch)
+})
 export type ImageSftOptions = typeof ImageSftOptions.Type
 
 const finals = (t: Trajectories): tf.Tensor =>
@@ -98,22 +109,29 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
         prepare: (t, selection, scores) =>
           Effect.gen(function*() {
             const b = t.batch
-            const s = yield* Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best, selection.worst], rng), NoisedSamples.dispose)
             const margin = margins(selection, scores, b)
             // Winner rows are 0..B-1 of the pair samples, losers B..2B-1.
             const rowsOf = (items: ReadonlyArray<number>) => [...items, ...items.map((i) => i + b)]
             const parts = Losses.microBatchesByRows(b, 2, o.microBatchRows ?? 0)
-            const refs = yield* Effect.forEach(parts, (items) =>
-              Scoped.acquire(() => tf.tidy(() => Losses.splitPair(NoisedSamples.rowErrors(reference, s, rowsOf(items))))))
-            return {
-              loss: parts.map((items, p) => () =>
-                tf.tidy(() =>
-                  Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b)
+            // Every step's eps and t are drawn now, so the RNG order never
+            // depends on when the optimiser runs the closures.
+            const steps = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
+              Effect.gen(function*() {
+                const s = yield* Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best, selection.worst], rng), NoisedSamples.dispose)
+                const refs = yield* Effect.forEach(parts, (items) =>
+                  Scoped.acquire(() => tf.tidy(() => Losses.splitPair(NoisedSamples.rowErrors(reference, s, rowsOf(items))))))
+                return parts.map((items, p) => () =>
+                  tf.tidy(() =>
+                    Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b)
+                  )
                 )
-              ),
+              }))
+            return {
+              loss: steps[0],
+              ...(steps.length > 1 ? { updates: steps.slice(1) } : {}),
               stats: { rewardMargin: margin.reduce((a, x) => a + x, 0) / b },
-              // Policy and reference each see the 2B pair rows.
-              nfe: 4 * b
+              // Per step, policy and reference each see the 2B pair rows.
+              nfe: 4 * b * steps.length
             }
           })
       })
@@ -137,13 +155,19 @@ export const sft = (o: ImageSftOptions): Layer.Layer<Objective, never, Denoiser.
         prepare: (t, selection) =>
           Effect.gen(function*() {
             const b = t.batch
-            const s = yield* Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best], rng), NoisedSamples.dispose)
+            const steps = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
+              Effect.map(
+                Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best], rng), NoisedSamples.dispose),
+                (s) =>
+                  Losses.microBatchesByRows(b, 1, o.microBatchRows ?? 0).map((items) => () =>
+                    tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), items.length / b) as tf.Scalar)
+                  )
+              ))
             return {
-              loss: Losses.microBatchesByRows(b, 1, o.microBatchRows ?? 0).map((items) => () =>
-                tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), items.length / b) as tf.Scalar)
-              ),
+              loss: steps[0],
+              ...(steps.length > 1 ? { updates: steps.slice(1) } : {}),
               stats: {},
-              nfe: b
+              nfe: b * steps.length
             }
           })
       })

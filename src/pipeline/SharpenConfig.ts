@@ -84,6 +84,11 @@ export const SharpenConfig = Schema.Struct({
   start: Schema.Literals(["online-sample", "noise"]),
   /** Batches whose gradients are summed into one optimiser step (effective batch = batchSize x accumulate). */
   accumulate: int(1, 1024),
+  /**
+   * Image-level objectives: optimiser steps per generated batch, each on the
+   * same selected images with a fresh eps and t (docs/method.md).
+   */
+  stepsPerBatch: int(1, 1024),
   /** EMA decay of the weights used for evaluation and saving (0: off). */
   ema: num(0, 0.999999),
   /**
@@ -138,6 +143,7 @@ export const defaults: SharpenConfig = {
   timestepPer: "prompt",
   start: "online-sample",
   accumulate: 1,
+  stepsPerBatch: 1,
   ema: 0,
   trainingNfe: 0,
   keepCheckpoints: 2

@@ -114,7 +114,7 @@ export const sft = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
     c,
     w,
     c.preference === "image"
-      ? ImageLevel.sft({ microBatchRows: c.microBatchRows })
+      ? ImageLevel.sft({ microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1 })
       : Objective.sft({ target: c.target, microBatchRows: c.microBatchRows }),
     BatchSource.imageText(c.split)
   )
@@ -129,7 +129,7 @@ export const rlhf = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
     c,
     w,
     (c.preference === "image"
-      ? ImageLevel.rlhf({ beta: c.dpoBeta, margin: c.margin, microBatchRows: c.microBatchRows })
+      ? ImageLevel.rlhf({ beta: c.dpoBeta, margin: c.margin, microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1 })
       : Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps, microBatchRows: c.microBatchRows })).pipe(
         // The reference is always the base model directory, also when resuming.
         Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))
