@@ -44,13 +44,13 @@ const errorOf = (model: Denoiser.Model, x: tf.Tensor, t: ReadonlyArray<number>, 
 
 const softplus = (z: number) => Math.log1p(Math.exp(z))
 
-const prepare = (model: Denoiser.Model, reference: Denoiser.Model, t: Trajectories, sel: Selection, which: "rlhf" | "sft") =>
+const prepare = (model: Denoiser.Model, reference: Denoiser.Model, t: Trajectories, sel: Selection, which: "rlhf" | "sft", stepsPerBatch = 1) =>
   Effect.gen(function*() {
     const objective = yield* Objective
     return yield* objective.prepare(t, sel, scores)
   }).pipe(
     Effect.provide(
-      (which === "rlhf" ? ImageLevel.rlhf({ beta: BETA, margin: "paper" }) : ImageLevel.sft({})).pipe(
+      (which === "rlhf" ? ImageLevel.rlhf({ beta: BETA, margin: "paper", stepsPerBatch }) : ImageLevel.sft({ stepsPerBatch })).pipe(
         Layer.provide(Layer.mergeAll(Layer.succeed(Denoiser.Denoiser, { model }), Layer.succeed(Reference, { model: reference }), RandomSource.fromSeed(3)))
       )
     )
@@ -191,6 +191,27 @@ describe("ImageLevel", () => {
       assert.strictEqual(prepared.nfe, B)
       tf.dispose([eps, t.final!, t.x0, t.noise])
       Denoiser.dispose(model)
+    }).pipe(Effect.scoped))
+
+  it.effect("stepsPerBatch: K steps on the same selection, the first as one step's, each later one with fresh eps and t", () =>
+    Effect.gen(function*() {
+      const model = perturbed(0)
+      const reference = perturbed(1)
+      for (const which of ["rlhf", "sft"] as const) {
+        const t = trajectories()
+        const one = lossValue((yield* prepare(model, reference, t, selection, which)).loss)
+        const k = yield* prepare(model, reference, t, selection, which, 3)
+        assert.strictEqual(k.updates?.length, 2)
+        assert.strictEqual(k.nfe, (which === "rlhf" ? 4 : 1) * B * 3)
+        // Same RNG order: the first step is the one-step objective's.
+        assert.isTrue(Math.abs(lossValue(k.loss) - one) < 1e-6, `${which}: ${lossValue(k.loss)} vs ${one}`)
+        const later = k.updates!.map(lossValue)
+        for (const v of later) assert.isTrue(Math.abs(v - one) > 1e-6, `${which}: a later step reused the first step's eps and t`)
+        assert.isTrue(Math.abs(later[0] - later[1]) > 1e-6)
+        tf.dispose([t.final!, t.x0, t.noise])
+      }
+      Denoiser.dispose(model)
+      Denoiser.dispose(reference)
     }).pipe(Effect.scoped))
 
   it.effect("objectives without continued paths fail loudly", () =>
