@@ -48,3 +48,17 @@ export const pearson = (xs: ArrayLike<number>, ys: ArrayLike<number>): number | 
 
 /** Spearman's rho: Pearson of the (tie-averaged) ranks. */
 export const spearman = (xs: ReadonlyArray<number>, ys: ReadonlyArray<number>): number | null => pearson(ranks(xs), ranks(ys))
+
+/**
+ * Mean of after - before over paired values (the same prompts and seeds
+ * before and after) with the half-width of its normal 95% interval,
+ * 1.96 * sd / sqrt(n); `half` is Infinity below two pairs.
+ */
+export const pairedDifference = (before: ArrayLike<number>, after: ArrayLike<number>): { readonly mean: number; readonly half: number } => {
+  if (before.length !== after.length) throw new RangeError(`pairedDifference: ${before.length} vs ${after.length} values`)
+  const d = Array.from(before, (b, i) => after[i] - b)
+  const m = mean(d)
+  if (d.length < 2) return { mean: m, half: Infinity }
+  const variance = d.reduce((a, x) => a + (x - m) ** 2, 0) / (d.length - 1)
+  return { mean: m, half: 1.96 * Math.sqrt(variance / d.length) }
+}

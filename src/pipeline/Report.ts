@@ -11,6 +11,8 @@ import * as Inputs from "../cli/Inputs.ts"
 import type { ParsedPrompt } from "../data/Prompt.ts"
 import * as Png from "../data/Png.ts"
 import * as Evaluate from "../eval/Evaluate.ts"
+import * as Stats from "../eval/Stats.ts"
+import * as Wilson from "../eval/Wilson.ts"
 import * as Generate from "../eval/Generate.ts"
 import * as ParallelGenerate from "../eval/ParallelGenerate.ts"
 import * as Plot from "../eval/Plot.ts"
@@ -58,7 +60,21 @@ export const evaluateWithGrids = Effect.fn("Report.evaluateWithGrids")(function*
 
 const pct = (v: number) => `${(100 * v).toFixed(1)}%`
 
-/** Markdown table comparing before and after per set and category. */
+const signed = (v: number, digits: number) => `${v >= 0 ? "+" : ""}${v.toFixed(digits)}`
+
+/** A paired before/after line: the same prompts and seeds, so the difference's interval is the fair one. */
+const paired = (before: ReadonlyArray<number>, after: ReadonlyArray<number>, digits: number, scale = 1) => {
+  const d = Stats.pairedDifference(before, after)
+  const verdict = d.mean - d.half > 0 ? "up" : d.mean + d.half < 0 ? "down" : "within noise"
+  return `${(scale * Stats.mean(before)).toFixed(digits)} -> ${(scale * Stats.mean(after)).toFixed(digits)}, ` +
+    `paired difference ${signed(scale * d.mean, digits)} ± ${(scale * d.half).toFixed(digits)} (95%, ${before.length} prompts): ${verdict}`
+}
+
+/**
+ * Markdown table comparing before and after per set and category: accuracy
+ * with its Wilson 95% interval, and under it the paired difference of the
+ * clip score and of the verifier's partial credit over the set.
+ */
 export const comparison = (before: ReadonlyArray<Evaluate.SetReport>, after: ReadonlyArray<Evaluate.SetReport>): string =>
   before.map((b, i) => {
     const a = after[i]
@@ -66,14 +82,25 @@ export const comparison = (before: ReadonlyArray<Evaluate.SetReport>, after: Rea
       const ra = a.rows[j]
       const delta = 100 * (ra.accuracy - rb.accuracy)
       const clip = rb.clip === null || ra.clip === null ? "n/a" : `${rb.clip.toFixed(3)} -> ${ra.clip.toFixed(3)}`
-      return `| ${rb.category} | ${rb.n} | ${pct(rb.accuracy)} | ${pct(ra.accuracy)} | ${delta >= 0 ? "+" : ""}${delta.toFixed(1)} | ${pct(rb.partial)} -> ${pct(ra.partial)} | ${clip} |`
+      return `| ${rb.category} | ${rb.n} | ${Wilson.format(rb.accuracy, rb.n)} | ${Wilson.format(ra.accuracy, ra.n)} | ${signed(delta, 1)} | ${pct(rb.partial)} -> ${pct(ra.partial)} | ${clip} |`
     })
+    const pairs = b.samples.length === a.samples.length && b.samples.length > 0
+    const clipOf = (r: Evaluate.SetReport) => r.samples.map((s) => s.clip)
+    const lines = pairs
+      ? [
+        ...(clipOf(b).every((c) => c !== null) && clipOf(a).every((c) => c !== null)
+          ? [`- clip score ${paired(clipOf(b) as Array<number>, clipOf(a) as Array<number>, 3)}`]
+          : []),
+        `- partial credit (points) ${paired(b.samples.map((s) => (s.partial ? 1 : 0)), a.samples.map((s) => (s.partial ? 1 : 0)), 1, 100)}`
+      ]
+      : []
     return [
-      `**${b.name}** (NFE per image ${b.nfePerImage} before and after)`,
+      `**${b.name}** (NFE per image ${b.nfePerImage} before and after; accuracy in % with its Wilson 95% interval)`,
       "",
       "| category | n | accuracy before | accuracy after | points | partial credit | clip score |",
       "|---|---|---|---|---|---|---|",
-      ...rows
+      ...rows,
+      ...(lines.length > 0 ? ["", ...lines] : [])
     ].join("\n")
   }).join("\n\n")
 

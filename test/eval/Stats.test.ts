@@ -20,4 +20,13 @@ describe("Stats", () => {
     assert.strictEqual(Stats.mean(new Float32Array([1, 2, 3, 6])), 3)
     assert.throws(() => Stats.pearson([1, 2], [1, 2, 3]), /2 vs 3/)
   })
+
+  it("pairedDifference: the mean difference and 1.96 sd / sqrt(n)", () => {
+    // d = [1, 2, 3]: mean 2, sample sd 1.
+    const d = Stats.pairedDifference([0, 0, 0], [1, 2, 3])
+    assert.approximately(d.mean, 2, 1e-12)
+    assert.approximately(d.half, 1.96 / Math.sqrt(3), 1e-12)
+    assert.strictEqual(Stats.pairedDifference([1], [2]).half, Infinity)
+    assert.throws(() => Stats.pairedDifference([1, 2], [1]), /2 vs 1/)
+  })
 })
