@@ -29,6 +29,7 @@ import * as ClipModel from "../reward/ClipModel.ts"
 import * as Registry from "../reward/Registry.ts"
 import { Backend, BackendName } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
+import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as Report from "../pipeline/Report.ts"
 import * as Sharpen from "../pipeline/Sharpen.ts"
 import * as SharpenConfig from "../pipeline/SharpenConfig.ts"
@@ -240,7 +241,9 @@ export const command = (algorithm: "sft" | "rlhf") =>
         const totalCalls = records.reduce((a, r) => a + r.rewardCalls, 0)
         const wallMin = records.reduce((a, r) => a + r.wallMs, 0) / 60_000
         const summary = `${algorithm.toUpperCase()}-Diffusion-Sharpening of ${f.model} with reward ${rewardSpec.reward}: ${done} iterations, ` +
-          `${wallMin.toFixed(1)} min of training, ${totalNfe} training NFE, ${totalCalls} reward calls.`
+          `${wallMin.toFixed(1)} min of training, ${totalNfe} training NFE, ${totalCalls} reward calls. ` +
+          // Memory of the whole run (docs/performance.md): the process's peak RSS, worker threads included, and this thread's wasm heap.
+          `Peak resident memory ${Math.round(process.resourceUsage().maxRSS / 1024)} MiB, wasm heap ${Math.round(WasmHeap.heapBytes() / 2 ** 20)} MiB.`
         yield* AtomicFile.writeText(path.join(out, "report.md"), `${summary}\n\n${table}\n`)
         yield* AtomicFile.writeText(path.join(out, "report.json"), JSON.stringify({ config, model: f.model, reward: rewardSpec.reward, iterations: done, before, after }, null, 2) + "\n")
         yield* Console.log(`\n${summary}\n\n${table}\n\nmodel: ${path.join(out, "model")}  report: ${path.join(out, "report.md")}`)
