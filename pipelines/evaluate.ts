@@ -4,6 +4,7 @@
  *
  *   npx tsx pipelines/evaluate.ts --model models/shapeworld-base
  *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --prompts data/eval/prompts-heldout.txt
+ *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --against docs/data/eval-shapeworld-base.json
  *
  * Prints one markdown table per prompt set and writes them all as JSON.
  */
@@ -14,7 +15,9 @@ import * as Main from "../src/cli/Main.ts"
 import * as Progress from "../src/cli/Progress.ts"
 import * as ClipReport from "../src/eval/ClipReport.ts"
 import * as Png from "../src/data/Png.ts"
+import * as EvalFile from "../src/eval/EvalFile.ts"
 import * as Evaluate from "../src/eval/Evaluate.ts"
+import * as Report from "../src/pipeline/Report.ts"
 import * as Generate from "../src/eval/Generate.ts"
 import * as ParallelGenerate from "../src/eval/ParallelGenerate.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
@@ -38,6 +41,7 @@ const command = Command.make(
     eta: Flag.Finite("eta").pipe(Flag.withDefault(0)),
     batchSize: Flag.Int("batch-size").pipe(Flag.withDefault(16)),
     grids: Flag.String("grids").pipe(Flag.withDescription("also write a labelled contact sheet per prompt set into this directory"), Flag.optional),
+    against: Flag.String("against").pipe(Flag.withDescription("an earlier report of this command (same prompts and sampler, e.g. the base model's): also print the before/after table, paired per prompt, with Wilson intervals"), Flag.optional),
     json: Flag.String("json").pipe(Flag.withDescription("where to write the JSON report (default out/evaluate/<model>.json)"), Flag.optional),
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
   },
@@ -50,6 +54,14 @@ const command = Command.make(
     const jsonFile = Option.getOrElse(f.json, () => path.join("out", "evaluate", `${path.basename(path.resolve(f.model))}.json`))
     yield* Inputs.writableDirectory(path.dirname(jsonFile))
     if (Option.isSome(f.grids)) yield* Inputs.writableDirectory(f.grids.value)
+    const sampler = { steps: f.steps, cfg: f.cfg, eta: f.eta, seed: f.seed, batchSize: f.batchSize }
+    // Checked before sampling: a report that cannot be paired fails now, not after minutes.
+    const againstFile = Option.getOrUndefined(f.against)
+    const against = againstFile !== undefined ? yield* EvalFile.read(againstFile) : undefined
+    if (against !== undefined && againstFile !== undefined) {
+      const why = EvalFile.unpairable(against, { sampler, reports: sets.map((s) => ({ name: s.name, rows: [], nfePerImage: 0, samples: s.prompts.map((p) => ({ prompt: p.text, category: p.category, pass: false, partial: false, clip: null })) })) })
+      if (why !== undefined) return yield* new EvalFile.EvalFileError({ file: againstFile, message: `cannot be compared with this evaluation: ${why}` })
+    }
     const { model } = yield* Denoiser.Denoiser
     // The default clip model is optional (evaluation still runs without it);
     // an explicitly requested one must load.
@@ -57,7 +69,6 @@ const command = Command.make(
     const useClip = Option.isSome(f.clip) || (yield* fs.exists(clipDir))
     const clip = useClip ? yield* Effect.flatMap(ClipModel.loadFiles(clipDir), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose)) : undefined
     if (!useClip) yield* Console.error(`note: ${clipDir} not found; clip score omitted`)
-    const sampler = { steps: f.steps, cfg: f.cfg, eta: f.eta, seed: f.seed, batchSize: f.batchSize }
     const total = sets.reduce((a, s) => a + s.prompts.length, 0)
     const bar = Progress.make({ label: "evaluate", total })
     const reports: Array<Evaluate.SetReport> = []
@@ -84,6 +95,12 @@ const command = Command.make(
       yield* Console.log(`\nclip vs verifier on ${a.set}: AUC ${a.auc.toFixed(3)}, correlation ${a.correlation.toFixed(3)}, mean clip ${a.meanScorePass.toFixed(3)} (pass) vs ${a.meanScoreFail.toFixed(3)} (fail)`)
     }
     yield* AtomicFile.writeText(jsonFile, JSON.stringify({ model: f.model, clip: useClip ? clipDir : null, sampler, reports, agreements }, null, 2) + "\n")
+    if (against !== undefined) {
+      const table = `${against.model} -> ${f.model}\n\n${Report.comparison(against.reports, reports)}\n`
+      const mdFile = jsonFile.replace(/\.json$/, "") + "-comparison.md"
+      yield* AtomicFile.writeText(mdFile, table)
+      yield* Console.log(`\n${table}\nwrote ${mdFile}`)
+    }
     yield* Console.log(`\nwrote ${jsonFile}`)
   }, (effect, f) =>
     effect.pipe(
