@@ -306,13 +306,15 @@ const command = Command.make(
       // rewards per path; DDPO: final images of the policy; Diffusion-DPO: the
       // frozen reference's samples), so the plot shows each curve's change
       // from its own start, not levels on one scale.
+      // Smoothing over a tenth of the longest run (under a budget the cap is not a run's length).
+      const smooth = Math.max(1, Math.round(Math.max(0, ...trained.map((t) => t.summary.iterations)) / 10))
       const fig46 = yield* Effect.promise(() =>
         Plot.lineSvg({
           title: `Training reward minus its first-3-iteration mean (each method's own statistic), reward ${rewardSpec.reward}`,
           x: "iteration",
           y: "reward change",
           series: "method",
-          smooth: Math.max(1, Math.round(settings.iterations / 10)),
+          smooth,
           rows: trained.filter((t) => t.seed === settings.seeds[0] && t.method !== "standard").flatMap((t) => {
             const start = Compare.meanStd(t.summary.curve.slice(0, 3).map((c) => c.rewardMean)).mean
             return t.summary.curve.map((c) => ({ iteration: c.iteration, "reward change": c.rewardMean - start, method: Compare.LABELS[t.method] }))
@@ -338,8 +340,8 @@ const command = Command.make(
           x: "training NFE",
           y: "reward change",
           series: "method",
-          scheme: "category20",
-          smooth: Math.max(1, Math.round(settings.iterations / 10)),
+          scheme: "tableau10",
+          smooth,
           rows: trained.filter((t) => t.seed === settings.seeds[0] && t.method !== "standard").flatMap((t) => {
             const start = Compare.meanStd(t.summary.curve.slice(0, 3).map((c) => c.rewardMean)).mean
             const nfe = Compare.nfeCurve(t.summary).points
@@ -353,19 +355,19 @@ const command = Command.make(
         const rows = curves.flatMap((c) =>
           c.points.map((p) => ({
             "training NFE": p.trainingNfe,
-            "verifier accuracy": Compare.overall(p.eval.sets[0]).accuracy,
+            "verifier accuracy %": 100 * Compare.overall(p.eval.sets[0]).accuracy,
             reward: p.eval.sets[0].reward,
             method: Compare.LABELS[c.method]
           }))
         )
-        for (const [name, y] of [["accuracy-vs-training-nfe", "verifier accuracy"], ["eval-reward-vs-training-nfe", "reward"]] as const) {
+        for (const [name, y] of [["accuracy-vs-training-nfe", "verifier accuracy %"], ["eval-reward-vs-training-nfe", "reward"]] as const) {
           curvePlots.push([name, yield* Effect.promise(() =>
             Plot.lineSvg({
               title: `${y === "reward" ? `Reward (${rewardSpec.reward}) of the final images` : "Verifier accuracy"} vs training NFE (${n} ${setName} prompts, first seed)`,
               x: "training NFE",
               y,
               series: "method",
-              scheme: "category20",
+              scheme: "tableau10",
               points: true,
               rows
             }))])
@@ -419,6 +421,11 @@ const command = Command.make(
           )
         ].join("\n")
       }
+      // Table 1's order, first seed.
+      const categoryRows = [
+        { label: "base model", eval: base },
+        ...order.flatMap((m) => trained.filter((t) => t.method === m && t.seed === settings.seeds[0]).map((t) => ({ label: Compare.LABELS[t.method], eval: t.eval })))
+      ]
       const resultsFile = Option.getOrElse(f.results, () => path.join(f.out, "results.md"))
       const n = (s: Compare.EvalSummary) => s.sets.map((x) => `${Compare.overall(x).n} ${x.name}`).join(" + ")
       const block = [
@@ -438,9 +445,9 @@ const command = Command.make(
           : []),
         "Per category:",
         "",
-        Compare.categoryTable(0, [{ label: "base model", eval: base }, ...trained.filter((t) => t.seed === settings.seeds[0]).map((t) => ({ label: Compare.LABELS[t.method], eval: t.eval }))]),
+        Compare.categoryTable(0, categoryRows),
         "",
-        ...(base.sets.length > 1 ? [Compare.categoryTable(1, [{ label: "base model", eval: base }, ...trained.filter((t) => t.seed === settings.seeds[0]).map((t) => ({ label: Compare.LABELS[t.method], eval: t.eval }))]), ""] : []),
+        ...(base.sets.length > 1 ? [Compare.categoryTable(1, categoryRows), ""] : []),
         `### Training cost (same reward, ${budget > 0 ? "same training-NFE budget" : "same iterations"})`,
         "",
         costs,
@@ -451,7 +458,8 @@ const command = Command.make(
         "",
         "![reward vs iteration](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-vs-iteration.png")) + ")",
         "",
-        "Training reward per iteration, as each method logs it: sharpening, the sum over the m scored steps of the reward of the model's x0 estimates, mean over paths; " +
+        "Training reward per iteration, as each method logs it: sharpening as published, the sum over the m scored steps of the reward of the model's x0 estimates, mean over paths; " +
+        "image-level sharpening and RAFT, the reward of each path's final image; " +
         "DDPO, the policy's final images; Diffusion-DPO, the frozen reference's samples (flat by construction). Each curve is drawn relative to its own first 3 iterations, so only the trends compare.",
         "",
         "![reward vs NFE](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-vs-nfe.png")) + ")",
