@@ -466,7 +466,8 @@ const command = Command.make(
         "",
         "![training reward vs training NFE](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-vs-training-nfe.png")) + ")",
         "",
-        "The same training curves against cumulative training NFE (sampling plus the objective's model evaluations), the budget's unit.",
+        "The same training curves against cumulative training NFE (sampling plus the objective's model evaluations), the budget's unit" +
+        (estimated ? "; stages written before the objective's NFE were recorded are drawn at their sampling NFE, spread evenly over their iterations." : "."),
         ...curvePlots.flatMap(([name]) => ["", `![${name.replace(/-/g, " ")}](` + path.relative(path.dirname(resultsFile), path.join(plots, `${name}.png`)) + ")"]),
         ...(curves.length > 0
           ? [
