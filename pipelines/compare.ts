@@ -42,8 +42,12 @@ const command = Command.make(
     // The reward every method optimises, and its options (also the config file's "reward" entry).
     ...RewardFlags.flags,
     out: Flag.String("out").pipe(Flag.withDescription("stage directory (resumable)"), Flag.withDefault("out/compare")),
-    results: Flag.String("results").pipe(Flag.withDescription("markdown file to write (its compare block is replaced if present)"), Flag.optional),
-    plots: Flag.String("plots").pipe(Flag.withDescription("directory of the plots and grids (default: img/compare beside --results, else <out>/plots)"), Flag.optional),
+    results: Flag.String("results").pipe(Flag.withDescription("markdown file to write (its compare block, see --block, is replaced; a file without one gets it appended)"), Flag.optional),
+    block: Flag.String("block").pipe(
+      Flag.withDescription("name of the results block to replace: <!-- compare-<name>:begin --> ... end, and plots in img/compare-<name> (default: the <!-- compare:begin --> block, img/compare)"),
+      Flag.optional
+    ),
+    plots: Flag.String("plots").pipe(Flag.withDescription("directory of the plots and grids (default: img/compare[-<block>] beside --results, else <out>/plots)"), Flag.optional),
     modelsDir: Flag.String("models-dir").pipe(Flag.withDescription("also copy each trained model (first seed) to <dir>/shapeworld-<method>-<reward>"), Flag.optional),
     config: Flag.String("config").pipe(Flag.withDescription("JSON file of sharpening settings shared by every method (and a \"reward\" entry)"), Flag.optional),
     iterations: Flag.Int("iterations").pipe(
@@ -81,7 +85,7 @@ const command = Command.make(
       Flag.withDescription("run only the ablation stages, e.g. in a second process beside the main run (wasm trains on one core); a later full run reuses them and writes the tables"),
       Flag.withDefault(false)
     ),
-    quick: Flag.Boolean("quick").pipe(Flag.withDescription("tiny smoke run (2 iterations, few prompts and steps)"), Flag.withDefault(false)),
+    quick: Flag.Boolean("quick").pipe(Flag.withDescription("tiny smoke run (2 iterations, or --training-nfe's budget; few prompts and steps)"), Flag.withDefault(false)),
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
   },
   Effect.fn(function*(f) {
@@ -301,7 +305,9 @@ const command = Command.make(
       const ablations = f.ablations ? yield* ablationStages({ trained, sharpenedSmall }) : []
 
       // 4. Tables and plots.
-      const plots = Option.getOrElse(f.plots, () => Option.isSome(f.results) ? path.join(path.dirname(f.results.value), "img", "compare") : path.join(f.out, "plots"))
+      // One results file can hold several comparisons (e.g. the iteration-count table and the budget one).
+      const blockName = Option.match(f.block, { onNone: () => "compare", onSome: (b) => `compare-${b}` })
+      const plots = Option.getOrElse(f.plots, () => Option.isSome(f.results) ? path.join(path.dirname(f.results.value), "img", blockName) : path.join(f.out, "plots"))
       // Each method logs its own statistic (sharpening: the sum of m x0-estimate
       // rewards per path; DDPO: final images of the policy; Diffusion-DPO: the
       // frozen reference's samples), so the plot shows each curve's change
@@ -485,20 +491,25 @@ const command = Command.make(
           "",
           "![reward hacking](" + path.relative(path.dirname(resultsFile), path.join(plots, "reward-hacking.png")) + ")"
         ]),
-        ...(ablations.length > 0 ? ["", `Ablations: RLHF sharpening, ${settings.ablationIterations} iterations each, evaluated on ${n(ablations[0].eval)} prompts.`, "", "### Table 2: samples n (m = 3)", "", ablationTable("n"), "", "n = 1 is not a point of RLHF sharpening here: one path gives no best/worst pair (the config requires n >= 2). The paper equates n = 1 with plain Diffusion-DPO, which is Table 1's Diffusion-DPO row.", "", "### Table 3: steps m (n = 3)", "", ablationTable("m")] : [])
+        ...(ablations.length > 0 ? ["", `Ablations: RLHF sharpening, ${settings.ablationIterations} iterations each${budget > 0 ? ` at most, within the budget of ${budget} training NFE` : ""}, evaluated on ${n(ablations[0].eval)} prompts.`, "", "### Table 2: samples n (m = 3)", "", ablationTable("n"), "", "n = 1 is not a point of RLHF sharpening here: one path gives no best/worst pair (the config requires n >= 2). The paper equates n = 1 with plain Diffusion-DPO, which is Table 1's Diffusion-DPO row.", "", "### Table 3: steps m (n = 3)", "", ablationTable("m")] : [])
       ].join("\n")
       const file = resultsFile
-      const begin = "<!-- compare:begin -->"
-      const end = "<!-- compare:end -->"
+      const begin = `<!-- ${blockName}:begin -->`
+      const end = `<!-- ${blockName}:end -->`
       const old = (yield* fs.exists(file)) ? yield* fs.readFileString(file) : ""
+      // The block is replaced in place; a file without it keeps its text and gets the block at its end.
       const text = old.includes(begin) && old.includes(end)
         ? old.slice(0, old.indexOf(begin) + begin.length) + "\n" + block + "\n" + old.slice(old.indexOf(end))
-        : `# Comparison\n\n${begin}\n${block}\n${end}\n`
+        : old === ""
+        ? `# Comparison\n\n${begin}\n${block}\n${end}\n`
+        : `${old.replace(/\n*$/, "")}\n\n${begin}\n${block}\n${end}\n`
       yield* AtomicFile.writeText(file, text)
       yield* Console.log(`${table}\n\nwritten: ${file}`)
     })
     yield* program.pipe(Effect.provide(reward), Effect.provide(backend), Effect.scoped)
   }, (effect) => effect.pipe(Effect.scoped, Effect.provideService(Logger.LogToStderr, true)))
-).pipe(Command.withDescription("Train every fine-tuning method and run every inference-time method from the base model with one reward; write the paper's tables and plots."))
+).pipe(Command.withDescription(
+    "Train every fine-tuning method (the paper's rows, image-level sharpening, RAFT) from the base model with one reward, for the same iterations or the same training-NFE budget (--training-nfe), each with its own settings if given (--method-settings); run every inference-time method; write the paper's tables and plots, and reward / accuracy against training NFE."
+  ))
 
 Main.run(command)

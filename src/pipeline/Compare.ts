@@ -4,14 +4,16 @@
  * skipped when that file exists, so an interrupted comparison continues
  * where it stopped (a training stage also resumes from its checkpoint):
  *
- *   train/<method>-s<seed>/   fine-tuning runs (same reward, same iterations)
+ *   train/<method>-s<seed>[-nfe<N>]/  fine-tuning runs (same reward, same iterations
+ *                             or, with -nfe<N>, the same budget of training NFE);
+ *                             curve/k<k>/ the model at k/K of it (--curve-evals K)
  *   eval/<row>.json           each row on the eval sets (accuracy, clip,
  *                             compressibility, aesthetic, NFE per image)
  *   ablation/n<k>, m<k>       RLHF sharpening with other n / m (Tables 2-3)
  *
- * Fine-tuning methods are the pipeline's layer stacks (SharpenLayers,
- * BaselineLayers) run by the one `Sharpen.loop`; inference-time methods are
- * `InferenceMethod`s run on the base model.
+ * Fine-tuning methods are the pipeline's layer stacks, named by the lab's
+ * one switch (`MethodLayers`) and run by the one `Sharpen.loop`;
+ * inference-time methods are `InferenceMethod`s run on the base model.
  *
  * @since 0.2.0
  */

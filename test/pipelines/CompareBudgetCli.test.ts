@@ -19,13 +19,15 @@ describe("compare.ts --quick --training-nfe", () => {
     runPipeline("compare.ts", [
       "--quick", "--training-nfe", String(BUDGET), "--methods", methods.join(","), "--method-settings", settingsFile, "--curve-evals", "2",
       "--model", model, "--reward", "compositional-dense", "--clip-model", path.join(dir, "no-clip"),
-      "--out", out, "--results", results, "--backend", "wasm"
+      "--out", out, "--results", results, "--block", "nfe", "--backend", "wasm"
     ])
   const writeSettings = (raftLr: number) =>
     fs.writeFileSync(settingsFile, JSON.stringify({ "$comment": "test", "raft": { "lr": raftLr, "$source": "from the test" }, "rlhf-sharpening-image": { "dpoBeta": 500 } }))
 
   beforeAll(async () => {
     await saveTinyModel(model)
+    // The iteration-count comparison's block, which a budget run (--block nfe) must leave alone.
+    fs.writeFileSync(results, "# Results\n\n<!-- compare:begin -->\nthe iteration-count table\n<!-- compare:end -->\n")
   })
 
   it("trains every method to the budget with its own settings, tabulates NFE and iterations, plots against training NFE, and refuses changed settings", () => {
@@ -45,12 +47,14 @@ describe("compare.ts --quick --training-nfe", () => {
     assert.strictEqual(record("rlhf-sharpening-image").lr, 1e-4, "--lr's default where no own setting")
     assert.strictEqual(record("sft-sharpening-image").preference, "image")
     const text = fs.readFileSync(results, "utf8")
+    assert.include(text, "<!-- compare:begin -->\nthe iteration-count table\n<!-- compare:end -->")
+    assert.isAbove(text.indexOf("<!-- compare-nfe:begin -->"), text.indexOf("<!-- compare:end -->"), "appended after the other block")
     for (const s of ["SFT Diffusion-Sharpening (image-level)", "RLHF Diffusion-Sharpening (image-level)", "| RAFT |", "training NFE | iterations |", `a budget of ${BUDGET} training NFE each`, "`raft`): lr 0.00003 (from the test)", "dpoBeta 500"]) {
       assert.include(text, s)
     }
     for (const plot of ["reward-vs-training-nfe", "accuracy-vs-training-nfe", "eval-reward-vs-training-nfe"]) {
-      assert.isTrue(fs.existsSync(path.join(dir, "img", "compare", `${plot}.png`)), plot)
-      assert.include(text, `](img/compare/${plot}.png)`)
+      assert.isTrue(fs.existsSync(path.join(dir, "img", "compare-nfe", `${plot}.png`)), plot)
+      assert.include(text, `](img/compare-nfe/${plot}.png)`)
     }
     // A finished stage with another setting is refused, not passed off as the new one's.
     writeSettings(1e-4)
