@@ -13,7 +13,7 @@ import * as os from "node:os"
 import * as nodePath from "node:path"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Ema } from "../optim/Ema.ts"
-import { Metrics } from "../pipeline/Metrics.ts"
+import { Metrics, trainingNfe } from "../pipeline/Metrics.ts"
 import * as MethodLayers from "../pipeline/MethodLayers.ts"
 import type { IterationRecord } from "../pipeline/Metrics.ts"
 import * as Sharpen from "../pipeline/Sharpen.ts"
@@ -147,7 +147,7 @@ export const run = (method: LabMethod, o: RunOptions) =>
         method: method.name,
         seed: o.seed,
         iterations: records.length,
-        trainingNfe: records.reduce((a, r) => a + r.nfe + (r.lossNfe ?? 0), 0),
+        trainingNfe: trainingNfe(records),
         wallMs,
         records,
         ...evaluation

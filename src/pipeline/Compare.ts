@@ -38,7 +38,7 @@ import { Reward } from "../reward/Reward.ts"
 import type { Backend } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import { Ema } from "../optim/Ema.ts"
-import { Metrics } from "./Metrics.ts"
+import { Metrics, trainingNfe } from "./Metrics.ts"
 import * as Sharpen from "./Sharpen.ts"
 import * as MethodLayers from "./MethodLayers.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
@@ -226,7 +226,7 @@ export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string
         iterations: done,
         wallMinutes: records.reduce((a, r) => a + r.wallMs, 0) / 60_000,
         nfe: records.reduce((a, r) => a + r.nfe, 0),
-        trainingNfe: Snapshots.spent(records),
+        trainingNfe: trainingNfe(records),
         rewardCalls: records.reduce((a, r) => a + r.rewardCalls, 0),
         curve: records.map((r) => ({
           iteration: r.iteration,

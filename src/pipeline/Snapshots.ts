@@ -16,16 +16,12 @@ import { Effect, FileSystem, Path, Schema } from "effect"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as Weights from "../model/Weights.ts"
 import { Ema } from "../optim/Ema.ts"
-import { Metrics } from "./Metrics.ts"
+import { Metrics, trainingNfe } from "./Metrics.ts"
 import { IterationSampler } from "./Sharpen.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
 
 export const Snapshot = Schema.Struct({ k: Schema.Int, iteration: Schema.Int, trainingNfe: Schema.Number })
 export type Snapshot = typeof Snapshot.Type
-
-/** Training NFE of metrics records: sampling plus the objective's evaluations. */
-export const spent = (records: ReadonlyArray<{ readonly nfe: number; readonly lossNfe?: number | undefined }>) =>
-  records.reduce((a, r) => a + r.nfe + (r.lossNfe ?? 0), 0)
 
 /** How many of the K - 1 inner points a run has passed (progress in [0, 1] of budget or iterations). */
 export const passed = (count: number, progress: number) => Math.min(count - 1, Math.floor(progress * count + 1e-9))
@@ -50,10 +46,11 @@ export const sampler = (dir: string, count: number, config: SharpenConfig) =>
     return IterationSampler.of({
       sample: (iteration) =>
         Effect.gen(function*() {
-          const nfe = spent(yield* metrics.records)
+          const nfe = trainingNfe(yield* metrics.records)
           for (let k = 1; k <= passed(count, progress(config, iteration, nfe)); k++) {
             const to = path.join(dir, `k${k}`)
-            if (yield* fs.exists(to)) continue
+            // Complete only once its weights are written (a kill may leave a config alone).
+            if (yield* fs.exists(path.join(to, Weights.WEIGHTS_FILE))) continue
             yield* Denoiser.save(to, ema.model(), { iteration: String(iteration), trainingNfe: String(nfe), snapshot: `${k}/${count}` })
           }
         }).pipe(Effect.orDie, Effect.provide(context))
@@ -72,7 +69,7 @@ export const list = (dir: string, count: number) =>
     const out: Array<Snapshot> = []
     for (let k = 1; k < count; k++) {
       const at = path.join(dir, `k${k}`)
-      if (!(yield* fs.exists(at))) continue
+      if (!(yield* fs.exists(path.join(at, Weights.WEIGHTS_FILE)))) continue
       const { metadata } = yield* Weights.load(at)
       out.push({ k, iteration: Number(metadata.iteration), trainingNfe: Number(metadata.trainingNfe) })
     }
