@@ -53,7 +53,9 @@ export const lineSvg = async (p: LinePlot): Promise<string> => {
     width: p.width ?? 480,
     height: p.height ?? 260,
     data: { values: p.rows as Array<Record<string, number | string>> },
-    layer: layers
+    layer: layers,
+    // Long series names ("... (paper)" vs "... (image-level)") must not be cut to one prefix.
+    config: { legend: { labelLimit: 400 } }
   } as never).spec
   const view = new vega.View(vega.parse(spec), { renderer: "none" })
   const svg = await view.toSVG()

@@ -13,12 +13,11 @@ import * as os from "node:os"
 import * as nodePath from "node:path"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Ema } from "../optim/Ema.ts"
-import * as BaselineLayers from "../pipeline/BaselineLayers.ts"
-import { Metrics } from "../pipeline/Metrics.ts"
+import { Metrics, trainingNfe } from "../pipeline/Metrics.ts"
+import * as MethodLayers from "../pipeline/MethodLayers.ts"
 import type { IterationRecord } from "../pipeline/Metrics.ts"
 import * as Sharpen from "../pipeline/Sharpen.ts"
 import * as SharpenConfig from "../pipeline/SharpenConfig.ts"
-import * as SharpenLayers from "../pipeline/SharpenLayers.ts"
 import { Decoder } from "../reward/Decoder.ts"
 import type { Backend } from "../tensor/Backend.ts"
 import type { PathSelector } from "../trajectory/PathSelector.ts"
@@ -27,7 +26,7 @@ import * as LabReward from "./LabReward.ts"
 import * as Ring from "./Ring.ts"
 import * as RingSource from "./RingSource.ts"
 
-export type Algorithm = "rlhf" | "sft" | "standard" | "diffusion-dpo" | "ddpo" | "raft"
+export type Algorithm = MethodLayers.Algorithm
 
 export interface LabMethod {
   readonly name: string
@@ -113,8 +112,8 @@ export const configOf = (method: LabMethod, o: Pick<RunOptions, "seed" | "budget
   return c
 }
 
-const stack = (method: LabMethod, c: SharpenConfig.SharpenConfig, o: RunOptions, runDir: string) => {
-  const w = {
+const stack = (method: LabMethod, c: SharpenConfig.SharpenConfig, o: RunOptions, runDir: string) =>
+  MethodLayers.layers(method.algorithm, c, {
     model: o.modelDir,
     runDir,
     reward: LabReward.layer(o.reward),
@@ -123,23 +122,7 @@ const stack = (method: LabMethod, c: SharpenConfig.SharpenConfig, o: RunOptions,
     decoder: Decoder.scaled(Ring.SCALE),
     label: method.name,
     ...(o.selector === undefined ? {} : { selector: o.selector })
-  }
-  switch (method.algorithm) {
-    case "rlhf":
-      return SharpenLayers.rlhf(c, w)
-    case "sft":
-      return SharpenLayers.sft(c, { ...w, source: RingSource.layer })
-    case "standard":
-      return BaselineLayers.standard(c, { ...w, source: RingSource.layer })
-    case "diffusion-dpo":
-      // The run's dpoBeta (same beta / 2 convention), so a sweep reaches it.
-      return BaselineLayers.diffusionDpo(c, w, { beta: c.dpoBeta })
-    case "ddpo":
-      return BaselineLayers.ddpo(c, w)
-    case "raft":
-      return BaselineLayers.raft(c, w)
-  }
-}
+  }, RingSource.layer)
 
 /** Evaluation seed: the same fresh samples for every method and the base. */
 export const EVAL_SEED = 12345
@@ -164,7 +147,7 @@ export const run = (method: LabMethod, o: RunOptions) =>
         method: method.name,
         seed: o.seed,
         iterations: records.length,
-        trainingNfe: records.reduce((a, r) => a + r.nfe + (r.lossNfe ?? 0), 0),
+        trainingNfe: trainingNfe(records),
         wallMs,
         records,
         ...evaluation

@@ -4,14 +4,16 @@
  * skipped when that file exists, so an interrupted comparison continues
  * where it stopped (a training stage also resumes from its checkpoint):
  *
- *   train/<method>-s<seed>/   fine-tuning runs (same reward, same iterations)
+ *   train/<method>-s<seed>[-nfe<N>]/  fine-tuning runs (same reward, same iterations
+ *                             or, with -nfe<N>, the same budget of training NFE);
+ *                             curve/k<k>/ the model at k/K of it (--curve-evals K)
  *   eval/<row>.json           each row on the eval sets (accuracy, clip,
  *                             compressibility, aesthetic, NFE per image)
  *   ablation/n<k>, m<k>       RLHF sharpening with other n / m (Tables 2-3)
  *
- * Fine-tuning methods are the pipeline's layer stacks (SharpenLayers,
- * BaselineLayers) run by the one `Sharpen.loop`; inference-time methods are
- * `InferenceMethod`s run on the base model.
+ * Fine-tuning methods are the pipeline's layer stacks, named by the lab's
+ * one switch (`MethodLayers`) and run by the one `Sharpen.loop`;
+ * inference-time methods are `InferenceMethod`s run on the base model.
  *
  * @since 0.2.0
  */
@@ -35,14 +37,29 @@ import * as RunRecord from "./RunRecord.ts"
 import { Reward } from "../reward/Reward.ts"
 import type { Backend } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
-import * as BaselineLayers from "./BaselineLayers.ts"
-import { Metrics } from "./Metrics.ts"
+import { Ema } from "../optim/Ema.ts"
+import { Metrics, trainingNfe } from "./Metrics.ts"
 import * as Sharpen from "./Sharpen.ts"
+import * as MethodLayers from "./MethodLayers.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
-import * as SharpenLayers from "./SharpenLayers.ts"
+import * as SharpenConfigs from "./SharpenConfig.ts"
+import * as Snapshots from "./Snapshots.ts"
 
-/** The fine-tuning rows of Table 1, in the paper's order. */
-export const FINETUNE_METHODS = ["standard", "diffusion-dpo", "ddpo", "sft-sharpening", "rlhf-sharpening"] as const
+/**
+ * The fine-tuning rows of Table 1, in the paper's order, then the rows this
+ * project adds (image-level sharpening, RAFT). Names are stage directories:
+ * existing ones never change.
+ */
+export const FINETUNE_METHODS = [
+  "standard",
+  "diffusion-dpo",
+  "ddpo",
+  "sft-sharpening",
+  "rlhf-sharpening",
+  "sft-sharpening-image",
+  "rlhf-sharpening-image",
+  "raft"
+] as const
 export const FinetuneMethod = Schema.Literals(FINETUNE_METHODS)
 export type FinetuneMethod = typeof FinetuneMethod.Type
 
@@ -50,9 +67,41 @@ export const LABELS: Record<FinetuneMethod, string> = {
   "standard": "standard fine-tuning",
   "diffusion-dpo": "Diffusion-DPO",
   "ddpo": "DDPO",
-  "sft-sharpening": "SFT Diffusion-Sharpening",
-  "rlhf-sharpening": "RLHF Diffusion-Sharpening"
+  "sft-sharpening": "SFT Diffusion-Sharpening (paper)",
+  "rlhf-sharpening": "RLHF Diffusion-Sharpening (paper)",
+  "sft-sharpening-image": "SFT Diffusion-Sharpening (image-level)",
+  "rlhf-sharpening-image": "RLHF Diffusion-Sharpening (image-level)",
+  "raft": "RAFT"
 }
+
+/**
+ * Each row's algorithm (the lab's wiring, `MethodLayers`) and the settings
+ * it starts from. The first five start from the published algorithm
+ * (`SharpenConfig.paperVariant`, which also sets the paper's AdamW beta1 0
+ * for the baselines), as every earlier comparison did, so their stages and
+ * results stay valid; the image-level rows and RAFT start from the
+ * library's defaults.
+ */
+export const METHODS: Record<FinetuneMethod, { readonly algorithm: MethodLayers.Algorithm; readonly base: Partial<SharpenConfig> }> = {
+  "standard": { algorithm: "standard", base: SharpenConfigs.paperVariant },
+  "diffusion-dpo": { algorithm: "diffusion-dpo", base: SharpenConfigs.paperVariant },
+  "ddpo": { algorithm: "ddpo", base: SharpenConfigs.paperVariant },
+  "sft-sharpening": { algorithm: "sft", base: SharpenConfigs.paperVariant },
+  "rlhf-sharpening": { algorithm: "rlhf", base: SharpenConfigs.paperVariant },
+  "sft-sharpening-image": { algorithm: "sft", base: {} },
+  "rlhf-sharpening-image": { algorithm: "rlhf", base: {} },
+  "raft": { algorithm: "raft", base: {} }
+}
+
+const CurvePoint = Schema.Struct({
+  iteration: Schema.Int,
+  rewardMean: Schema.Number,
+  rewardBest: Schema.Number,
+  rewardWorst: Schema.Number,
+  loss: Schema.Number,
+  /** Cumulative training NFE after this iteration (absent in summaries written before it was recorded). */
+  trainingNfe: Schema.optionalKey(Schema.Number)
+})
 
 /** What a training stage leaves behind (train/<method>-s<seed>/summary.json). */
 export const TrainSummary = Schema.Struct({
@@ -60,17 +109,26 @@ export const TrainSummary = Schema.Struct({
   seed: Schema.Int,
   iterations: Schema.Int,
   wallMinutes: Schema.Number,
+  /** Sampling NFE (online samples, paths). */
   nfe: Schema.Number,
+  /** Sampling plus the objective's model evaluations: what a budget counts (absent in older summaries). */
+  trainingNfe: Schema.optionalKey(Schema.Number),
   rewardCalls: Schema.Number,
-  curve: Schema.Array(Schema.Struct({
-    iteration: Schema.Int,
-    rewardMean: Schema.Number,
-    rewardBest: Schema.Number,
-    rewardWorst: Schema.Number,
-    loss: Schema.Number
-  }))
+  curve: Schema.Array(CurvePoint),
+  /** Models saved along the run (`--curve-evals`), see Snapshots.ts. */
+  snapshots: Schema.optionalKey(Schema.Array(Snapshots.Snapshot))
 })
 export type TrainSummary = typeof TrainSummary.Type
+
+/**
+ * Cumulative training NFE at each curve point: as recorded, or for older
+ * summaries the sampling NFE spread evenly over the iterations (constant
+ * per iteration for every method here), marked `estimated`.
+ */
+export const nfeCurve = (s: TrainSummary): { readonly points: ReadonlyArray<number>; readonly estimated: boolean } =>
+  s.curve.every((c) => c.trainingNfe !== undefined)
+    ? { points: s.curve.map((c) => c.trainingNfe!), estimated: false }
+    : { points: s.curve.map((_, i) => (s.nfe * (i + 1)) / Math.max(1, s.curve.length)), estimated: true }
 
 const Row = Schema.Struct({
   category: Schema.String,
@@ -124,53 +182,68 @@ export interface TrainWiring {
 
 const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length)
 
+/** Options of a training stage. */
+export interface TrainOptions {
+  /** Save this many evenly spaced points of the run (the last is the final model; 0 or 1: none), see Snapshots.ts. */
+  readonly snapshots?: number
+}
+
 /**
  * Train one fine-tuning method from the base model with `config` into
- * `dir` (run/, model/, summary.json). Resumes an interrupted run.
+ * `dir` (run/, model/, summary.json, curve/ with snapshots). Resumes an
+ * interrupted run; a finished stage is reused only if its run record
+ * matches what this invocation would train.
  *
  * @since 0.2.0
  */
-export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string, w: TrainWiring) =>
+export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string, w: TrainWiring, options: TrainOptions = {}) =>
   Effect.gen(function*() {
     const path = yield* Path.Path
     const fs = yield* FileSystem.FileSystem
     yield* fs.makeDirectory(path.join(dir, "run"), { recursive: true })
     const wiring = { model: w.model, runDir: path.join(dir, "run"), reward: w.reward, backend: w.backend, label: method }
+    const snapshots = options.snapshots ?? 0
+    const curveDir = path.join(dir, "curve")
+    const record = w.rewardSpec === undefined ? undefined : RunRecord.make({ algorithm: method, config, reward: w.rewardSpec, model: w.model })
     const program = Effect.gen(function*() {
-      if (w.rewardSpec !== undefined) {
+      if (record !== undefined) {
         // A stage resumed with other settings, reward or base model would mix two runs.
         const resuming = (yield* CheckpointDir.candidates(wiring.runDir)).length > 0
-        yield* RunRecord.check(wiring.runDir, yield* RunRecord.make({ algorithm: method, config, reward: w.rewardSpec, model: w.model }), resuming)
+        yield* RunRecord.check(wiring.runDir, yield* record, resuming)
       }
-      const done = yield* Sharpen.loop(config)
-      const { model } = yield* Denoiser.Denoiser
+      const loop = Sharpen.loop(config)
+      const done = yield* (snapshots > 1
+        ? Effect.flatMap(Snapshots.sampler(curveDir, snapshots, config), (s) => Effect.provideService(loop, Sharpen.IterationSampler, s))
+        : loop)
+      // The weight average when the run keeps one (`ema`), else the policy.
+      const model = (yield* Ema).model()
       yield* Denoiser.save(path.join(dir, "model"), model, { method, iterations: String(done), base: w.model, seed: String(config.seed) })
       const records = yield* (yield* Metrics).records
+      let cumulative = 0
       return {
         method,
         seed: config.seed,
         iterations: done,
         wallMinutes: records.reduce((a, r) => a + r.wallMs, 0) / 60_000,
         nfe: records.reduce((a, r) => a + r.nfe, 0),
+        trainingNfe: trainingNfe(records),
         rewardCalls: records.reduce((a, r) => a + r.rewardCalls, 0),
-        curve: records.map((r) => ({ iteration: r.iteration, rewardMean: r.rewardMean, rewardBest: r.rewardBest, rewardWorst: r.rewardWorst, loss: r.loss }))
+        curve: records.map((r) => ({
+          iteration: r.iteration,
+          rewardMean: r.rewardMean,
+          rewardBest: r.rewardBest,
+          rewardWorst: r.rewardWorst,
+          loss: r.loss,
+          trainingNfe: (cumulative += r.nfe + (r.lossNfe ?? 0))
+        })),
+        ...(snapshots > 1 ? { snapshots: yield* Snapshots.list(curveDir, snapshots) } : {})
       } satisfies TrainSummary
     })
-    const run = (() => {
-      switch (method) {
-        case "standard":
-          return program.pipe(Effect.provide(BaselineLayers.standard(config, wiring)))
-        case "diffusion-dpo":
-          return program.pipe(Effect.provide(BaselineLayers.diffusionDpo(config, wiring)))
-        case "ddpo":
-          return program.pipe(Effect.provide(BaselineLayers.ddpo(config, wiring)))
-        case "sft-sharpening":
-          return program.pipe(Effect.provide(SharpenLayers.sft(config, wiring)))
-        case "rlhf-sharpening":
-          return program.pipe(Effect.provide(SharpenLayers.rlhf(config, wiring)))
-      }
-    })()
-    return yield* cached(path.join(dir, "summary.json"), TrainSummary, Effect.andThen(Console.error(`training ${method} (seed ${config.seed}) in ${dir} ...`), Effect.scoped(run)))
+    const run = program.pipe(Effect.provide(MethodLayers.layers(METHODS[method].algorithm, config, wiring)))
+    const file = path.join(dir, "summary.json")
+    // A finished stage must not stand for other settings (e.g. a changed --method-settings entry).
+    if (record !== undefined && (yield* fs.exists(file))) yield* RunRecord.verify(wiring.runDir, yield* record)
+    return yield* cached(file, TrainSummary, Effect.andThen(Console.error(`training ${method} (seed ${config.seed}) in ${dir} ...`), Effect.scoped(run)))
   })
 
 /** A model directory as a scoped, frozen model. */
@@ -299,17 +372,32 @@ const pct = (v: number) => `${(100 * v).toFixed(1)}`
 /** A set's overall row. */
 export const overall = (s: EvalSummary["sets"][number]) => s.rows.find((r) => r.category === "overall")!
 
+/** A fine-tuned row's training: NFE spent (undefined: not recorded) and iterations run. */
+export interface Training {
+  readonly nfe: number | undefined
+  readonly iterations: number
+}
+
+/** A summary's training columns. */
+export const trainingOf = (s: TrainSummary): Training => ({ nfe: s.trainingNfe, iterations: s.iterations })
+
 /**
- * Table 1: one line per row, accuracy per set, clip, the other rewards, NFE.
+ * Table 1: one line per row, accuracy per set, clip, the other rewards, NFE;
+ * with `training` columns (training NFE spent, iterations run) when any row
+ * has them (a row without is untrained: 0).
  *
  * @since 0.2.0
  */
-export const table1 = (rows: ReadonlyArray<{ readonly label: string; readonly eval: EvalSummary; readonly spread?: ReadonlyArray<number> }>): string => {
+export const table1 = (
+  rows: ReadonlyArray<{ readonly label: string; readonly eval: EvalSummary; readonly spread?: ReadonlyArray<number>; readonly training?: Training }>
+): string => {
   if (rows.length === 0) return ""
   const setNames = rows[0].eval.sets.map((s) => s.name)
+  const withTraining = rows.some((r) => r.training !== undefined)
   const head = [
-    "| method | " + setNames.map((n) => `${n} accuracy % [95% CI]`).join(" | ") + " | clip (seen) | compressibility | aesthetic | NFE / image |",
-    "|---|" + setNames.map(() => "---|").join("") + "---|---|---|---|"
+    "| method | " + setNames.map((n) => `${n} accuracy % [95% CI]`).join(" | ") + " | clip (seen) | compressibility | aesthetic | NFE / image |" +
+    (withTraining ? " training NFE | iterations |" : ""),
+    "|---|" + setNames.map(() => "---|").join("") + "---|---|---|---|" + (withTraining ? "---|---|" : "")
   ]
   const lines = rows.map((r) => {
     const accs = r.eval.sets.map((s, i) => {
@@ -318,7 +406,8 @@ export const table1 = (rows: ReadonlyArray<{ readonly label: string; readonly ev
     })
     const s0 = r.eval.sets[0]
     const clip = overall(s0).clip
-    return `| ${r.label} | ${accs.join(" | ")} | ${clip === null ? "n/a" : clip.toFixed(3)} | ${s0.compressibility.toFixed(3)} | ${s0.aesthetic.toFixed(3)} | ${r.eval.nfePerImage} |`
+    const training = !withTraining ? "" : r.training === undefined ? " 0 | 0 |" : ` ${r.training.nfe ?? "n/a"} | ${r.training.iterations} |`
+    return `| ${r.label} | ${accs.join(" | ")} | ${clip === null ? "n/a" : clip.toFixed(3)} | ${s0.compressibility.toFixed(3)} | ${s0.aesthetic.toFixed(3)} | ${r.eval.nfePerImage} |${training}`
   })
   return [...head, ...lines].join("\n")
 }

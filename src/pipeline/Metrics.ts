@@ -28,6 +28,15 @@ export const IterationRecord = Schema.Struct({
 })
 export type IterationRecord = typeof IterationRecord.Type
 
+/**
+ * Training NFE of records: sampling (`nfe`) plus the objective's model
+ * evaluations (`lossNfe`), what a `trainingNfe` budget counts.
+ *
+ * @since 0.4.0
+ */
+export const trainingNfe = (records: ReadonlyArray<Pick<IterationRecord, "nfe" | "lossNfe">>): number =>
+  records.reduce((a, r) => a + r.nfe + (r.lossNfe ?? 0), 0)
+
 export class Metrics extends Context.Service<Metrics, {
   readonly log: (r: IterationRecord) => Effect.Effect<void>
   readonly records: Effect.Effect<ReadonlyArray<IterationRecord>>

@@ -144,36 +144,62 @@ export const differences = (run: RunRecord, now: RunRecord): Array<string> => {
  * @since 0.1.0
  */
 export const check = Effect.fn("RunRecord.check")(function*(runDir: string, now: RunRecord, resuming: boolean) {
-  const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
   const file = path.join(runDir, FILE)
-  let previous: RunRecord | undefined
-  if (yield* fs.exists(file)) {
-    const text = yield* fs.readFileString(file).pipe(Effect.orElseSucceed(() => ""))
-    let json: unknown
-    try {
-      json = JSON.parse(text)
-    } catch {
-      json = undefined
-    }
-    const run = Schema.decodeUnknownResult(RunRecord)(json)
-    if (run._tag === "Success") previous = run.success
-    else if (resuming) return yield* new RunMismatch({ path: file, message: "the run's record is unreadable or not in the run record format" })
+  const previous = yield* read(runDir)
+  if (previous === "unreadable" && resuming) {
+    return yield* new RunMismatch({ path: file, message: "the run's record is unreadable or not in the run record format" })
   }
-  if (resuming && previous !== undefined) {
-    const diff = differences(previous, now)
-    if (diff.length > 0) {
-      return yield* new RunMismatch({
-        path: file,
-        message: `cannot resume: this invocation differs from the run in what it trains: ${diff.join("; ")}. ` +
-          `Resume with the run's settings, or choose another --out`
-      })
-    }
-  } else if (resuming) {
+  if (resuming && previous !== undefined && previous !== "unreadable") yield* refuseDifferences(file, previous, now)
+  else if (resuming) {
     yield* Effect.logWarning(`${file} is missing (a run from an older version): resuming without checking the settings`)
   }
   yield* AtomicFile.writeText(file, JSON.stringify(now, null, 2) + "\n")
-  return previous
+  return previous === "unreadable" ? undefined : previous
+})
+
+/** A run's record: absent, unreadable, or the record. */
+const read = Effect.fn("RunRecord.read")(function*(runDir: string) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const file = path.join(runDir, FILE)
+  if (!(yield* fs.exists(file))) return undefined
+  const text = yield* fs.readFileString(file).pipe(Effect.orElseSucceed(() => ""))
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    json = undefined
+  }
+  const run = Schema.decodeUnknownResult(RunRecord)(json)
+  return run._tag === "Success" ? run.success : "unreadable" as const
+})
+
+const refuseDifferences = (file: string, previous: RunRecord, now: RunRecord) => {
+  const diff = differences(previous, now)
+  return diff.length === 0 ? Effect.void : Effect.fail(
+    new RunMismatch({
+      path: file,
+      message: `cannot resume: this invocation differs from the run in what it trains: ${diff.join("; ")}. ` +
+        `Resume with the run's settings, or choose another --out`
+    })
+  )
+}
+
+/**
+ * Check a finished run's record against an invocation that would reuse its
+ * results, without writing anything: a difference in what it trains is a
+ * `RunMismatch` (a finished stage must not stand for other settings). A run
+ * without a record (from before records existed) is accepted.
+ *
+ * @since 0.4.0
+ */
+export const verify = Effect.fn("RunRecord.verify")(function*(runDir: string, now: RunRecord) {
+  const path = yield* Path.Path
+  const file = path.join(runDir, FILE)
+  const previous = yield* read(runDir)
+  if (previous === "unreadable") return yield* new RunMismatch({ path: file, message: "the run's record is unreadable or not in the run record format" })
+  if (previous !== undefined) yield* refuseDifferences(file, previous, now)
 })
 
 /**

@@ -26,7 +26,7 @@ import { PathSelector } from "../trajectory/PathSelector.ts"
 import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
 import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
 import { Checkpointer } from "./Checkpointer.ts"
-import { type IterationRecord, Metrics } from "./Metrics.ts"
+import { type IterationRecord, Metrics, trainingNfe } from "./Metrics.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
 import { BatchSource } from "./Sources.ts"
 
@@ -156,7 +156,7 @@ export const loop = Effect.fn("Sharpen.loop")(function*(config: SharpenConfig) {
   let saved = done
   yield* checkpointer.mark
   const budget = config.trainingNfe ?? 0
-  let spent = (yield* metrics.records).reduce((a, r) => a + r.nfe + (r.lossNfe ?? 0), 0)
+  let spent = trainingNfe(yield* metrics.records)
   const body = Effect.gen(function*() {
     while (done < config.iterations && (budget === 0 || spent < budget)) {
       // Interruptible until the update starts; from there on (optimiser

@@ -5,6 +5,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { beforeAll } from "vitest"
 import * as BaselineLayers from "../../src/pipeline/BaselineLayers.ts"
+import * as MethodLayers from "../../src/pipeline/MethodLayers.ts"
 import * as Sharpen from "../../src/pipeline/Sharpen.ts"
 import type { SharpenConfig } from "../../src/pipeline/SharpenConfig.ts"
 import { Reward } from "../../src/reward/Reward.ts"
@@ -24,16 +25,9 @@ const redness = Reward.fromFunction((image) => {
 
 const config = (overrides: Partial<SharpenConfig> = {}) => smallConfig({ iterations: 2, batchSize: 2, n: 2, onlineSteps: 3, cfg: 2, checkpointEvery: 2, ...overrides })
 
-const layersOf = (baseline: Baseline, c: SharpenConfig, wiring: { model: string; runDir: string; reward: Layer.Layer<Reward>; backend: Layer.Layer<Backend, unknown> }) => {
-  switch (baseline) {
-    case "standard":
-      return BaselineLayers.standard(c, wiring)
-    case "diffusion-dpo":
-      return BaselineLayers.diffusionDpo(c, wiring)
-    case "ddpo":
-      return BaselineLayers.ddpo(c, wiring)
-  }
-}
+// The comparison's and the lab's wiring of each baseline.
+const layersOf = (baseline: Baseline, c: SharpenConfig, wiring: { model: string; runDir: string; reward: Layer.Layer<Reward>; backend: Layer.Layer<Backend, unknown> }) =>
+  MethodLayers.layers(baseline, c, wiring)
 
 /** Run a baseline through the sharpening loop; the records as metrics.jsonl has them. */
 const run = (baseline: Baseline, model: string, runDir: string, c = config()) =>

@@ -12,6 +12,8 @@ describe("compare.ts --quick", () => {
   const model = path.join(dir, "model")
   const out = path.join(dir, "out")
   const results = path.join(dir, "results.md")
+  // Every fine-tuning row, the paper's and this project's (image-level sharpening, RAFT).
+  const methods = ["standard", "diffusion-dpo", "ddpo", "sft-sharpening", "rlhf-sharpening", "sft-sharpening-image", "rlhf-sharpening-image", "raft"]
   const run = (...extra: Array<string>) =>
     runPipeline("compare.ts", [
       ...extra, "--quick", "--ablations", "--model", model, "--reward", "compositional-dense", "--clip-model", path.join(dir, "no-clip"),
@@ -41,10 +43,17 @@ describe("compare.ts --quick", () => {
     assert.include(text, "more text")
     assert.notInclude(text, "\nold\n")
     assert.include(text, "accuracy % [95% CI]")
-    for (const label of ["base model", "standard fine-tuning", "Diffusion-DPO", "DDPO", "SFT Diffusion-Sharpening", "RLHF Diffusion-Sharpening", "best-of-2", "step-search 1x2", "Table 2", "Table 3"]) {
+    for (
+      const label of [
+        "base model", "standard fine-tuning", "Diffusion-DPO", "DDPO", "SFT Diffusion-Sharpening (paper)", "RLHF Diffusion-Sharpening (paper)",
+        "SFT Diffusion-Sharpening (image-level)", "RLHF Diffusion-Sharpening (image-level)", "| RAFT |", "best-of-2", "step-search 1x2", "Table 2", "Table 3"
+      ]
+    ) {
       assert.include(text, label)
     }
-    for (const m of ["standard", "diffusion-dpo", "ddpo", "sft-sharpening", "rlhf-sharpening"]) {
+    // Without --training-nfe, every method runs the same iterations (no NFE columns in Table 1).
+    assert.notInclude(text, "training NFE | iterations |")
+    for (const m of methods) {
       const s = JSON.parse(fs.readFileSync(path.join(out, "train", `${m}-s0`, "summary.json"), "utf8"))
       assert.strictEqual(s.iterations, 2, m)
       assert.isTrue(fs.existsSync(path.join(out, "train", `${m}-s0`, "model", "model.safetensors")), m)
@@ -53,7 +62,7 @@ describe("compare.ts --quick", () => {
     assert.strictEqual(dpo.nfePerImage, 2 * 4 * 2)
     assert.isTrue(fs.existsSync(path.join(dir, "img", "compare", "reward-vs-nfe.png")))
     assert.include(text, "](img/compare/reward-vs-nfe.png)")
-    for (const m of ["standard", "diffusion-dpo", "ddpo", "sft-sharpening", "rlhf-sharpening"]) {
+    for (const m of methods) {
       assert.isTrue(fs.existsSync(path.join(dir, "models", `shapeworld-${m}-compositional-dense`, "model.safetensors")), m)
     }
     // The ablation point with the main run's settings (--quick: n = 2, m = 2) reuses it.
