@@ -120,6 +120,11 @@ export interface TrainWiring {
   readonly backend: Layer.Layer<Backend, unknown>
   /** The reward's spec: recorded in each run (run.json) and checked when the stage resumes. */
   readonly rewardSpec?: Registry.RewardSpec
+  /**
+   * Threads of the generation of the sharpening and RAFT stages (`GenerationPool`;
+   * default 1). Diffusion-DPO and DDPO generate on one thread.
+   */
+  readonly threads?: number
 }
 
 const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length)
@@ -135,7 +140,7 @@ export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string
     const path = yield* Path.Path
     const fs = yield* FileSystem.FileSystem
     yield* fs.makeDirectory(path.join(dir, "run"), { recursive: true })
-    const wiring = { model: w.model, runDir: path.join(dir, "run"), reward: w.reward, backend: w.backend, label: method }
+    const wiring = { model: w.model, runDir: path.join(dir, "run"), reward: w.reward, backend: w.backend, label: method, threads: w.threads ?? 1 }
     const program = Effect.gen(function*() {
       if (w.rewardSpec !== undefined) {
         // A stage resumed with other settings, reward or base model would mix two runs.
