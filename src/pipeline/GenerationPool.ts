@@ -23,6 +23,7 @@ import * as Schedule from "../diffusion/Schedule.ts"
 import * as Generate from "../eval/Generate.ts"
 import { workerExecArgv } from "../eval/ParallelGenerate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
+import type * as PortablePart from "../objective/PortablePart.ts"
 import { Backend } from "../tensor/Backend.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as Trajectory from "../trajectory/Trajectory.ts"
@@ -67,8 +68,24 @@ export interface Pool {
     draws: Trajectory.Draws,
     o: Trajectory.TrajectoryOptions
   ) => Effect.Effect<Trajectory.Trajectories, GenerationError>
+  /**
+   * Gradients of loss parts: group i on worker thread i + 1, while `here`
+   * (this thread's share) runs. Each result is the group's summed loss and
+   * gradient (flat, parameter order) and which parameters have a gradient.
+   */
+  readonly gradients: <A>(
+    model: Denoiser.Model,
+    groups: ReadonlyArray<ReadonlyArray<PortablePart.PortablePart>>,
+    here: () => A
+  ) => Effect.Effect<{ readonly here: A; readonly remote: ReadonlyArray<RemoteGradients> }, GenerationError>
   /** Stop the worker threads. */
   readonly close: () => Promise<void>
+}
+
+export interface RemoteGradients {
+  readonly value: number
+  readonly grads: Float32Array
+  readonly present: ReadonlyArray<boolean>
 }
 
 const sampleHere = (model: Denoiser.Model, prompts: ReadonlyArray<string>, xT: Float32Array, o: SampleOptions): tf.Tensor => {
@@ -84,6 +101,8 @@ export const inline: Pool = {
   sample: (model, prompts, xT, o) => Effect.sync(() => sampleHere(model, prompts, xT, o)),
   trajectories: (model, x0, prompts, draws, o) =>
     Effect.sync(() => Trajectory.fromDraws(model, Schedule.make(model.config.schedule), x0, prompts, draws, o)),
+  gradients: (_model, groups, here) =>
+    groups.length > 0 ? Effect.die(new RangeError("a one-thread pool has no worker threads for gradients")) : Effect.sync(() => ({ here: here(), remote: [] })),
   close: () => Promise.resolve()
 }
 
@@ -231,6 +250,17 @@ export const make = (
           },
           (r) => r.trajectories!
         ).pipe(Effect.map((data) => TrajectoryShards.fromData(TrajectoryShards.merge(data.map((d, k) => ({ items: items[k], data: d })), prompts.length))))
+      }),
+    gradients: (model, groups, here) =>
+      Effect.suspend(() => {
+        if (groups.length > slots.length) return Effect.die(new RangeError(`${groups.length} gradient groups for ${slots.length} worker threads`))
+        const params = flatten(model.params)
+        const remote = groups.map((parts, i) => post(i, { kind: "gradients", id: nextId++, params, parts }))
+        const mine = here()
+        return Effect.map(Effect.all(remote, { concurrency: "unbounded" }), (replies) => ({
+          here: mine,
+          remote: replies.map((r) => ({ value: r.value!, grads: r.grads!, present: r.present! }))
+        }))
       }),
     close: async () => {
       await Promise.all(slots.map((t) => t?.worker.terminate()))

@@ -3,7 +3,8 @@
  * its own tfjs backend. Each job brings the policy's current weights (one
  * flat array, parameter order) and every random draw, so the thread holds no
  * state of the run: it computes a shard of the online samples or of the
- * trajectories and returns it as plain arrays.
+ * trajectories, or the gradients of some loss parts, and returns them as
+ * plain arrays.
  *
  * @since 0.5.0
  */
@@ -12,7 +13,9 @@ import { parentPort, workerData } from "node:worker_threads"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Generate from "../eval/Generate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
+import * as PortablePart from "../objective/PortablePart.ts"
 import { initialise } from "../tensor/Backend.ts"
+import { paramGrads } from "../tensor/Grad.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as Trajectory from "../trajectory/Trajectory.ts"
 import * as TrajectoryShards from "../trajectory/TrajectoryShards.ts"
@@ -45,12 +48,24 @@ export interface TrajectoryJob {
   readonly options: Trajectory.TrajectoryOptions
 }
 
-export type Job = SampleJob | TrajectoryJob
+/** Summed gradients of loss parts (each `PortablePart.loss`) at the job's weights. */
+export interface GradientJob {
+  readonly kind: "gradients"
+  readonly id: number
+  readonly params: Float32Array
+  readonly parts: ReadonlyArray<PortablePart.PortablePart>
+}
+
+export type Job = SampleJob | TrajectoryJob | GradientJob
 
 export interface Reply {
   readonly id: number
   readonly x0?: Float32Array
   readonly trajectories?: TrajectoryShards.TrajectoryData
+  /** Gradients: the parts' summed loss, their summed gradient (flat, parameter order), which parameters have one. */
+  readonly value?: number
+  readonly grads?: Float32Array
+  readonly present?: ReadonlyArray<boolean>
   readonly error?: string
   /** The thread's heap ran out (the fields of WasmHeapExhausted). */
   readonly heap?: ConstructorParameters<typeof WasmHeap.WasmHeapExhausted>[0]
@@ -59,7 +74,8 @@ export interface Reply {
 const init = workerData as Init
 const ready = initialise(init.backend).then((r) => {
   if ("_tag" in r) throw r
-  return Denoiser.init(init.config, 0, false)
+  // Trainable: gradient jobs differentiate the replica.
+  return Denoiser.init(init.config, 0, true)
 })
 
 const size = (model: Denoiser.Model) => Object.values(model.params).reduce((a, p) => a + p.size, 0)
@@ -67,6 +83,28 @@ const size = (model: Denoiser.Model) => Object.values(model.params).reduce((a, p
 const run = (model: Denoiser.Model, job: Job): { reply: Reply; transfer: Array<ArrayBuffer> } => {
   if (job.params.length !== size(model)) throw new RangeError(`weights of ${job.params.length} values for a replica of ${size(model)}`)
   DataParallel.assignFlat(model.params, job.params)
+  if (job.kind === "gradients") {
+    const keys = Object.keys(model.params)
+    const grads = new Float32Array(job.params.length)
+    const present = keys.map(() => false)
+    let value = 0
+    for (const part of job.parts) {
+      const r = WasmHeap.guard("loss gradients (worker thread)", part.t.length, () => paramGrads(() => PortablePart.loss(model, part), model.params), (g) => tf.dispose([g.value, ...Object.values(g.grads)]))
+      value += r.value.dataSync()[0]
+      let o = 0
+      keys.forEach((k, i) => {
+        const g = r.grads[k]
+        if (g !== undefined) {
+          const data = g.dataSync() as Float32Array
+          for (let j = 0; j < data.length; j++) grads[o + j] += data[j]
+          present[i] = true
+        }
+        o += model.params[k].size
+      })
+      tf.dispose([r.value, ...Object.values(r.grads)])
+    }
+    return { reply: { id: job.id, value, grads, present }, transfer: [grads.buffer as ArrayBuffer] }
+  }
   const shape = Denoiser.sampleShape(model.config)
   const batch = job.prompts.length
   if (job.kind === "sample") {

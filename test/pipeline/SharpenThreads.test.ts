@@ -32,10 +32,10 @@ const run = (algorithm: "sft" | "rlhf", model: string, threads: number, config =
   )
 }
 
-const maxRelDiff = (a: Float32Array, b: Float32Array) => {
+const maxAbsDiff = (a: Float32Array, b: Float32Array) => {
   assert.strictEqual(a.length, b.length)
   let worst = 0
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]) / (Math.abs(b[i]) + 1e-3))
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]))
   return worst
 }
 
@@ -46,7 +46,7 @@ describe("Sharpen on several threads", () => {
   })
 
   for (const algorithm of ["rlhf", "sft"] as const) {
-    it.effect(`${algorithm}: 2 iterations on 2 threads give one thread's metrics and weights; no tensor leaks across iterations`, () =>
+    it.effect(`${algorithm}: 2 iterations on 2 threads (generation and gradient parts shared) give one thread's metrics and weights; no tensor leaks across iterations`, () =>
       Effect.gen(function*() {
         const one = yield* run(algorithm, model, 1)
         const two = yield* run(algorithm, model, 2)
@@ -55,10 +55,14 @@ describe("Sharpen on several threads", () => {
         for (const key of ["loss", "rewardMean", "rewardBest", "rewardWorst", "gradNorm", "nfe"] as const) {
           two.records.forEach((r, i) => assert.approximately(r[key], one.records[i][key], 1e-5 * (1 + Math.abs(one.records[i][key])), `${key} of iteration ${i + 1}`))
         }
-        assert.isBelow(maxRelDiff(two.weights, one.weights), 1e-4)
+        // AdamW moves a weight by about lr per step whatever its gradient's size, so a
+        // gradient element near 0 carries summation-order noise into the weights at a
+        // fraction of lr: measured 0.005 lr (RLHF) and 0.0002 lr (SFT) after 2 steps.
+        const lr = smallConfig().lr
+        assert.isBelow(maxAbsDiff(two.weights, one.weights), 0.05 * lr)
         // The comparison can fail: a run of another seed ends elsewhere.
         const other = yield* run(algorithm, model, 2, smallConfig({ iterations: 2, batchSize: 3, seed: 1 }))
-        assert.isAbove(maxRelDiff(other.weights, one.weights), 1e-3)
+        assert.isAbove(maxAbsDiff(other.weights, one.weights), lr)
       }), 180_000)
   }
 })
