@@ -78,6 +78,8 @@ export interface Pool {
     groups: ReadonlyArray<ReadonlyArray<PortablePart.PortablePart>>,
     here: () => A
   ) => Effect.Effect<{ readonly here: A; readonly remote: ReadonlyArray<RemoteGradients> }, GenerationError>
+  /** Worker threads running now (0 after `close`). */
+  readonly liveThreads: () => number
   /** Stop the worker threads. */
   readonly close: () => Promise<void>
 }
@@ -103,6 +105,7 @@ export const inline: Pool = {
     Effect.sync(() => Trajectory.fromDraws(model, Schedule.make(model.config.schedule), x0, prompts, draws, o)),
   gradients: (_model, groups, here) =>
     groups.length > 0 ? Effect.die(new RangeError("a one-thread pool has no worker threads for gradients")) : Effect.sync(() => ({ here: here(), remote: [] })),
+  liveThreads: () => 0,
   close: () => Promise.resolve()
 }
 
@@ -262,8 +265,11 @@ export const make = (
           remote: replies.map((r) => ({ value: r.value!, grads: r.grads!, present: r.present! }))
         }))
       }),
+    liveThreads: () => slots.filter((t) => t !== undefined).length,
     close: async () => {
-      await Promise.all(slots.map((t) => t?.worker.terminate()))
+      const running = slots.filter((t) => t !== undefined)
+      slots.fill(undefined)
+      await Promise.all(running.map((t) => t.worker.terminate()))
     }
   }
 }

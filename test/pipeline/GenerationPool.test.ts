@@ -1,10 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, Exit, Fiber } from "effect"
+import { Effect, Exit, Fiber, Layer } from "effect"
 import { beforeAll } from "vitest"
 import * as Schedule from "../../src/diffusion/Schedule.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
 import * as GenerationPool from "../../src/pipeline/GenerationPool.ts"
+import { Backend } from "../../src/tensor/Backend.ts"
 import { Rng } from "../../src/tensor/Random.ts"
 import * as Trajectory from "../../src/trajectory/Trajectory.ts"
 import * as TrajectoryShards from "../../src/trajectory/TrajectoryShards.ts"
@@ -151,6 +152,33 @@ describe("GenerationPool", () => {
       assert.isBelow(Date.now() - started, 1000)
       assert.strictEqual(tf.memory().numTensors, before)
       yield* Effect.promise(() => silent.close())
+      Denoiser.dispose(m)
+    }), 120_000)
+
+  it.live("the layer's scope stops its threads: when it closes, and when the run is interrupted mid-job", () =>
+    Effect.gen(function*() {
+      const m = model()
+      const denoiser = Layer.succeed(Denoiser.Denoiser, Denoiser.Denoiser.of({ model: m }))
+      const layer = GenerationPool.GenerationPool.layer(2).pipe(Layer.provide(Layer.merge(denoiser, Backend.make("wasm"))))
+      const xT = Rng.fromSeed(1).normals(2 * 32 * 32 * 3)
+      const seen: { pool?: GenerationPool.Pool } = {}
+      const live = () => seen.pool?.liveThreads()
+      const use = (steps: number) =>
+        Effect.gen(function*() {
+          const pool = yield* GenerationPool.GenerationPool
+          seen.pool = pool
+          assert.strictEqual(pool.liveThreads(), 1)
+          const x = yield* pool.sample(m, prompts.slice(0, 2), xT, { steps, cfg: 2 })
+          x.dispose()
+        }).pipe(Effect.provide(layer))
+      yield* use(2)
+      assert.strictEqual(live(), 0)
+      seen.pool = undefined
+      const fiber = yield* Effect.forkChild(use(2000))
+      while (seen.pool === undefined) yield* Effect.sleep("20 millis")
+      yield* Effect.sleep("200 millis")
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(live(), 0)
       Denoiser.dispose(m)
     }), 120_000)
 })
