@@ -14,6 +14,11 @@
  * policy's current weights as one flat array (4.6 MB for the default model:
  * a few ms per call against seconds of generation).
  *
+ * The same threads differentiate the image-level objectives' micro-batch
+ * parts (`gradients`, used by `Optimizer.step` for parts with a
+ * `PortablePart` form): the update is then one thread's up to the order in
+ * which the parts' gradients are summed.
+ *
  * @since 0.5.0
  */
 import * as tf from "@tensorflow/tfjs-core"
