@@ -64,7 +64,7 @@ const command = Command.make(
     quick: Flag.Boolean("quick").pipe(Flag.withDescription("tiny smoke run (2 iterations, few prompts and steps)"), Flag.withDefault(false)),
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const)),
     threads: Flag.Int("threads").pipe(
-      Flag.withDescription("threads of the sharpening and RAFT stages' generation, this one included (1 beside another training process; the result is the same; default: one per core, at most 4, or SHARPEN_WORKERS)"),
+      Flag.withDescription("threads of the sharpening and RAFT stages (generation and image-level gradient parts), this one included (1 beside another training process; the result is the same; default: one per core, at most 4, or SHARPEN_WORKERS)"),
       Flag.withDefault(defaultWorkers())
     )
   },

@@ -103,7 +103,7 @@ const flags = {
   keepCheckpoints: optInt("keep-checkpoints", "checkpoints kept on disk (a damaged latest one falls back to the one before)"),
   backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const)),
   threads: Flag.Int("threads").pipe(
-    Flag.withDescription("threads computing each iteration's generation (online samples, paths and their continuation), this one included; 1 = no worker threads; the result is the same (default: one per core, at most 4, or SHARPEN_WORKERS)"),
+    Flag.withDescription("threads of each iteration: generation (online samples, paths, continuations) and the image-level objectives' gradient parts, this one included; 1 = no worker threads; the same result up to float summation order (default: one per core, at most 4, or SHARPEN_WORKERS)"),
     Flag.withDefault(defaultWorkers())
   )
 }
