@@ -18,6 +18,7 @@ import * as Main from "../src/cli/Main.ts"
 import * as Png from "../src/data/Png.ts"
 import * as Evaluate from "../src/eval/Evaluate.ts"
 import * as Generate from "../src/eval/Generate.ts"
+import { defaultWorkers } from "../src/eval/ParallelGenerate.ts"
 import * as Plot from "../src/eval/Plot.ts"
 import * as Wilson from "../src/eval/Wilson.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
@@ -86,7 +87,11 @@ const command = Command.make(
       Flag.withDefault(false)
     ),
     quick: Flag.Boolean("quick").pipe(Flag.withDescription("tiny smoke run (2 iterations, or --training-nfe's budget; few prompts and steps)"), Flag.withDefault(false)),
-    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const)),
+    threads: Flag.Int("threads").pipe(
+      Flag.withDescription("threads of the sharpening and RAFT stages (generation and image-level gradient parts), this one included (1 beside another training process; the result is the same; default: one per core, at most 4, or SHARPEN_WORKERS)"),
+      Flag.withDefault(defaultWorkers())
+    )
   },
   Effect.fn(function*(f) {
     const fs = yield* FileSystem.FileSystem
@@ -146,7 +151,7 @@ const command = Command.make(
     const hasClip = yield* fs.exists(clipModel)
     const { modelDir: _, ...withoutClip } = rewardSpec
     const reward = Registry.layerNode(hasClip ? rewardSpec : withoutClip).pipe(Layer.provide(backend))
-    const wiring: Compare.TrainWiring = { model: f.model, reward, backend, rewardSpec }
+    const wiring: Compare.TrainWiring = { model: f.model, reward, backend, rewardSpec, threads: Math.max(1, f.threads) }
     const sampler: Generate.SamplerOptions = { ...Generate.paperDefaults, steps: settings.evalSteps }
     const sets = yield* Report.loadEvalSets(settings.evalPrompts)
     const inferenceSets = yield* Report.loadEvalSets(settings.inferencePrompts)

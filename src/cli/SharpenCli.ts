@@ -21,6 +21,7 @@
 import { Console, Effect, FileSystem, Layer, Logger, Option, Path, Schema } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Evaluate from "../eval/Evaluate.ts"
+import { defaultWorkers } from "../eval/ParallelGenerate.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
 import * as CheckpointDir from "../io/CheckpointDir.ts"
 import * as RunLock from "../io/RunLock.ts"
@@ -101,7 +102,11 @@ const flags = {
   trainingNfe: optInt("training-nfe", "stop at this training NFE (sampling plus objective; 0 = iterations only)"),
   sampleEvery: optInt("sample-every", "iterations between sample grids of the first eval set in samples/ (0 = only before and after)"),
   keepCheckpoints: optInt("keep-checkpoints", "checkpoints kept on disk (a damaged latest one falls back to the one before)"),
-  backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+  backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const)),
+  threads: Flag.Int("threads").pipe(
+    Flag.withDescription("threads of each iteration: generation (online samples, paths, continuations) and the image-level objectives' gradient parts, this one included; 1 = no worker threads; the same result up to float summation order (default: one per core, at most 4, or SHARPEN_WORKERS)"),
+    Flag.withDefault(defaultWorkers())
+  )
 }
 
 type Flags = Command.Command.Config.Infer<typeof flags>
@@ -187,9 +192,10 @@ export const command = (algorithm: "sft" | "rlhf") =>
       }
       if (f.resume && !hasCheckpoint) return yield* nothingToResume
 
+      if (f.threads < 1) return yield* new SharpenConfig.ConfigError({ field: "threads", message: `--threads must be at least 1, got ${f.threads}` })
       const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
       const reward = Registry.layerNode(rewardSpec).pipe(Layer.provide(backend))
-      const layers = (algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, { model: f.model, runDir, reward, backend, label: algorithm })
+      const layers = (algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, { model: f.model, runDir, reward, backend, label: algorithm, threads: f.threads })
       const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL
 
       const sets = yield* Report.loadEvalSets(config.evalPrompts)

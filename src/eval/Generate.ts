@@ -46,6 +46,22 @@ export const batchNoise = (rngs: ReadonlyArray<Rng>, shape: ReadonlyArray<number
 export const normalTensor = (rng: Rng, shape: ReadonlyArray<number>): tf.Tensor =>
   tf.tensor(rng.normals(shape.reduce((a, b) => a * b, 1)), shape as Array<number>, "float32")
 
+/**
+ * DDIM (eta 0, x0 clipped to [-1, 1]) from given noise xT with guidance
+ * `cfg`: deterministic, and each row depends only on its own noise and
+ * prompt, so a batch may be split over threads. Returns model-space samples.
+ *
+ * @since 0.5.0
+ */
+export const fromNoise = (model: Denoiser.Model, prompts: ReadonlyArray<string>, xT: tf.Tensor, o: { readonly steps: number; readonly cfg: number }): tf.Tensor =>
+  Ddim.sample({
+    schedule: Schedule.make(model.config.schedule),
+    denoise: (x, t) => Denoiser.guidedEps(model, x, t, prompts, o.cfg),
+    xT,
+    inferenceSteps: o.steps,
+    clipSample: 1
+  })
+
 /** Float images in [0, 1], HWC, one per prompt. */
 export const toUnitImages = (x: tf.Tensor): Array<Float32Array> => {
   const [b, h, w, c] = x.shape

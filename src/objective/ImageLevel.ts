@@ -20,11 +20,12 @@
  * @since 0.4.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, Layer, Schema } from "effect"
+import { Effect, Layer, Option, Schema } from "effect"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Generate from "../eval/Generate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Reference } from "../model/Reference.ts"
+import { GenerationPool } from "../pipeline/GenerationPool.ts"
 import type { Rng } from "../tensor/Random.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
 import * as Scoped from "../tensor/Scoped.ts"
@@ -33,6 +34,7 @@ import type { Selection } from "../trajectory/PathSelector.ts"
 import { rowIndex, type Trajectories } from "../trajectory/Trajectory.ts"
 import * as Losses from "./Losses.ts"
 import { Objective } from "./Objective.ts"
+import * as PortablePart from "./PortablePart.ts"
 
 const MicroBatchRows = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 /**
@@ -88,6 +90,9 @@ export const noisedFinals = (
   return NoisedSamples.make(schedule, { clean, noise, itemTimesteps, prompts: t.prompts, n: paths.length, nfe: 0 })
 }
 
+// With a pool of several threads the parts are split so each thread gets some (PortablePart).
+const poolThreads = Effect.map(Effect.serviceOption(GenerationPool), Option.match({ onNone: () => 1, onSome: (p) => p.threads }))
+
 const margins = (selection: Selection, scores: { readonly trajectory: ReadonlyArray<ReadonlyArray<number>> }, b: number) =>
   Array.from({ length: b }, (_, i) => scores.trajectory[selection.best[i]][i] - scores.trajectory[selection.worst[i]][i])
 
@@ -104,6 +109,7 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
       const reference = (yield* Reference).model
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
+      const threads = yield* poolThreads
       return Objective.of({
         name: "rlhf-image",
         prepare: (t, selection, scores) =>
@@ -112,7 +118,7 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
             const margin = margins(selection, scores, b)
             // Winner rows are 0..B-1 of the pair samples, losers B..2B-1.
             const rowsOf = (items: ReadonlyArray<number>) => [...items, ...items.map((i) => i + b)]
-            const parts = Losses.microBatchesByRows(b, 2, o.microBatchRows ?? 0)
+            const parts = Losses.microBatchesByRows(b, 2, PortablePart.rowsForThreads(o.microBatchRows ?? 0, b, 2, threads))
             // Every step's eps and t are drawn now, so the RNG order never
             // depends on when the optimiser runs the closures.
             const steps = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
@@ -120,9 +126,23 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
                 const s = yield* Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best, selection.worst], rng), NoisedSamples.dispose)
                 const refs = yield* Effect.forEach(parts, (items) =>
                   Scoped.acquire(() => tf.tidy(() => Losses.splitPair(NoisedSamples.rowErrors(reference, s, rowsOf(items))))))
-                return parts.map((items, p) => () =>
-                  tf.tidy(() =>
-                    Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b)
+                return parts.map((items, p) =>
+                  PortablePart.withPortable(
+                    () =>
+                      tf.tidy(() =>
+                        Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b)
+                      ),
+                    () => ({
+                      ...PortablePart.samplesRows(s, rowsOf(items)),
+                      share: items.length / b,
+                      dpo: {
+                        refW: Array.from(refs[p].w.dataSync()),
+                        refL: Array.from(refs[p].l.dataSync()),
+                        margin: items.map((i) => margin[i]),
+                        beta: o.beta / 2,
+                        placement: o.margin
+                      }
+                    })
                   )
                 )
               }))
@@ -150,6 +170,7 @@ export const sft = (o: ImageSftOptions): Layer.Layer<Objective, never, Denoiser.
       const { model } = yield* Denoiser.Denoiser
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
+      const threads = yield* poolThreads
       return Objective.of({
         name: "sft-image",
         prepare: (t, selection) =>
@@ -159,8 +180,11 @@ export const sft = (o: ImageSftOptions): Layer.Layer<Objective, never, Denoiser.
               Effect.map(
                 Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best], rng), NoisedSamples.dispose),
                 (s) =>
-                  Losses.microBatchesByRows(b, 1, o.microBatchRows ?? 0).map((items) => () =>
-                    tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), items.length / b) as tf.Scalar)
+                  Losses.microBatchesByRows(b, 1, PortablePart.rowsForThreads(o.microBatchRows ?? 0, b, 1, threads)).map((items) =>
+                    PortablePart.withPortable(
+                      () => tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), items.length / b) as tf.Scalar),
+                      () => ({ ...PortablePart.samplesRows(s, items), share: items.length / b })
+                    )
                   )
               ))
             return {

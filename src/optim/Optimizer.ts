@@ -9,10 +9,12 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Context, Effect, Layer, Schema } from "effect"
+import { Context, Effect, Layer, Option, Schema } from "effect"
 import * as ModelDir from "../io/ModelDir.ts"
 import type { StoredTensor } from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
+import type * as PortablePart from "../objective/PortablePart.ts"
+import { type GenerationError, GenerationPool, type Pool } from "../pipeline/GenerationPool.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
@@ -84,6 +86,57 @@ export const accumulatedGrads = (
   return { value, grads }
 }
 
+const isPortable = (parts: ReadonlyArray<() => tf.Scalar>): parts is ReadonlyArray<PortablePart.Part & { readonly portable: () => PortablePart.PortablePart }> =>
+  parts.length > 1 && parts.every((p) => (p as PortablePart.Part).portable !== undefined)
+
+/**
+ * {@link accumulatedGrads} with the parts split over the pool's threads
+ * (contiguous groups of near-equal size): the same parts, the same sum, in
+ * another order.
+ */
+const sharded = (
+  pool: Pool,
+  model: Denoiser.Model,
+  parts: ReadonlyArray<PortablePart.Part & { readonly portable: () => PortablePart.PortablePart }>,
+  what: string
+): Effect.Effect<{ value: number; grads: Record<string, tf.Tensor> }, GenerationError> =>
+  Effect.gen(function*() {
+    const count = Math.min(pool.threads, parts.length)
+    const groups = Array.from({ length: count }, (_, k) => {
+      const size = Math.floor(parts.length / count)
+      const extra = parts.length % count
+      const start = k * size + Math.min(k, extra)
+      return parts.slice(start, start + size + (k < extra ? 1 : 0))
+    })
+    const { here, remote } = yield* pool.gradients(model, groups.slice(1).map((g) => g.map((p) => p.portable())), () => {
+      try {
+        return WasmHeap.guard(what, undefined, () => accumulatedGrads(groups[0], model.params), (r) => Scoped.disposeAll(r.grads))
+      } catch (e) {
+        if (e instanceof WasmHeap.WasmHeapExhausted) return e
+        throw e
+      }
+    })
+    if (here instanceof WasmHeap.WasmHeapExhausted) return yield* here
+    // Sum into one flat array per parameter; a parameter no part reaches keeps no gradient (as on one thread).
+    const grads: Record<string, tf.Tensor> = {}
+    let o = 0
+    Object.keys(model.params).forEach((k, i) => {
+      const p = model.params[k]
+      const mine = here.grads[k]
+      if (mine !== undefined || remote.some((r) => r.present[i])) {
+        const sum = mine === undefined ? new Float32Array(p.size) : (mine.dataSync() as Float32Array).slice()
+        for (const r of remote) {
+          if (!r.present[i]) continue
+          for (let j = 0; j < sum.length; j++) sum[j] += r.grads[o + j]
+        }
+        grads[k] = tf.tensor(sum, p.shape, "float32")
+      }
+      o += p.size
+    })
+    Scoped.disposeAll(here.grads)
+    return { value: here.value + remote.reduce((a, r) => a + r.value, 0), grads }
+  })
+
 export interface StepResult {
   readonly loss: number
   readonly gradNorm: number
@@ -97,7 +150,7 @@ export interface OptimizerState {
 
 export class Optimizer extends Context.Service<Optimizer, {
   /** Differentiate `loss` (summed over its parts) w.r.t. the policy and apply one update. */
-  readonly step: (loss: Loss, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss | WasmHeap.WasmHeapExhausted>
+  readonly step: (loss: Loss, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss | GenerationError>
   readonly state: () => OptimizerState
   /** Restore from a checkpoint; returns the first tensor that does not fit, if any. */
   readonly restore: (s: OptimizerState) => string | undefined
@@ -108,15 +161,14 @@ export class Optimizer extends Context.Service<Optimizer, {
       Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
         const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
+        const pool = Option.getOrUndefined(yield* Effect.serviceOption(GenerationPool))
         const step = Effect.fn("Optimizer.step")(function*(loss: Loss, iteration: number) {
           const lr = learningRate(c, adam.step)
           const parts = typeof loss === "function" ? 1 : loss.length
-          const { value: l, grads } = yield* WasmHeap.guarded(
-            `the gradients of iteration ${iteration} (${parts} part${parts === 1 ? "" : "s"})`,
-            undefined,
-            () => accumulatedGrads(loss, model.params),
-            (r) => Scoped.disposeAll(r.grads)
-          )
+          const what = `the gradients of iteration ${iteration} (${parts} part${parts === 1 ? "" : "s"})`
+          const { value: l, grads } = pool !== undefined && pool.threads > 1 && typeof loss !== "function" && isPortable(loss)
+            ? yield* sharded(pool, model, loss, what)
+            : yield* WasmHeap.guarded(what, undefined, () => accumulatedGrads(loss, model.params), (r) => Scoped.disposeAll(r.grads))
           const r = yield* Effect.sync(() => {
             const gradNorm = Number.isFinite(l) ? AdamW.step(model.params, grads, adam, lr, c) : NaN
             Scoped.disposeAll(grads)

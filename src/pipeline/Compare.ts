@@ -178,6 +178,11 @@ export interface TrainWiring {
   readonly backend: Layer.Layer<Backend, unknown>
   /** The reward's spec: recorded in each run (run.json) and checked when the stage resumes. */
   readonly rewardSpec?: Registry.RewardSpec
+  /**
+   * Threads of the generation of the sharpening and RAFT stages (`GenerationPool`;
+   * default 1). Diffusion-DPO and DDPO generate on one thread.
+   */
+  readonly threads?: number
 }
 
 const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length)
@@ -201,7 +206,7 @@ export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string
     const path = yield* Path.Path
     const fs = yield* FileSystem.FileSystem
     yield* fs.makeDirectory(path.join(dir, "run"), { recursive: true })
-    const wiring = { model: w.model, runDir: path.join(dir, "run"), reward: w.reward, backend: w.backend, label: method }
+    const wiring = { model: w.model, runDir: path.join(dir, "run"), reward: w.reward, backend: w.backend, label: method, threads: w.threads ?? 1 }
     const snapshots = options.snapshots ?? 0
     const curveDir = path.join(dir, "curve")
     const record = w.rewardSpec === undefined ? undefined : RunRecord.make({ algorithm: method, config, reward: w.rewardSpec, model: w.model })

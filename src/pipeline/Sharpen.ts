@@ -20,6 +20,7 @@
 import * as tf from "@tensorflow/tfjs-core"
 import { Context, Effect, Option } from "effect"
 import { Objective } from "../objective/Objective.ts"
+import * as PortablePart from "../objective/PortablePart.ts"
 import { Ema } from "../optim/Ema.ts"
 import { type Loss, Optimizer } from "../optim/Optimizer.ts"
 import { PathSelector } from "../trajectory/PathSelector.ts"
@@ -74,7 +75,7 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
   const rounds = config.accumulate ?? 1
   return yield* Effect.scoped(Effect.gen(function*() {
     // `accumulate` batches, each its share of one update (their gradients are summed).
-    const losses: Array<() => tf.Scalar> = []
+    const losses: Array<PortablePart.Part> = []
     const all: Array<number> = []
     const best: Array<number> = []
     const worst: Array<number> = []
@@ -95,7 +96,7 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
           return yield* Effect.die(new RangeError(`${objective.name} takes several steps per batch; accumulate must be 1`))
         }
         for (const part of typeof prepared.loss === "function" ? [prepared.loss] : prepared.loss) {
-          losses.push(rounds === 1 ? part : () => tf.tidy(() => tf.div(part(), rounds) as tf.Scalar))
+          losses.push(rounds === 1 ? part : PortablePart.divided(part, rounds))
         }
         updates = prepared.updates ?? []
         all.push(...scores.trajectory.flat())

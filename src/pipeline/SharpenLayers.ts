@@ -24,6 +24,7 @@ import { PathSelector } from "../trajectory/PathSelector.ts"
 import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
 import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
 import { Checkpointer } from "./Checkpointer.ts"
+import { GenerationPool } from "./GenerationPool.ts"
 import { Metrics } from "./Metrics.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
 import * as PreferencePairs from "./PreferencePairs.ts"
@@ -51,6 +52,12 @@ export interface Wiring<RE, RR> {
   readonly decoder?: Layer.Layer<Decoder>
   /** Which paths to learn from (default: best and worst, `PathSelector.bestWorst`). */
   readonly selector?: Layer.Layer<PathSelector>
+  /**
+   * Threads of the iterations' generation (online samples, trajectories),
+   * the main thread included (default 1: no worker threads; the CLI's
+   * `--threads` defaults to one per core). See `GenerationPool`.
+   */
+  readonly threads?: number
 }
 
 export const trajectoryOptions = (c: SharpenConfig) => ({
@@ -88,7 +95,10 @@ const common = <RE, RR, OE, OR, SE, SR>(
   source: Layer.Layer<BatchSource, SE, SR>
 ) => {
   const backend = w.backend ?? Backend.layer
-  const base = Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed)).pipe(Layer.provideMerge(backend))
+  const base = GenerationPool.layer(w.threads ?? 1).pipe(
+    Layer.provideMerge(Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed))),
+    Layer.provideMerge(backend)
+  )
   const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? "sharpen")
   const stages = Layer.mergeAll(
     TrajectoryGenerator.layer(trajectoryOptions(c)),

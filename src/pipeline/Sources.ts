@@ -7,15 +7,13 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Context, Effect, Layer, type Scope } from "effect"
+import { Context, Effect, Layer, Option, type Scope } from "effect"
 import * as Dataset from "../data/Dataset.ts"
 import { sample, type Split } from "../data/Prompt.ts"
-import * as Ddim from "../diffusion/Ddim.ts"
-import * as Schedule from "../diffusion/Schedule.ts"
-import * as Generate from "../eval/Generate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
 import * as Scoped from "../tensor/Scoped.ts"
+import { type GenerationError, GenerationPool, inline } from "./GenerationPool.ts"
 
 export interface Batch {
   /** Clean samples in model space, [B, ...sampleShape] (ShapeWorld: [B, 32, 32, 3] in [-1, 1]). */
@@ -27,7 +25,7 @@ export interface Batch {
 
 export class BatchSource extends Context.Service<BatchSource, {
   readonly name: string
-  readonly next: (batchSize: number) => Effect.Effect<Batch, never, Scope.Scope>
+  readonly next: (batchSize: number) => Effect.Effect<Batch, GenerationError, Scope.Scope>
 }>()("sharpen/pipeline/BatchSource") {
   /** SFT data: renders of the generator's training split (its compositions only). */
   static readonly imageText = (split: Split = "train") =>
@@ -63,7 +61,7 @@ export class BatchSource extends Context.Service<BatchSource, {
       Effect.gen(function*() {
         const { rng } = yield* RandomSource
         const { model } = yield* Denoiser.Denoiser
-        const schedule = Schedule.make(model.config.schedule)
+        const pool = Option.getOrElse(yield* Effect.serviceOption(GenerationPool), () => inline)
         const shape = Denoiser.sampleShape(model.config)
         const fixed = options.prompts
         if (fixed !== undefined && fixed.length === 0) throw new RangeError("BatchSource.online: an empty prompt list")
@@ -71,21 +69,15 @@ export class BatchSource extends Context.Service<BatchSource, {
         return BatchSource.of({
           name: fixed === undefined ? `online-${options.split}` : "online-prompts",
           next: (batchSize) =>
-            Scoped.acquireWith(() => {
+            Effect.gen(function*() {
+              // The draws here, in this order (prompts, then noise); the DDIM chains on the pool's threads.
               const prompts = fixed === undefined
                 ? Array.from({ length: batchSize }, () => sample(rng, Dataset.sampleCategory(rng), options.split).text)
                 : Array.from({ length: batchSize }, () => fixed[cursor++ % fixed.length])
-              const xT = Generate.normalTensor(rng, [batchSize, ...shape])
-              const x0 = Ddim.sample({
-                schedule,
-                denoise: (x, t) => Denoiser.guidedEps(model, x, t, prompts, options.cfg),
-                xT,
-                inferenceSteps: options.steps,
-                clipSample: 1
-              })
-              xT.dispose()
+              const xT = rng.normals(batchSize * shape.reduce((a, b) => a * b, 1))
+              const x0 = yield* Scoped.acquireFrom(pool.sample(model, prompts, xT, options), (x) => x.dispose())
               return { x0, prompts, nfe: batchSize * options.steps * (options.cfg === 1 ? 1 : 2) }
-            }, (b) => b.x0.dispose())
+            }).pipe(Effect.withSpan("BatchSource.online"))
         })
       })
     )

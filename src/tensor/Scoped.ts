@@ -41,6 +41,17 @@ export const acquireWith = <A>(make: () => A, dispose: (a: A) => void): Effect.E
   Effect.acquireRelease(Effect.sync(make), (a) => Effect.sync(() => dispose(a)))
 
 /**
+ * The value of `effect`, disposed when the scope closes. Unlike
+ * {@link acquireWith}, `effect` itself stays interruptible (waiting for a
+ * worker thread must not hold up Ctrl-C); from its result on, the value is
+ * owned by the scope.
+ *
+ * @since 0.5.0
+ */
+export const acquireFrom = <A, E, R>(effect: Effect.Effect<A, E, R>, dispose: (a: A) => void): Effect.Effect<A, E, R | Scope.Scope> =>
+  Effect.uninterruptibleMask((restore) => Effect.tap(restore(effect), (a) => Effect.addFinalizer(() => Effect.sync(() => dispose(a)))))
+
+/**
  * Run `f` on tensors that only live for the duration of `use`, then dispose
  * them: for values handed from one stage to the next.
  */

@@ -20,7 +20,6 @@ import * as Ddim from "../diffusion/Ddim.ts"
 import * as Estimators from "../diffusion/Estimators.ts"
 import * as Noise from "../diffusion/Noise.ts"
 import type * as Schedule from "../diffusion/Schedule.ts"
-import * as Generate from "../eval/Generate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import type { Rng } from "../tensor/Random.ts"
 
@@ -138,6 +137,36 @@ const asArg = (ts: ReadonlyArray<number>): number | ReadonlyArray<number> => (ts
 const repeatRows = (x: tf.Tensor, n: number): tf.Tensor => tf.tidy(() => tf.concat(Array.from({ length: n }, () => x), 0) as tf.Tensor)
 
 /**
+ * The random draws of one batch's trajectories: the start timestep of every
+ * item and the n noises ([n*B, ...] row-major, row i*B + b). Drawn apart from
+ * the computation so that the computation can run on worker threads while
+ * every draw stays on the run's generator, in the one-thread order.
+ *
+ * @since 0.5.0
+ */
+export interface Draws {
+  readonly itemT0: ReadonlyArray<number>
+  readonly noise: Float32Array
+}
+
+/**
+ * Draw a batch's start timesteps and noises from `rng`, in the order
+ * {@link generate} always has (timesteps, then noise).
+ *
+ * @since 0.5.0
+ */
+export const draw = (rng: Rng, trainSteps: number, batch: number, sampleShape: ReadonlyArray<number>, o: TrajectoryOptions): Draws => {
+  // One draw per batch keeps the faithful runs' random stream unchanged.
+  const itemT0 = o.perPrompt === true
+    ? Array.from({ length: batch }, () => chooseTimestep(rng, trainSteps, o))
+    : new Array<number>(batch).fill(chooseTimestep(rng, trainSteps, o))
+  if (o.perPrompt === true && o.estimator.kind === "pf-ode" && o.estimator.k > 1) {
+    throw new RangeError("the pf-ode estimator needs one start timestep per batch (perPrompt false)")
+  }
+  return { itemT0, noise: rng.normals(o.n * batch * sampleShape.reduce((a, b) => a * b, 1)) }
+}
+
+/**
  * Generate the trajectories of Algorithms 1-2 (no gradient).
  *
  * @since 0.1.0
@@ -152,18 +181,32 @@ export const generate = (
 ): Trajectories => {
   const b = x0.shape[0]
   if (prompts.length !== b) throw new RangeError(`${prompts.length} prompts for a batch of ${b}`)
+  return fromDraws(model, schedule, x0, prompts, draw(rng, schedule.trainSteps, b, x0.shape.slice(1), o), o)
+}
+
+/**
+ * The trajectories of given draws (no gradient, no randomness): the same
+ * rows whatever else is in the batch, so a batch may be computed in shards
+ * of items ({@link shardDraws}, {@link merge}).
+ *
+ * @since 0.5.0
+ */
+export const fromDraws = (
+  model: Denoiser.Model,
+  schedule: Schedule.Schedule,
+  x0: tf.Tensor,
+  prompts: ReadonlyArray<string>,
+  draws: Draws,
+  o: TrajectoryOptions
+): Trajectories => {
+  const b = x0.shape[0]
+  if (prompts.length !== b) throw new RangeError(`${prompts.length} prompts for a batch of ${b}`)
   const ratio = stride(schedule.trainSteps, o.inferenceSteps)
-  // One draw per batch keeps the faithful runs' random stream unchanged.
-  const itemT0 = o.perPrompt === true
-    ? Array.from({ length: b }, () => chooseTimestep(rng, schedule.trainSteps, o))
-    : new Array<number>(b).fill(chooseTimestep(rng, schedule.trainSteps, o))
-  if (o.perPrompt === true && o.estimator.kind === "pf-ode" && o.estimator.k > 1) {
-    throw new RangeError("the pf-ode estimator needs one start timestep per batch (perPrompt false)")
-  }
+  const itemT0 = draws.itemT0
   const rows = o.n * b
   const allPrompts = Array.from({ length: rows }, (_, r) => prompts[r % b])
   let rowT: Array<number> = Array.from({ length: rows }, (_, r) => itemT0[r % b])
-  const noise = Generate.normalTensor(rng, [rows, ...x0.shape.slice(1)])
+  const noise = tf.tensor(draws.noise, [rows, ...x0.shape.slice(1)], "float32")
   const guidance = o.cfg === 1 ? 1 : 2
   let nfe = 0
   const denoise = (x: tf.Tensor, t: number | ReadonlyArray<number>, p: ReadonlyArray<string> = allPrompts) => {

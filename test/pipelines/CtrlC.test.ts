@@ -38,4 +38,40 @@ describe("Ctrl-C", () => {
     assert.strictEqual(latest, `ckpt-${String(done).padStart(7, "0")}`)
     assert.match(stderr, /interrupted: checkpoint written at iteration/)
   })
+
+  it("rlhf.ts on 2 threads stops with a checkpoint, and its whole process group exits", async () => {
+    const model = await savedTinyModel()
+    const out = tmpDir("ctrlc-threads-")
+    const args = ["tsx", "pipelines/rlhf.ts", "--model", model, "--out", out, "--iterations", "500", "--batch-size", "2", "--m", "2", "--inference-steps", "10",
+      "--online-steps", "20", "--cfg", "2", "--reward", "compositional-dense", "--eval-prompts", "1", "--eval-steps", "2", "--checkpoint-every", "1000", "--backend", "wasm", "--threads", "2"]
+    const child = spawn("npx", args, { cwd: root, detached: true, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SHARPEN_BACKEND: "" } })
+    let stderr = ""
+    child.stderr.on("data", (d) => (stderr += d))
+    child.stdout.on("data", (d) => (stderr += d))
+    const metrics = path.join(out, "run", "metrics.jsonl")
+    const deadline = Date.now() + 90_000
+    while (Date.now() < deadline && !(fs.existsSync(metrics) && fs.readFileSync(metrics, "utf8").split("\n").length > 2)) {
+      await new Promise((r) => setTimeout(r, 200))
+    }
+    assert.isTrue(fs.existsSync(metrics), stderr)
+    process.kill(-child.pid!, "SIGINT")
+    const pointer = path.join(out, "run", "LATEST")
+    // The whole process group is gone once the checkpoint is written (the threads are released by the
+    // pool's scope, tested in GenerationPool.test.ts).
+    const alive = () => {
+      try {
+        process.kill(-child.pid!, 0)
+        return true
+      } catch {
+        return false
+      }
+    }
+    const until = Date.now() + 60_000
+    while (Date.now() < until && alive()) await new Promise((r) => setTimeout(r, 200))
+    assert.isFalse(alive(), `the process group still runs: ${stderr}`)
+    const latest = fs.readFileSync(pointer, "utf8").trim()
+    const done = fs.readFileSync(metrics, "utf8").trim().split("\n").length
+    assert.strictEqual(latest, `ckpt-${String(done).padStart(7, "0")}`)
+    assert.match(stderr, /interrupted: checkpoint written at iteration/)
+  }, 180_000)
 })

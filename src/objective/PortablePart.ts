@@ -1,0 +1,106 @@
+/**
+ * A loss part that another thread can compute: the image-level objectives'
+ * micro-batch parts as plain data (the noisy inputs, targets, timesteps and
+ * prompts of its rows, and for DPO the reference's errors and the reward
+ * margins), so that `Optimizer.step` can differentiate parts on the
+ * `GenerationPool`'s threads and sum their gradients. {@link loss} is the
+ * part's closure on the main thread row for row: the same inputs, the same
+ * kernels, so a part's gradient is the same on any thread, and only the
+ * order in which the parts' gradients are summed changes.
+ *
+ * @since 0.5.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import * as Denoiser from "../model/Denoiser.ts"
+import type { NoisedSamples } from "../trajectory/NoisedSamples.ts"
+import * as Losses from "./Losses.ts"
+
+export interface PortablePart {
+  /** Noisy inputs x_t of the part's rows, [rows, ...sampleShape] row-major. */
+  readonly x: Float32Array
+  /** The epsilon target of every row. */
+  readonly target: Float32Array
+  readonly t: ReadonlyArray<number>
+  readonly prompts: ReadonlyArray<string>
+  /** The part's share of the batch mean (times 1/accumulate when batches are accumulated). */
+  readonly share: number
+  /** DPO: rows are [winners; losers]; the reference's errors on them, the margins per pair. */
+  readonly dpo?: {
+    readonly refW: ReadonlyArray<number>
+    readonly refL: ReadonlyArray<number>
+    readonly margin: ReadonlyArray<number>
+    readonly beta: number
+    readonly placement: Losses.MarginPlacement
+  }
+}
+
+/**
+ * A loss closure (a part of `Optimizer.Loss`) that may carry its portable
+ * form, built only when a pool asks for it.
+ *
+ * @since 0.5.0
+ */
+export interface Part {
+  (): tf.Scalar
+  readonly portable?: () => PortablePart
+}
+
+/** Attach the portable form to a part's closure. */
+export const withPortable = (part: () => tf.Scalar, portable: () => PortablePart): Part => Object.assign(part, { portable })
+
+/**
+ * A part divided by `divisor` (one of `accumulate` batches), keeping its
+ * portable form.
+ *
+ * @since 0.5.0
+ */
+export const divided = (part: Part, divisor: number): Part => {
+  const down = () => tf.tidy(() => tf.div(part(), divisor) as tf.Scalar)
+  const portable = part.portable
+  return portable === undefined ? down : withPortable(down, () => {
+    const p = portable()
+    return { ...p, share: p.share / divisor }
+  })
+}
+
+/** The inputs of `rows` of noised samples (as `NoisedSamples.rowErrors` reads them). */
+export const samplesRows = (s: NoisedSamples, rows: ReadonlyArray<number>): Pick<PortablePart, "x" | "target" | "t" | "prompts"> => {
+  const take = (x: tf.Tensor) => {
+    const g = tf.tidy(() => tf.gather(x, tf.tensor1d(rows as Array<number>, "int32")))
+    const data = (g.dataSync() as Float32Array).slice()
+    g.dispose()
+    return data
+  }
+  return { x: take(s.steps[0].xt), target: take(s.noise), t: rows.map((r) => s.timesteps[r]), prompts: rows.map((r) => s.prompts[r % s.batch]) }
+}
+
+/**
+ * The micro-batch budget in rows when `threads` threads share the parts: at
+ * most a thread's share of the batch per part, so that there is a part for
+ * every thread (one thread: the budget unchanged, so are its numbers).
+ *
+ * @since 0.5.0
+ */
+export const rowsForThreads = (rows: number, batch: number, rowsPerItem: number, threads: number): number => {
+  if (threads <= 1) return rows
+  const share = Math.ceil(batch / threads) * rowsPerItem
+  return rows <= 0 ? share : Math.min(rows, share)
+}
+
+/** Per-row mean squared error of the model's noise prediction against the target. */
+export const rowErrors = (model: Denoiser.Model, x: tf.Tensor, target: tf.Tensor, t: ReadonlyArray<number>, prompts: ReadonlyArray<string>): tf.Tensor1D =>
+  tf.tidy(() => tf.mean(tf.reshape(tf.squaredDifference(Denoiser.eps(model, x, t, prompts), target), [t.length, -1]), 1) as tf.Tensor1D)
+
+/**
+ * The part's loss under `model` (differentiate it with `paramGrads`).
+ *
+ * @since 0.5.0
+ */
+export const loss = (model: Denoiser.Model, p: PortablePart): tf.Scalar =>
+  tf.tidy(() => {
+    const shape = [p.t.length, ...Denoiser.sampleShape(model.config)]
+    const errors = rowErrors(model, tf.tensor(p.x, shape, "float32"), tf.tensor(p.target, shape, "float32"), p.t, p.prompts)
+    if (p.dpo === undefined) return tf.mul(tf.mean(errors), p.share) as tf.Scalar
+    const reference = { w: tf.tensor1d(p.dpo.refW as Array<number>), l: tf.tensor1d(p.dpo.refL as Array<number>) }
+    return Losses.dpoPart(errors, reference, p.dpo.margin, p.dpo.beta, p.dpo.placement, p.share)
+  })

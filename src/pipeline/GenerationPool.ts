@@ -1,0 +1,307 @@
+/**
+ * The generation of a sharpening iteration on several cores. The wasm
+ * backend runs on one core in Node, and some 95% of an RLHF iteration's
+ * network evaluations are generation: the online samples (DDIM 50, CFG 5)
+ * and the n paths with their continuation to t = 0. The pool splits both
+ * by batch item over `threads` threads, the main thread counting as one:
+ * the main thread computes its shard while each worker
+ * ({@link GenerationWorker}) computes one other on a replica of the policy.
+ *
+ * Every random draw stays on the run's generator in the main thread, in the
+ * one-thread order (the caller draws, the pool only computes), and eta 0
+ * DDIM is deterministic given its noise, so the result is the one-thread
+ * result row for row (tested) and `--resume` is unchanged. A job carries the
+ * policy's current weights as one flat array (4.6 MB for the default model:
+ * a few ms per call against seconds of generation).
+ *
+ * The same threads differentiate the image-level objectives' micro-batch
+ * parts (`gradients`, used by `Optimizer.step` for parts with a
+ * `PortablePart` form): the update is then one thread's up to the order in
+ * which the parts' gradients are summed.
+ *
+ * @since 0.5.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Context, Effect, Layer, Schema } from "effect"
+import { Worker } from "node:worker_threads"
+import * as Schedule from "../diffusion/Schedule.ts"
+import * as Generate from "../eval/Generate.ts"
+import { workerExecArgv } from "../eval/ParallelGenerate.ts"
+import * as Denoiser from "../model/Denoiser.ts"
+import type * as PortablePart from "../objective/PortablePart.ts"
+import { Backend } from "../tensor/Backend.ts"
+import * as WasmHeap from "../tensor/WasmHeap.ts"
+import * as Trajectory from "../trajectory/Trajectory.ts"
+import * as TrajectoryShards from "../trajectory/TrajectoryShards.ts"
+import { flatten } from "./DataParallel.ts"
+import type { Init, Job, Reply } from "./GenerationWorker.ts"
+
+/**
+ * A generation worker thread failed (an error in its job) or died (exited,
+ * crashed): the iteration stops with this instead of waiting for it.
+ *
+ * @since 0.5.0
+ */
+export class GenerationWorkerFailed extends Schema.TaggedError<GenerationWorkerFailed>()("GenerationWorkerFailed", {
+  /** 1-based worker thread (the main thread is 0). */
+  thread: Schema.Int,
+  message: Schema.String
+}) {}
+
+export type GenerationError = GenerationWorkerFailed | WasmHeap.WasmHeapExhausted
+
+export interface SampleOptions {
+  readonly steps: number
+  readonly cfg: number
+}
+
+/**
+ * Generation with a model on `threads` threads (see the module comment). The
+ * tensors returned belong to the caller.
+ *
+ * @since 0.5.0
+ */
+export interface Pool {
+  readonly threads: number
+  /** Online samples: DDIM (eta 0) from the noise xT ([B, ...sampleShape], row-major), model space. */
+  readonly sample: (model: Denoiser.Model, prompts: ReadonlyArray<string>, xT: Float32Array, o: SampleOptions) => Effect.Effect<tf.Tensor, GenerationError>
+  /** `Trajectory.fromDraws` of the whole batch, computed in shards of items. */
+  readonly trajectories: (
+    model: Denoiser.Model,
+    x0: tf.Tensor,
+    prompts: ReadonlyArray<string>,
+    draws: Trajectory.Draws,
+    o: Trajectory.TrajectoryOptions
+  ) => Effect.Effect<Trajectory.Trajectories, GenerationError>
+  /**
+   * Gradients of loss parts: group i on worker thread i + 1, while `here`
+   * (this thread's share) runs. Each result is the group's summed loss and
+   * gradient (flat, parameter order) and which parameters have a gradient.
+   */
+  readonly gradients: <A>(
+    model: Denoiser.Model,
+    groups: ReadonlyArray<ReadonlyArray<PortablePart.PortablePart>>,
+    here: () => A
+  ) => Effect.Effect<{ readonly here: A; readonly remote: ReadonlyArray<RemoteGradients> }, GenerationError>
+  /** Worker threads running now (0 after `close`). */
+  readonly liveThreads: () => number
+  /** Stop the worker threads. */
+  readonly close: () => Promise<void>
+}
+
+export interface RemoteGradients {
+  readonly value: number
+  readonly grads: Float32Array
+  readonly present: ReadonlyArray<boolean>
+}
+
+const sampleHere = (model: Denoiser.Model, prompts: ReadonlyArray<string>, xT: Float32Array, o: SampleOptions): tf.Tensor => {
+  const x = tf.tensor(xT, [prompts.length, ...Denoiser.sampleShape(model.config)], "float32")
+  const x0 = Generate.fromNoise(model, prompts, x, o)
+  x.dispose()
+  return x0
+}
+
+/** The pool of one thread: everything computed here, exactly as before pools existed. */
+export const inline: Pool = {
+  threads: 1,
+  sample: (model, prompts, xT, o) => Effect.sync(() => sampleHere(model, prompts, xT, o)),
+  trajectories: (model, x0, prompts, draws, o) =>
+    Effect.sync(() => Trajectory.fromDraws(model, Schedule.make(model.config.schedule), x0, prompts, draws, o)),
+  gradients: (_model, groups, here) =>
+    groups.length > 0 ? Effect.die(new RangeError("a one-thread pool has no worker threads for gradients")) : Effect.sync(() => ({ here: here(), remote: [] })),
+  liveThreads: () => 0,
+  close: () => Promise.resolve()
+}
+
+interface Thread {
+  readonly worker: Worker
+  readonly pending: Map<number, (r: Reply | GenerationError) => void>
+}
+
+/**
+ * Start `threads - 1` worker threads for models of `config` on `backend`
+ * (`worker`: the thread's script, a test may give one that fails). A thread
+ * that dies fails its jobs with {@link GenerationWorkerFailed} and is started
+ * again for the next job; one whose job is interrupted is stopped.
+ *
+ * @since 0.5.0
+ */
+export const make = (
+  config: Denoiser.ModelConfig,
+  threads: number,
+  backend: string,
+  worker: URL = new URL("./GenerationWorker.ts", import.meta.url)
+): Pool => {
+  // Native TensorFlow is multi-threaded already; the JS backends are not.
+  if (threads <= 1 || backend === "tensorflow" || backend === "tensorflow-gpu") return inline
+  const slots: Array<Thread | undefined> = new Array(threads - 1).fill(undefined)
+  let nextId = 0
+  const spawn = (i: number): Thread => {
+    const init: Init = { backend: backend as Init["backend"], config }
+    const thread: Thread = { worker: new Worker(worker, { workerData: init, execArgv: workerExecArgv() }), pending: new Map() }
+    const failAll = (message: string) => {
+      if (slots[i] === thread) slots[i] = undefined
+      const waiting = [...thread.pending.values()]
+      thread.pending.clear()
+      for (const resume of waiting) resume(new GenerationWorkerFailed({ thread: i + 1, message }))
+    }
+    thread.worker.on("message", (m: Reply) => {
+      const resume = thread.pending.get(m.id)
+      thread.pending.delete(m.id)
+      resume?.(m)
+    })
+    thread.worker.on("error", (e) => failAll(`generation worker ${i + 1} crashed: ${e.message}`))
+    thread.worker.on("messageerror", (e) => failAll(`generation worker ${i + 1}: a message could not be read: ${e.message}`))
+    thread.worker.on("exit", (code) => failAll(`generation worker ${i + 1} exited (code ${code})`))
+    slots[i] = thread
+    return thread
+  }
+  for (let i = 0; i < slots.length; i++) spawn(i)
+
+  /** Post a job now; the Effect waits for its reply (interrupting it stops the thread). */
+  const post = (i: number, job: Job): Effect.Effect<Reply, GenerationError> => {
+    const thread = slots[i] ?? spawn(i)
+    let settled: Reply | GenerationError | undefined
+    let resume: ((r: Reply | GenerationError) => void) | undefined
+    thread.pending.set(job.id, (r) => {
+      settled = r
+      resume?.(r)
+    })
+    thread.worker.postMessage(job)
+    const toEffect = (r: Reply | GenerationError): Effect.Effect<Reply, GenerationError> =>
+      r instanceof GenerationWorkerFailed || r instanceof WasmHeap.WasmHeapExhausted
+        ? Effect.fail(r)
+        : r.heap !== undefined
+        ? Effect.fail(new WasmHeap.WasmHeapExhausted(r.heap))
+        : r.error !== undefined
+        ? Effect.fail(new GenerationWorkerFailed({ thread: i + 1, message: `generation worker ${i + 1}: ${r.error}` }))
+        : Effect.succeed(r)
+    return Effect.callback<Reply, GenerationError>((done) => {
+      if (settled !== undefined) return done(toEffect(settled))
+      resume = (r) => done(toEffect(r))
+      // Interrupted (Ctrl-C): the thread cannot be stopped mid-job, so it is
+      // terminated, and a fresh one is started for the next job.
+      return Effect.sync(() => {
+        if (thread.pending.delete(job.id)) {
+          if (slots[i] === thread) slots[i] = undefined
+          void thread.worker.terminate()
+        }
+      })
+    })
+  }
+
+  /** Post every shard but the first to a worker, compute the first here (plain arrays), then collect. */
+  const fanOut = <S, A>(
+    shards: ReadonlyArray<S>,
+    job: (s: S, id: number) => Job,
+    here: (s: S) => A,
+    fromReply: (r: Reply) => A
+  ): Effect.Effect<Array<A>, GenerationError> =>
+    Effect.suspend(() => {
+      const remote = shards.slice(1).map((s, i) => post(i, job(s, nextId++)))
+      const mine = here(shards[0])
+      return Effect.map(Effect.all(remote, { concurrency: "unbounded" }), (replies) => [mine, ...replies.map(fromReply)])
+    })
+
+  return {
+    threads,
+    sample: (model, prompts, xT, o) =>
+      Effect.suspend(() => {
+        const per = xT.length / prompts.length
+        // Every row costs the same: contiguous shards of near-equal size.
+        const count = Math.min(threads, prompts.length)
+        const size = Math.floor(prompts.length / count)
+        const extra = prompts.length % count
+        const parts = Array.from({ length: count }, (_, k) => {
+          const start = k * size + Math.min(k, extra)
+          return { start, end: start + size + (k < extra ? 1 : 0) }
+        })
+        if (parts.length <= 1) return inline.sample(model, prompts, xT, o)
+        const params = flatten(model.params)
+        return fanOut(
+          parts,
+          (s, id) => ({ kind: "sample", id, params, prompts: prompts.slice(s.start, s.end), xT: xT.slice(s.start * per, s.end * per), steps: o.steps, cfg: o.cfg }),
+          (s) => {
+            const x = sampleHere(model, prompts.slice(s.start, s.end), xT.subarray(s.start * per, s.end * per), o)
+            const data = (x.dataSync() as Float32Array).slice()
+            x.dispose()
+            return data
+          },
+          (r) => r.x0!
+        ).pipe(Effect.map((arrays) => {
+          const out = new Float32Array(xT.length)
+          arrays.forEach((a, k) => out.set(a, parts[k].start * per))
+          return tf.tensor(out, [prompts.length, ...Denoiser.sampleShape(model.config)], "float32")
+        }))
+      }),
+    trajectories: (model, x0, prompts, draws, o) =>
+      Effect.suspend(() => {
+        const schedule = Schedule.make(model.config.schedule)
+        const items = TrajectoryShards.partition(draws.itemT0, threads, o, schedule.trainSteps)
+        if (items.length <= 1) return inline.trajectories(model, x0, prompts, draws, o)
+        const whole = { x0: (x0.dataSync() as Float32Array).slice(), prompts, draws }
+        const params = flatten(model.params)
+        return fanOut(
+          items.map((its) => ({ items: its, ...TrajectoryShards.shard(whole, its, o.n) })),
+          (s, id) => ({ kind: "trajectories", id, params, x0: s.x0, prompts: s.prompts, draws: s.draws, options: o }),
+          (s) => {
+            const x = tf.tensor(s.x0, [s.items.length, ...x0.shape.slice(1)], "float32")
+            try {
+              const t = Trajectory.fromDraws(model, schedule, x, s.prompts, s.draws, o)
+              const data = TrajectoryShards.toData(t)
+              Trajectory.dispose(t)
+              return data
+            } finally {
+              x.dispose()
+            }
+          },
+          (r) => r.trajectories!
+        ).pipe(Effect.map((data) => TrajectoryShards.fromData(TrajectoryShards.merge(data.map((d, k) => ({ items: items[k], data: d })), prompts.length))))
+      }),
+    gradients: (model, groups, here) =>
+      Effect.suspend(() => {
+        if (groups.length > slots.length) return Effect.die(new RangeError(`${groups.length} gradient groups for ${slots.length} worker threads`))
+        const params = flatten(model.params)
+        const remote = groups.map((parts, i) => post(i, { kind: "gradients", id: nextId++, params, parts }))
+        const mine = here()
+        return Effect.map(Effect.all(remote, { concurrency: "unbounded" }), (replies) => ({
+          here: mine,
+          remote: replies.map((r) => ({ value: r.value!, grads: r.grads!, present: r.present! }))
+        }))
+      }),
+    liveThreads: () => slots.filter((t) => t !== undefined).length,
+    close: async () => {
+      const running = slots.filter((t) => t !== undefined)
+      slots.fill(undefined)
+      await Promise.all(running.map((t) => t.worker.terminate()))
+    }
+  }
+}
+
+/**
+ * The generation pool of a sharpening run: the online samples
+ * (`BatchSource.online`) and the trajectories (`TrajectoryGenerator.layer`)
+ * use it when it is provided, else they compute in this thread.
+ *
+ * @since 0.5.0
+ */
+export class GenerationPool extends Context.Service<GenerationPool, Pool>()("sharpen/pipeline/GenerationPool") {
+  /**
+   * `threads` threads for the policy (the main thread counts as one; 1: no
+   * worker threads), released with the layer's scope (no thread outlives
+   * the run, also on interruption).
+   */
+  static readonly layer = (threads: number) =>
+    Layer.effect(
+      GenerationPool,
+      Effect.gen(function*() {
+        const { model } = yield* Denoiser.Denoiser
+        const backend = yield* Backend
+        return yield* Effect.acquireRelease(
+          Effect.sync(() => make(model.config, threads, backend.name)),
+          (pool) => Effect.promise(() => pool.close())
+        )
+      })
+    )
+}
