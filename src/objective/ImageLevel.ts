@@ -50,7 +50,9 @@ export const ImageRlhfOptions = Schema.Struct({
   beta: Schema.Number.check(Schema.isGreaterThan(0)),
   margin: Losses.MarginPlacement,
   microBatchRows: Schema.optional(MicroBatchRows),
-  stepsPerBatch: Schema.optional(StepsPerBatch)
+  stepsPerBatch: Schema.optional(StepsPerBatch),
+  /** Weight of the winners' denoising loss added to the DPO loss (0: pure DPO). */
+  winnerSft: Schema.optional(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)))
 })
 export type ImageRlhfOptions = typeof ImageRlhfOptions.Type
 
@@ -130,7 +132,7 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
                   PortablePart.withPortable(
                     () =>
                       tf.tidy(() =>
-                        Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b)
+                        Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b, o.winnerSft ?? 0)
                       ),
                     () => ({
                       ...PortablePart.samplesRows(s, rowsOf(items)),
@@ -140,7 +142,8 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
                         refL: Array.from(refs[p].l.dataSync()),
                         margin: items.map((i) => margin[i]),
                         beta: o.beta / 2,
-                        placement: o.margin
+                        placement: o.margin,
+                        winnerSft: o.winnerSft ?? 0
                       }
                     })
                   )

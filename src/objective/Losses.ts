@@ -158,6 +158,8 @@ export const splitPair = (e: tf.Tensor1D): { readonly w: tf.Tensor1D; readonly l
  * One micro-batch part of a pairwise DPO objective: the policy's errors on
  * the part's [winner rows; loser rows] against the reference's, Eq. 11's
  * loss over the part, scaled by the part's share of the batch mean.
+ * `winnerSft` > 0 adds that multiple of the winners' mean denoising error
+ * (an anchor on the preferred images, as RPO adds the chosen NLL to DPO).
  *
  * @since 0.4.0
  */
@@ -167,11 +169,13 @@ export const dpoPart = (
   margin: ReadonlyArray<number>,
   beta: number,
   placement: MarginPlacement,
-  share: number
+  share: number,
+  winnerSft = 0
 ): tf.Scalar =>
   tf.tidy(() => {
     const { l, w } = splitPair(policy)
-    return tf.mul(dpoFromTerms({ modelW: w, modelL: l, refW: reference.w, refL: reference.l }, margin, beta, placement), share) as tf.Scalar
+    const dpo = dpoFromTerms({ modelW: w, modelL: l, refW: reference.w, refL: reference.l }, margin, beta, placement)
+    return tf.mul(winnerSft > 0 ? tf.add(dpo, tf.mul(tf.mean(w), winnerSft)) : dpo, share) as tf.Scalar
   })
 
 /**

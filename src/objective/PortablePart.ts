@@ -31,6 +31,7 @@ export interface PortablePart {
     readonly margin: ReadonlyArray<number>
     readonly beta: number
     readonly placement: Losses.MarginPlacement
+    readonly winnerSft?: number
   }
 }
 
@@ -102,5 +103,5 @@ export const loss = (model: Denoiser.Model, p: PortablePart): tf.Scalar =>
     const errors = rowErrors(model, tf.tensor(p.x, shape, "float32"), tf.tensor(p.target, shape, "float32"), p.t, p.prompts)
     if (p.dpo === undefined) return tf.mul(tf.mean(errors), p.share) as tf.Scalar
     const reference = { w: tf.tensor1d(p.dpo.refW as Array<number>), l: tf.tensor1d(p.dpo.refL as Array<number>) }
-    return Losses.dpoPart(errors, reference, p.dpo.margin, p.dpo.beta, p.dpo.placement, p.share)
+    return Losses.dpoPart(errors, reference, p.dpo.margin, p.dpo.beta, p.dpo.placement, p.share, p.dpo.winnerSft ?? 0)
   })

@@ -89,6 +89,11 @@ export const SharpenConfig = Schema.Struct({
    * same selected images with a fresh eps and t (docs/method.md).
    */
   stepsPerBatch: int(1, 1024),
+  /**
+   * Image-level RLHF: weight of the winners' denoising loss added to the
+   * DPO loss (0: pure DPO; docs/method.md).
+   */
+  winnerSft: num(0, 1e9),
   /** EMA decay of the weights used for evaluation and saving (0: off). */
   ema: num(0, 0.999999),
   /**
@@ -144,6 +149,7 @@ export const defaults: SharpenConfig = {
   start: "online-sample",
   accumulate: 1,
   stepsPerBatch: 1,
+  winnerSft: 0,
   ema: 0,
   trainingNfe: 0,
   keepCheckpoints: 2
