@@ -44,13 +44,13 @@ const errorOf = (model: Denoiser.Model, x: tf.Tensor, t: ReadonlyArray<number>, 
 
 const softplus = (z: number) => Math.log1p(Math.exp(z))
 
-const prepare = (model: Denoiser.Model, reference: Denoiser.Model, t: Trajectories, sel: Selection, which: "rlhf" | "sft", stepsPerBatch = 1) =>
+const prepare = (model: Denoiser.Model, reference: Denoiser.Model, t: Trajectories, sel: Selection, which: "rlhf" | "sft", stepsPerBatch = 1, winnerSft = 0) =>
   Effect.gen(function*() {
     const objective = yield* Objective
     return yield* objective.prepare(t, sel, scores)
   }).pipe(
     Effect.provide(
-      (which === "rlhf" ? ImageLevel.rlhf({ beta: BETA, margin: "paper", stepsPerBatch }) : ImageLevel.sft({ stepsPerBatch })).pipe(
+      (which === "rlhf" ? ImageLevel.rlhf({ beta: BETA, margin: "paper", stepsPerBatch, winnerSft }) : ImageLevel.sft({ stepsPerBatch })).pipe(
         Layer.provide(Layer.mergeAll(Layer.succeed(Denoiser.Denoiser, { model }), Layer.succeed(Reference, { model: reference }), RandomSource.fromSeed(3)))
       )
     )
@@ -210,6 +210,33 @@ describe("ImageLevel", () => {
         assert.isTrue(Math.abs(later[0] - later[1]) > 1e-6)
         tf.dispose([t.final!, t.x0, t.noise])
       }
+      Denoiser.dispose(model)
+      Denoiser.dispose(reference)
+    }).pipe(Effect.scoped))
+
+  it.effect("winnerSft adds that multiple of the winners' mean denoising error to the DPO loss", () =>
+    Effect.gen(function*() {
+      const model = perturbed(0)
+      const reference = perturbed(1)
+      const t = trajectories()
+      const schedule = Schedule.make(tinyMlp.schedule)
+      const dpo = lossValue((yield* prepare(model, reference, t, selection, "rlhf")).loss)
+      const anchored = lossValue((yield* prepare(model, reference, t, selection, "rlhf", 1, 3)).loss)
+      // The same draws as the first test: the winners' finals noised with one eps and t per item.
+      const rng = Rng.fromSeed(3)
+      const ts = [rng.int(schedule.trainSteps), rng.int(schedule.trainSteps)]
+      const eps = tf.tensor2d(rng.normals(2 * B), [B, 2])
+      const xw = tf.tidy(() =>
+        tf.add(
+          tf.mul(tf.tensor2d(ts.map((s) => Schedule.alpha(schedule, s)), [B, 1]), tf.gather(t.final!, [4, 1])),
+          tf.mul(tf.tensor2d(ts.map((s) => Schedule.sigma(schedule, s)), [B, 1]), eps)
+        )
+      )
+      const mw = errorOf(model, xw, ts, eps)
+      const expected = dpo + 3 * (mw[0] + mw[1]) / 2
+      assert.isTrue(Math.abs(anchored - expected) < 1e-5 * Math.max(1, expected), `${anchored} vs ${expected}`)
+      assert.isTrue(anchored - dpo > 1e-6)
+      tf.dispose([xw, eps, t.final!, t.x0, t.noise])
       Denoiser.dispose(model)
       Denoiser.dispose(reference)
     }).pipe(Effect.scoped))

@@ -40,6 +40,11 @@ describe("PortablePart", () => {
         ...PortablePart.samplesRows(s, rows),
         share: 2 / 3,
         dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "paper" }
+      }],
+      ["dpo with the winners' denoising loss", () => Losses.dpoPart(NoisedSamples.rowErrors(model, s, rows), refs, margin, 2500, "paper", 2 / 3, 7), {
+        ...PortablePart.samplesRows(s, rows),
+        share: 2 / 3,
+        dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "paper", winnerSft: 7 }
       }]
     ]
     const before = tf.memory().numTensors
