@@ -59,7 +59,11 @@ export class NothingToResume extends Schema.TaggedError<NothingToResume>()("Noth
 
 // Optional so that only flags actually given override --config; the help shows the default.
 const camel = (name: string) => name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase()) as keyof SharpenConfig.SharpenConfig
-const withDefault = (name: string, description: string) => `${description} (default ${JSON.stringify(SharpenConfig.defaults[camel(name)])})`
+const withDefault = (name: string, description: string) => {
+  const key = camel(name)
+  const rlhf = SharpenConfig.rlhfDefaults[key]
+  return `${description} (default ${JSON.stringify(SharpenConfig.defaults[key])}${rlhf === undefined ? "" : `; rlhf.ts: ${JSON.stringify(rlhf)}`})`
+}
 const optInt = (name: string, description: string) => Flag.Int(name).pipe(Flag.withDescription(withDefault(name, description)), Flag.optional)
 const optNum = (name: string, description: string) => Flag.Finite(name).pipe(Flag.withDescription(withDefault(name, description)), Flag.optional)
 
@@ -139,7 +143,7 @@ const overrides = (f: Flags): Record<string, unknown> => {
   return out
 }
 
-const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags) {
+const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags, algorithm: "sft" | "rlhf") {
   const fs = yield* FileSystem.FileSystem
   const layers: Array<Record<string, unknown>> = []
   let file: string | undefined
@@ -156,10 +160,8 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags) {
     rewardEntry = reward
     layers.push(settings)
   }
-  // --paper goes under --config and the flags, so they can still adjust it.
-  if (f.paper) layers.unshift(SharpenConfig.paperVariant)
   layers.push(overrides(f))
-  const config = SharpenConfig.decode(layers, file)
+  const config = SharpenConfig.resolve(algorithm, layers, { paper: f.paper, file })
   if (config instanceof SharpenConfig.ConfigError) return yield* config
   const reward = RewardFlags.spec(f, rewardEntry, file)
   if (reward instanceof SharpenConfig.ConfigError) return yield* reward
@@ -173,7 +175,7 @@ export const command = (algorithm: "sft" | "rlhf") =>
     Effect.fn(function*(f) {
       const fs = yield* FileSystem.FileSystem
       const path = yield* Path.Path
-      const { config, reward: rewardSpec } = yield* loadConfig(f)
+      const { config, reward: rewardSpec } = yield* loadConfig(f, algorithm)
       const out = Option.getOrElse(f.out, () => path.join("out", algorithm))
       const runDir = path.join(out, "run")
       const nothingToResume = new NothingToResume({
