@@ -39,7 +39,10 @@ const iterations = Number(flag("iterations") ?? 3)
 const threadCounts = (flag("threads") ?? "1,2").split(",").map(Number)
 const model = flag("model") ?? "models/shapeworld-base"
 // Only to check quickly that the bench runs: the figures are of batch 8.
-const batchSize = Number(flag("batch-size") ?? SharpenConfig.defaults.batchSize)
+// The settings `pipelines/rlhf.ts` runs with no flags.
+const rlhf = SharpenConfig.resolve("rlhf", [])
+if (rlhf instanceof SharpenConfig.ConfigError) throw new Error(rlhf.message)
+const batchSize = Number(flag("batch-size") ?? rlhf.batchSize)
 
 type Phase = "online" | "paths" | "reward" | "objective" | "update"
 
@@ -84,7 +87,7 @@ interface Result {
 
 const run = (threads: number) =>
   Effect.gen(function*() {
-    const config = { ...SharpenConfig.defaults, iterations, batchSize, sampleEvery: 0 }
+    const config = { ...rlhf, iterations, batchSize, sampleEvery: 0 }
     const backend = Backend.layer
     const reward = Registry.layerNode({ reward: "clip", modelDir: "models/shapeworld-clip" }).pipe(Layer.provide(backend))
     const runDir = fs.mkdtempSync(path.join(os.tmpdir(), `sharpen-threads-${threads}-`))
@@ -135,7 +138,7 @@ const main = Effect.gen(function*() {
   })
   const rate = (x: { s: number; nfe: number }) => `${x.s.toFixed(1)} s, ${(x.nfe / x.s).toFixed(0)} NFE/s`
   const lines = [
-    `Default RLHF iteration (batch ${batchSize}, n = m = 3, continuation, clip reward, ${model}), ${iterations} iteration(s) per run, backend wasm, ${os.cpus().length} x ${os.cpus()[0]?.model ?? "cpu"}:`,
+    `Default RLHF iteration (batch ${batchSize}, n = m = 3, continuation on a DDIM-${rlhf.inferenceSteps} grid, ${rlhf.stepsPerBatch} steps per batch, clip reward, ${model}), ${iterations} iteration(s) per run, backend wasm, ${os.cpus().length} x ${os.cpus()[0]?.model ?? "cpu"}:`,
     "",
     "| threads | s / iteration (median) | generation | of which online samples | of which paths + continuation | reward | objective + update |",
     "|---|---|---|---|---|---|---|",
