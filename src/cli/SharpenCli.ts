@@ -102,6 +102,7 @@ const flags = {
   beta1: optNum("beta1", "AdamW beta1 (paper: 0)"),
   accumulate: optInt("accumulate", "batches per optimiser step (effective batch = batch-size x accumulate)"),
   stepsPerBatch: optInt("steps-per-batch", "image-level objectives: optimiser steps per generated batch, each with fresh noise and t"),
+  minLossTimestep: optInt("min-loss-timestep", "image-level RLHF: lowest timestep of the DPO noise"),
   winnerSft: optNum("winner-sft", "image-level RLHF: weight of the winners' denoising loss added to the DPO loss (0 = pure DPO)"),
   ema: optNum("ema", "EMA decay of the weights evaluated and saved (0 = off)"),
   trainingNfe: optInt("training-nfe", "stop at this training NFE (sampling plus objective; 0 = iterations only)"),
@@ -128,7 +129,7 @@ const barAwareLogger = Logger.make((o) => {
 })
 
 const overrides = (f: Flags): Record<string, unknown> => {
-  const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery", "preference", "timestepPer", "start", "beta1", "accumulate", "stepsPerBatch", "winnerSft", "ema", "trainingNfe", "sampleEvery", "keepCheckpoints"] as const
+  const keys = ["iterations", "seed", "batchSize", "microBatchRows", "n", "m", "lr", "cfg", "inferenceSteps", "onlineSteps", "dpoBeta", "margin", "target", "evalPrompts", "evalSteps", "checkpointEvery", "preference", "timestepPer", "start", "beta1", "accumulate", "stepsPerBatch", "winnerSft", "minLossTimestep", "ema", "trainingNfe", "sampleEvery", "keepCheckpoints"] as const
   const out: Record<string, unknown> = {}
   if (Option.isSome(f.aggregation)) out.aggregation = { kind: f.aggregation.value }
   if (Option.isSome(f.timestepRange)) {

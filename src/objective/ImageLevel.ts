@@ -51,6 +51,12 @@ export const ImageRlhfOptions = Schema.Struct({
   margin: Losses.MarginPlacement,
   microBatchRows: Schema.optional(MicroBatchRows),
   stepsPerBatch: Schema.optional(StepsPerBatch),
+  /**
+   * Lowest timestep of the DPO noise (default 0: t ~ U[0, T) as
+   * Diffusion-DPO). Below the branching range the pair differs only in fine
+   * detail, and pushing the loser's error up there adds noise to every image.
+   */
+  minLossTimestep: Schema.optional(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))),
   /** Weight of the winners' denoising loss added to the DPO loss (0: pure DPO). */
   winnerSft: Schema.optional(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)))
 })
@@ -78,13 +84,15 @@ export const noisedFinals = (
   schedule: Schedule.Schedule,
   t: Trajectories,
   paths: ReadonlyArray<ReadonlyArray<number>>,
-  rng: Rng
+  rng: Rng,
+  minTimestep = 0
 ): NoisedSamples.NoisedSamples => {
   const b = t.batch
   const final = finals(t)
   const rows = paths.flatMap((p) => rowIndex(t, p))
   const clean = tf.tidy(() => tf.gather(final, tf.tensor1d(rows, "int32")))
-  const itemTimesteps = NoisedSamples.drawTimesteps(rng, schedule.trainSteps, b)
+  // t ~ U[min, T): one draw per item either way, so min = 0 draws as before.
+  const itemTimesteps = NoisedSamples.drawTimesteps(rng, schedule.trainSteps - minTimestep, b).map((u) => u + minTimestep)
   const noise = tf.tidy(() => {
     const one = Generate.normalTensor(rng, [b, ...final.shape.slice(1)])
     return tf.concat(paths.map(() => one), 0)
@@ -125,7 +133,7 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
             // depends on when the optimiser runs the closures.
             const steps = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
               Effect.gen(function*() {
-                const s = yield* Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best, selection.worst], rng), NoisedSamples.dispose)
+                const s = yield* Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best, selection.worst], rng, o.minLossTimestep ?? 0), NoisedSamples.dispose)
                 const refs = yield* Effect.forEach(parts, (items) =>
                   Scoped.acquire(() => tf.tidy(() => Losses.splitPair(NoisedSamples.rowErrors(reference, s, rowsOf(items))))))
                 return parts.map((items, p) =>

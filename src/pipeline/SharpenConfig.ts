@@ -94,6 +94,8 @@ export const SharpenConfig = Schema.Struct({
    * DPO loss (0: pure DPO; docs/method.md).
    */
   winnerSft: num(0, 1e9),
+  /** Image-level RLHF: lowest timestep of the DPO noise (0: U[0, T) as Diffusion-DPO). */
+  minLossTimestep: int(0, 999),
   /** EMA decay of the weights used for evaluation and saving (0: off). */
   ema: num(0, 0.999999),
   /**
@@ -150,6 +152,7 @@ export const defaults: SharpenConfig = {
   accumulate: 1,
   stepsPerBatch: 1,
   winnerSft: 0,
+  minLossTimestep: 0,
   ema: 0,
   trainingNfe: 0,
   keepCheckpoints: 2

@@ -139,7 +139,7 @@ export const rlhf = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
     c,
     w,
     (c.preference === "image"
-      ? ImageLevel.rlhf({ beta: c.dpoBeta, margin: c.margin, microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1, winnerSft: c.winnerSft ?? 0 })
+      ? ImageLevel.rlhf({ beta: c.dpoBeta, margin: c.margin, microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1, winnerSft: c.winnerSft ?? 0, minLossTimestep: c.minLossTimestep ?? 0 })
       : Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps, microBatchRows: c.microBatchRows })).pipe(
         // The reference is always the base model directory, also when resuming.
         Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))

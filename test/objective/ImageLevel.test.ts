@@ -6,6 +6,7 @@ import * as Schedule from "../../src/diffusion/Schedule.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
 import * as Mlp from "../../src/model/Mlp.ts"
 import { Reference } from "../../src/model/Reference.ts"
+import * as NoisedSamples from "../../src/trajectory/NoisedSamples.ts"
 import * as ImageLevel from "../../src/objective/ImageLevel.ts"
 import { Objective } from "../../src/objective/Objective.ts"
 import { accumulatedGrads, lossValue } from "../../src/optim/Optimizer.ts"
@@ -240,6 +241,31 @@ describe("ImageLevel", () => {
       Denoiser.dispose(model)
       Denoiser.dispose(reference)
     }).pipe(Effect.scoped))
+
+  it.effect("minLossTimestep: the DPO noise's t is drawn from [min, T); 0 draws exactly as before", () =>
+    Effect.gen(function*() {
+      const schedule = Schedule.make(tinyMlp.schedule)
+      const t = trajectories()
+      const draw = (min: number | undefined) => {
+        const s = min === undefined
+          ? ImageLevel.noisedFinals(schedule, t, [selection.best, selection.worst], Rng.fromSeed(9))
+          : ImageLevel.noisedFinals(schedule, t, [selection.best, selection.worst], Rng.fromSeed(9), min)
+        const ts = [...s.timesteps]
+        NoisedSamples.dispose(s)
+        return ts
+      }
+      assert.deepStrictEqual(draw(0), draw(undefined))
+      const many = Array.from({ length: 50 }, (_, k) => {
+        const s = ImageLevel.noisedFinals(schedule, t, [selection.best], Rng.fromSeed(k), 900)
+        const ts = [...s.timesteps]
+        NoisedSamples.dispose(s)
+        return ts
+      }).flat()
+      assert.isTrue(many.every((u) => u >= 900 && u < schedule.trainSteps), `${Math.min(...many)}..${Math.max(...many)}`)
+      // Not all 900: the draw spans the range.
+      assert.isTrue(new Set(many).size > 10)
+      tf.dispose([t.final!, t.x0, t.noise])
+    }))
 
   it.effect("objectives without continued paths fail loudly", () =>
     Effect.gen(function*() {
