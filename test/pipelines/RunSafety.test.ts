@@ -168,7 +168,10 @@ describe("run safety", () => {
 
       // A setting that changes the training: refused, naming it; nothing rewritten.
       const before = ["run/metrics.jsonl", "run/run.json", "config.json"].map((f) => fs.readFileSync(path.join(out, f), "utf8"))
-      const { cfg, dpoBeta } = SharpenConfig.defaults
+      // What rlhf.ts runs with these flags (its measured defaults under them).
+      const resolved = SharpenConfig.resolve("rlhf", [])
+      if (resolved instanceof SharpenConfig.ConfigError) throw new Error(resolved.message)
+      const { cfg, dpoBeta } = resolved
       const changed = pipeline("rlhf.ts", [...small(), "--out", out, "--config", config, "--resume", "--cfg", String(cfg + 1), "--dpo-beta", String(dpoBeta + 1)], { RUN_SAFETY_KEY: "s3cret" })
       assert.strictEqual((await changed.exited).code, 1)
       assert.include(changed.output, "RunMismatch: cannot resume: ")
