@@ -59,7 +59,7 @@ const command = Command.make(
     const againstFile = Option.getOrUndefined(f.against)
     const against = againstFile !== undefined ? yield* EvalFile.read(againstFile) : undefined
     if (against !== undefined && againstFile !== undefined) {
-      const why = EvalFile.unpairable(against, { sampler, reports: sets.map((s) => ({ name: s.name, rows: [], nfePerImage: 0, samples: s.prompts.map((p) => ({ prompt: p.text, category: p.category, pass: false, partial: false, clip: null })) })) })
+      const why = EvalFile.unpairable(against, { sampler, sets: sets.map((s) => ({ name: s.name, prompts: s.prompts.map((p) => p.text) })) })
       if (why !== undefined) return yield* new EvalFile.EvalFileError({ file: againstFile, message: `cannot be compared with this evaluation: ${why}` })
     }
     const { model } = yield* Denoiser.Denoiser

@@ -73,27 +73,30 @@ export const read = Effect.fn("EvalFile.read")(function*(file: string) {
   return r.success
 })
 
+/** What an evaluation is about to run: its sampler and each set's prompts in order. */
+export interface Plan {
+  readonly sampler: Sampler
+  readonly sets: ReadonlyArray<{ readonly name: string; readonly prompts: ReadonlyArray<string> }>
+}
+
 /**
- * Why `before` (read from `file`) cannot be compared prompt by prompt with a
- * new evaluation, or undefined when it can: same sets, prompts in the same
+ * Why `before` cannot be compared prompt by prompt with the evaluation
+ * `after` plans, or undefined when it can: same sets, prompts in the same
  * order, same sampler (the seed fixes each prompt's initial noise).
  *
  * @since 0.5.0
  */
-export const unpairable = (
-  before: { readonly sampler: Sampler; readonly reports: ReadonlyArray<Evaluate.SetReport> },
-  after: { readonly sampler: Sampler; readonly reports: ReadonlyArray<Evaluate.SetReport> }
-): string | undefined => {
+export const unpairable = (before: { readonly sampler: Sampler; readonly reports: ReadonlyArray<Evaluate.SetReport> }, after: Plan): string | undefined => {
   for (const key of ["steps", "cfg", "eta", "seed"] as const) {
     if (before.sampler[key] !== after.sampler[key]) return `sampler ${key} ${before.sampler[key]} there, ${after.sampler[key]} here`
   }
-  if (before.reports.length !== after.reports.length) return `${before.reports.length} prompt sets there, ${after.reports.length} here`
+  if (before.reports.length !== after.sets.length) return `${before.reports.length} prompt sets there, ${after.sets.length} here`
   for (let s = 0; s < before.reports.length; s++) {
-    const [b, a] = [before.reports[s], after.reports[s]]
+    const [b, a] = [before.reports[s], after.sets[s]]
     if (b.name !== a.name) return `set ${s + 1} is ${b.name} there, ${a.name} here`
-    if (b.samples.length !== a.samples.length) return `${b.name}: ${b.samples.length} prompts there, ${a.samples.length} here`
-    const i = b.samples.findIndex((x, k) => x.prompt !== a.samples[k].prompt)
-    if (i >= 0) return `${b.name} line ${i + 1}: "${b.samples[i].prompt}" there, "${a.samples[i].prompt}" here`
+    if (b.samples.length !== a.prompts.length) return `${b.name}: ${b.samples.length} prompts there, ${a.prompts.length} here`
+    const i = b.samples.findIndex((x, k) => x.prompt !== a.prompts[k])
+    if (i >= 0) return `${b.name} line ${i + 1}: "${b.samples[i].prompt}" there, "${a.prompts[i]}" here`
   }
   return undefined
 }
