@@ -9,7 +9,7 @@
  *   out/model/          the sharpened model (loadable by sample.ts)
  *   out/plots/          reward.svg|png, loss.svg|png
  *   out/samples/        before-/after- contact sheets of the eval prompts, and
- *                       iter-<n>- sheets every sampleEvery iterations (first eval set)
+ *                       iter-<n>- sheets every sampleEvery iterations (first 16 prompts of the first eval set)
  *   out/report.md|json  before/after verifier accuracy and clip score
  *
  * Before anything is written: the output directory is checked (Inputs.
@@ -58,6 +58,9 @@ export class NothingToResume extends Schema.TaggedError<NothingToResume>()("Noth
 }) {}
 
 // Optional so that only flags actually given override --config; the help shows the default.
+/** Prompts in each mid-run sample grid (`sampleEvery`): two rows of the grid. */
+const GRID_PROMPTS = 16
+
 const camel = (name: string) => name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase()) as keyof SharpenConfig.SharpenConfig
 const withDefault = (name: string, description: string) => {
   const key = camel(name)
@@ -106,7 +109,7 @@ const flags = {
   winnerSft: optNum("winner-sft", "image-level RLHF: weight of the winners' denoising loss added to the DPO loss (0 = pure DPO)"),
   ema: optNum("ema", "EMA decay of the weights evaluated and saved (0 = off)"),
   trainingNfe: optInt("training-nfe", "stop at this training NFE (sampling plus objective; 0 = iterations only)"),
-  sampleEvery: optInt("sample-every", "iterations between sample grids of the first eval set in samples/ (0 = only before and after)"),
+  sampleEvery: optInt("sample-every", "iterations between sample grids (the first 16 prompts of the first eval set) in samples/ (0 = only before and after)"),
   keepCheckpoints: optInt("keep-checkpoints", "checkpoints kept on disk (a damaged latest one falls back to the one before)"),
   backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const)),
   threads: Flag.Int("threads").pipe(
@@ -227,12 +230,15 @@ export const command = (algorithm: "sft" | "rlhf") =>
           before = yield* Report.evaluateWithGrids(model, sets, sampler, clip, samplesDir, "before")
           yield* AtomicFile.writeText(beforeFile, JSON.stringify(before))
         }
-        // Grids during training (sampleEvery): the first eval set, its own
-        // seeds, of the model that would be saved (the weight average with --ema).
+        // Grids during training (sampleEvery): the first GRID_PROMPTS prompts of
+        // the first eval set, their own seeds, of the model that would be saved
+        // (the weight average with --ema). A grid to look at, not an evaluation:
+        // sampling the whole set cost the default run over a minute per grid.
         const ema = yield* Ema
+        const gridSet = sets.slice(0, 1).map((s) => ({ ...s, prompts: s.prompts.slice(0, GRID_PROMPTS) }))
         const grids = Sharpen.IterationSampler.of({
           sample: (iteration) =>
-            Report.evaluateWithGrids(ema.model(), sets.slice(0, 1), sampler, undefined, samplesDir, `iter-${String(iteration).padStart(7, "0")}`).pipe(
+            Report.evaluateWithGrids(ema.model(), gridSet, sampler, undefined, samplesDir, `iter-${String(iteration).padStart(7, "0")}`).pipe(
               Effect.catch((e) => Effect.logWarning(`sample grid of iteration ${iteration} not written: ${e.message}`)),
               Effect.provideService(FileSystem.FileSystem, fs),
               Effect.provideService(Path.Path, path)
