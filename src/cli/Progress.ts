@@ -35,6 +35,9 @@ export const make = (options: {
   const first = options.start ?? 0
   const logEvery = options.logEvery ?? Math.max(1, Math.round(options.total / 50))
   let last = 0
+  // Steps may advance by more than one (a bar over training NFE): a log line
+  // whenever `done` enters a new multiple of logEvery.
+  let logged = Math.floor(first / logEvery)
   return {
     tick(done, metrics = {}) {
       const elapsed = (performance.now() - t0) / 1000
@@ -49,7 +52,8 @@ export const make = (options: {
         const filled = Math.round((done / options.total) * width)
         const bar = "█".repeat(filled) + "░".repeat(width - filled)
         stream.write(`\r\x1b[2K${options.label} ${bar} ${done}/${options.total} [${fmtTime(elapsed)}<${fmtTime(eta)}] ${m}`)
-      } else if (done % logEvery === 0 || done === options.total) {
+      } else if (Math.floor(done / logEvery) > logged || done === options.total) {
+        logged = Math.floor(done / logEvery)
         stream.write(`${options.label} ${done}/${options.total} elapsed=${fmtTime(elapsed)} eta=${fmtTime(eta)} ${m}\n`)
       }
     },

@@ -142,7 +142,7 @@ const stack = <GE, GR, SCE, SCR, OE, OR, SE, SR, XO, XE, XR>(
 ) => {
   const backend = w.backend ?? Backend.layer
   const base = Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed), parts.extra).pipe(Layer.provideMerge(backend))
-  const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? label)
+  const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? label, c.trainingNfe ?? 0)
   const stages = Layer.mergeAll(
     parts.generator,
     parts.scorer,

@@ -44,8 +44,13 @@ export class Metrics extends Context.Service<Metrics, {
   readonly reset: (records: ReadonlyArray<IterationRecord>) => Effect.Effect<void>
   readonly end: Effect.Effect<void>
 }>()("sharpen/pipeline/Metrics") {
-  /** metrics.jsonl in `file` plus a progress bar over `total` iterations. */
-  static readonly jsonl = (file: string, total: number, label: string) =>
+  /**
+   * metrics.jsonl in `file` plus a progress bar over `total` iterations, or,
+   * with a training-NFE `budget` (> 0), over the budget: a run under a budget
+   * stops when it is spent, long before its iteration cap, so only the NFE
+   * give a true fraction done and ETA.
+   */
+  static readonly jsonl = (file: string, total: number, label: string, budget = 0) =>
     Layer.effect(
       Metrics,
       Effect.gen(function*() {
@@ -57,10 +62,16 @@ export class Metrics extends Context.Service<Metrics, {
         return Metrics.of({
           log: (r) =>
             Effect.gen(function*() {
-              yield* Ref.update(ref, (rs) => [...rs, r])
+              const before = yield* Ref.getAndUpdate(ref, (rs) => [...rs, r])
               yield* fs.writeFileString(file, line(r), { flag: "a" }).pipe(Effect.orDie)
-              bar ??= Progress.make({ label, total, start: r.iteration - 1 })
-              bar.tick(r.iteration, { loss: r.loss, reward: r.rewardMean })
+              const show = { loss: r.loss, reward: r.rewardMean }
+              if (budget > 0) {
+                bar ??= Progress.make({ label: `${label} training NFE`, total: budget, start: Math.min(trainingNfe(before), budget) })
+                bar.tick(Math.min(trainingNfe(before) + r.nfe + (r.lossNfe ?? 0), budget), { it: String(r.iteration), ...show })
+              } else {
+                bar ??= Progress.make({ label, total, start: r.iteration - 1 })
+                bar.tick(r.iteration, show)
+              }
             }),
           records: Ref.get(ref),
           reset: (rs) =>

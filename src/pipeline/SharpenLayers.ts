@@ -99,7 +99,7 @@ const common = <RE, RR, OE, OR, SE, SR>(
     Layer.provideMerge(Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed))),
     Layer.provideMerge(backend)
   )
-  const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? "sharpen")
+  const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? "sharpen", c.trainingNfe ?? 0)
   const stages = Layer.mergeAll(
     TrajectoryGenerator.layer(trajectoryOptions(c)),
     TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
