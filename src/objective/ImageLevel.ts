@@ -120,6 +120,7 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
       const threads = yield* poolThreads
+      const pool = Option.getOrUndefined(yield* Effect.serviceOption(GenerationPool))
       return Objective.of({
         name: "rlhf-image",
         prepare: (t, selection, scores) =>
@@ -131,32 +132,42 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
             const parts = Losses.microBatchesByRows(b, 2, PortablePart.rowsForThreads(o.microBatchRows ?? 0, b, 2, threads))
             // Every step's eps and t are drawn now, so the RNG order never
             // depends on when the optimiser runs the closures.
-            const steps = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
-              Effect.gen(function*() {
-                const s = yield* Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best, selection.worst], rng, o.minLossTimestep ?? 0), NoisedSamples.dispose)
-                const refs = yield* Effect.forEach(parts, (items) =>
-                  Scoped.acquire(() => tf.tidy(() => Losses.splitPair(NoisedSamples.rowErrors(reference, s, rowsOf(items))))))
-                return parts.map((items, p) =>
-                  PortablePart.withPortable(
-                    () =>
-                      tf.tidy(() =>
-                        Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b, o.winnerSft ?? 0)
-                      ),
-                    () => ({
-                      ...PortablePart.samplesRows(s, rowsOf(items)),
-                      share: items.length / b,
-                      dpo: {
-                        refW: Array.from(refs[p].w.dataSync()),
-                        refL: Array.from(refs[p].l.dataSync()),
-                        margin: items.map((i) => margin[i]),
-                        beta: o.beta / 2,
-                        placement: o.margin,
-                        winnerSft: o.winnerSft ?? 0
-                      }
-                    })
-                  )
+            const samples = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
+              Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best, selection.worst], rng, o.minLossTimestep ?? 0), NoisedSamples.dispose))
+            // The frozen reference's errors of every step's parts: on one thread
+            // here as before; with a pool, dealt over its threads (the same rows
+            // and kernels, so the same numbers).
+            const refs: ReadonlyArray<ReadonlyArray<{ readonly w: tf.Tensor1D; readonly l: tf.Tensor1D }>> = pool !== undefined && threads > 1
+              ? yield* Effect.flatMap(
+                pool.errors(reference, samples.flatMap((s) => parts.map((items) => PortablePart.samplesRows(s, rowsOf(items))))),
+                (errors) =>
+                  Effect.forEach(samples, (_, k) =>
+                    Effect.forEach(parts, (_, p) => Scoped.acquire(() => tf.tidy(() => Losses.splitPair(tf.tensor1d(errors[k * parts.length + p]))))))
+              )
+              : yield* Effect.forEach(samples, (s) =>
+                Effect.forEach(parts, (items) => Scoped.acquire(() => tf.tidy(() => Losses.splitPair(NoisedSamples.rowErrors(reference, s, rowsOf(items)))))))
+            const steps = samples.map((s, k) =>
+              parts.map((items, p) =>
+                PortablePart.withPortable(
+                  () =>
+                    tf.tidy(() =>
+                      Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[k][p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b, o.winnerSft ?? 0)
+                    ),
+                  () => ({
+                    ...PortablePart.samplesRows(s, rowsOf(items)),
+                    share: items.length / b,
+                    dpo: {
+                      refW: Array.from(refs[k][p].w.dataSync()),
+                      refL: Array.from(refs[k][p].l.dataSync()),
+                      margin: items.map((i) => margin[i]),
+                      beta: o.beta / 2,
+                      placement: o.margin,
+                      winnerSft: o.winnerSft ?? 0
+                    }
+                  })
                 )
-              }))
+              )
+            )
             return {
               loss: steps[0],
               ...(steps.length > 1 ? { updates: steps.slice(1) } : {}),

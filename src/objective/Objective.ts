@@ -11,6 +11,7 @@ import { Context, Effect, Layer, Schema, type Scope } from "effect"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Reference } from "../model/Reference.ts"
+import type { GenerationError } from "../pipeline/GenerationPool.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import type { Selection } from "../trajectory/PathSelector.ts"
 import { rowIndex, type Trajectories } from "../trajectory/Trajectory.ts"
@@ -63,7 +64,8 @@ export type RlhfOptions = typeof RlhfOptions.Type
 
 export class Objective extends Context.Service<Objective, {
   readonly name: string
-  readonly prepare: (t: Trajectories, selection: Selection, scores: TrajectoryScores) => Effect.Effect<Prepared, never, Scope.Scope>
+  /** Fails only when a pool's thread computing part of it fails (the reference's errors on several threads). */
+  readonly prepare: (t: Trajectories, selection: Selection, scores: TrajectoryScores) => Effect.Effect<Prepared, GenerationError, Scope.Scope>
 }>()("sharpen/objective/Objective") {
   static readonly sft = (o: SftOptions) =>
     Layer.effect(

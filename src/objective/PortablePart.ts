@@ -64,8 +64,11 @@ export const divided = (part: Part, divisor: number): Part => {
   })
 }
 
+/** The inputs of some rows of noised samples: what a thread needs to evaluate a model on them. */
+export type RowInputs = Pick<PortablePart, "x" | "target" | "t" | "prompts">
+
 /** The inputs of `rows` of noised samples (as `NoisedSamples.rowErrors` reads them). */
-export const samplesRows = (s: NoisedSamples, rows: ReadonlyArray<number>): Pick<PortablePart, "x" | "target" | "t" | "prompts"> => {
+export const samplesRows = (s: NoisedSamples, rows: ReadonlyArray<number>): RowInputs => {
   const take = (x: tf.Tensor) => {
     const g = tf.tidy(() => tf.gather(x, tf.tensor1d(rows as Array<number>, "int32")))
     const data = (g.dataSync() as Float32Array).slice()
@@ -91,6 +94,20 @@ export const rowsForThreads = (rows: number, batch: number, rowsPerItem: number,
 /** Per-row mean squared error of the model's noise prediction against the target. */
 export const rowErrors = (model: Denoiser.Model, x: tf.Tensor, target: tf.Tensor, t: ReadonlyArray<number>, prompts: ReadonlyArray<string>): tf.Tensor1D =>
   tf.tidy(() => tf.mean(tf.reshape(tf.squaredDifference(Denoiser.eps(model, x, t, prompts), target), [t.length, -1]), 1) as tf.Tensor1D)
+
+/**
+ * The per-row errors of `model` on the rows (no gradient): the frozen
+ * reference's errors of a DPO part, computed on any thread.
+ *
+ * @since 0.6.0
+ */
+export const errorsOf = (model: Denoiser.Model, p: RowInputs): Float32Array => {
+  const shape = [p.t.length, ...Denoiser.sampleShape(model.config)]
+  const e = tf.tidy(() => rowErrors(model, tf.tensor(p.x, shape, "float32"), tf.tensor(p.target, shape, "float32"), p.t, p.prompts))
+  const data = (e.dataSync() as Float32Array).slice()
+  e.dispose()
+  return data
+}
 
 /**
  * The part's loss under `model` (differentiate it with `paramGrads`).

@@ -28,7 +28,7 @@ import * as Schedule from "../diffusion/Schedule.ts"
 import * as Generate from "../eval/Generate.ts"
 import { workerExecArgv } from "../eval/ParallelGenerate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
-import type * as PortablePart from "../objective/PortablePart.ts"
+import * as PortablePart from "../objective/PortablePart.ts"
 import { Backend } from "../tensor/Backend.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as Trajectory from "../trajectory/Trajectory.ts"
@@ -83,6 +83,12 @@ export interface Pool {
     groups: ReadonlyArray<ReadonlyArray<PortablePart.PortablePart>>,
     here: () => A
   ) => Effect.Effect<{ readonly here: A; readonly remote: ReadonlyArray<RemoteGradients> }, GenerationError>
+  /**
+   * Per-row errors of `model` (no gradient) on each row set, the sets dealt
+   * round-robin over the threads: the frozen reference's errors of the DPO
+   * parts, which otherwise run on this thread alone.
+   */
+  readonly errors: (model: Denoiser.Model, inputs: ReadonlyArray<PortablePart.RowInputs>) => Effect.Effect<Array<Float32Array>, GenerationError>
   /** Worker threads running now (0 after `close`). */
   readonly liveThreads: () => number
   /** Stop the worker threads. */
@@ -110,6 +116,7 @@ export const inline: Pool = {
     Effect.sync(() => Trajectory.fromDraws(model, Schedule.make(model.config.schedule), x0, prompts, draws, o)),
   gradients: (_model, groups, here) =>
     groups.length > 0 ? Effect.die(new RangeError("a one-thread pool has no worker threads for gradients")) : Effect.sync(() => ({ here: here(), remote: [] })),
+  errors: (model, inputs) => Effect.sync(() => inputs.map((p) => PortablePart.errorsOf(model, p))),
   liveThreads: () => 0,
   close: () => Promise.resolve()
 }
@@ -268,6 +275,23 @@ export const make = (
         return Effect.map(Effect.all(remote, { concurrency: "unbounded" }), (replies) => ({
           here: mine,
           remote: replies.map((r) => ({ value: r.value!, grads: r.grads!, present: r.present! }))
+        }))
+      }),
+    errors: (model, inputs) =>
+      Effect.suspend(() => {
+        // Set k on thread k mod threads (thread 0 is this one).
+        const shards = Array.from({ length: Math.min(threads, inputs.length) }, (_, s) => inputs.flatMap((p, k) => (k % threads === s ? [{ p, k }] : [])))
+        if (shards.length <= 1) return inline.errors(model, inputs)
+        const params = flatten(model.params)
+        return fanOut(
+          shards,
+          (s, id) => ({ kind: "errors", id, params, inputs: s.map((e) => e.p) }),
+          (s) => s.map((e) => PortablePart.errorsOf(model, e.p)),
+          (r) => [...r.errors!]
+        ).pipe(Effect.map((results) => {
+          const out = new Array<Float32Array>(inputs.length)
+          results.forEach((arrays, s) => shards[s].forEach((e, j) => (out[e.k] = arrays[j])))
+          return out
         }))
       }),
     liveThreads: () => slots.filter((t) => t !== undefined).length,

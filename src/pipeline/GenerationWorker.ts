@@ -56,7 +56,15 @@ export interface GradientJob {
   readonly parts: ReadonlyArray<PortablePart.PortablePart>
 }
 
-export type Job = SampleJob | TrajectoryJob | GradientJob
+/** Per-row errors of row sets at the job's weights (the frozen reference's, for DPO parts). */
+export interface ErrorsJob {
+  readonly kind: "errors"
+  readonly id: number
+  readonly params: Float32Array
+  readonly inputs: ReadonlyArray<PortablePart.RowInputs>
+}
+
+export type Job = SampleJob | TrajectoryJob | GradientJob | ErrorsJob
 
 export interface Reply {
   readonly id: number
@@ -66,6 +74,8 @@ export interface Reply {
   readonly value?: number
   readonly grads?: Float32Array
   readonly present?: ReadonlyArray<boolean>
+  /** Errors: one array of per-row errors per input. */
+  readonly errors?: ReadonlyArray<Float32Array>
   readonly error?: string
   /** The thread's heap ran out (the fields of WasmHeapExhausted). */
   readonly heap?: ConstructorParameters<typeof WasmHeap.WasmHeapExhausted>[0]
@@ -104,6 +114,10 @@ const run = (model: Denoiser.Model, job: Job): { reply: Reply; transfer: Array<A
       tf.dispose([r.value, ...Object.values(r.grads)])
     }
     return { reply: { id: job.id, value, grads, present }, transfer: [grads.buffer as ArrayBuffer] }
+  }
+  if (job.kind === "errors") {
+    const errors = job.inputs.map((p) => WasmHeap.guard("reference errors (worker thread)", p.t.length, () => PortablePart.errorsOf(model, p)))
+    return { reply: { id: job.id, errors }, transfer: errors.map((e) => e.buffer as ArrayBuffer) }
   }
   const shape = Denoiser.sampleShape(model.config)
   const batch = job.prompts.length

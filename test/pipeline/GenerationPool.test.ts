@@ -118,6 +118,31 @@ describe("GenerationPool", () => {
       Denoiser.dispose(m)
     }), 120_000)
 
+  it.effect("errors: row sets dealt over 2 threads give the one-thread errors in the same order, and leak no tensors", () =>
+    Effect.gen(function*() {
+      const m = model()
+      const pool = GenerationPool.make(tiny32, 2, "wasm")
+      const rng = Rng.fromSeed(3)
+      const per = 32 * 32 * 3
+      // Five sets of different sizes: 3 here and 2 on the worker, out of order when merged.
+      const inputs = [2, 1, 3, 2, 1].map((rows, k) => ({
+        x: rng.normals(rows * per),
+        target: rng.normals(rows * per),
+        t: Array.from({ length: rows }, (_, r) => 100 + 150 * r + 10 * k),
+        prompts: Array.from({ length: rows }, (_, r) => prompts[(r + k) % prompts.length])
+      }))
+      const before = tf.memory().numTensors
+      const one = yield* GenerationPool.inline.errors(m, inputs)
+      const two = yield* pool.errors(m, inputs)
+      assert.deepStrictEqual(two.map((e) => e.length), [2, 1, 3, 2, 1])
+      two.forEach((e, k) => assert.isBelow(maxAbsDiff(e, one[k]), 1e-6, `set ${k}`))
+      // The comparison can fail: sets swapped give other errors.
+      assert.isAbove(maxAbsDiff(two[0], one[3]), 1e-4)
+      assert.strictEqual(tf.memory().numTensors, before)
+      yield* Effect.promise(() => pool.close())
+      Denoiser.dispose(m)
+    }), 120_000)
+
   it.effect("a failed job and a dead thread give GenerationWorkerFailed, not a hang", () =>
     Effect.gen(function*() {
       const m = model()
