@@ -5,6 +5,7 @@
  * each stage that adds its wall time to a phase, and the run's metrics give
  * NFE and reward calls per iteration.
  */
+import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -20,6 +21,7 @@ import * as Registry from "../src/reward/Registry.ts"
 import { Backend } from "../src/tensor/Backend.ts"
 import { TrajectoryGenerator } from "../src/trajectory/TrajectoryGenerator.ts"
 import { TrajectoryScorer } from "../src/trajectory/TrajectoryScorer.ts"
+import type * as Load from "./Load.ts"
 
 export type Phase = "online" | "paths" | "reward" | "objective" | "update"
 
@@ -126,3 +128,21 @@ export const rate = (x: { readonly s: number; readonly nfe: number }) => `${x.s.
 
 /** The machine: "2 x AMD EPYC". */
 export const cpus = () => `${os.cpus().length} x ${os.cpus()[0]?.model ?? "cpu"}`
+
+/** The closing line on the rest of the machine's load, if it was measured. */
+export const loadLine = (load: Load.LoadMeter | undefined): ReadonlyArray<string> => {
+  const other = load?.others()
+  return other === undefined
+    ? []
+    : ["", `Other processes used ${(100 * other.share).toFixed(0)}% of the machine's CPU during the run (1-min load average ${other.loadavg.toFixed(2)} at its end).`]
+}
+
+/** Run a bench's program with the Node services; exit 1 with the error on failure. */
+export const runMain = (main: Effect.Effect<void, unknown, NodeServices.NodeServices>) =>
+  Effect.runPromise(main.pipe(Effect.provide(NodeServices.layer))).then(
+    () => process.exit(0),
+    (e) => {
+      process.stderr.write(`${e}\n`)
+      process.exit(1)
+    }
+  )

@@ -18,7 +18,6 @@
  *   npx tsx bench/sharpen-scaling.ts                     # n 2,3,4,8 and m 1,2,3,4,8; 2 iterations each
  *   npx tsx bench/sharpen-scaling.ts --iterations 1 --batch-size 2 --n 2,3 --m 1,3 --threads 1   # a quick check that it runs
  */
-import { NodeServices } from "@effect/platform-node"
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -110,15 +109,8 @@ const main = Effect.gen(function*() {
     "",
     "Seconds and work per phase are means over a point's iterations; seconds per iteration are their median."
   ]
-  const other = load?.others()
-  if (other !== undefined) lines.push("", `Other processes used ${(100 * other.share).toFixed(0)}% of the machine's CPU during the run (1-min load average ${other.loadavg.toFixed(2)} at its end).`)
+  lines.push(...SharpenTiming.loadLine(load))
   process.stdout.write(lines.join("\n") + "\n")
 })
 
-Effect.runPromise(main.pipe(Effect.provide(NodeServices.layer))).then(
-  () => process.exit(0),
-  (e) => {
-    process.stderr.write(`${e}\n`)
-    process.exit(1)
-  }
-)
+SharpenTiming.runMain(main)

@@ -12,7 +12,6 @@
  *   npx tsx bench/sharpen-threads.ts --iterations 1 --batch-size 2   # a quick check that it runs
  *   npx tsx bench/sharpen-threads.ts --threads 1,2,1,2  # alternate, medians per count
  */
-import { NodeServices } from "@effect/platform-node"
 import { Effect } from "effect"
 import * as SharpenConfig from "../src/pipeline/SharpenConfig.ts"
 import * as Load from "./Load.ts"
@@ -69,15 +68,8 @@ const main = Effect.gen(function*() {
   for (const c of byCount.filter((c) => c.threads > 1 && one !== undefined)) {
     lines.push("", `Speed-up on ${c.threads} threads: ${(one!.perIteration / c.perIteration).toFixed(2)}x per iteration, ${(one!.generation.s / one!.generation.nfe / (c.generation.s / c.generation.nfe)).toFixed(2)}x in generation.`)
   }
-  const other = load?.others()
-  if (other !== undefined) lines.push("", `Other processes used ${(100 * other.share).toFixed(0)}% of the machine's CPU during the run (1-min load average ${other.loadavg.toFixed(2)} at its end).`)
+  lines.push(...SharpenTiming.loadLine(load))
   process.stdout.write(lines.join("\n") + "\n")
 })
 
-Effect.runPromise(main.pipe(Effect.provide(NodeServices.layer))).then(
-  () => process.exit(0),
-  (e) => {
-    process.stderr.write(`${e}\n`)
-    process.exit(1)
-  }
-)
+SharpenTiming.runMain(main)
