@@ -166,24 +166,24 @@ export const defaults: SharpenConfig = {
  * beta 500 and lr 5e-5 (1.5e-4 degraded the images), and the training paths
  * on a DDIM-20 grid (2.5x cheaper generation). The run length and its
  * before/after evaluation are sized so the whole run fits 10 minutes on
- * this 2-core machine (issue #14): 26 iterations and 48 + 48 prompts at
- * DDIM 25. At DDIM 25 the same 30-iteration model showed the same clip gain
- * as at DDIM 50 (+0.184 against +0.178 on the seen prompts), and 26
- * iterations still raise it beyond its interval (+0.125 ± 0.091):
- * docs/results.md, "The default run". `--eval-steps 50` gives the
- * evaluation of results.md's full-set tables.
+ * this 2-core machine (issue #14): 26 iterations, and 48 + 48 prompts
+ * sampled on the training grid (DDIM 20, CFG 5), with no grid mid-run. The
+ * same 26-iteration model raised the clip score beyond its interval at
+ * DDIM 20 (+0.108 ± 0.086 on the seen prompts) and at DDIM 25
+ * (+0.125 ± 0.091), and a 30-iteration model gained as much at DDIM 25 as
+ * at DDIM 50 (docs/results.md, "The default run"); `--eval-steps 50` gives
+ * the evaluation of results.md's full-set tables.
  * Not applied with --paper, which runs the published algorithm as published.
  */
 export const rlhfDefaults: Partial<SharpenConfig> = {
   iterations: 26,
-  // One 16-prompt grid mid-run.
-  sampleEvery: 13,
+  sampleEvery: 0,
   lr: 5e-5,
   dpoBeta: 500,
   stepsPerBatch: 4,
   inferenceSteps: 20,
   onlineSteps: 20,
-  evalSteps: 25,
+  evalSteps: 20,
   evalPrompts: 48
 }
 
