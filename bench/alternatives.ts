@@ -25,26 +25,8 @@ import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
 import { Backend, fromEnv } from "../src/tensor/Backend.ts"
 import { conv2dSame, flipKernel, speedups } from "../src/tensor/Conv.ts"
+import { race } from "./Race.ts"
 
-const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-
-/** Interleaved repetitions of named functions; median wall and CPU ms of each. */
-const race = (fs: Record<string, () => void>, reps: number) => {
-  const wall: Record<string, Array<number>> = {}
-  const cpu: Record<string, Array<number>> = {}
-  for (let r = 0; r < reps + 2; r++) {
-    for (const [k, f] of Object.entries(fs)) {
-      const c0 = process.cpuUsage()
-      const t0 = performance.now()
-      f()
-      const c = process.cpuUsage(c0)
-      if (r < 2) continue
-      ;(wall[k] ??= []).push(performance.now() - t0)
-      ;(cpu[k] ??= []).push((c.user + c.system) / 1000)
-    }
-  }
-  return Object.fromEntries(Object.keys(fs).map((k) => [k, { wall: median(wall[k]), cpu: median(cpu[k]) }]))
-}
 
 /** A conv with a bias whose bias gradient comes from one Sum (the dropped fused form). */
 const convBiasFused = tf.customGrad(((x: tf.Tensor4D, k: tf.Tensor4D, b: tf.Tensor1D, save: tf.GradSaveFunc) => {

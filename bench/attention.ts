@@ -19,21 +19,8 @@ import * as tf from "@tensorflow/tfjs-core"
 import { Effect } from "effect"
 import { attention, linear, maskBias, type Params } from "../src/model/Layers.ts"
 import { Backend, fromEnv } from "../src/tensor/Backend.ts"
+import { race } from "./Race.ts"
 
-const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-
-/** Interleaved repetitions of named functions (2 warm-up rounds); median wall ms of each. */
-const race = (fs: Record<string, () => void>, reps: number) => {
-  const wall: Record<string, Array<number>> = {}
-  for (let r = 0; r < reps + 2; r++) {
-    for (const [k, f] of Object.entries(fs)) {
-      const t0 = performance.now()
-      f()
-      if (r >= 2) (wall[k] ??= []).push(performance.now() - t0)
-    }
-  }
-  return Object.fromEntries(Object.keys(fs).map((k) => [k, median(wall[k])]))
-}
 
 /** `attention` with the heads as one product against block-diagonal keys and values. */
 const blockDiagonal = (p: Params, name: string, q: tf.Tensor3D, kv: tf.Tensor3D, heads: number, keyBias: tf.Tensor, mask: { k: tf.Tensor; v: tf.Tensor }) => {
@@ -88,7 +75,7 @@ const program = Effect.gen(function*() {
     }
     const fw = race({ kept: forward(kept), bd: forward(bd) }, 20)
     const fb = race({ kept: both(kept), bd: both(bd) }, 20)
-    console.log(`| ${res} px (${res * res} positions) | ${fw.kept.toFixed(1)} | ${fw.bd.toFixed(1)} | ${fb.kept.toFixed(1)} | ${fb.bd.toFixed(1)} | ${diff.toExponential(1)} |`)
+    console.log(`| ${res} px (${res * res} positions) | ${fw.kept.wall.toFixed(1)} | ${fw.bd.wall.toFixed(1)} | ${fb.kept.wall.toFixed(1)} | ${fb.bd.wall.toFixed(1)} | ${diff.toExponential(1)} |`)
     tf.dispose([q, up])
   }
 }).pipe(Effect.provide(Backend.make(fromEnv())))

@@ -17,6 +17,7 @@ import * as AdamW from "../src/optim/AdamW.ts"
 import * as DataParallel from "../src/pipeline/DataParallel.ts"
 import { trainStepParallel } from "../src/pipeline/Pretrain.ts"
 import { Backend, fromEnv } from "../src/tensor/Backend.ts"
+import { median } from "./Race.ts"
 import * as TrainingBench from "./TrainingBench.ts"
 
 const args = process.argv.slice(2)
@@ -26,8 +27,6 @@ const flag = (name: string) => {
 }
 const batches = (flag("batches") ?? "8,16").split(",").map(Number)
 const rounds = Number(flag("rounds") ?? 10)
-
-const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 const program = Effect.gen(function*() {
   const backend = yield* Backend
