@@ -57,10 +57,10 @@ export class NothingToResume extends Schema.TaggedError<NothingToResume>()("Noth
   message: Schema.String
 }) {}
 
-// Optional so that only flags actually given override --config; the help shows the default.
 /** Prompts in each mid-run sample grid (`sampleEvery`): two rows of the grid. */
 const GRID_PROMPTS = 16
 
+// Optional so that only flags actually given override --config; the help shows the default.
 const camel = (name: string) => name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase()) as keyof SharpenConfig.SharpenConfig
 const withDefault = (name: string, description: string) => {
   const key = camel(name)

@@ -137,9 +137,17 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
             // The frozen reference's errors of every step's parts: on one thread
             // here as before; with a pool, dealt over its threads (the same rows
             // and kernels, so the same numbers).
+            // Each part's rows as plain arrays, gathered at most once: the
+            // reference's errors on a pool and the parts' portable forms read them.
+            const rowData = samples.map((s) =>
+              parts.map((items) => {
+                let data: PortablePart.RowInputs | undefined
+                return () => (data ??= PortablePart.samplesRows(s, rowsOf(items)))
+              })
+            )
             const refs: ReadonlyArray<ReadonlyArray<{ readonly w: tf.Tensor1D; readonly l: tf.Tensor1D }>> = pool !== undefined && threads > 1
               ? yield* Effect.flatMap(
-                pool.errors(reference, samples.flatMap((s) => parts.map((items) => PortablePart.samplesRows(s, rowsOf(items))))),
+                pool.errors(reference, rowData.flatMap((row) => row.map((data) => data()))),
                 (errors) =>
                   Effect.forEach(samples, (_, k) =>
                     Effect.forEach(parts, (_, p) => Scoped.acquire(() => tf.tidy(() => Losses.splitPair(tf.tensor1d(errors[k * parts.length + p]))))))
@@ -154,7 +162,7 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
                       Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[k][p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b, o.winnerSft ?? 0)
                     ),
                   () => ({
-                    ...PortablePart.samplesRows(s, rowsOf(items)),
+                    ...rowData[k][p](),
                     share: items.length / b,
                     dpo: {
                       refW: Array.from(refs[k][p].w.dataSync()),

@@ -66,8 +66,9 @@ export class Metrics extends Context.Service<Metrics, {
               yield* fs.writeFileString(file, line(r), { flag: "a" }).pipe(Effect.orDie)
               const show = { loss: r.loss, reward: r.rewardMean }
               if (budget > 0) {
-                bar ??= Progress.make({ label: `${label} training NFE`, total: budget, start: Math.min(trainingNfe(before), budget) })
-                bar.tick(Math.min(trainingNfe(before) + r.nfe + (r.lossNfe ?? 0), budget), { it: String(r.iteration), ...show })
+                const spent = trainingNfe(before)
+                bar ??= Progress.make({ label: `${label} training NFE`, total: budget, start: Math.min(spent, budget) })
+                bar.tick(Math.min(spent + trainingNfe([r]), budget), { it: String(r.iteration), ...show })
               } else {
                 bar ??= Progress.make({ label, total, start: r.iteration - 1 })
                 bar.tick(r.iteration, show)
