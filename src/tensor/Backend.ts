@@ -1,14 +1,18 @@
 /**
  * Which tfjs backend runs the tensors.
  *
- * `auto` tries, in order, tfjs-node-gpu (CUDA), tfjs-node (native CPU), wasm
- * and the pure-JS cpu backend, and logs its choice once. `SHARPEN_BACKEND` or
- * an explicit name overrides it; a name that cannot load fails with
- * {@link BackendUnavailable}, listing what can.
+ * `auto` tries, in order, tfjs-node-gpu (CUDA), tfjs-node (native CPU),
+ * webgpu on a hardware adapter (Dawn: Vulkan, Metal or D3D12), wasm and the
+ * pure-JS cpu backend, and logs its choice once. `SHARPEN_BACKEND` or an
+ * explicit name overrides it; a name that cannot load fails with
+ * {@link BackendUnavailable}, listing what can and why each failed. An
+ * explicit `webgpu` takes a software adapter too (Mesa's lavapipe: exact
+ * but slow, how CI tests the GPU path); `auto` does not.
  *
  * The native packages are optional dependencies: they download libtensorflow
  * at install time, and npm silently drops them where that fails (offline,
- * no CUDA). Where they installed, `auto` picks them up with no change.
+ * no CUDA). Where they installed, `auto` picks them up with no change. The
+ * webgpu packages are optional too; Dawn's binary ships inside `webgpu`.
  *
  * @since 0.1.0
  */
@@ -20,12 +24,13 @@ import "@tensorflow/tfjs"
 import * as tf from "@tensorflow/tfjs-core"
 import * as WasmHeap from "./WasmHeap.ts"
 import * as WasmKernels from "./WasmKernels.ts"
+import * as WebGpu from "./WebGpu.ts"
 
 // Before any wasm module exists: it binds console.warn when created, and its
 // XNNPACK out-of-memory reports arrive only there (see WasmHeap).
 WasmHeap.hookWarnings()
 
-export const BackendName = Schema.Literals(["auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu"])
+export const BackendName = Schema.Literals(["auto", "tensorflow-gpu", "tensorflow", "webgpu", "wasm", "cpu"])
 export type BackendName = typeof BackendName.Type
 
 /**
@@ -49,14 +54,24 @@ const require = createRequire(import.meta.url)
 const candidates = [
   { name: "tensorflow-gpu", tfName: "tensorflow", pkg: "@tensorflow/tfjs-node-gpu" },
   { name: "tensorflow", tfName: "tensorflow", pkg: "@tensorflow/tfjs-node" },
+  { name: "webgpu", tfName: "webgpu", pkg: "@tensorflow/tfjs-backend-webgpu" },
   { name: "wasm", tfName: "wasm", pkg: "@tensorflow/tfjs-backend-wasm" },
   { name: "cpu", tfName: "cpu", pkg: "@tensorflow/tfjs-backend-cpu" }
 ] as const
 
-const tryLoad = async (c: (typeof candidates)[number]): Promise<string | undefined> => {
+/** The adapter webgpu runs on, once it was initialised. */
+let adapter: WebGpu.AdapterInfo | undefined
+
+const tryLoad = async (c: (typeof candidates)[number], softwareOk: boolean): Promise<string | undefined> => {
   try {
-    // The native packages only exist where their install succeeded.
-    require(c.pkg)
+    if (c.name === "webgpu") {
+      const found = await WebGpu.loadBackend(softwareOk)
+      if (found._tag === "NotFound") return found.reason
+      adapter = found.adapter
+    } else {
+      // The native packages only exist where their install succeeded.
+      require(c.pkg)
+    }
     const ok = await tf.setBackend(c.tfName)
     if (!ok) return `tf.setBackend("${c.tfName}") returned false`
     await tf.ready()
@@ -84,12 +99,14 @@ export const installed = (): Array<string> =>
  *
  * @since 0.1.0
  */
-export const initialise = async (requested: BackendName): Promise<{ name: string } | BackendUnavailable> => {
+export const initialise = async (
+  requested: BackendName
+): Promise<{ name: string; adapter?: WebGpu.AdapterInfo } | BackendUnavailable> => {
   const order = requested === "auto" ? candidates : candidates.filter((c) => c.name === requested)
   const reasons: Array<string> = []
   for (const c of order) {
-    const reason = await tryLoad(c)
-    if (reason === undefined) return { name: c.name }
+    const reason = await tryLoad(c, requested !== "auto")
+    if (reason === undefined) return c.name === "webgpu" && adapter !== undefined ? { name: c.name, adapter } : { name: c.name }
     reasons.push(`${c.name}: ${reason}`)
   }
   return new BackendUnavailable({ requested, available: installed(), reason: reasons.join("; ") })
@@ -107,8 +124,10 @@ export const fromEnv = (): BackendName => {
  * @since 0.1.0
  */
 export class Backend extends Context.Service<Backend, {
-  /** Backend actually running ("wasm", "cpu", "tensorflow", ...). */
+  /** Backend actually running ("wasm", "cpu", "webgpu", "tensorflow", ...). */
   readonly name: string
+  /** The GPU adapter, on webgpu. */
+  readonly adapter?: WebGpu.AdapterInfo
 }>()("sharpen/tensor/Backend") {
   static readonly make = (requested: BackendName) =>
     Layer.effect(
@@ -119,8 +138,9 @@ export class Backend extends Context.Service<Backend, {
         }
         const result = yield* Effect.promise(() => initialise(requested))
         if (result instanceof BackendUnavailable) return yield* result
-        yield* Effect.logInfo(`tensor backend: ${result.name}${requested === "auto" ? " (auto)" : ""}`)
-        return Backend.of({ name: result.name })
+        const on = result.adapter !== undefined ? ` on ${WebGpu.format(result.adapter)}` : ""
+        yield* Effect.logInfo(`tensor backend: ${result.name}${on}${requested === "auto" ? " (auto)" : ""}`)
+        return Backend.of(result.adapter !== undefined ? { name: result.name, adapter: result.adapter } : { name: result.name })
       })
     )
 
