@@ -262,7 +262,7 @@ const command = Command.make(
             const model = yield* Compare.loadModel(path.join(f.out, "train", hackingRow, "model"))
             const set = sets[0]
             const images = yield* Compare.samplerGenerator(model, sampler)(set.prompts.map((p) => p.text))
-            return yield* keepHacking(images, Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip))
+            return yield* keepHacking(images, yield* Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip))
           })))
           : undefined
         return { trained, base, baseSmall, inference, sharpenedSmall, hacking, curves }

@@ -78,7 +78,7 @@ const command = Command.make(
         ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler, { onImages: (done) => bar.tick(offset + done), signal })
       )
       offset += set.prompts.length
-      const report = Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
+      const report = yield* Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
       reports.push(report)
       if (Option.isSome(f.grids)) {
         const labels = report.samples.map((s) => `${s.pass ? "ok" : "x"} ${s.prompt}`)

@@ -5,6 +5,7 @@
  *
  * @since 0.1.0
  */
+import { Effect } from "effect"
 import { CATEGORIES, type Category, type ParsedPrompt } from "../data/Prompt.ts"
 import * as Verifier from "../data/Verifier.ts"
 import * as ClipModel from "../reward/ClipModel.ts"
@@ -38,37 +39,38 @@ export const judge = (
   images: ReadonlyArray<Float32Array>,
   nfePerImage: number,
   clip?: ClipModel.Model
-): SetReport => {
-  const verdicts = prompts.map((p, i) => Verifier.verify(p, images[i]))
-  let clipScores: Array<number | null> = prompts.map(() => null)
-  if (clip !== undefined && images.length > 0) {
-    const flat = new Float32Array(images.length * images[0].length)
-    images.forEach((img, i) => flat.set(img, i * img.length))
-    clipScores = Array.from(ClipModel.scoreArray(clip, flat, prompts.map((p) => p.text), "unit"))
-  }
-  const samples = prompts.map((p, i) => ({
-    prompt: p.text,
-    category: p.category,
-    pass: verdicts[i].pass,
-    partial: verdicts[i].partial,
-    clip: clipScores[i]
-  }))
-  const row = (category: Category | "overall", rs: typeof samples): Row => ({
-    category,
-    n: rs.length,
-    accuracy: mean(rs.map((r) => (r.pass ? 1 : 0))),
-    partial: mean(rs.map((r) => (r.partial ? 1 : 0))),
-    clip: clip === undefined ? null : mean(rs.map((r) => r.clip ?? 0))
+): Effect.Effect<SetReport> =>
+  Effect.gen(function*() {
+    const verdicts = prompts.map((p, i) => Verifier.verify(p, images[i]))
+    let clipScores: Array<number | null> = prompts.map(() => null)
+    if (clip !== undefined && images.length > 0) {
+      const flat = new Float32Array(images.length * images[0].length)
+      images.forEach((img, i) => flat.set(img, i * img.length))
+      clipScores = Array.from(yield* ClipModel.scoreArray(clip, flat, prompts.map((p) => p.text), "unit"))
+    }
+    const samples = prompts.map((p, i) => ({
+      prompt: p.text,
+      category: p.category,
+      pass: verdicts[i].pass,
+      partial: verdicts[i].partial,
+      clip: clipScores[i]
+    }))
+    const row = (category: Category | "overall", rs: typeof samples): Row => ({
+      category,
+      n: rs.length,
+      accuracy: mean(rs.map((r) => (r.pass ? 1 : 0))),
+      partial: mean(rs.map((r) => (r.partial ? 1 : 0))),
+      clip: clip === undefined ? null : mean(rs.map((r) => r.clip ?? 0))
+    })
+    const rows = [
+      ...CATEGORIES.flatMap((c) => {
+        const rs = samples.filter((s) => s.category === c)
+        return rs.length > 0 ? [row(c, rs)] : []
+      }),
+      row("overall", samples)
+    ]
+    return { name, rows, nfePerImage, samples }
   })
-  const rows = [
-    ...CATEGORIES.flatMap((c) => {
-      const rs = samples.filter((s) => s.category === c)
-      return rs.length > 0 ? [row(c, rs)] : []
-    }),
-    row("overall", samples)
-  ]
-  return { name, rows, nfePerImage, samples }
-}
 
 const pct = (v: number) => `${(100 * v).toFixed(1)}%`
 

@@ -231,7 +231,7 @@ export const evaluate = <E, R>(
     const texts = set.prompts.map((p) => p.text)
     const result = yield* method.generate(model, texts)
     const rewards = yield* Reward.score(result.images, texts)
-    const report = Evaluate.judge(set.name, set.prompts, result.images, method.nfePerImage, options.clip)
+    const report = yield* Evaluate.judge(set.name, set.prompts, result.images, method.nfePerImage, options.clip)
     return {
       method: method.name,
       family: method.family,

@@ -14,6 +14,7 @@ import * as tf from "@tensorflow/tfjs-core"
 import { Effect, FileSystem, Path, Schema, SchemaIssue } from "effect"
 import { createHash } from "node:crypto"
 import type { ParamSpec } from "../model/Layers.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import * as AtomicFile from "./AtomicFile.ts"
 import * as Safetensors from "./Safetensors.ts"
 import type { StoredTensor } from "./Safetensors.ts"
@@ -167,12 +168,18 @@ export const fromStored = (
   return variables(tensors, trainable)
 }
 
-/** Copy tensors out (keys optionally prefixed, e.g. "m." for optimiser moments). */
-export const toStored = (params: Readonly<Record<string, tf.Tensor>>, prefix = ""): Record<string, StoredTensor> => {
-  const out: Record<string, StoredTensor> = {}
-  for (const [k, v] of Object.entries(params)) out[prefix + k] = { shape: v.shape, data: v.dataSync() as Float32Array }
-  return out
-}
+/**
+ * Copy tensors out (keys optionally prefixed, e.g. "m." for optimiser
+ * moments). The reads are issued together (one wait on a GPU, not one per
+ * tensor); each tensor gets its own array, as workers and files take them.
+ */
+export const toStored = (params: Readonly<Record<string, tf.Tensor>>, prefix = ""): Effect.Effect<Record<string, StoredTensor>> =>
+  Effect.map(
+    Effect.forEach(Object.entries(params), ([k, v]) => Effect.map(HostRead.float32(v), (data) => [prefix + k, { shape: v.shape, data }] as const), {
+      concurrency: "unbounded"
+    }),
+    Object.fromEntries
+  )
 
 /**
  * Assign stored values to variables in place (keys optionally prefixed);

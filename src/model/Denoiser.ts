@@ -74,7 +74,7 @@ export const fromStored = (config: ModelConfig, weights: Readonly<Record<string,
   params: ModelDir.fromStored(Weights.specsOf(config), weights, trainable)
 })
 
-export const toStored = (m: Model): Record<string, StoredTensor> => ModelDir.toStored(m.params)
+export const toStored = (m: Model): Effect.Effect<Record<string, StoredTensor>> => ModelDir.toStored(m.params)
 
 /** A copy with its own variables (e.g. the frozen reference for DPO). */
 export const clone = (m: Model, trainable = false): Model => {
@@ -188,4 +188,4 @@ export class Denoiser extends Context.Service<Denoiser, {
 export const cloneScoped = (m: Model) => Scoped.acquireWith(() => clone(m, false), dispose)
 
 export const save = (dir: string, m: Model, metadata: Readonly<Record<string, string>> = {}) =>
-  Weights.save(dir, m.config, toStored(m), metadata)
+  Effect.flatMap(toStored(m), (weights) => Weights.save(dir, m.config, weights, metadata))

@@ -10,7 +10,8 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Schema } from "effect"
+import { Effect, Schema } from "effect"
+import * as HostRead from "../tensor/HostRead.ts"
 
 export const AdamWConfig = Schema.Struct({
   beta1: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isLessThan(1)),
@@ -60,12 +61,9 @@ export const dispose = (s: AdamWState): void => {
   for (const t of Object.values(s.v)) t.dispose()
 }
 
-/** Global L2 norm of a set of gradients, as a number. */
-export const globalNorm = (grads: Readonly<Record<string, tf.Tensor>>): number =>
-  tf.tidy(() => {
-    const squares = Object.values(grads).map((g) => tf.sum(tf.square(g)))
-    return Math.sqrt(tf.addN(squares).dataSync()[0])
-  })
+/** Global L2 norm of a set of gradients, as a number (one read of the summed squares). */
+export const globalNorm = (grads: Readonly<Record<string, tf.Tensor>>): Effect.Effect<number> =>
+  Effect.map(HostRead.consumeScalar(() => tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))))), Math.sqrt)
 
 /**
  * One AdamW update in place. Returns the gradient norm before clipping
@@ -76,25 +74,27 @@ export const globalNorm = (grads: Readonly<Record<string, tf.Tensor>>): number =
  * ~3,700 small calls made the UNet's update ~40 ms, several times the
  * arithmetic (bench/fusion.ts has the before/after). Equal to
  * {@link stepPerTensor} within float32 rounding (test/optim/AdamW.test.ts).
- * On the native backends (tfjs-node, CUDA), where reading a tensor is a
- * download, the tensor ops stay.
+ * On the native and GPU backends (tfjs-node, CUDA, webgpu), where reading a
+ * tensor is a download, the tensor ops stay.
  *
  * @since 0.1.0
  */
-export const step = (
+export const step = Effect.fn("AdamW.step")(function*(
   params: Readonly<Record<string, tf.Variable>>,
   grads: Readonly<Record<string, tf.Tensor>>,
   state: AdamWState,
   lr: number,
   c: AdamWConfig
-): number =>
-  !jsResident() ? stepPerTensor(params, grads, state, lr, c) : update(
+) {
+  if (!HostRead.isResident()) return yield* stepPerTensor(params, grads, state, lr, c)
+  return update(
     params,
-    Object.keys(params).flatMap((k) => (grads[k] === undefined ? [] : [[k, grads[k].dataSync() as Float32Array] as const])),
+    Object.keys(params).flatMap((k) => (grads[k] === undefined ? [] : [[k, HostRead.resident(grads[k], "AdamW.step")] as const])),
     state,
     lr,
     c
   )
+})
 
 /**
  * {@link step} with the gradient as one flat array: every parameter's
@@ -120,12 +120,6 @@ export const stepFlat = (
   return update(params, views, state, lr, c)
 }
 
-/** Backends whose tensors live in JS-visible memory: a read is a copy (wasm) or free (cpu). */
-const jsResident = () => {
-  const b = tf.getBackend()
-  return b === "wasm" || b === "cpu"
-}
-
 const update = (
   params: Readonly<Record<string, tf.Variable>>,
   grads: ReadonlyArray<readonly [string, Float32Array]>,
@@ -147,14 +141,16 @@ const update = (
   const { beta1, beta2, eps } = c
   const stepSize = lr / bc1
   const rbc2 = 1 / Math.sqrt(bc2)
-  // wasm's dataSync returns a copy, which the update may overwrite and upload;
-  // cpu's returns the tensor's own storage, so there the update writes fresh arrays.
+  // A synchronous pass over JS-resident arrays (wasm, cpu only: elsewhere
+  // `step` runs the tensor ops). wasm's read is a copy, which the update may
+  // overwrite and upload; cpu's is the tensor's own storage, so there the
+  // update writes fresh arrays.
   const inPlace = tf.getBackend() === "wasm"
   for (const [k, g] of grads) {
     const p = params[k]
-    const p0 = p.dataSync() as Float32Array
-    const m0 = state.m[k].dataSync() as Float32Array
-    const v0 = state.v[k].dataSync() as Float32Array
+    const p0 = HostRead.resident(p, "AdamW's fused update")
+    const m0 = HostRead.resident(state.m[k], "AdamW's fused update")
+    const v0 = HostRead.resident(state.v[k], "AdamW's fused update")
     const n = p0.length
     const p1 = inPlace ? p0 : new Float32Array(n)
     const m1 = inPlace ? m0 : new Float32Array(n)
@@ -179,18 +175,20 @@ const update = (
 
 /**
  * The update as tensor ops per parameter: what {@link step} was, kept as
- * the reference it is tested and benchmarked against.
+ * the reference it is tested and benchmarked against, and {@link step}'s
+ * form on the backends whose tensors live on a device. The norm is read
+ * (asynchronously) before anything is applied.
  *
  * @since 0.4.0
  */
-export const stepPerTensor = (
+export const stepPerTensor = Effect.fn("AdamW.stepPerTensor")(function*(
   params: Readonly<Record<string, tf.Variable>>,
   grads: Readonly<Record<string, tf.Tensor>>,
   state: AdamWState,
   lr: number,
   c: AdamWConfig
-): number => {
-  const norm = globalNorm(grads)
+) {
+  const norm = yield* globalNorm(grads)
   if (!Number.isFinite(norm)) return norm
   const scale = c.maxGradNorm > 0 && norm > c.maxGradNorm ? c.maxGradNorm / norm : 1
   state.step += 1
@@ -211,4 +209,4 @@ export const stepPerTensor = (
     }
   })
   return norm
-}
+})

@@ -332,7 +332,7 @@ export const evaluateRow = <E, R, E2 = never, R2 = never>(
     for (const set of sets) {
       const texts = set.prompts.map((p: ParsedPrompt) => p.text)
       const images = yield* generate(texts)
-      const report = Evaluate.judge(set.name, set.prompts, images, nfePerImage, clip)
+      const report = yield* Evaluate.judge(set.name, set.prompts, images, nfePerImage, clip)
       yield* onSet(set, images, report)
       out.push({
         name: set.name,

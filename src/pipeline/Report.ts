@@ -50,7 +50,7 @@ export const evaluateWithGrids = Effect.fn("Report.evaluateWithGrids")(function*
   const reports: Array<Evaluate.SetReport> = []
   for (const set of sets) {
     const images = yield* Effect.promise((signal) => ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler, { signal }))
-    const r = Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
+    const r = yield* Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
     reports.push(r)
     const labels = r.samples.map((s) => `${s.pass ? "ok" : "x"} ${s.prompt}`)
     yield* AtomicFile.writeFile(path.join(dir, `${label}-${set.name}.png`), Png.grid(images, labels, 8))

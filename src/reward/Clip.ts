@@ -81,7 +81,7 @@ export const fromModel = (model: ClipModel.Model, batchSize = 256): RewardServic
         if (bad !== undefined) return Effect.fail(bad)
         const flat = new Float32Array(images.length * IMAGE_LENGTH)
         images.forEach((img, i) => flat.set(img, i * IMAGE_LENGTH))
-        return Effect.sync(() => Array.from(ClipModel.scoreArray(model, flat, prompts, "unit", batchSize)))
+        return Effect.map(ClipModel.scoreArray(model, flat, prompts, "unit", batchSize), (s) => Array.from(s))
       }),
     { scoreTensor: (images, prompts) => ClipModel.score(model, images, prompts, "unit") }
   )

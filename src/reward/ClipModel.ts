@@ -44,6 +44,7 @@ import { encode } from "../model/Tokenizer.ts"
 import { shapeWorldVocabulary } from "../model/UNetConfig.ts"
 import * as ModelDir from "../io/ModelDir.ts"
 import { CONFIG_FILE, ModelLoadError, WEIGHTS_FILE } from "../io/ModelDir.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import { Rng } from "../tensor/Random.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 
@@ -288,7 +289,7 @@ export const fromStored = (config: ClipConfig, weights: Readonly<Record<string, 
   params: ModelDir.fromStored(paramSpecs(config), weights, trainable)
 })
 
-export const toStored = (m: Model): Record<string, StoredTensor> => ModelDir.toStored(m.params)
+export const toStored = (m: Model): Effect.Effect<Record<string, StoredTensor>> => ModelDir.toStored(m.params)
 
 export const dispose = (m: Model): void => ModelDir.disposeParams(m.params)
 
@@ -322,22 +323,23 @@ export const scoreArray = (
   prompts: ReadonlyArray<string>,
   range: "signed" | "unit" = "signed",
   batchSize = 256
-): Float32Array => {
-  const s = m.config.imageSize
-  const per = s * s * 3
-  if (images.length !== prompts.length * per) {
-    throw new RangeError(`${images.length} values for ${prompts.length} images of ${s}x${s}x3`)
-  }
-  const out = new Float32Array(prompts.length)
-  for (let i = 0; i < prompts.length; i += batchSize) {
-    const n = Math.min(batchSize, prompts.length - i)
-    const x = tf.tensor4d(images.subarray(i * per, (i + n) * per), [n, s, s, 3])
-    const r = score(m, x, prompts.slice(i, i + n), range)
-    out.set(r.dataSync(), i)
-    tf.dispose([x, r])
-  }
-  return out
-}
+): Effect.Effect<Float32Array> =>
+  Effect.gen(function*() {
+    const s = m.config.imageSize
+    const per = s * s * 3
+    if (images.length !== prompts.length * per) {
+      return yield* Effect.die(new RangeError(`${images.length} values for ${prompts.length} images of ${s}x${s}x3`))
+    }
+    const out = new Float32Array(prompts.length)
+    for (let i = 0; i < prompts.length; i += batchSize) {
+      const n = Math.min(batchSize, prompts.length - i)
+      out.set(
+        yield* HostRead.consumeFloat32(() => score(m, tf.tensor4d(images.subarray(i * per, (i + n) * per), [n, s, s, 3]), prompts.slice(i, i + n), range)),
+        i
+      )
+    }
+    return out
+  })
 
 // ---------------------------------------------------------------- model directories
 
@@ -405,7 +407,7 @@ export const load = Effect.fn("ClipModel.load")(function*(dir: string, trainable
  * @since 0.1.0
  */
 export const save = (dir: string, m: Model, metadata: Readonly<Record<string, string>> = {}) =>
-  ModelDir.save(dir, Schema.encodeSync(ClipConfig)(m.config), toStored(m), metadata)
+  Effect.flatMap(toStored(m), (weights) => ModelDir.save(dir, Schema.encodeSync(ClipConfig)(m.config), weights, metadata))
 
 /**
  * The reward model of a run, frozen, owned by the layer's scope.
