@@ -2,6 +2,7 @@
  * What every bench script times a training step on: a freshly initialised
  * UNet, its AdamW state and one fixed training batch.
  */
+import { Effect } from "effect"
 import * as Dataset from "../src/data/Dataset.ts"
 import * as Schedule from "../src/diffusion/Schedule.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
@@ -16,8 +17,8 @@ export interface TrainingBench {
   readonly adam: AdamW.AdamWState
   readonly rng: Rng
   readonly data: Dataset.Batch
-  /** One AdamW step (lr 1e-4) on the fixed batch. */
-  readonly step: () => void
+  /** One AdamW step (lr 1e-4) on the fixed batch (a promise: the step reads its loss). */
+  readonly step: () => Promise<void>
   readonly dispose: () => void
 }
 
@@ -33,9 +34,7 @@ export const make = (config: UNetConfig, batchSize: number, dataSeed = 1): Train
     adam,
     rng,
     data,
-    step: () => {
-      trainStep(model, schedule, adam, data, rng, 1e-4, AdamW.defaults)
-    },
+    step: () => Effect.runPromise(Effect.asVoid(trainStep(model, schedule, adam, data, rng, 1e-4, AdamW.defaults))),
     dispose: () => {
       AdamW.dispose(adam)
       Denoiser.dispose(model)

@@ -4,7 +4,7 @@ import { defaultConfig } from "../src/model/UNetConfig.ts"
 import { initialise } from "../src/tensor/Backend.ts"
 await initialise("wasm")
 const bench = TrainingBench.make(defaultConfig, 8)
-for (let k = 0; k < 2; k++) bench.step()
+for (let k = 0; k < 2; k++) await bench.step()
 const by = new Map<string, { ms: number; calls: number }>()
 for (let rep = 0; rep < 3; rep++) {
   const info = await tf.profile(bench.step)

@@ -34,13 +34,13 @@ const child = async (batch: number): Promise<Row> => {
   if ("_tag" in r) return { batch, error: r.message }
   const bench = TrainingBench.make(defaultConfig, batch)
   try {
-    bench.step() // warm-up
+    await bench.step() // warm-up
     const ts: Array<number> = []
     const cpu: Array<number> = []
     for (let i = 0; i < (batch <= 8 ? 5 : batch <= 16 ? 3 : 1); i++) {
       const c0 = process.cpuUsage()
       const t0 = performance.now()
-      bench.step()
+      await bench.step()
       ts.push(performance.now() - t0)
       const c = process.cpuUsage(c0)
       cpu.push((c.user + c.system) / 1000)

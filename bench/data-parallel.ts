@@ -39,10 +39,10 @@ const program = Effect.gen(function*() {
     const two: Array<number> = []
     for (let r = 0; r < rounds + 2; r++) {
       let t0 = performance.now()
-      unet.step()
+      yield* Effect.promise(() => unet.step())
       const a = performance.now() - t0
       t0 = performance.now()
-      yield* Effect.promise(() => trainStepParallel(pool, unet.model, unet.schedule, unet.adam, unet.data, unet.rng, 1e-4, AdamW.defaults))
+      yield* trainStepParallel(pool, unet.model, unet.schedule, unet.adam, unet.data, unet.rng, 1e-4, AdamW.defaults)
       const b = performance.now() - t0
       if (r >= 2) {
         one.push(a)

@@ -65,17 +65,18 @@ const program = Effect.gen(function*() {
   }
   const defaults = { ...Layers.speedups }
   const convDefaults = { ...Conv.speedups }
-  const step = (v: Variant) => () => {
-    Object.assign(Layers.speedups, { groupNorm: v.fusedNorm, denseConvRows: v.denseConvRows })
-    Object.assign(Conv.speedups, { jsFlip: v.jsFlip, gemm1x1: v.gemm1x1 })
-    WasmKernels.speedups.shareIdentity = v.shareIdentity
-    const r = DataParallel.lossAndGrads(model, shard)
-    v.adam(model.params, r.grads, bench.adam, 1e-4, AdamW.defaults)
-    Scoped.disposeAll(r.grads)
-    Object.assign(Layers.speedups, defaults)
-    Object.assign(Conv.speedups, convDefaults)
-    WasmKernels.speedups.shareIdentity = true
-  }
+  const step = (v: Variant) => () =>
+    Effect.runPromise(Effect.gen(function*() {
+      Object.assign(Layers.speedups, { groupNorm: v.fusedNorm, denseConvRows: v.denseConvRows })
+      Object.assign(Conv.speedups, { jsFlip: v.jsFlip, gemm1x1: v.gemm1x1 })
+      WasmKernels.speedups.shareIdentity = v.shareIdentity
+      const r = yield* DataParallel.lossAndGrads(model, shard)
+      yield* v.adam(model.params, r.grads, bench.adam, 1e-4, AdamW.defaults)
+      Scoped.disposeAll(r.grads)
+      Object.assign(Layers.speedups, defaults)
+      Object.assign(Conv.speedups, convDefaults)
+      WasmKernels.speedups.shareIdentity = true
+    }))
   // Sampling's forward pass, before and after.
   const x = tf.tensor4d(data.images, [batch, 32, 32, 3])
   const fwd = (after: boolean) => () => {
@@ -95,7 +96,7 @@ const program = Effect.gen(function*() {
   const keys = Object.keys(model.params)
   const n = keys.reduce((a, k) => a + model.params[k].size, 0)
   const shardGrads = [bench.rng.normals(n, 1e-3), bench.rng.normals(n, 1e-3)]
-  const dpBefore = () => {
+  const dpBefore = async () => {
     const grads: Record<string, tf.Tensor> = {}
     tf.tidy(() => {
       let o = 0
@@ -107,7 +108,7 @@ const program = Effect.gen(function*() {
         o += p.size
       }
     })
-    AdamW.stepPerTensor(model.params, grads, bench.adam, 1e-4, AdamW.defaults)
+    await Effect.runPromise(AdamW.stepPerTensor(model.params, grads, bench.adam, 1e-4, AdamW.defaults))
     Scoped.disposeAll(grads)
   }
   const dpAfter = () => {
@@ -116,7 +117,8 @@ const program = Effect.gen(function*() {
     AdamW.stepFlat(model.params, g, bench.adam, 1e-4, AdamW.defaults)
   }
 
-  const tasks: Array<{ key: string; run: () => void }> = [
+  // Promises where a task reads tensors (the step's loss, AdamW's gradients).
+  const tasks: Array<{ key: string; run: () => void | Promise<void> }> = [
     ...variants.map((v) => ({ key: v.name, run: step(v) })),
     { key: "fwd.plain", run: fwd(false) },
     { key: "fwd.fused", run: fwd(true) },
@@ -125,7 +127,7 @@ const program = Effect.gen(function*() {
   ]
   const calls = new Map<string, number>()
   for (const t of tasks) {
-    t.run() // warm-up
+    yield* Effect.promise(async () => t.run()) // warm-up
     const info = yield* Effect.promise(() => tf.profile(t.run))
     // Registered kernels only: tf.profile also lists the scopes around them.
     calls.set(t.key, info.kernels.filter((k) => tf.getKernel(k.name, tf.getBackend()) !== undefined).length)
@@ -139,7 +141,7 @@ const program = Effect.gen(function*() {
     for (const t of tasks) {
       const c0 = process.cpuUsage()
       const t0 = performance.now()
-      t.run()
+      yield* Effect.promise(async () => t.run())
       const c = process.cpuUsage(c0)
       times.set(t.key, [...(times.get(t.key) ?? []), performance.now() - t0])
       cpuTimes.set(t.key, [...(cpuTimes.get(t.key) ?? []), (c.user + c.system) / 1000])

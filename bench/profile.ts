@@ -23,7 +23,7 @@ const program = Effect.gen(function*() {
   const backend = yield* Backend
   const bench = TrainingBench.make(defaultConfig, batch)
   const step = bench.step
-  for (let k = 0; k < 2; k++) step() // warm-up
+  for (let k = 0; k < 2; k++) yield* Effect.promise(step) // warm-up
   const t0 = performance.now()
   const info = yield* Effect.promise(() => tf.profile(step))
   const wall = performance.now() - t0

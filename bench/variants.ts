@@ -33,7 +33,7 @@ const program = Effect.gen(function*() {
     const ts: Array<number> = []
     for (let k = 0; k < 6; k++) {
       const t0 = performance.now()
-      bench.step()
+      yield* Effect.promise(() => bench.step())
       ts.push(performance.now() - t0)
     }
     ts.sort((a, b) => a - b)

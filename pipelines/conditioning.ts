@@ -23,7 +23,7 @@ const command = Command.make(
     const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
     const table = yield* Effect.gen(function*() {
       const { model } = yield* Denoiser.Denoiser
-      return Conditioning.markdown(Conditioning.report(model, f.batch, f.seed))
+      return Conditioning.markdown(yield* Conditioning.report(model, f.batch, f.seed))
     }).pipe(Effect.provide(Denoiser.Denoiser.fromDir(f.model, false).pipe(Layer.provideMerge(backend))), Effect.scoped)
     yield* Console.log(`${f.model}\n\n${table}`)
   })

@@ -130,7 +130,7 @@ const ensureBase = (o: Options, retrain: boolean) =>
     yield* Console.error(`training the lab's base model into ${o.model} (${LabModel.pretrainDefaults.steps} steps)`)
     const bar = Progress.make({ label: "lab base", total: LabModel.pretrainDefaults.steps })
     const model = yield* Scoped.acquireWith(() => Denoiser.init(Mlp.labConfig, 0), Denoiser.dispose)
-    const loss = LabModel.pretrain(model, { ...LabModel.pretrainDefaults, onStep: (s, l) => s % 50 === 0 && bar.tick(s, { loss: l }) })
+    const loss = yield* LabModel.pretrain(model, { ...LabModel.pretrainDefaults, onStep: (s, l) => s % 50 === 0 && bar.tick(s, { loss: l }) })
     bar.end()
     yield* Denoiser.save(o.model, model, { trainedBy: "pipelines/lab.ts", steps: String(LabModel.pretrainDefaults.steps), finalLoss: loss.toFixed(5) })
   }).pipe(Effect.provide(Backend.make(o.backend)), Effect.scoped)
@@ -224,8 +224,8 @@ const command = Command.make(
     const { base, best } = yield* Effect.gen(function*() {
       const files = yield* Weights.load(o.model)
       const model = yield* Scoped.acquireWith(() => Denoiser.fromStored(files.config, files.weights, false), Denoiser.dispose)
-      const base = Lab.base(model, o.reward, o.evalSamples)
-      return { base, best: Lab.measured(LabModel.bestOfN(model, o.evalSamples, BEST_OF, Lab.EVAL_SEED, o.reward), o.reward) }
+      const base = yield* Lab.base(model, o.reward, o.evalSamples)
+      return { base, best: Lab.measured(yield* LabModel.bestOfN(model, o.evalSamples, BEST_OF, Lab.EVAL_SEED, o.reward), o.reward) }
     }).pipe(Effect.provide(Backend.make(o.backend)), Effect.scoped)
 
     const labels = [...new Set(jobs.map((j) => j.label))]

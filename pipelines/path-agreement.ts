@@ -187,7 +187,7 @@ const command = Command.make(
           const scores = yield* scorer.score(trajectories)
           const continued = yield* PathAgreement.continuePaths(model, trajectories, generator.options)
           const rowPrompts = Array.from({ length: trajectories.n * size }, (_, r) => batch.prompts[r % size])
-          const finalRows = yield* scoreSamples(PathAgreement.rowsOf(continued.images), rowPrompts)
+          const finalRows = yield* scoreSamples(yield* PathAgreement.rowsOf(continued.images), rowPrompts)
           const final = Array.from({ length: trajectories.n }, (_, i) => finalRows.slice(i * size, (i + 1) * size))
           nfe += batch.nfe + trajectories.nfe + continued.nfe
           return PathAgreement.items(batch.prompts, trajectories.steps[0].t, scores.perStep, final)

@@ -4,9 +4,10 @@ TypeScript bench can interleave its own repetitions with these in one run
 (the machine is shared; ratios within one run are what can be trusted).
 
 Requests (one JSON object a line), each answered by one JSON line:
-  {"op": "init", "arch": {...}, "vocabSize": n, "batch": 8, "schedule": {...}}
-      -> {"torch": version, "unet": [[name, shape], ...], "reference": [...]}
-         (shapes in the TypeScript layout, for the parameter check)
+  {"op": "init", "arch": {...}, "vocabSize": n, "batch": 8, "schedule": {...}, "device": "cpu"|"cuda"}
+      -> {"torch": version, "device": name, "unet": [[name, shape], ...], "reference": [...]}
+         (shapes in the TypeScript layout, for the parameter check; "cuda"
+         where torch.cuda.is_available(), else the request fails)
   {"op": "time", "net": "unet"|"reference", "mode": "forward"|"train", "threads": n}
       -> {"ms": wall time of one repetition, "cpu": its CPU time (all threads)}
   {"op": "check", "file": path, "batch": b, "tokens": [...], "mask": [...], "t": [...]}
@@ -27,16 +28,31 @@ import torch.nn.functional as F
 from shapeworld import ReferenceNet, UNet
 
 
+def use_device(device):
+    """New tensors on `device` (torch >= 2.0); older torch (Debian's) has only the CPU here."""
+    if hasattr(torch, "set_default_device"):
+        torch.set_default_device(device)
+    elif device.type != "cpu":
+        raise RuntimeError(f"torch {torch.__version__} cannot default new tensors to {device}")
+
+
 class Bench:
     def __init__(self, req):
+        use_device(torch.device("cpu"))
         torch.manual_seed(0)
         self.batch = req["batch"]
         a = req["arch"]
         self.unet = UNet(a, req["vocabSize"])
         self.ref = ReferenceNet()
+        # Built (seeded) on the CPU, then moved; what forward creates (arange,
+        # full) follows the default device.
+        self.device = torch.device(req.get("device", "cpu"))
+        for net in (self.unet, self.ref):
+            net.params = {k: torch.nn.Parameter(v.detach().to(self.device)) for k, v in net.params.items()}
+        use_device(self.device)
         s = req["schedule"]
         betas = torch.linspace(s["betaStart"], s["betaEnd"], s["trainSteps"], dtype=torch.float64)
-        self.alphas_cumprod = torch.cumprod(1 - betas, 0).to(torch.float32)
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0).to(torch.float32).to(self.device)
         self.train_steps = s["trainSteps"]
         b, size, c = self.batch, a["imageSize"], a["channels"]
         # One fixed batch, as bench/TrainingBench.ts: images in [-1, 1], prompts of 4-9 tokens.
@@ -89,7 +105,7 @@ class Bench:
         flat = torch.from_numpy(__import__("numpy").fromfile(req["file"], dtype="<f4"))
         n = sum(math.prod(s[1]) for s in self.unet.specs)
         self.unet.load_ts(flat[:n])
-        x = flat[n:].reshape(b, a["imageSize"], a["imageSize"], a["channels"]).permute(0, 3, 1, 2)
+        x = flat[n:].reshape(b, a["imageSize"], a["imageSize"], a["channels"]).permute(0, 3, 1, 2).to(self.device)
         with torch.inference_mode():
             out = self.unet.forward(x, torch.tensor(req["t"], dtype=torch.float32),
                                     torch.tensor(req["tokens"], dtype=torch.long).reshape(b, -1),
@@ -104,7 +120,7 @@ def main():
         op = req["op"]
         if op == "init":
             bench = Bench(req)
-            reply = {"torch": torch.__version__, "unet": bench.unet.ts_shapes(), "reference": bench.ref.ts_shapes()}
+            reply = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if bench.device.type == "cuda" else "cpu", "unet": bench.unet.ts_shapes(), "reference": bench.ref.ts_shapes()}
         elif op == "time":
             torch.set_num_threads(req["threads"])
             f = {("unet", "forward"): bench.unet_forward, ("unet", "train"): bench.unet_train,
@@ -112,6 +128,8 @@ def main():
             c0 = time.process_time()
             t0 = time.perf_counter()
             f()
+            if bench.device.type == "cuda":
+                torch.cuda.synchronize()
             # CPU time too: with one thread it hardly moves with other people's load
             reply = {"ms": (time.perf_counter() - t0) * 1000, "cpu": (time.process_time() - c0) * 1000}
         elif op == "check":

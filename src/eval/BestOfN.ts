@@ -116,7 +116,7 @@ export const candidateRng = (seed: number, index: number, candidate: number): Rn
 /**
  * Samples one batch of rows (one prompt and one generator each) with DDIM,
  * exactly as `Generate.generate` samples one batch. Returns [0, 1] HWC
- * images. No tensor survives the call, also when it throws.
+ * images. No tensor survives the call, also when it fails.
  *
  * @since 0.1.0
  */
@@ -126,33 +126,32 @@ export const sampleRows = (
   rngs: ReadonlyArray<Rng>,
   sampler: Generate.SamplerOptions,
   denoise: GuidedDenoiser = modelDenoiser(model, sampler.cfg)
-): Array<Float32Array> => {
-  const schedule = Schedule.make(model.config.schedule)
-  const xT = Generate.batchNoise(rngs, [prompts.length, ...Denoiser.sampleShape(model.config)]) as tf.Tensor
-  try {
-    const x0 = Ddim.sample({
-      schedule,
-      denoise: (x, t) => denoise(x, t, prompts),
-      xT,
-      inferenceSteps: sampler.steps,
-      eta: sampler.eta,
-      noise: (s) => Generate.batchNoise(rngs, s),
-      clipSample: 1
-    })
-    try {
-      return Generate.toUnitImages(x0)
-    } finally {
-      x0.dispose()
-    }
-  } finally {
-    xT.dispose()
-  }
-}
+): Effect.Effect<Array<Float32Array>, DiffusionError> =>
+  Effect.acquireUseRelease(
+    attempt(() => {
+      const xT = Generate.batchNoise(rngs, [prompts.length, ...Denoiser.sampleShape(model.config)]) as tf.Tensor
+      try {
+        return Ddim.sample({
+          schedule: Schedule.make(model.config.schedule),
+          denoise: (x, t) => denoise(x, t, prompts),
+          xT,
+          inferenceSteps: sampler.steps,
+          eta: sampler.eta,
+          noise: (s) => Generate.batchNoise(rngs, s),
+          clipSample: 1
+        })
+      } finally {
+        xT.dispose()
+      }
+    }),
+    Generate.toUnitImages,
+    (x0) => Effect.sync(() => x0.dispose())
+  )
 
 /**
  * All N candidates of every prompt, [prompt][candidate] ([0, 1] HWC), without
- * scoring (memory: N images per prompt). Throws `DiffusionError`s on bad
- * options.
+ * scoring (memory: N images per prompt). Fails with a `DiffusionError` on
+ * bad options.
  *
  * @since 0.1.0
  */
@@ -160,18 +159,19 @@ export const generateCandidates = (
   model: Denoiser.Model,
   prompts: ReadonlyArray<string>,
   options: Pick<BestOfNOptions, "sampler" | "n" | "firstIndex" | "denoise">
-): Array<Array<Float32Array>> => {
-  checkOptions(options)
-  const { n, sampler } = options
-  const rows = candidateRows(prompts, n)
-  const out: Array<Array<Float32Array>> = prompts.map(() => [])
-  for (let start = 0; start < rows.length; start += sampler.batchSize) {
-    const chunk = rows.slice(start, start + sampler.batchSize)
-    const images = sampleChunk(model, chunk, options)
-    chunk.forEach((r, k) => (out[r.index][r.candidate] = images[k]))
-  }
-  return out
-}
+): Effect.Effect<Array<Array<Float32Array>>, DiffusionError> =>
+  Effect.gen(function*() {
+    yield* attempt(() => checkOptions(options))
+    const { n, sampler } = options
+    const rows = candidateRows(prompts, n)
+    const out: Array<Array<Float32Array>> = prompts.map(() => [])
+    for (let start = 0; start < rows.length; start += sampler.batchSize) {
+      const chunk = rows.slice(start, start + sampler.batchSize)
+      const images = yield* sampleChunk(model, chunk, options)
+      chunk.forEach((r, k) => (out[r.index][r.candidate] = images[k]))
+    }
+    return out
+  })
 
 interface Row {
   readonly prompt: string
@@ -233,7 +233,7 @@ export const bestOfNWith = <E>(
     let rewardCalls = 0
     for (let start = 0; start < rows.length; start += sampler.batchSize) {
       const chunk = rows.slice(start, start + sampler.batchSize)
-      const images = yield* attempt(() => sampleChunk(model, chunk, { ...options, denoise: counter.denoise }))
+      const images = yield* sampleChunk(model, chunk, { ...options, denoise: counter.denoise })
       let scores: ReadonlyArray<number> = chunk.map(() => Number.NaN)
       if (n > 1) {
         scores = yield* score(images, chunk.map((r) => r.prompt))

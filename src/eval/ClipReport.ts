@@ -30,6 +30,7 @@ import * as AtomicFile from "../io/AtomicFile.ts"
 import * as Clip from "../reward/ClipModel.ts"
 import * as HardNegatives from "../reward/HardNegatives.ts"
 import type { NegativeKind } from "../reward/HardNegatives.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import { Rng } from "../tensor/Random.ts"
 import * as Stats from "./Stats.ts"
 
@@ -126,10 +127,8 @@ export const agreementWithVerifier = (
   prompts: ReadonlyArray<string>,
   verifierPass: ReadonlyArray<boolean>,
   range: "signed" | "unit" = "signed"
-): Agreement & { readonly scores: Float32Array } => {
-  const scores = Clip.scoreArray(model, images, prompts, range)
-  return { ...agreement(scores, verifierPass), scores }
-}
+): Effect.Effect<Agreement & { readonly scores: Float32Array }> =>
+  Effect.map(Clip.scoreArray(model, images, prompts, range), (scores) => ({ ...agreement(scores, verifierPass), scores }))
 
 // ---------------------------------------------------------------- embeddings
 
@@ -141,33 +140,32 @@ interface PromptTable {
   readonly dim: number
 }
 
-const embedAllPrompts = (m: Clip.Model): PromptTable => {
-  const prompts = CATEGORIES.flatMap((c) => enumerate(c))
-  const dim = m.config.embedDim
-  const emb = new Float32Array(prompts.length * dim)
-  for (let i = 0; i < prompts.length; i += 512) {
-    const chunk = prompts.slice(i, i + 512).map((p) => p.text)
-    const e = tf.tidy(() => Clip.embedTexts(m.params, m.config, chunk))
-    emb.set(e.dataSync(), i * dim)
-    e.dispose()
-  }
-  return { prompts, index: new Map(prompts.map((p, i) => [p.text, i])), emb, dim }
-}
+const embedAllPrompts = (m: Clip.Model): Effect.Effect<PromptTable> =>
+  Effect.gen(function*() {
+    const prompts = CATEGORIES.flatMap((c) => enumerate(c))
+    const dim = m.config.embedDim
+    const emb = new Float32Array(prompts.length * dim)
+    for (let i = 0; i < prompts.length; i += 512) {
+      const chunk = prompts.slice(i, i + 512).map((p) => p.text)
+      emb.set(yield* HostRead.consumeFloat32(() => Clip.embedTexts(m.params, m.config, chunk)), i * dim)
+    }
+    return { prompts, index: new Map(prompts.map((p, i) => [p.text, i])), emb, dim }
+  })
 
 /** Unit image embeddings of N signed images, [N * D]. */
-const embedImageArray = (m: Clip.Model, images: Float32Array, n: number): Float32Array => {
-  const dim = m.config.embedDim
-  const out = new Float32Array(n * dim)
-  for (let i = 0; i < n; i += 256) {
-    const k = Math.min(256, n - i)
-    const e = tf.tidy(() =>
-      Clip.embedImages(m.params, m.config, tf.tensor4d(images.subarray(i * IMAGE_LENGTH, (i + k) * IMAGE_LENGTH), [k, SIZE, SIZE, 3]))
-    )
-    out.set(e.dataSync(), i * dim)
-    e.dispose()
-  }
-  return out
-}
+const embedImageArray = (m: Clip.Model, images: Float32Array, n: number): Effect.Effect<Float32Array> =>
+  Effect.gen(function*() {
+    const dim = m.config.embedDim
+    const out = new Float32Array(n * dim)
+    for (let i = 0; i < n; i += 256) {
+      const k = Math.min(256, n - i)
+      const e = yield* HostRead.consumeFloat32(() =>
+        Clip.embedImages(m.params, m.config, tf.tensor4d(images.subarray(i * IMAGE_LENGTH, (i + k) * IMAGE_LENGTH), [k, SIZE, SIZE, 3]))
+      )
+      out.set(e, i * dim)
+    }
+    return out
+  })
 
 const dot = (a: Float32Array, ai: number, b: Float32Array, bi: number, d: number) => {
   let s = 0
@@ -246,82 +244,83 @@ const signedImages = (bytes: ReadonlyArray<Uint8Array>): Float32Array => {
   return out
 }
 
-export const retrieval = (m: Clip.Model, table: PromptTable, rng: Rng, perCategory: number, groupSize = 32): Retrieval => {
-  const { parsed, bytes } = renderSet(rng, perCategory)
-  const n = parsed.length
-  const d = table.dim
-  const img = embedImageArray(m, signedImages(bytes), n)
-  const byKind = new Counter()
-  const byCat = new Counter()
-  const byCatKind = new Counter()
-  const allNeg = new Counter()
-  const top1 = new Counter()
-  const top1All = new Counter()
-  for (let i = 0; i < n; i++) {
-    const p = parsed[i]
-    const own = dot(img, i, table.emb, table.index.get(p.text)!, d)
-    let beatsAll = true
-    for (const neg of HardNegatives.candidates(p)) {
-      const win = own > dot(img, i, table.emb, table.index.get(neg.prompt.text)!, d)
-      byKind.add(neg.kind, win)
-      byCat.add(p.category, win)
-      byCatKind.add(`${p.category}|${neg.kind}`, win)
-      byKind.add("overall", win)
-      beatsAll &&= win
-    }
-    allNeg.add(p.category, beatsAll)
-    allNeg.add("overall", beatsAll)
-    // Top-1 among the whole grammar.
-    let best = -Infinity
-    let bestJ = 0
-    for (let j = 0; j < table.prompts.length; j++) {
-      const s = dot(img, i, table.emb, j, d)
-      if (s > best) {
-        best = s
-        bestJ = j
+export const retrieval = (m: Clip.Model, table: PromptTable, rng: Rng, perCategory: number, groupSize = 32): Effect.Effect<Retrieval> =>
+  Effect.gen(function*() {
+    const { parsed, bytes } = renderSet(rng, perCategory)
+    const n = parsed.length
+    const d = table.dim
+    const img = yield* embedImageArray(m, signedImages(bytes), n)
+    const byKind = new Counter()
+    const byCat = new Counter()
+    const byCatKind = new Counter()
+    const allNeg = new Counter()
+    const top1 = new Counter()
+    const top1All = new Counter()
+    for (let i = 0; i < n; i++) {
+      const p = parsed[i]
+      const own = dot(img, i, table.emb, table.index.get(p.text)!, d)
+      let beatsAll = true
+      for (const neg of HardNegatives.candidates(p)) {
+        const win = own > dot(img, i, table.emb, table.index.get(neg.prompt.text)!, d)
+        byKind.add(neg.kind, win)
+        byCat.add(p.category, win)
+        byCatKind.add(`${p.category}|${neg.kind}`, win)
+        byKind.add("overall", win)
+        beatsAll &&= win
       }
-    }
-    const okAll = trueOf(table.prompts[bestJ], p, bytes[i])
-    top1All.add(p.category, okAll)
-    top1All.add("overall", okAll)
-  }
-  // Top-1 within groups of `groupSize` images and their prompts.
-  for (let g = 0; g + groupSize <= n; g += groupSize) {
-    for (let i = g; i < g + groupSize; i++) {
+      allNeg.add(p.category, beatsAll)
+      allNeg.add("overall", beatsAll)
+      // Top-1 among the whole grammar.
       let best = -Infinity
-      let bestJ = g
-      for (let j = g; j < g + groupSize; j++) {
-        const s = dot(img, i, table.emb, table.index.get(parsed[j].text)!, d)
+      let bestJ = 0
+      for (let j = 0; j < table.prompts.length; j++) {
+        const s = dot(img, i, table.emb, j, d)
         if (s > best) {
           best = s
           bestJ = j
         }
       }
-      const ok = trueOf(parsed[bestJ], parsed[i], bytes[i])
-      top1.add(parsed[i].category, ok)
-      top1.add("overall", ok)
+      const okAll = trueOf(table.prompts[bestJ], p, bytes[i])
+      top1All.add(p.category, okAll)
+      top1All.add("overall", okAll)
     }
-  }
-  const cats = CATEGORIES as ReadonlyArray<string>
-  const byCategoryAndKind: Record<string, Record<string, Rate>> = {}
-  for (const c of CATEGORIES) {
-    byCategoryAndKind[c] = byCatKind.toRecord(HardNegatives.NEGATIVE_KINDS.map((k) => `${c}|${k}`))
-    byCategoryAndKind[c] = Object.fromEntries(Object.entries(byCategoryAndKind[c]).map(([k, v]) => [k.split("|")[1], v]))
-  }
-  return {
-    images: n,
-    negativePairsByKind: byKind.toRecord(HardNegatives.NEGATIVE_KINDS),
-    negativePairsByCategory: byCat.toRecord(cats),
-    negativePairsOverall: byKind.get("overall"),
-    allNegativesByCategory: allNeg.toRecord(cats),
-    allNegativesOverall: allNeg.get("overall"),
-    top1InBatchByCategory: top1.toRecord(cats),
-    top1InBatch: top1.get("overall"),
-    top1AllPromptsByCategory: top1All.toRecord(cats),
-    top1AllPrompts: top1All.get("overall"),
-    negativePairsByCategoryAndKind: byCategoryAndKind
-  }
-}
+    // Top-1 within groups of `groupSize` images and their prompts.
+    for (let g = 0; g + groupSize <= n; g += groupSize) {
+      for (let i = g; i < g + groupSize; i++) {
+        let best = -Infinity
+        let bestJ = g
+        for (let j = g; j < g + groupSize; j++) {
+          const s = dot(img, i, table.emb, table.index.get(parsed[j].text)!, d)
+          if (s > best) {
+            best = s
+            bestJ = j
+          }
+        }
+        const ok = trueOf(parsed[bestJ], parsed[i], bytes[i])
+        top1.add(parsed[i].category, ok)
+        top1.add("overall", ok)
+      }
+    }
+    const cats = CATEGORIES as ReadonlyArray<string>
+    const byCategoryAndKind: Record<string, Record<string, Rate>> = {}
+    for (const c of CATEGORIES) {
+      byCategoryAndKind[c] = byCatKind.toRecord(HardNegatives.NEGATIVE_KINDS.map((k) => `${c}|${k}`))
+      byCategoryAndKind[c] = Object.fromEntries(Object.entries(byCategoryAndKind[c]).map(([k, v]) => [k.split("|")[1], v]))
+    }
+    return {
+      images: n,
+      negativePairsByKind: byKind.toRecord(HardNegatives.NEGATIVE_KINDS),
+      negativePairsByCategory: byCat.toRecord(cats),
+      negativePairsOverall: byKind.get("overall"),
+      allNegativesByCategory: allNeg.toRecord(cats),
+      allNegativesOverall: allNeg.get("overall"),
+      top1InBatchByCategory: top1.toRecord(cats),
+      top1InBatch: top1.get("overall"),
+      top1AllPromptsByCategory: top1All.toRecord(cats),
+      top1AllPrompts: top1All.get("overall"),
+      negativePairsByCategoryAndKind: byCategoryAndKind
+    }
+  })
 
 // ---------------------------------------------------------------- (b) verifier agreement
 
@@ -382,79 +381,80 @@ export interface VerifierAgreement {
   readonly meanScore: Record<string, number>
 }
 
-export const verifierAgreement = (m: Clip.Model, rng: Rng, perCategory: number): VerifierAgreement => {
-  const base: Array<ParsedPrompt> = []
-  for (const c of CATEGORIES) for (let i = 0; i < perCategory; i++) base.push(samplePrompt(rng, c, "full"))
-  interface Item {
-    readonly prompt: ParsedPrompt
-    readonly kind: string
-    readonly image: Float32Array // unit
-    readonly group: number
-  }
-  const items: Array<Item> = []
-  base.forEach((p, g) => {
-    const clean = fromBytes(render(p, rng), "unit")
-    items.push({ prompt: p, kind: "clean", image: clean, group: g })
-    // One render of a hard negative per kind available.
-    const byKind = new Map<NegativeKind, Array<HardNegatives.HardNegative>>()
-    for (const c of HardNegatives.candidates(p)) byKind.set(c.kind, [...(byKind.get(c.kind) ?? []), c])
-    for (const [kind, cs] of byKind) {
-      items.push({ prompt: p, kind: `negative:${kind}`, image: fromBytes(render(rng.pick(cs).prompt, rng), "unit"), group: g })
+export const verifierAgreement = (m: Clip.Model, rng: Rng, perCategory: number): Effect.Effect<VerifierAgreement> =>
+  Effect.gen(function*() {
+    const base: Array<ParsedPrompt> = []
+    for (const c of CATEGORIES) for (let i = 0; i < perCategory; i++) base.push(samplePrompt(rng, c, "full"))
+    interface Item {
+      readonly prompt: ParsedPrompt
+      readonly kind: string
+      readonly image: Float32Array // unit
+      readonly group: number
     }
-    for (const std of [0.1, 0.2, 0.35]) items.push({ prompt: p, kind: `noise:${std}`, image: degrade.noise(clean, std, rng), group: g })
-    for (const times of [1, 2]) items.push({ prompt: p, kind: `blur:${times}`, image: degrade.blur(clean, times), group: g })
-    items.push({ prompt: p, kind: "dim", image: degrade.dim(clean, 0.3 + 0.6 * rng.uniform()), group: g })
-  })
-  const images = new Float32Array(items.length * IMAGE_LENGTH)
-  items.forEach((it, i) => images.set(it.image, i * IMAGE_LENGTH))
-  const pass = items.map((it) => verify(it.prompt, it.image).pass)
-  const scores = Clip.scoreArray(m, images, items.map((it) => it.prompt.text), "unit")
+    const items: Array<Item> = []
+    base.forEach((p, g) => {
+      const clean = fromBytes(render(p, rng), "unit")
+      items.push({ prompt: p, kind: "clean", image: clean, group: g })
+      // One render of a hard negative per kind available.
+      const byKind = new Map<NegativeKind, Array<HardNegatives.HardNegative>>()
+      for (const c of HardNegatives.candidates(p)) byKind.set(c.kind, [...(byKind.get(c.kind) ?? []), c])
+      for (const [kind, cs] of byKind) {
+        items.push({ prompt: p, kind: `negative:${kind}`, image: fromBytes(render(rng.pick(cs).prompt, rng), "unit"), group: g })
+      }
+      for (const std of [0.1, 0.2, 0.35]) items.push({ prompt: p, kind: `noise:${std}`, image: degrade.noise(clean, std, rng), group: g })
+      for (const times of [1, 2]) items.push({ prompt: p, kind: `blur:${times}`, image: degrade.blur(clean, times), group: g })
+      items.push({ prompt: p, kind: "dim", image: degrade.dim(clean, 0.3 + 0.6 * rng.uniform()), group: g })
+    })
+    const images = new Float32Array(items.length * IMAGE_LENGTH)
+    items.forEach((it, i) => images.set(it.image, i * IMAGE_LENGTH))
+    const pass = items.map((it) => verify(it.prompt, it.image).pass)
+    const scores = yield* Clip.scoreArray(m, images, items.map((it) => it.prompt.text), "unit")
 
-  const subset = (keep: (it: Item) => boolean) => {
-    const idx = items.flatMap((it, i) => (keep(it) ? [i] : []))
-    return agreement(idx.map((i) => scores[i]), idx.map((i) => pass[i]))
-  }
-  const kinds = [...new Set(items.map((it) => it.kind))].filter((k) => k !== "clean")
-  const byDegradation: Record<string, Agreement & { aucVsClean: number; degradedPassRate: number }> = {}
-  for (const k of kinds) {
-    const within = subset((it) => it.kind === k)
-    byDegradation[k] = {
-      ...within,
-      aucVsClean: subset((it) => it.kind === k || it.kind === "clean").auc,
-      degradedPassRate: within.passRate
+    const subset = (keep: (it: Item) => boolean) => {
+      const idx = items.flatMap((it, i) => (keep(it) ? [i] : []))
+      return agreement(idx.map((i) => scores[i]), idx.map((i) => pass[i]))
     }
-  }
-  const byCategory: Record<string, Agreement> = {}
-  for (const c of CATEGORIES) byCategory[c] = subset((it) => it.prompt.category === c)
+    const kinds = [...new Set(items.map((it) => it.kind))].filter((k) => k !== "clean")
+    const byDegradation: Record<string, Agreement & { aucVsClean: number; degradedPassRate: number }> = {}
+    for (const k of kinds) {
+      const within = subset((it) => it.kind === k)
+      byDegradation[k] = {
+        ...within,
+        aucVsClean: subset((it) => it.kind === k || it.kind === "clean").auc,
+        degradedPassRate: within.passRate
+      }
+    }
+    const byCategory: Record<string, Agreement> = {}
+    for (const c of CATEGORIES) byCategory[c] = subset((it) => it.prompt.category === c)
 
-  const cleanScore = new Map<number, number>()
-  items.forEach((it, i) => {
-    if (it.kind === "clean") cleanScore.set(it.group, scores[i])
+    const cleanScore = new Map<number, number>()
+    items.forEach((it, i) => {
+      if (it.kind === "clean") cleanScore.set(it.group, scores[i])
+    })
+    const pairKind = new Counter()
+    const pairCat = new Counter()
+    items.forEach((it, i) => {
+      if (!it.kind.startsWith("negative:") || pass[i]) return
+      const win = cleanScore.get(it.group)! > scores[i]
+      pairKind.add(it.kind.slice("negative:".length), win)
+      pairCat.add(it.prompt.category, win)
+      pairKind.add("overall", win)
+    })
+    const meanScore: Record<string, number> = {}
+    for (const k of ["clean", ...kinds]) meanScore[k] = mean(items.flatMap((it, i) => (it.kind === k ? [scores[i]] : [])))
+    return {
+      prompts: base.length,
+      overall: agreement(scores, pass),
+      byCategory,
+      byDegradation,
+      negativeRenders: {
+        pairwiseByKind: pairKind.toRecord(HardNegatives.NEGATIVE_KINDS),
+        pairwiseByCategory: pairCat.toRecord(CATEGORIES as ReadonlyArray<string>),
+        pairwiseOverall: pairKind.get("overall")
+      },
+      meanScore
+    }
   })
-  const pairKind = new Counter()
-  const pairCat = new Counter()
-  items.forEach((it, i) => {
-    if (!it.kind.startsWith("negative:") || pass[i]) return
-    const win = cleanScore.get(it.group)! > scores[i]
-    pairKind.add(it.kind.slice("negative:".length), win)
-    pairCat.add(it.prompt.category, win)
-    pairKind.add("overall", win)
-  })
-  const meanScore: Record<string, number> = {}
-  for (const k of ["clean", ...kinds]) meanScore[k] = mean(items.flatMap((it, i) => (it.kind === k ? [scores[i]] : [])))
-  return {
-    prompts: base.length,
-    overall: agreement(scores, pass),
-    byCategory,
-    byDegradation,
-    negativeRenders: {
-      pairwiseByKind: pairKind.toRecord(HardNegatives.NEGATIVE_KINDS),
-      pairwiseByCategory: pairCat.toRecord(CATEGORIES as ReadonlyArray<string>),
-      pairwiseOverall: pairKind.get("overall")
-    },
-    meanScore
-  }
-}
 
 // ---------------------------------------------------------------- report
 
@@ -471,21 +471,22 @@ export interface ReportOptions {
  *
  * @since 0.1.0
  */
-export const report = (m: Clip.Model, o: Pick<ReportOptions, "seed" | "retrievalPerCategory" | "agreementPerCategory">) => {
-  const table = embedAllPrompts(m)
-  const rng = Rng.fromSeed(o.seed)
-  const t0 = performance.now()
-  const r = retrieval(m, table, rng.fork(), o.retrievalPerCategory)
-  const a = verifierAgreement(m, rng.fork(), o.agreementPerCategory)
-  return {
-    seed: o.seed,
-    chance: { negativePair: 0.5, top1InBatch: 1 / 32, top1AllPrompts: 1 / table.prompts.length },
-    retrieval: r,
-    verifierAgreement: a,
-    seconds: (performance.now() - t0) / 1000
-  }
-}
-export type Report = ReturnType<typeof report>
+export const report = (m: Clip.Model, o: Pick<ReportOptions, "seed" | "retrievalPerCategory" | "agreementPerCategory">) =>
+  Effect.gen(function*() {
+    const table = yield* embedAllPrompts(m)
+    const rng = Rng.fromSeed(o.seed)
+    const t0 = performance.now()
+    const r = yield* retrieval(m, table, rng.fork(), o.retrievalPerCategory)
+    const a = yield* verifierAgreement(m, rng.fork(), o.agreementPerCategory)
+    return {
+      seed: o.seed,
+      chance: { negativePair: 0.5, top1InBatch: 1 / 32, top1AllPrompts: 1 / table.prompts.length },
+      retrieval: r,
+      verifierAgreement: a,
+      seconds: (performance.now() - t0) / 1000
+    }
+  })
+export type Report = Effect.Success<ReturnType<typeof report>>
 
 const pct = (r: Rate | number) => {
   const v = typeof r === "number" ? r : r.rate
@@ -533,7 +534,7 @@ export const formatReport = (r: Report): string => {
 export const run = Effect.fn("ClipReport.run")(function*(o: ReportOptions) {
   const path = yield* Path.Path
   const model = yield* Effect.acquireRelease(Clip.load(o.model), (m) => Effect.sync(() => Clip.dispose(m)))
-  const r = report(model, o)
+  const r = yield* report(model, o)
   yield* AtomicFile.writeText(o.out, JSON.stringify({ model: path.normalize(o.model), ...r }, null, 2) + "\n")
   return r
 })

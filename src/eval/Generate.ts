@@ -10,10 +10,12 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Schema } from "effect"
+import { Effect, Schema } from "effect"
 import * as Ddim from "../diffusion/Ddim.ts"
+import { attempt, type DiffusionError } from "../diffusion/DiffusionError.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import { Rng } from "../tensor/Random.ts"
 
 export const SamplerOptions = Schema.Struct({
@@ -63,15 +65,11 @@ export const fromNoise = (model: Denoiser.Model, prompts: ReadonlyArray<string>,
   })
 
 /** Float images in [0, 1], HWC, one per prompt. */
-export const toUnitImages = (x: tf.Tensor): Array<Float32Array> => {
-  const [b, h, w, c] = x.shape
-  // Read outside tf.tidy: tidy walks a returned typed array element by element.
-  const unit = tf.tidy(() => tf.clipByValue(tf.div(tf.add(x, 1), 2), 0, 1))
-  const data = unit.dataSync() as Float32Array
-  const images = Array.from({ length: b }, (_, i) => data.slice(i * h * w * c, (i + 1) * h * w * c))
-  unit.dispose()
-  return images
-}
+export const toUnitImages = (x: tf.Tensor): Effect.Effect<Array<Float32Array>> =>
+  Effect.map(HostRead.consumeFloat32(() => tf.clipByValue(tf.div(tf.add(x, 1), 2), 0, 1)), (data) => {
+    const [b, h, w, c] = x.shape
+    return Array.from({ length: b }, (_, i) => data.slice(i * h * w * c, (i + 1) * h * w * c))
+  })
 
 /**
  * Generate one image per prompt. `onBatch(done, total)` reports progress.
@@ -85,27 +83,36 @@ export const generate = (
   o: SamplerOptions,
   onBatch?: (done: number, total: number) => void,
   firstIndex = 0
-): Array<Float32Array> => {
-  const schedule = Schedule.make(model.config.schedule)
-  const out: Array<Float32Array> = []
-  for (let start = 0; start < prompts.length; start += o.batchSize) {
-    const batch = prompts.slice(start, start + o.batchSize)
-    const rngs = batch.map((_, i) => imageRng(o.seed, firstIndex + start + i))
-    const shape = [batch.length, ...Denoiser.sampleShape(model.config)]
-    const xT = batchNoise(rngs, shape) as tf.Tensor
-    const x0 = Ddim.sample({
-      schedule,
-      denoise: (x, t) => Denoiser.guidedEps(model, x, t, batch, o.cfg),
-      xT,
-      inferenceSteps: o.steps,
-      eta: o.eta,
-      noise: (s) => batchNoise(rngs, s),
-      clipSample: 1
-    })
-    xT.dispose()
-    out.push(...toUnitImages(x0))
-    x0.dispose()
-    onBatch?.(Math.min(start + o.batchSize, prompts.length), prompts.length)
-  }
-  return out
-}
+): Effect.Effect<Array<Float32Array>, DiffusionError> =>
+  Effect.gen(function*() {
+    const schedule = Schedule.make(model.config.schedule)
+    const out: Array<Float32Array> = []
+    for (let start = 0; start < prompts.length; start += o.batchSize) {
+      const batch = prompts.slice(start, start + o.batchSize)
+      const rngs = batch.map((_, i) => imageRng(o.seed, firstIndex + start + i))
+      const shape = [batch.length, ...Denoiser.sampleShape(model.config)]
+      const images = yield* Effect.acquireUseRelease(
+        attempt(() => {
+          const xT = batchNoise(rngs, shape) as tf.Tensor
+          try {
+            return Ddim.sample({
+              schedule,
+              denoise: (x, t) => Denoiser.guidedEps(model, x, t, batch, o.cfg),
+              xT,
+              inferenceSteps: o.steps,
+              eta: o.eta,
+              noise: (s) => batchNoise(rngs, s),
+              clipSample: 1
+            })
+          } finally {
+            xT.dispose()
+          }
+        }),
+        toUnitImages,
+        (x0) => Effect.sync(() => x0.dispose())
+      )
+      out.push(...images)
+      onBatch?.(Math.min(start + o.batchSize, prompts.length), prompts.length)
+    }
+    return out
+  })

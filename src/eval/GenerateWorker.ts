@@ -5,6 +5,7 @@
  *
  * @since 0.1.0
  */
+import { Effect } from "effect"
 import { parentPort, workerData } from "node:worker_threads"
 import type { StoredTensor } from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
@@ -32,8 +33,8 @@ const ready = initialise(init.backend).then((r) => {
 })
 
 parentPort!.on("message", (job: Job) => {
-  ready.then((model) => {
-    const images = Generate.generate(model, job.prompts, job.sampler, undefined, job.firstIndex)
+  ready.then(async (model) => {
+    const images = await Effect.runPromise(Generate.generate(model, job.prompts, job.sampler, undefined, job.firstIndex))
     parentPort!.postMessage({ id: job.id, images }, images.map((i) => i.buffer as ArrayBuffer))
   }).catch((e: unknown) => parentPort!.postMessage({ id: job.id, error: e instanceof Error ? e.message : String(e) }))
 })

@@ -182,10 +182,8 @@ export const base = (sampler: Generate.SamplerOptions, name = `DDIM ${sampler.st
     nfePerImage,
     rewardEvalsPerImage: 0,
     generate: (model, prompts) =>
-      attempt(() => {
-        checkSampler(sampler)
-        return Generate.generate(model, prompts, sampler)
-      }).pipe(
+      attempt(() => checkSampler(sampler)).pipe(
+        Effect.andThen(Generate.generate(model, prompts, sampler)),
         Effect.map((images): InferenceResult => ({ images, nfePerImage, nfe: nfePerImage * images.length, rewardEvalsPerImage: 0, rewardEvals: 0, rewardCalls: 0 })),
         Effect.withSpan("InferenceMethod.base")
       )

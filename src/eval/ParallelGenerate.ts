@@ -9,6 +9,7 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import * as os from "node:os"
 import { Worker } from "node:worker_threads"
 import * as Denoiser from "../model/Denoiser.ts"
@@ -52,9 +53,9 @@ export const generate = async (
   const backend = options.backend ?? tf.getBackend()
   const workers = backend === "tensorflow" ? 1 : Math.min(options.workers ?? defaultWorkers(), Math.ceil(prompts.length / sampler.batchSize))
   if (workers <= 1) {
-    return Generate.generate(model, prompts, sampler, (done) => options.onImages?.(done))
+    return Effect.runPromise(Generate.generate(model, prompts, sampler, (done) => options.onImages?.(done)))
   }
-  const weights = Denoiser.toStored(model)
+  const weights = await Effect.runPromise(Denoiser.toStored(model))
   const threads = Array.from({ length: workers }, () =>
     new Worker(new URL("./GenerateWorker.ts", import.meta.url), {
       workerData: { backend, config: model.config, weights },

@@ -19,6 +19,7 @@ import { Effect, Schema } from "effect"
 import * as Ddim from "../diffusion/Ddim.ts"
 import { attempt } from "../diffusion/DiffusionError.ts"
 import * as Denoiser from "../model/Denoiser.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import * as Aggregate from "../trajectory/Aggregate.ts"
 import type { Trajectories } from "../trajectory/Trajectory.ts"
 import { mean, pearson, spearman } from "./Stats.ts"
@@ -415,8 +416,8 @@ export const continuePaths = Effect.fn("PathAgreement.continuePaths")(function*(
 })
 
 /** Rows of a [N, H, W, C] tensor as flat arrays (what `scoreSamples` takes). */
-export const rowsOf = (x: tf.Tensor): Array<Float32Array> => {
-  const data = x.dataSync() as Float32Array
-  const per = x.size / x.shape[0]
-  return Array.from({ length: x.shape[0] }, (_, r) => data.slice(r * per, (r + 1) * per))
-}
+export const rowsOf = (x: tf.Tensor): Effect.Effect<Array<Float32Array>> =>
+  Effect.map(HostRead.float32(x), (data) => {
+    const per = x.size / x.shape[0]
+    return Array.from({ length: x.shape[0] }, (_, r) => data.slice(r * per, (r + 1) * per))
+  })

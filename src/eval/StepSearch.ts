@@ -174,7 +174,7 @@ const checkOptions = (o: StepSearchOptions): ReadonlyArray<number> => {
 }
 
 // ---------------------------------------------------------------------------
-// Synchronous pieces (each leaves no tensor behind but its result, also when it throws)
+// Pieces (each leaves no tensor behind but its result, also when it throws or fails)
 // ---------------------------------------------------------------------------
 
 /** The denoiser on at most `maxRows` rows per call. */
@@ -196,14 +196,12 @@ const gatherRows = (x: tf.Tensor, rows: ReadonlyArray<number>): tf.Tensor =>
   tf.tidy(() => tf.gather(x, tf.tensor1d(rows as Array<number>, "int32")))
 
 /** The x0 prediction a DDIM step from (x, t) would use (clipped to [-1, 1]), as [0, 1] images. */
-const x0Images = (schedule: Schedule.Schedule, x: tf.Tensor, eps: tf.Tensor, t: number): Array<Float32Array> => {
-  const x0 = tf.tidy(() => Ddim.step({ schedule, eps, t, tPrev: -1, xt: x, eta: 0, clipSample: 1 }).x0Pred)
-  try {
-    return Generate.toUnitImages(x0)
-  } finally {
-    x0.dispose()
-  }
-}
+const x0Images = (schedule: Schedule.Schedule, x: tf.Tensor, eps: tf.Tensor, t: number): Effect.Effect<Array<Float32Array>, DiffusionError> =>
+  Effect.acquireUseRelease(
+    attempt(() => tf.tidy(() => Ddim.step({ schedule, eps, t, tPrev: -1, xt: x, eta: 0, clipSample: 1 }).x0Pred)),
+    Generate.toUnitImages,
+    (x0) => Effect.sync(() => x0.dispose())
+  )
 
 // ---------------------------------------------------------------------------
 // The search
@@ -293,7 +291,7 @@ const searchBatch = <E>(
         let chosen = prompts.map(() => 0)
         let rewards: ReadonlyArray<number> = []
         if (B > 1) {
-          const images = yield* attempt(() => x0Images(schedule, cand, candEps, tPrev))
+          const images = yield* x0Images(schedule, cand, candEps, tPrev)
           rewards = yield* score(images, candPrompts)
           stats.rewardCalls++
           stats.rewardEvals += images.length
@@ -311,7 +309,7 @@ const searchBatch = <E>(
         )
       }
       const final = live.x!
-      return { images: Generate.toUnitImages(final), trace }
+      return { images: yield* Generate.toUnitImages(final), trace }
     }).pipe(Effect.ensuring(release))
   })
 

@@ -142,7 +142,7 @@ export const run = (method: LabMethod, o: RunOptions) =>
       const records = yield* (yield* Metrics).records
       const wallMs = performance.now() - started
       const model = (yield* Ema).model()
-      const evaluation = measured(LabModel.sample(model, o.evalSamples, EVAL_SEED), o.reward)
+      const evaluation = measured(yield* LabModel.sample(model, o.evalSamples, EVAL_SEED), o.reward)
       return {
         method: method.name,
         seed: o.seed,
@@ -161,7 +161,7 @@ export const run = (method: LabMethod, o: RunOptions) =>
 
 /** The base model's measures (and points) on the evaluation samples. */
 export const base = (model: Denoiser.Model, reward: LabReward.LabRewardName, evalSamples: number) =>
-  measured(LabModel.sample(model, evalSamples, EVAL_SEED), reward)
+  Effect.map(LabModel.sample(model, evalSamples, EVAL_SEED), (pts) => measured(pts, reward))
 
 /** Points to draw in a scatter per evaluation. */
 const SCATTER_POINTS = 400

@@ -1,11 +1,12 @@
 /**
  * The lab's base model: the MLP denoiser (`Mlp.labConfig`) trained on the
  * ring mixture with the standard epsilon loss, and an evaluation over fresh
- * DDIM samples. Pure tensor functions; `pipelines/lab.ts` wraps them.
+ * DDIM samples. Effects over tensor functions; `pipelines/lab.ts` wraps them.
  *
  * @since 0.4.0
  */
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import * as Ddim from "../diffusion/Ddim.ts"
 import * as Noise from "../diffusion/Noise.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
@@ -13,7 +14,9 @@ import * as Denoiser from "../model/Denoiser.ts"
 import * as AdamW from "../optim/AdamW.ts"
 import { learningRate } from "../optim/Optimizer.ts"
 import { paramGrads } from "../tensor/Grad.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import { Rng } from "../tensor/Random.ts"
+import * as Scoped from "../tensor/Scoped.ts"
 import * as LabReward from "./LabReward.ts"
 import * as Ring from "./Ring.ts"
 
@@ -33,35 +36,35 @@ export const pretrainDefaults: PretrainOptions = { steps: 3000, batch: 256, lr: 
  *
  * @since 0.4.0
  */
-export const pretrain = (model: Denoiser.Model, o: PretrainOptions): number => {
+export const pretrain = Effect.fn("LabModel.pretrain")(function*(model: Denoiser.Model, o: PretrainOptions) {
   const rng = Rng.fromSeed(o.seed)
   const schedule = Denoiser.scheduleOf(model.config)
   const state = AdamW.init(model.params)
   const recent: Array<number> = []
-  try {
+  yield* Effect.gen(function*() {
     for (let step = 0; step < o.steps; step++) {
       const x0 = Ring.sampleModel(rng, o.batch)
       const ts = Array.from({ length: o.batch }, () => rng.int(schedule.trainSteps))
       const eps = rng.normals(2 * o.batch)
-      const { grads, value } = paramGrads(() =>
-        tf.tidy(() => {
-          const e = tf.tensor2d(eps, [o.batch, 2])
-          const xt = Noise.addNoise(schedule, tf.tensor2d(x0, [o.batch, 2]), e, ts)
-          return tf.mean(tf.squaredDifference(Denoiser.eps(model, xt, ts, new Array<string>(o.batch).fill("")), e)) as tf.Scalar
-        }), model.params)
-      const loss = value.dataSync()[0]
-      value.dispose()
-      AdamW.step(model.params, grads, state, learningRate({ lr: o.lr, warmupSteps: 100, schedule: "cosine", totalSteps: o.steps }, step), { ...AdamW.defaults, maxGradNorm: 1 })
-      for (const g of Object.values(grads)) g.dispose()
+      const loss = yield* Scoped.use(() =>
+        paramGrads(() =>
+          tf.tidy(() => {
+            const e = tf.tensor2d(eps, [o.batch, 2])
+            const xt = Noise.addNoise(schedule, tf.tensor2d(x0, [o.batch, 2]), e, ts)
+            return tf.mean(tf.squaredDifference(Denoiser.eps(model, xt, ts, new Array<string>(o.batch).fill("")), e)) as tf.Scalar
+          }), model.params), ({ grads, value }) =>
+        Effect.gen(function*() {
+          const loss = yield* HostRead.scalar(value)
+          yield* AdamW.step(model.params, grads, state, learningRate({ lr: o.lr, warmupSteps: 100, schedule: "cosine", totalSteps: o.steps }, step), { ...AdamW.defaults, maxGradNorm: 1 })
+          return loss
+        }))
       recent.push(loss)
       if (recent.length > 100) recent.shift()
       o.onStep?.(step + 1, loss)
     }
-  } finally {
-    AdamW.dispose(state)
-  }
+  }).pipe(Effect.ensuring(Effect.sync(() => AdamW.dispose(state))))
   return recent.reduce((a, b) => a + b, 0) / recent.length
-}
+})
 
 export interface LabMetrics {
   /** Mean reward of the samples. */
@@ -77,17 +80,14 @@ export interface LabMetrics {
  *
  * @since 0.4.0
  */
-export const sample = (model: Denoiser.Model, count: number, seed: number, steps = 50): Float32Array => {
-  const rng = Rng.fromSeed(seed)
-  const schedule = Schedule.make(model.config.schedule)
-  const prompts = new Array<string>(count).fill("")
-  const xT = tf.tensor2d(rng.normals(2 * count), [count, 2])
-  const x = Ddim.sample({ schedule, denoise: (x, t) => Denoiser.eps(model, x, t, prompts), xT, inferenceSteps: steps, clipSample: 1 })
-  xT.dispose()
-  const out = (x.dataSync() as Float32Array).map((v) => v * Ring.SCALE)
-  x.dispose()
-  return out
-}
+export const sample = (model: Denoiser.Model, count: number, seed: number, steps = 50): Effect.Effect<Float32Array> =>
+  HostRead.consumeFloat32(() => {
+    const rng = Rng.fromSeed(seed)
+    const schedule = Schedule.make(model.config.schedule)
+    const prompts = new Array<string>(count).fill("")
+    const xT = tf.tensor2d(rng.normals(2 * count), [count, 2])
+    return Ddim.sample({ schedule, denoise: (x, t) => Denoiser.eps(model, x, t, prompts), xT, inferenceSteps: steps, clipSample: 1 })
+  }).pipe(Effect.map((x) => x.map((v) => v * Ring.SCALE)), Effect.withSpan("LabModel.sample"))
 
 /** The lab's measures of points in lab units. */
 export const measure = (points: Float32Array, reward: LabReward.LabRewardName): LabMetrics => {
@@ -111,8 +111,15 @@ export const measure = (points: Float32Array, reward: LabReward.LabRewardName): 
  *
  * @since 0.4.0
  */
-export const bestOfN = (model: Denoiser.Model, count: number, n: number, seed: number, reward: LabReward.LabRewardName, steps = 50): Float32Array => {
-  const all = sample(model, count * n, seed, steps)
+export const bestOfN = Effect.fn("LabModel.bestOfN")(function*(
+  model: Denoiser.Model,
+  count: number,
+  n: number,
+  seed: number,
+  reward: LabReward.LabRewardName,
+  steps = 50
+) {
+  const all = yield* sample(model, count * n, seed, steps)
   const out = new Float32Array(2 * count)
   for (let i = 0; i < count; i++) {
     let best = -Infinity
@@ -127,4 +134,4 @@ export const bestOfN = (model: Denoiser.Model, count: number, n: number, seed: n
     }
   }
   return out
-}
+})

@@ -26,6 +26,7 @@ import * as Generate from "../eval/Generate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Reference } from "../model/Reference.ts"
 import { GenerationPool } from "../pipeline/GenerationPool.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import type { Rng } from "../tensor/Random.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
 import * as Scoped from "../tensor/Scoped.ts"
@@ -142,12 +143,15 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
             const rowData = samples.map((s) =>
               parts.map((items) => {
                 let data: PortablePart.RowInputs | undefined
-                return () => (data ??= PortablePart.samplesRows(s, rowsOf(items)))
+                return () =>
+                  Effect.suspend(() =>
+                    data !== undefined ? Effect.succeed(data) : Effect.map(PortablePart.samplesRows(s, rowsOf(items)), (d) => (data = d))
+                  )
               })
             )
             const refs: ReadonlyArray<ReadonlyArray<{ readonly w: tf.Tensor1D; readonly l: tf.Tensor1D }>> = pool !== undefined && threads > 1
               ? yield* Effect.flatMap(
-                pool.errors(reference, rowData.flatMap((row) => row.map((data) => data()))),
+                Effect.flatMap(Effect.forEach(rowData.flat(), (data) => data()), (inputs) => pool.errors(reference, inputs)),
                 (errors) =>
                   Effect.forEach(samples, (_, k) =>
                     Effect.forEach(parts, (_, p) => Scoped.acquire(() => tf.tidy(() => Losses.splitPair(tf.tensor1d(errors[k * parts.length + p]))))))
@@ -161,18 +165,22 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
                     tf.tidy(() =>
                       Losses.dpoPart(NoisedSamples.rowErrors(model, s, rowsOf(items)), refs[k][p], items.map((i) => margin[i]), o.beta / 2, o.margin, items.length / b, o.winnerSft ?? 0)
                     ),
-                  () => ({
-                    ...rowData[k][p](),
-                    share: items.length / b,
-                    dpo: {
-                      refW: Array.from(refs[k][p].w.dataSync()),
-                      refL: Array.from(refs[k][p].l.dataSync()),
-                      margin: items.map((i) => margin[i]),
-                      beta: o.beta / 2,
-                      placement: o.margin,
-                      winnerSft: o.winnerSft ?? 0
-                    }
-                  })
+                  () =>
+                    Effect.map(
+                      Effect.all([rowData[k][p](), HostRead.values(refs[k][p].w), HostRead.values(refs[k][p].l)], { concurrency: "unbounded" }),
+                      ([rows, refW, refL]) => ({
+                        ...rows,
+                        share: items.length / b,
+                        dpo: {
+                          refW: Array.from(refW),
+                          refL: Array.from(refL),
+                          margin: items.map((i) => margin[i]),
+                          beta: o.beta / 2,
+                          placement: o.margin,
+                          winnerSft: o.winnerSft ?? 0
+                        }
+                      })
+                    )
                 )
               )
             )
@@ -213,7 +221,7 @@ export const sft = (o: ImageSftOptions): Layer.Layer<Objective, never, Denoiser.
                   Losses.microBatchesByRows(b, 1, PortablePart.rowsForThreads(o.microBatchRows ?? 0, b, 1, threads)).map((items) =>
                     PortablePart.withPortable(
                       () => tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), items.length / b) as tf.Scalar),
-                      () => ({ ...PortablePart.samplesRows(s, items), share: items.length / b })
+                      () => Effect.map(PortablePart.samplesRows(s, items), (rows) => ({ ...rows, share: items.length / b }))
                     )
                   )
               ))

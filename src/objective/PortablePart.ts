@@ -11,7 +11,9 @@
  * @since 0.5.0
  */
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import * as Denoiser from "../model/Denoiser.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import type { NoisedSamples } from "../trajectory/NoisedSamples.ts"
 import * as Losses from "./Losses.ts"
 
@@ -37,17 +39,17 @@ export interface PortablePart {
 
 /**
  * A loss closure (a part of `Optimizer.Loss`) that may carry its portable
- * form, built only when a pool asks for it.
+ * form, built only when a pool asks for it (an Effect: it reads tensors).
  *
  * @since 0.5.0
  */
 export interface Part {
   (): tf.Scalar
-  readonly portable?: () => PortablePart
+  readonly portable?: () => Effect.Effect<PortablePart>
 }
 
 /** Attach the portable form to a part's closure. */
-export const withPortable = (part: () => tf.Scalar, portable: () => PortablePart): Part => Object.assign(part, { portable })
+export const withPortable = (part: () => tf.Scalar, portable: () => Effect.Effect<PortablePart>): Part => Object.assign(part, { portable })
 
 /**
  * A part divided by `divisor` (one of `accumulate` batches), keeping its
@@ -58,24 +60,19 @@ export const withPortable = (part: () => tf.Scalar, portable: () => PortablePart
 export const divided = (part: Part, divisor: number): Part => {
   const down = () => tf.tidy(() => tf.div(part(), divisor) as tf.Scalar)
   const portable = part.portable
-  return portable === undefined ? down : withPortable(down, () => {
-    const p = portable()
-    return { ...p, share: p.share / divisor }
-  })
+  return portable === undefined ? down : withPortable(down, () => Effect.map(portable(), (p) => ({ ...p, share: p.share / divisor })))
 }
 
 /** The inputs of some rows of noised samples: what a thread needs to evaluate a model on them. */
 export type RowInputs = Pick<PortablePart, "x" | "target" | "t" | "prompts">
 
-/** The inputs of `rows` of noised samples (as `NoisedSamples.rowErrors` reads them). */
-export const samplesRows = (s: NoisedSamples, rows: ReadonlyArray<number>): RowInputs => {
-  const take = (x: tf.Tensor) => {
-    const g = tf.tidy(() => tf.gather(x, tf.tensor1d(rows as Array<number>, "int32")))
-    const data = (g.dataSync() as Float32Array).slice()
-    g.dispose()
-    return data
-  }
-  return { x: take(s.steps[0].xt), target: take(s.noise), t: rows.map((r) => s.timesteps[r]), prompts: rows.map((r) => s.prompts[r % s.batch]) }
+/** The inputs of `rows` of noised samples (as `NoisedSamples.rowErrors` reads them), in arrays the caller owns. */
+export const samplesRows = (s: NoisedSamples, rows: ReadonlyArray<number>): Effect.Effect<RowInputs> => {
+  const take = (x: tf.Tensor) => HostRead.consumeFloat32(() => tf.gather(x, tf.tensor1d(rows as Array<number>, "int32")))
+  return Effect.map(
+    Effect.all([take(s.steps[0].xt), take(s.noise)], { concurrency: "unbounded" }),
+    ([x, target]) => ({ x, target, t: rows.map((r) => s.timesteps[r]), prompts: rows.map((r) => s.prompts[r % s.batch]) })
+  )
 }
 
 /**
@@ -97,17 +94,16 @@ export const rowErrors = (model: Denoiser.Model, x: tf.Tensor, target: tf.Tensor
 
 /**
  * The per-row errors of `model` on the rows (no gradient): the frozen
- * reference's errors of a DPO part, computed on any thread.
+ * reference's errors of a DPO part, computed on any thread, in an array the
+ * caller owns (it may be transferred).
  *
  * @since 0.6.0
  */
-export const errorsOf = (model: Denoiser.Model, p: RowInputs): Float32Array => {
-  const shape = [p.t.length, ...Denoiser.sampleShape(model.config)]
-  const e = tf.tidy(() => rowErrors(model, tf.tensor(p.x, shape, "float32"), tf.tensor(p.target, shape, "float32"), p.t, p.prompts))
-  const data = (e.dataSync() as Float32Array).slice()
-  e.dispose()
-  return data
-}
+export const errorsOf = (model: Denoiser.Model, p: RowInputs): Effect.Effect<Float32Array> =>
+  HostRead.consumeFloat32(() => {
+    const shape = [p.t.length, ...Denoiser.sampleShape(model.config)]
+    return rowErrors(model, tf.tensor(p.x, shape, "float32"), tf.tensor(p.target, shape, "float32"), p.t, p.prompts)
+  })
 
 /**
  * The part's loss under `model` (differentiate it with `paramGrads`).

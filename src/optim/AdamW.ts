@@ -127,6 +127,8 @@ const update = (
   lr: number,
   c: AdamWConfig
 ): number => {
+  // Before anything is applied: the reads below would fail midway elsewhere.
+  if (!HostRead.isResident()) throw new HostRead.ResidentReadUnsupported({ backend: tf.getBackend(), what: "AdamW's fused update" })
   let sq = 0
   for (const [, g] of grads) {
     for (let i = 0; i < g.length; i++) sq += g[i] * g[i]

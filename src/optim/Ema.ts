@@ -23,8 +23,8 @@ export class Ema extends Context.Service<Ema, {
   readonly update: Effect.Effect<void>
   /** The averaged model (the policy itself when inactive); weights shared, do not dispose. */
   readonly model: () => Denoiser.Model
-  /** Shadow weights for checkpoints (empty when inactive). */
-  readonly state: () => Record<string, StoredTensor>
+  /** Shadow weights for checkpoints (empty when inactive), read to the host. */
+  readonly state: () => Effect.Effect<Record<string, StoredTensor>>
   /** Restore from a checkpoint; the first tensor that does not fit, if any. */
   readonly restore: (s: Readonly<Record<string, StoredTensor>>) => string | undefined
 }>()("sharpen/optim/Ema") {
@@ -34,7 +34,7 @@ export class Ema extends Context.Service<Ema, {
       Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
         if (decay <= 0) {
-          return Ema.of({ decay: 0, update: Effect.void, model: () => model, state: () => ({}), restore: () => undefined })
+          return Ema.of({ decay: 0, update: Effect.void, model: () => model, state: () => Effect.succeed({}), restore: () => undefined })
         }
         const shadow = yield* Scoped.acquireWith(() => Denoiser.clone(model, false), Denoiser.dispose)
         return Ema.of({

@@ -16,6 +16,7 @@ import * as Denoiser from "../model/Denoiser.ts"
 import type * as PortablePart from "../objective/PortablePart.ts"
 import { type GenerationError, GenerationPool, type Pool } from "../pipeline/GenerationPool.ts"
 import { paramGrads } from "../tensor/Grad.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as AdamW from "./AdamW.ts"
@@ -57,22 +58,38 @@ export const learningRate = (c: Pick<OptimizerConfig, "lr" | "warmupSteps" | "sc
  */
 export type Loss = (() => tf.Scalar) | ReadonlyArray<() => tf.Scalar>
 
-/** The value of a loss (the sum of its parts), without gradients. */
-export const lossValue = (loss: Loss): number =>
-  (typeof loss === "function" ? [loss] : loss).reduce((a, part) => a + tf.tidy(() => part().dataSync()[0]), 0)
+/**
+ * The value of a loss (the sum of its parts), without gradients: the parts'
+ * values read at once, summed here in part order.
+ */
+export const lossValue = (loss: Loss): Effect.Effect<number> =>
+  Effect.map(
+    HostRead.consumeFloat32(() => {
+      // Each part in its own tidy: its graph is freed before the next is built.
+      const values = (typeof loss === "function" ? [loss] : loss).map((part) => tf.tidy(part))
+      return values.length === 0 ? tf.tensor1d([]) : tf.stack(values)
+    }),
+    (values) => values.reduce((a, v) => a + v, 0)
+  )
 
-/** Sum the gradients (and values) of a loss's parts, one part at a time. */
-export const accumulatedGrads = (
-  loss: Loss,
-  params: Readonly<Record<string, tf.Variable>>
-): { value: number; grads: Record<string, tf.Tensor> } => {
+/** Summed gradients of a loss's parts, and each part's value (unread, in part order). */
+type Accumulated = {
+  readonly values: tf.Tensor1D
+  readonly grads: Record<string, tf.Tensor>
+}
+
+/**
+ * Sum the gradients of a loss's parts, one part at a time, keeping their
+ * values as tensors: synchronous, so that it runs under `WasmHeap.guard`
+ * and beside a pool's worker threads; {@link withValue} reads the values once.
+ */
+const accumulate = (loss: Loss, params: Readonly<Record<string, tf.Variable>>): Accumulated => {
   const parts = typeof loss === "function" ? [loss] : loss
-  let value = 0
+  const values: Array<tf.Scalar> = []
   const grads: Record<string, tf.Tensor> = {}
   for (const part of parts) {
     const r = paramGrads(part, params)
-    value += r.value.dataSync()[0]
-    r.value.dispose()
+    values.push(r.value)
     for (const [k, g] of Object.entries(r.grads)) {
       const prev = grads[k]
       if (prev === undefined) grads[k] = g
@@ -83,10 +100,30 @@ export const accumulatedGrads = (
       }
     }
   }
-  return { value, grads }
+  const stacked = (values.length === 0 ? tf.tensor1d([]) : tf.stack(values)) as tf.Tensor1D
+  tf.dispose(values)
+  return { values: stacked, grads }
 }
 
-const isPortable = (parts: ReadonlyArray<() => tf.Scalar>): parts is ReadonlyArray<PortablePart.Part & { readonly portable: () => PortablePart.PortablePart }> =>
+/**
+ * The loss value of {@link accumulate}d parts, summed here in part order (as
+ * one part at a time did); disposes the values, and the gradients if the
+ * read does not finish.
+ */
+const withValue = (a: Accumulated): Effect.Effect<{ value: number; grads: Record<string, tf.Tensor> }> =>
+  HostRead.float32(a.values).pipe(
+    Effect.map((values) => ({ value: values.reduce((s, v) => s + v, 0), grads: a.grads })),
+    Effect.onError(() => Effect.sync(() => Scoped.disposeAll(a.grads))),
+    Effect.ensuring(Effect.sync(() => a.values.dispose()))
+  )
+
+/** Sum the gradients (and values) of a loss's parts, one part at a time. */
+export const accumulatedGrads = (
+  loss: Loss,
+  params: Readonly<Record<string, tf.Variable>>
+): Effect.Effect<{ value: number; grads: Record<string, tf.Tensor> }> => Effect.suspend(() => withValue(accumulate(loss, params)))
+
+const isPortable = (parts: ReadonlyArray<() => tf.Scalar>): parts is ReadonlyArray<PortablePart.Part & { readonly portable: () => Effect.Effect<PortablePart.PortablePart> }> =>
   parts.length > 1 && parts.every((p) => (p as PortablePart.Part).portable !== undefined)
 
 /**
@@ -97,7 +134,7 @@ const isPortable = (parts: ReadonlyArray<() => tf.Scalar>): parts is ReadonlyArr
 const sharded = (
   pool: Pool,
   model: Denoiser.Model,
-  parts: ReadonlyArray<PortablePart.Part & { readonly portable: () => PortablePart.PortablePart }>,
+  parts: ReadonlyArray<PortablePart.Part & { readonly portable: () => Effect.Effect<PortablePart.PortablePart> }>,
   what: string
 ): Effect.Effect<{ value: number; grads: Record<string, tf.Tensor> }, GenerationError> =>
   Effect.gen(function*() {
@@ -108,33 +145,40 @@ const sharded = (
       const start = k * size + Math.min(k, extra)
       return parts.slice(start, start + size + (k < extra ? 1 : 0))
     })
-    const { here, remote } = yield* pool.gradients(model, groups.slice(1).map((g) => g.map((p) => p.portable())), () => {
+    const portables = yield* Effect.forEach(groups.slice(1), (g) => Effect.forEach(g, (p) => p.portable()))
+    const { here, remote } = yield* pool.gradients(model, portables, () => {
       try {
-        return WasmHeap.guard(what, undefined, () => accumulatedGrads(groups[0], model.params), (r) => Scoped.disposeAll(r.grads))
+        return WasmHeap.guard(what, undefined, () => accumulate(groups[0], model.params), Scoped.disposeAll)
       } catch (e) {
         if (e instanceof WasmHeap.WasmHeapExhausted) return e
         throw e
       }
     })
     if (here instanceof WasmHeap.WasmHeapExhausted) return yield* here
+    const mine = yield* withValue(here)
     // Sum into one flat array per parameter; a parameter no part reaches keeps no gradient (as on one thread).
+    // One parameter read at a time, as before: at most one extra copy in memory.
     const grads: Record<string, tf.Tensor> = {}
-    let o = 0
-    Object.keys(model.params).forEach((k, i) => {
-      const p = model.params[k]
-      const mine = here.grads[k]
-      if (mine !== undefined || remote.some((r) => r.present[i])) {
-        const sum = mine === undefined ? new Float32Array(p.size) : (mine.dataSync() as Float32Array).slice()
-        for (const r of remote) {
-          if (!r.present[i]) continue
-          for (let j = 0; j < sum.length; j++) sum[j] += r.grads[o + j]
+    yield* Effect.gen(function*() {
+      let o = 0
+      for (const [i, k] of Object.keys(model.params).entries()) {
+        const p = model.params[k]
+        const g = mine.grads[k]
+        if (g !== undefined || remote.some((r) => r.present[i])) {
+          const sum = g === undefined ? new Float32Array(p.size) : yield* HostRead.float32(g)
+          for (const r of remote) {
+            if (!r.present[i]) continue
+            for (let j = 0; j < sum.length; j++) sum[j] += r.grads[o + j]
+          }
+          grads[k] = tf.tensor(sum, p.shape, "float32")
         }
-        grads[k] = tf.tensor(sum, p.shape, "float32")
+        o += p.size
       }
-      o += p.size
-    })
-    Scoped.disposeAll(here.grads)
-    return { value: here.value + remote.reduce((a, r) => a + r.value, 0), grads }
+    }).pipe(
+      Effect.onError(() => Effect.sync(() => Scoped.disposeAll(grads))),
+      Effect.ensuring(Effect.sync(() => Scoped.disposeAll(mine.grads)))
+    )
+    return { value: mine.value + remote.reduce((a, r) => a + r.value, 0), grads }
   })
 
 export interface StepResult {
@@ -151,7 +195,8 @@ export interface OptimizerState {
 export class Optimizer extends Context.Service<Optimizer, {
   /** Differentiate `loss` (summed over its parts) w.r.t. the policy and apply one update. */
   readonly step: (loss: Loss, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss | GenerationError>
-  readonly state: () => OptimizerState
+  /** Step count and moments for a checkpoint, read to the host. */
+  readonly state: () => Effect.Effect<OptimizerState>
   /** Restore from a checkpoint; returns the first tensor that does not fit, if any. */
   readonly restore: (s: OptimizerState) => string | undefined
 }>()("sharpen/optim/Optimizer") {
@@ -168,12 +213,11 @@ export class Optimizer extends Context.Service<Optimizer, {
           const what = `the gradients of iteration ${iteration} (${parts} part${parts === 1 ? "" : "s"})`
           const { value: l, grads } = pool !== undefined && pool.threads > 1 && typeof loss !== "function" && isPortable(loss)
             ? yield* sharded(pool, model, loss, what)
-            : yield* WasmHeap.guarded(what, undefined, () => accumulatedGrads(loss, model.params), (r) => Scoped.disposeAll(r.grads))
-          const r = yield* Effect.sync(() => {
-            const gradNorm = Number.isFinite(l) ? AdamW.step(model.params, grads, adam, lr, c) : NaN
-            Scoped.disposeAll(grads)
-            return { loss: l, gradNorm, lr }
-          })
+            : yield* Effect.flatMap(WasmHeap.guarded(what, undefined, () => accumulate(loss, model.params), Scoped.disposeAll), withValue)
+          const gradNorm = yield* (Number.isFinite(l) ? AdamW.step(model.params, grads, adam, lr, c) : Effect.succeed(NaN)).pipe(
+            Effect.ensuring(Effect.sync(() => Scoped.disposeAll(grads)))
+          )
+          const r = { loss: l, gradNorm, lr }
           if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
             return yield* new NonFiniteLoss({ iteration, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` })
           }
@@ -181,7 +225,14 @@ export class Optimizer extends Context.Service<Optimizer, {
         })
         return Optimizer.of({
           step,
-          state: () => ({ step: adam.step, moments: { ...ModelDir.toStored(adam.m, "m."), ...ModelDir.toStored(adam.v, "v.") } }),
+          state: () =>
+            Effect.suspend(() => {
+              const step = adam.step
+              return Effect.map(
+                Effect.all([ModelDir.toStored(adam.m, "m."), ModelDir.toStored(adam.v, "v.")], { concurrency: "unbounded" }),
+                ([m, v]) => ({ step, moments: { ...m, ...v } })
+              )
+            }),
           restore: (s) => {
             const bad = ModelDir.assign(adam.m, s.moments, "m.") ?? ModelDir.assign(adam.v, s.moments, "v.")
             if (bad === undefined) adam.step = s.step

@@ -61,7 +61,9 @@ export class Checkpointer extends Context.Service<Checkpointer, {
         const fail = (message: string) => new CheckpointDir.CheckpointError({ path: runDir, message })
 
         const save = Effect.fn("Checkpointer.save")(function*(iteration: number) {
-          const opt = optimizer.state()
+          const opt = yield* optimizer.state()
+          const policy = yield* Denoiser.toStored(model)
+          const average = Option.isSome(ema) ? yield* ema.value.state() : undefined
           const state = {
             format: "diffusion-sharpening/checkpoint@1" as const,
             iteration,
@@ -71,10 +73,10 @@ export class Checkpointer extends Context.Service<Checkpointer, {
             records: yield* metrics.records
           }
           return yield* CheckpointDir.save(runDir, iteration, {
-            "policy.safetensors": Safetensors.encode(Denoiser.toStored(model)),
+            "policy.safetensors": Safetensors.encode(policy),
             "optimizer.safetensors": Safetensors.encode(opt.moments),
             "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(State)(state))),
-            ...(Option.isSome(ema) ? { "ema.safetensors": Safetensors.encode(ema.value.state()) } : {})
+            ...(average !== undefined ? { "ema.safetensors": Safetensors.encode(average) } : {})
           }, keep).pipe(Effect.mapError((e) => (e instanceof CheckpointDir.CheckpointError ? e : fail(String(e)))), Effect.provide(context))
         })
 

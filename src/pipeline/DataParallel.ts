@@ -16,6 +16,7 @@
  * @since 0.2.0
  */
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import { Worker } from "node:worker_threads"
 import * as Noise from "../diffusion/Noise.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
@@ -23,6 +24,7 @@ import { workerExecArgv } from "../eval/ParallelGenerate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { forward } from "../model/UNet.ts"
 import { paramGrads } from "../tensor/Grad.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 
@@ -47,16 +49,15 @@ export interface ShardJob extends Shard {
 
 const keysOf = (params: Readonly<Record<string, tf.Tensor>>) => Object.keys(params)
 
-/** All parameters as one flat array, in the model's parameter order. */
-export const flatten = (params: Readonly<Record<string, tf.Tensor>>): Float32Array => {
+/**
+ * All parameters as one flat array, in the model's parameter order: one
+ * concatenation and one read (one wait on a GPU, not one per parameter).
+ */
+export const flatten = (params: Readonly<Record<string, tf.Tensor>>): Effect.Effect<Float32Array> => {
   const keys = keysOf(params)
-  const out = new Float32Array(keys.reduce((a, k) => a + params[k].size, 0))
-  let o = 0
-  for (const k of keys) {
-    out.set(params[k].dataSync() as Float32Array, o)
-    o += params[k].size
-  }
-  return out
+  return keys.length === 0
+    ? Effect.sync(() => new Float32Array(0))
+    : HostRead.consumeFloat32(() => tf.concat(keys.map((k) => tf.reshape(params[k], [-1]))))
 }
 
 /** Views of a flat array shaped like `params` (no copies). */
@@ -84,34 +85,42 @@ export const assignFlat = (params: Readonly<Record<string, tf.Variable>>, flat: 
  *
  * @since 0.2.0
  */
-export const lossAndGrads = (model: Denoiser.Model, s: Shard): { loss: number; grads: Record<string, tf.Tensor> } => {
+export const lossAndGrads = (model: Denoiser.Model, s: Shard): Effect.Effect<{ loss: number; grads: Record<string, tf.Tensor> }, WasmHeap.WasmHeapExhausted> => {
   const schedule = Schedule.make(model.config.schedule)
   const config = Denoiser.unetConfig(model.config)
   const a = config.architecture
   const shape: [number, number, number, number] = [s.batch, a.imageSize, a.imageSize, a.channels]
-  const { grads, value } = WasmHeap.guard("pretraining gradients", s.batch, () => paramGrads(() =>
-    tf.tidy(() => {
-      const x0 = tf.tensor4d(s.images, shape)
-      const eps = tf.tensor4d(s.noise, shape)
-      const xt = Noise.addNoise(schedule, x0, eps, s.t)
-      const inputs = Denoiser.encodeInputs(config, xt, s.t, s.prompts)
-      const target = model.config.prediction === "v_prediction" ? Noise.vTarget(schedule, x0, eps, s.t) : eps
-      return tf.mean(tf.squaredDifference(forward(model.params, a, inputs), target)) as tf.Scalar
-    }), model.params), (r) => tf.dispose([r.value, ...Object.values(r.grads)]))
-  const loss = value.dataSync()[0]
-  value.dispose()
-  return { loss, grads }
+  return Effect.flatMap(
+    WasmHeap.guarded("pretraining gradients", s.batch, () => paramGrads(() =>
+      tf.tidy(() => {
+        const x0 = tf.tensor4d(s.images, shape)
+        const eps = tf.tensor4d(s.noise, shape)
+        const xt = Noise.addNoise(schedule, x0, eps, s.t)
+        const inputs = Denoiser.encodeInputs(config, xt, s.t, s.prompts)
+        const target = model.config.prediction === "v_prediction" ? Noise.vTarget(schedule, x0, eps, s.t) : eps
+        return tf.mean(tf.squaredDifference(forward(model.params, a, inputs), target)) as tf.Scalar
+      }), model.params), (r) => tf.dispose([r.value, ...Object.values(r.grads)])),
+    ({ grads, value }) =>
+      HostRead.scalar(value).pipe(
+        Effect.map((loss) => ({ loss, grads })),
+        Effect.onError(() => Effect.sync(() => Scoped.disposeAll(grads))),
+        Effect.ensuring(Effect.sync(() => value.dispose()))
+      )
+  )
 }
 
 /** {@link lossAndGrads} with the gradients as one flat array in the model's parameter order. */
-export const shardGrads = (model: Denoiser.Model, s: Shard): { loss: number; grads: Float32Array } => {
-  const r = lossAndGrads(model, s)
-  const missing = Object.keys(model.params).filter((k) => r.grads[k] === undefined)
-  if (missing.length > 0) throw new Error(`no gradient for ${missing.join(", ")}`)
-  const flat = flatten(Object.fromEntries(Object.keys(model.params).map((k) => [k, r.grads[k]])))
-  Scoped.disposeAll(r.grads)
-  return { loss: r.loss, grads: flat }
-}
+export const shardGrads = (model: Denoiser.Model, s: Shard): Effect.Effect<{ loss: number; grads: Float32Array }, WasmHeap.WasmHeapExhausted> =>
+  Effect.flatMap(lossAndGrads(model, s), (r) => {
+    const missing = Object.keys(model.params).filter((k) => r.grads[k] === undefined)
+    const flat = missing.length > 0
+      ? Effect.die(new Error(`no gradient for ${missing.join(", ")}`))
+      : flatten(Object.fromEntries(Object.keys(model.params).map((k) => [k, r.grads[k]])))
+    return flat.pipe(
+      Effect.map((grads) => ({ loss: r.loss, grads })),
+      Effect.ensuring(Effect.sync(() => Scoped.disposeAll(r.grads)))
+    )
+  })
 
 /**
  * Split a batch into `parts` shards of near-equal size (the first ones one
@@ -152,7 +161,7 @@ export interface Pool {
    * `AdamW.stepFlat`), without them the gradient tensors (owned by the
    * caller), which stay on the device of a native backend.
    */
-  readonly lossAndGrads: (model: Denoiser.Model, whole: Shard) => Promise<{ loss: number; grads: Float32Array | Record<string, tf.Tensor> }>
+  readonly lossAndGrads: (model: Denoiser.Model, whole: Shard) => Effect.Effect<{ loss: number; grads: Float32Array | Record<string, tf.Tensor> }, WasmHeap.WasmHeapExhausted>
   readonly close: () => Promise<void>
 }
 
@@ -193,26 +202,31 @@ export const make = (model: Denoiser.Model, workers: number, backend: string): P
     })
   return {
     workers: threads.length + 1,
-    lossAndGrads: async (m, whole) => {
-      const parts = shards(whole, threads.length + 1)
-      if (parts.length === 1) return lossAndGrads(m, whole)
-      const params = flatten(m.params)
-      const remote = parts.slice(1).map((s, i) => ask(threads[i], { ...s, params }))
-      // The main thread's shard runs while the workers run theirs.
-      const mine = shardGrads(m, parts[0])
-      const others = await Promise.all(remote)
-      const weights = parts.map((s) => s.batch / whole.batch)
-      // Weighted mean over shards on the flat arrays: one pass, no tensor ops
-      // (per-parameter tensor ops cost ~1,000 kernel calls a step on wasm).
-      const grads = mine.grads
-      for (let i = 0; i < grads.length; i++) {
-        let g = grads[i] * weights[0]
-        for (let j = 0; j < others.length; j++) g += others[j].grads[i] * weights[j + 1]
-        grads[i] = g
-      }
-      const loss = mine.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
-      return { loss, grads }
-    },
+    lossAndGrads: (m, whole) =>
+      Effect.gen(function*() {
+        const parts = shards(whole, threads.length + 1)
+        if (parts.length === 1) return yield* lossAndGrads(m, whole)
+        const params = yield* flatten(m.params)
+        const remote = Promise.all(parts.slice(1).map((s, i) => ask(threads[i], { ...s, params })))
+        // Handled now: a worker may fail while this thread awaits its own read.
+        remote.catch(() => undefined)
+        // The main thread's shard runs while the workers run theirs.
+        const mine = yield* shardGrads(m, parts[0])
+        const others = yield* Effect.tryPromise({ try: () => remote, catch: (e) => e }).pipe(
+          Effect.catch((e) => (e instanceof WasmHeap.WasmHeapExhausted ? Effect.fail(e) : Effect.die(e)))
+        )
+        const weights = parts.map((s) => s.batch / whole.batch)
+        // Weighted mean over shards on the flat arrays: one pass, no tensor ops
+        // (per-parameter tensor ops cost ~1,000 kernel calls a step on wasm).
+        const grads = mine.grads
+        for (let i = 0; i < grads.length; i++) {
+          let g = grads[i] * weights[0]
+          for (let j = 0; j < others.length; j++) g += others[j].grads[i] * weights[j + 1]
+          grads[i] = g
+        }
+        const loss = mine.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
+        return { loss, grads }
+      }),
     close: async () => {
       await Promise.all(threads.map((w) => w.terminate()))
     }

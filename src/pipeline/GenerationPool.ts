@@ -30,6 +30,7 @@ import { workerExecArgv } from "../eval/ParallelGenerate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as PortablePart from "../objective/PortablePart.ts"
 import { Backend } from "../tensor/Backend.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as Trajectory from "../trajectory/Trajectory.ts"
 import * as TrajectoryShards from "../trajectory/TrajectoryShards.ts"
@@ -116,7 +117,7 @@ export const inline: Pool = {
     Effect.sync(() => Trajectory.fromDraws(model, Schedule.make(model.config.schedule), x0, prompts, draws, o)),
   gradients: (_model, groups, here) =>
     groups.length > 0 ? Effect.die(new RangeError("a one-thread pool has no worker threads for gradients")) : Effect.sync(() => ({ here: here(), remote: [] })),
-  errors: (model, inputs) => Effect.sync(() => inputs.map((p) => PortablePart.errorsOf(model, p))),
+  errors: (model, inputs) => Effect.forEach(inputs, (p) => PortablePart.errorsOf(model, p)),
   liveThreads: () => 0,
   close: () => Promise.resolve()
 }
@@ -202,19 +203,18 @@ export const make = (
   const fanOut = <S, A>(
     shards: ReadonlyArray<S>,
     job: (s: S, id: number) => Job,
-    here: (s: S) => A,
+    here: (s: S) => Effect.Effect<A>,
     fromReply: (r: Reply) => A
   ): Effect.Effect<Array<A>, GenerationError> =>
     Effect.suspend(() => {
       const remote = shards.slice(1).map((s, i) => post(i, job(s, nextId++)))
-      const mine = here(shards[0])
-      return Effect.map(Effect.all(remote, { concurrency: "unbounded" }), (replies) => [mine, ...replies.map(fromReply)])
+      return Effect.flatMap(here(shards[0]), (mine) => Effect.map(Effect.all(remote, { concurrency: "unbounded" }), (replies) => [mine, ...replies.map(fromReply)]))
     })
 
   return {
     threads,
     sample: (model, prompts, xT, o) =>
-      Effect.suspend(() => {
+      Effect.gen(function*() {
         const per = xT.length / prompts.length
         // Every row costs the same: contiguous shards of near-equal size.
         const count = Math.min(threads, prompts.length)
@@ -224,17 +224,12 @@ export const make = (
           const start = k * size + Math.min(k, extra)
           return { start, end: start + size + (k < extra ? 1 : 0) }
         })
-        if (parts.length <= 1) return inline.sample(model, prompts, xT, o)
-        const params = flatten(model.params)
-        return fanOut(
+        if (parts.length <= 1) return yield* inline.sample(model, prompts, xT, o)
+        const params = yield* flatten(model.params)
+        return yield* fanOut(
           parts,
           (s, id) => ({ kind: "sample", id, params, prompts: prompts.slice(s.start, s.end), xT: xT.slice(s.start * per, s.end * per), steps: o.steps, cfg: o.cfg }),
-          (s) => {
-            const x = sampleHere(model, prompts.slice(s.start, s.end), xT.subarray(s.start * per, s.end * per), o)
-            const data = (x.dataSync() as Float32Array).slice()
-            x.dispose()
-            return data
-          },
+          (s) => HostRead.consumeFloat32(() => sampleHere(model, prompts.slice(s.start, s.end), xT.subarray(s.start * per, s.end * per), o)),
           (r) => r.x0!
         ).pipe(Effect.map((arrays) => {
           const out = new Float32Array(xT.length)
@@ -243,50 +238,52 @@ export const make = (
         }))
       }),
     trajectories: (model, x0, prompts, draws, o) =>
-      Effect.suspend(() => {
+      Effect.gen(function*() {
         const schedule = Schedule.make(model.config.schedule)
         const items = TrajectoryShards.partition(draws.itemT0, threads, o, schedule.trainSteps)
-        if (items.length <= 1) return inline.trajectories(model, x0, prompts, draws, o)
-        const whole = { x0: (x0.dataSync() as Float32Array).slice(), prompts, draws }
-        const params = flatten(model.params)
-        return fanOut(
+        if (items.length <= 1) return yield* inline.trajectories(model, x0, prompts, draws, o)
+        const [whole, params] = yield* Effect.all([
+          Effect.map(HostRead.float32(x0), (data) => ({ x0: data, prompts, draws })),
+          flatten(model.params)
+        ], { concurrency: "unbounded" })
+        return yield* fanOut(
           items.map((its) => ({ items: its, ...TrajectoryShards.shard(whole, its, o.n) })),
           (s, id) => ({ kind: "trajectories", id, params, x0: s.x0, prompts: s.prompts, draws: s.draws, options: o }),
-          (s) => {
-            const x = tf.tensor(s.x0, [s.items.length, ...x0.shape.slice(1)], "float32")
-            try {
-              const t = Trajectory.fromDraws(model, schedule, x, s.prompts, s.draws, o)
-              const data = TrajectoryShards.toData(t)
-              Trajectory.dispose(t)
-              return data
-            } finally {
-              x.dispose()
-            }
-          },
+          (s) =>
+            Effect.acquireUseRelease(
+              Effect.sync(() => {
+                const x = tf.tensor(s.x0, [s.items.length, ...x0.shape.slice(1)], "float32")
+                try {
+                  return Trajectory.fromDraws(model, schedule, x, s.prompts, s.draws, o)
+                } finally {
+                  x.dispose()
+                }
+              }),
+              TrajectoryShards.toData,
+              (t) => Effect.sync(() => Trajectory.dispose(t))
+            ),
           (r) => r.trajectories!
         ).pipe(Effect.map((data) => TrajectoryShards.fromData(TrajectoryShards.merge(data.map((d, k) => ({ items: items[k], data: d })), prompts.length))))
       }),
     gradients: (model, groups, here) =>
-      Effect.suspend(() => {
-        if (groups.length > slots.length) return Effect.die(new RangeError(`${groups.length} gradient groups for ${slots.length} worker threads`))
-        const params = flatten(model.params)
+      Effect.gen(function*() {
+        if (groups.length > slots.length) return yield* Effect.die(new RangeError(`${groups.length} gradient groups for ${slots.length} worker threads`))
+        const params = yield* flatten(model.params)
         const remote = groups.map((parts, i) => post(i, { kind: "gradients", id: nextId++, params, parts }))
         const mine = here()
-        return Effect.map(Effect.all(remote, { concurrency: "unbounded" }), (replies) => ({
-          here: mine,
-          remote: replies.map((r) => ({ value: r.value!, grads: r.grads!, present: r.present! }))
-        }))
+        const replies = yield* Effect.all(remote, { concurrency: "unbounded" })
+        return { here: mine, remote: replies.map((r) => ({ value: r.value!, grads: r.grads!, present: r.present! })) }
       }),
     errors: (model, inputs) =>
-      Effect.suspend(() => {
+      Effect.gen(function*() {
         // Set k on thread k mod threads (thread 0 is this one).
         const shards = Array.from({ length: Math.min(threads, inputs.length) }, (_, s) => inputs.flatMap((p, k) => (k % threads === s ? [{ p, k }] : [])))
-        if (shards.length <= 1) return inline.errors(model, inputs)
-        const params = flatten(model.params)
-        return fanOut(
+        if (shards.length <= 1) return yield* inline.errors(model, inputs)
+        const params = yield* flatten(model.params)
+        return yield* fanOut(
           shards,
           (s, id) => ({ kind: "errors", id, params, inputs: s.map((e) => e.p) }),
-          (s) => s.map((e) => PortablePart.errorsOf(model, e.p)),
+          (s) => Effect.forEach(s, (e) => PortablePart.errorsOf(model, e.p)),
           (r) => [...r.errors!]
         ).pipe(Effect.map((results) => {
           const out = new Array<Float32Array>(inputs.length)

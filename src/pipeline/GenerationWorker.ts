@@ -9,6 +9,7 @@
  * @since 0.5.0
  */
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import { parentPort, workerData } from "node:worker_threads"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Generate from "../eval/Generate.ts"
@@ -16,6 +17,7 @@ import * as Denoiser from "../model/Denoiser.ts"
 import * as PortablePart from "../objective/PortablePart.ts"
 import { initialise } from "../tensor/Backend.ts"
 import { paramGrads } from "../tensor/Grad.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as Trajectory from "../trajectory/Trajectory.ts"
 import * as TrajectoryShards from "../trajectory/TrajectoryShards.ts"
@@ -90,67 +92,98 @@ const ready = initialise(init.backend).then((r) => {
 
 const size = (model: Denoiser.Model) => Object.values(model.params).reduce((a, p) => a + p.size, 0)
 
-const run = (model: Denoiser.Model, job: Job): { reply: Reply; transfer: Array<ArrayBuffer> } => {
+/** Read a tensor made under the heap guard, and dispose it. */
+const consume = async (x: tf.Tensor): Promise<Float32Array> => {
+  try {
+    return await HostRead.promise(x)
+  } finally {
+    x.dispose()
+  }
+}
+
+const run = async (model: Denoiser.Model, job: Job): Promise<{ reply: Reply; transfer: Array<ArrayBuffer> }> => {
   if (job.params.length !== size(model)) throw new RangeError(`weights of ${job.params.length} values for a replica of ${size(model)}`)
   DataParallel.assignFlat(model.params, job.params)
   if (job.kind === "gradients") {
     const keys = Object.keys(model.params)
+    let end = 0
+    const offsets = keys.map((k) => (end += model.params[k].size) - model.params[k].size)
     const grads = new Float32Array(job.params.length)
     const present = keys.map(() => false)
     let value = 0
     for (const part of job.parts) {
       const r = WasmHeap.guard("loss gradients (worker thread)", part.t.length, () => paramGrads(() => PortablePart.loss(model, part), model.params), (g) => tf.dispose([g.value, ...Object.values(g.grads)]))
-      value += r.value.dataSync()[0]
-      let o = 0
-      keys.forEach((k, i) => {
-        const g = r.grads[k]
-        if (g !== undefined) {
-          const data = g.dataSync() as Float32Array
-          for (let j = 0; j < data.length; j++) grads[o + j] += data[j]
-          present[i] = true
-        }
-        o += model.params[k].size
-      })
-      tf.dispose([r.value, ...Object.values(r.grads)])
+      // The part's loss and gradients in one read: [loss, each present gradient in parameter order].
+      const has = keys.flatMap((k, i) => (r.grads[k] === undefined ? [] : [i]))
+      let data: Float32Array
+      try {
+        data = await consume(tf.tidy(() => tf.concat([tf.reshape(r.value, [1]), ...has.map((i) => tf.reshape(r.grads[keys[i]], [-1]))])))
+      } finally {
+        tf.dispose([r.value, ...Object.values(r.grads)])
+      }
+      value += data[0]
+      let o = 1
+      for (const i of has) {
+        const at = offsets[i]
+        const n = model.params[keys[i]].size
+        for (let j = 0; j < n; j++) grads[at + j] += data[o + j]
+        present[i] = true
+        o += n
+      }
     }
     return { reply: { id: job.id, value, grads, present }, transfer: [grads.buffer as ArrayBuffer] }
   }
   if (job.kind === "errors") {
-    const errors = job.inputs.map((p) => WasmHeap.guard("reference errors (worker thread)", p.t.length, () => PortablePart.errorsOf(model, p)))
+    const errors: Array<Float32Array> = []
+    for (const p of job.inputs) {
+      const shape = [p.t.length, ...Denoiser.sampleShape(model.config)]
+      // (PortablePart.errorsOf, with the heap guard around the computation)
+      errors.push(await consume(WasmHeap.guard("reference errors (worker thread)", p.t.length, () =>
+        tf.tidy(() => PortablePart.rowErrors(model, tf.tensor(p.x, shape, "float32"), tf.tensor(p.target, shape, "float32"), p.t, p.prompts)))))
+    }
     return { reply: { id: job.id, errors }, transfer: errors.map((e) => e.buffer as ArrayBuffer) }
   }
   const shape = Denoiser.sampleShape(model.config)
   const batch = job.prompts.length
   if (job.kind === "sample") {
-    const x0 = WasmHeap.guard("online samples (worker thread)", batch, () =>
-      tf.tidy(() => Generate.fromNoise(model, job.prompts, tf.tensor(job.xT, [batch, ...shape], "float32"), job)))
-    const data = (x0.dataSync() as Float32Array).slice()
-    x0.dispose()
+    const data = await consume(WasmHeap.guard("online samples (worker thread)", batch, () =>
+      tf.tidy(() => Generate.fromNoise(model, job.prompts, tf.tensor(job.xT, [batch, ...shape], "float32"), job))))
     return { reply: { id: job.id, x0: data }, transfer: [data.buffer as ArrayBuffer] }
   }
   const schedule = Schedule.make(model.config.schedule)
   const x0 = tf.tensor(job.x0, [batch, ...shape], "float32")
+  let t: Trajectory.Trajectories
   try {
-    const t = WasmHeap.guard("trajectories (worker thread)", batch * job.options.n, () =>
+    t = WasmHeap.guard("trajectories (worker thread)", batch * job.options.n, () =>
       Trajectory.fromDraws(model, schedule, x0, job.prompts, job.draws, job.options), Trajectory.dispose)
-    const data = TrajectoryShards.toData(t)
-    Trajectory.dispose(t)
-    const arrays = [data.x0, data.noise, ...data.steps.flatMap((s) => [s.xt, s.eps, s.x0]), ...(data.final === undefined ? [] : [data.final])]
-    return { reply: { id: job.id, trajectories: data }, transfer: arrays.map((a) => a.buffer as ArrayBuffer) }
   } finally {
     x0.dispose()
   }
+  let data: TrajectoryShards.TrajectoryData
+  try {
+    data = await Effect.runPromise(TrajectoryShards.toData(t))
+  } finally {
+    Trajectory.dispose(t)
+  }
+  const arrays = [data.x0, data.noise, ...data.steps.flatMap((s) => [s.xt, s.eps, s.x0]), ...(data.final === undefined ? [] : [data.final])]
+  return { reply: { id: job.id, trajectories: data }, transfer: arrays.map((a) => a.buffer as ArrayBuffer) }
 }
 
+// One job at a time, in arrival order: a job that awaits its reads must not
+// see the next job's weights assigned under it.
+let queue: Promise<void> = Promise.resolve()
+
 parentPort!.on("message", (job: Job) => {
-  ready.then((model) => {
-    const { reply, transfer } = run(model, job)
-    parentPort!.postMessage(reply, transfer)
-  }).catch((e: unknown) =>
-    parentPort!.postMessage(
-      e instanceof WasmHeap.WasmHeapExhausted
-        ? { id: job.id, heap: { what: e.what, rows: e.rows, heapBytes: e.heapBytes, limitBytes: e.limitBytes, detail: e.detail } }
-        : { id: job.id, error: e instanceof Error ? e.message : String(e) }
+  queue = queue.then(() =>
+    ready.then(async (model) => {
+      const { reply, transfer } = await run(model, job)
+      parentPort!.postMessage(reply, transfer)
+    }).catch((e: unknown) =>
+      parentPort!.postMessage(
+        e instanceof WasmHeap.WasmHeapExhausted
+          ? { id: job.id, heap: { what: e.what, rows: e.rows, heapBytes: e.heapBytes, limitBytes: e.limitBytes, detail: e.detail } }
+          : { id: job.id, error: e instanceof Error ? e.message : String(e) }
+      )
     )
   )
 })

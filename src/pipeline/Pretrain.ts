@@ -22,6 +22,7 @@ import * as AdamW from "../optim/AdamW.ts"
 import { Rng, RngState } from "../tensor/Random.ts"
 import { Backend } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
+import type { WasmHeapExhausted } from "../tensor/WasmHeap.ts"
 import * as DataParallel from "./DataParallel.ts"
 import * as TrainingLoop from "./TrainingLoop.ts"
 
@@ -87,14 +88,16 @@ const apply = (
   lr: number,
   adamConfig: AdamW.AdamWConfig,
   r: { loss: number; grads: Record<string, tf.Tensor> | Float32Array }
-): { loss: number; gradNorm: number } => {
+): Effect.Effect<{ loss: number; gradNorm: number }> => {
   const ok = Number.isFinite(r.loss)
-  if (r.grads instanceof Float32Array) {
-    return { loss: r.loss, gradNorm: ok ? AdamW.stepFlat(model.params, r.grads, adam, lr, adamConfig) : NaN }
+  const grads = r.grads
+  if (grads instanceof Float32Array) {
+    return Effect.sync(() => ({ loss: r.loss, gradNorm: ok ? AdamW.stepFlat(model.params, grads, adam, lr, adamConfig) : NaN }))
   }
-  const gradNorm = ok ? AdamW.step(model.params, r.grads, adam, lr, adamConfig) : NaN
-  Scoped.disposeAll(r.grads)
-  return { loss: r.loss, gradNorm }
+  return (ok ? AdamW.step(model.params, grads, adam, lr, adamConfig) : Effect.succeed(NaN)).pipe(
+    Effect.map((gradNorm) => ({ loss: r.loss, gradNorm })),
+    Effect.ensuring(Effect.sync(() => Scoped.disposeAll(grads)))
+  )
 }
 
 /**
@@ -111,8 +114,10 @@ export const trainStep = (
   rng: Rng,
   lr: number,
   adamConfig: AdamW.AdamWConfig
-): { loss: number; gradNorm: number } =>
-  apply(model, adam, lr, adamConfig, DataParallel.lossAndGrads(model, drawShard(schedule, model, batch, rng)))
+): Effect.Effect<{ loss: number; gradNorm: number }, WasmHeapExhausted> =>
+  Effect.suspend(() => DataParallel.lossAndGrads(model, drawShard(schedule, model, batch, rng))).pipe(
+    Effect.flatMap((r) => apply(model, adam, lr, adamConfig, r))
+  )
 
 /**
  * {@link trainStep} with the batch's gradients computed in shards over a
@@ -120,7 +125,7 @@ export const trainStep = (
  *
  * @since 0.2.0
  */
-export const trainStepParallel = async (
+export const trainStepParallel = (
   pool: DataParallel.Pool,
   model: Denoiser.Model,
   schedule: Schedule.Schedule,
@@ -129,8 +134,10 @@ export const trainStepParallel = async (
   rng: Rng,
   lr: number,
   adamConfig: AdamW.AdamWConfig
-): Promise<{ loss: number; gradNorm: number }> =>
-  apply(model, adam, lr, adamConfig, await pool.lossAndGrads(model, drawShard(schedule, model, batch, rng)))
+): Effect.Effect<{ loss: number; gradNorm: number }, WasmHeapExhausted> =>
+  Effect.suspend(() => pool.lossAndGrads(model, drawShard(schedule, model, batch, rng))).pipe(
+    Effect.flatMap((r) => apply(model, adam, lr, adamConfig, r))
+  )
 
 export const updateEma = (ema: Readonly<Record<string, tf.Variable>>, params: Readonly<Record<string, tf.Tensor>>, decay: number) =>
   tf.tidy(() => {
@@ -216,10 +223,14 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
 
   const checkpoint = Effect.fn("Pretrain.checkpoint")(function*(step: number, wallMs: number) {
     const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, options: { ...o, config: undefined, architecture: o.config.architecture } }
+    const [params, average, m, v] = yield* Effect.all(
+      [ModelDir.toStored(model.params), ModelDir.toStored(ema.params), ModelDir.toStored(adam.m, "m."), ModelDir.toStored(adam.v, "v.")],
+      { concurrency: "unbounded" }
+    )
     yield* CheckpointDir.save(o.runDir, step, {
-      "params.safetensors": Safetensors.encode(ModelDir.toStored(model.params)),
-      "ema.safetensors": Safetensors.encode(ModelDir.toStored(ema.params)),
-      "adam.safetensors": Safetensors.encode({ ...ModelDir.toStored(adam.m, "m."), ...ModelDir.toStored(adam.v, "v.") }),
+      "params.safetensors": Safetensors.encode(params),
+      "ema.safetensors": Safetensors.encode(average),
+      "adam.safetensors": Safetensors.encode({ ...m, ...v }),
       "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(TrainState)(st)))
     })
   })
@@ -232,18 +243,19 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
     startWallMs: state.wallMs,
     maxMinutes: o.maxMinutes,
     checkpointEvery: o.checkpointEvery,
-    step: async (index) => {
-      const batch = Dataset.nextBatch(rng, data)
-      const r = pool.workers > 1
-        ? await trainStepParallel(pool, model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
-        : trainStep(model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
-      if (Number.isFinite(r.loss) && Number.isFinite(r.gradNorm)) {
-        updateEma(ema.params, model.params, Math.min(o.emaDecay, (1 + index) / (10 + index)))
-        losses.push(r.loss)
-      }
-      const recent = losses.slice(-50)
-      return { ...r, show: { loss: recent.reduce((a, b) => a + b, 0) / recent.length, lr: lrAt(o, index) } }
-    },
+    step: (index) =>
+      Effect.gen(function*() {
+        const batch = Dataset.nextBatch(rng, data)
+        const r = pool.workers > 1
+          ? yield* trainStepParallel(pool, model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
+          : yield* trainStep(model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
+        if (Number.isFinite(r.loss) && Number.isFinite(r.gradNorm)) {
+          updateEma(ema.params, model.params, Math.min(o.emaDecay, (1 + index) / (10 + index)))
+          losses.push(r.loss)
+        }
+        const recent = losses.slice(-50)
+        return { ...r, show: { loss: recent.reduce((a, b) => a + b, 0) / recent.length, lr: lrAt(o, index) } }
+      }),
     checkpoint
   })
 

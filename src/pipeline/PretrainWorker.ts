@@ -8,6 +8,7 @@
  *
  * @since 0.2.0
  */
+import { Effect } from "effect"
 import { parentPort, workerData } from "node:worker_threads"
 import * as Denoiser from "../model/Denoiser.ts"
 import type { UNetConfig } from "../model/UNetConfig.ts"
@@ -27,9 +28,9 @@ const ready = initialise(init.backend).then((r) => {
 })
 
 parentPort!.on("message", (job: DataParallel.ShardJob) => {
-  ready.then((model) => {
+  ready.then(async (model) => {
     DataParallel.assignFlat(model.params, job.params)
-    const r = DataParallel.shardGrads(model, job)
+    const r = await Effect.runPromise(DataParallel.shardGrads(model, job))
     parentPort!.postMessage({ loss: r.loss, grads: r.grads }, [r.grads.buffer as ArrayBuffer])
   }).catch((e: unknown) =>
     parentPort!.postMessage(

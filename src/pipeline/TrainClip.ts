@@ -37,6 +37,7 @@ import * as Clip from "../reward/ClipModel.ts"
 import * as HardNegatives from "../reward/HardNegatives.ts"
 import { Backend } from "../tensor/Backend.ts"
 import { paramGrads } from "../tensor/Grad.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import { Rng, RngState } from "../tensor/Random.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import { lossPlot } from "./Pretrain.ts"
@@ -182,24 +183,28 @@ export const contrastiveLoss = (p: Clip.Model["params"], config: Clip.ClipConfig
  * Fraction of images whose own prompt outranks all its hard negatives and
  * all false batch prompts (training-time retrieval accuracy).
  */
-const rowAccuracy = (p: Clip.Model["params"], config: Clip.ClipConfig, batch: ClipBatch): number =>
-  tf.tidy(() => {
-    const b = batch.batchSize
-    const k = batch.negativesPerImage
-    const s = config.imageSize
-    const img = Clip.embedImages(p, config, tf.tensor4d(batch.images, [b, s, s, 3]))
-    const txt = Clip.embedTexts(p, config, [...batch.parsed.map((q) => q.text), ...batch.negatives])
-    const sims = tf.matMul(img, txt, false, true).arraySync() as Array<Array<number>>
-    let correct = 0
-    for (let i = 0; i < b; i++) {
-      const own = sims[i][i]
-      let ok = true
-      for (let j = 0; j < b && ok; j++) if (batch.truth[i * b + j] === 0 && sims[i][j] >= own) ok = false
-      for (let n = 0; n < k && ok; n++) if (sims[i][b + i * k + n] >= own) ok = false
-      if (ok) correct++
+const rowAccuracy = (p: Clip.Model["params"], config: Clip.ClipConfig, batch: ClipBatch): Effect.Effect<number> =>
+  Effect.map(
+    HostRead.consume(() => {
+      const s = config.imageSize
+      const img = Clip.embedImages(p, config, tf.tensor4d(batch.images, [batch.batchSize, s, s, 3]))
+      const txt = Clip.embedTexts(p, config, [...batch.parsed.map((q) => q.text), ...batch.negatives])
+      return tf.matMul(img, txt, false, true)
+    }, (x) => HostRead.array<Array<Array<number>>>(x)),
+    (sims) => {
+      const b = batch.batchSize
+      const k = batch.negativesPerImage
+      let correct = 0
+      for (let i = 0; i < b; i++) {
+        const own = sims[i][i]
+        let ok = true
+        for (let j = 0; j < b && ok; j++) if (batch.truth[i * b + j] === 0 && sims[i][j] >= own) ok = false
+        for (let n = 0; n < k && ok; n++) if (sims[i][b + i * k + n] >= own) ok = false
+        if (ok) correct++
+      }
+      return correct / b
     }
-    return correct / b
-  })
+  )
 
 /**
  * One optimisation step; returns the loss (NaN/Infinity are reported, not applied).
@@ -212,14 +217,17 @@ export const trainStep = (
   batch: ClipBatch,
   lr: number,
   adamConfig: AdamW.AdamWConfig
-): { loss: number; gradNorm: number } => {
-  const { value, grads } = paramGrads(() => tf.tidy(() => contrastiveLoss(model.params, model.config, batch)), model.params)
-  const loss = value.dataSync()[0]
-  value.dispose()
-  const gradNorm = Number.isFinite(loss) ? AdamW.step(model.params, grads, adam, lr, adamConfig) : NaN
-  Scoped.disposeAll(grads)
-  return { loss, gradNorm }
-}
+): Effect.Effect<{ loss: number; gradNorm: number }> =>
+  Effect.suspend(() => {
+    const { value, grads } = paramGrads(() => tf.tidy(() => contrastiveLoss(model.params, model.config, batch)), model.params)
+    return HostRead.scalar(value).pipe(
+      Effect.ensuring(Effect.sync(() => value.dispose())),
+      Effect.flatMap((loss) =>
+        Effect.map(Number.isFinite(loss) ? AdamW.step(model.params, grads, adam, lr, adamConfig) : Effect.succeed(NaN), (gradNorm) => ({ loss, gradNorm }))
+      ),
+      Effect.ensuring(Effect.sync(() => Scoped.disposeAll(grads)))
+    )
+  })
 
 /** Linear warm-up, then cosine decay to 10% of the peak at `steps`. */
 export const lrAt = (o: Pick<TrainClipOptions, "lr" | "warmupSteps" | "steps">, step: number): number => {
@@ -263,23 +271,27 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
 
   const checkpoint = Effect.fn("TrainClip.checkpoint")(function*(step: number, wallMs: number) {
     const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, accuracies, options: { ...o, config: undefined } }
+    const [params, m, v] = yield* Effect.all(
+      [ModelDir.toStored(model.params), ModelDir.toStored(adam.m, "m."), ModelDir.toStored(adam.v, "v.")],
+      { concurrency: "unbounded" }
+    )
     yield* CheckpointDir.save(o.runDir, step, {
-      "params.safetensors": Safetensors.encode(ModelDir.toStored(model.params)),
-      "adam.safetensors": Safetensors.encode({ ...ModelDir.toStored(adam.m, "m."), ...ModelDir.toStored(adam.v, "v.") }),
+      "params.safetensors": Safetensors.encode(params),
+      "adam.safetensors": Safetensors.encode({ ...m, ...v }),
       "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(TrainState)(st)))
     })
   })
 
-  const step1 = (lr: number, batch: ClipBatch) => {
-    // AdamW's decoupled decay, applied only to weight matrices and embeddings.
-    const res = trainStep(model, adam, batch, lr, adamConfig)
-    if (o.weightDecay > 0 && Number.isFinite(res.gradNorm)) {
-      tf.tidy(() => {
-        for (const [k, v] of Object.entries(model.params)) if (decayed(k)) v.assign(tf.mul(v, 1 - lr * o.weightDecay))
-      })
-    }
-    return res
-  }
+  const step1 = (lr: number, batch: ClipBatch) =>
+    Effect.map(trainStep(model, adam, batch, lr, adamConfig), (res) => {
+      // AdamW's decoupled decay, applied only to weight matrices and embeddings.
+      if (o.weightDecay > 0 && Number.isFinite(res.gradNorm)) {
+        tf.tidy(() => {
+          for (const [k, v] of Object.entries(model.params)) if (decayed(k)) v.assign(tf.mul(v, 1 - lr * o.weightDecay))
+        })
+      }
+      return res
+    })
 
   const { steps: step, wallMs } = yield* TrainingLoop.run({
     label: "train-clip",
@@ -288,22 +300,23 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
     startWallMs: state.wallMs,
     maxMinutes: o.maxMinutes,
     checkpointEvery: o.checkpointEvery,
-    step: (index) => {
-      const batch = nextBatch(rng, o)
-      // Accuracy before the update, every 10 steps (a cheap extra forward).
-      if (index % 10 === 0) accuracies.push(rowAccuracy(model.params, model.config, batch))
-      const r = step1(lrAt(o, index), batch)
-      if (Number.isFinite(r.loss)) losses.push(r.loss)
-      return {
-        ...r,
-        show: {
-          loss: mean(losses.slice(-50)),
-          acc: mean(accuracies.slice(-10)),
-          scale: tf.tidy(() => Clip.logitScale(model.params).dataSync()[0]),
-          lr: lrAt(o, index)
+    step: (index) =>
+      Effect.gen(function*() {
+        const batch = nextBatch(rng, o)
+        // Accuracy before the update, every 10 steps (a cheap extra forward).
+        if (index % 10 === 0) accuracies.push(yield* rowAccuracy(model.params, model.config, batch))
+        const r = yield* step1(lrAt(o, index), batch)
+        if (Number.isFinite(r.loss)) losses.push(r.loss)
+        return {
+          ...r,
+          show: {
+            loss: mean(losses.slice(-50)),
+            acc: mean(accuracies.slice(-10)),
+            scale: yield* HostRead.consumeScalar(() => Clip.logitScale(model.params)),
+            lr: lrAt(o, index)
+          }
         }
-      }
-    },
+      }),
     checkpoint
   })
 

@@ -29,8 +29,8 @@ export interface LoopOptions<E, R> {
   /** Stop (with a checkpoint) after this many minutes in this session; 0 = no limit. */
   readonly maxMinutes: number
   readonly checkpointEvery: number
-  /** One optimisation step, `index` 0-based (a promise when it waits on worker threads). */
-  readonly step: (index: number) => StepOutcome | Promise<StepOutcome>
+  /** One optimisation step, `index` 0-based (an Effect or a promise when it reads tensors or waits on worker threads). */
+  readonly step: (index: number) => StepOutcome | Promise<StepOutcome> | Effect.Effect<StepOutcome, WasmHeapExhausted>
   readonly checkpoint: (steps: number, wallMs: number) => Effect.Effect<void, E, R>
 }
 
@@ -64,6 +64,8 @@ export const run = <E, R>(o: LoopOptions<E, R>): Effect.Effect<{ steps: number; 
         })
         const r = out instanceof Promise
           ? yield* Effect.tryPromise({ try: () => out, catch: (e) => e }).pipe(Effect.catch(heapOrDie))
+          : Effect.isEffect(out)
+          ? yield* out.pipe(Effect.catchDefect(heapOrDie))
           : out
         if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
           return yield* new NonFiniteLoss({ iteration: step + 1, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` })

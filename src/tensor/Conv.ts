@@ -13,6 +13,7 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
+import * as HostRead from "./HostRead.ts"
 
 type Conv = (x: tf.Tensor4D, kernel: tf.Tensor4D) => tf.Tensor4D
 
@@ -32,10 +33,10 @@ export const flipKernel = (k: tf.Tensor4D): tf.Tensor4D => {
   // (wasm) or free (cpu), and permuting the weights in JS is several times
   // faster than wasm's Reverse + Transpose kernels (bench/fusion.ts);
   // elsewhere (native, GPU) a read would be a download, so stay on the device.
-  const backend = tf.getBackend()
-  if (!speedups.jsFlip || (backend !== "wasm" && backend !== "cpu")) return tf.transpose(tf.reverse(k, [0, 1]), [0, 1, 3, 2])
+  if (!speedups.jsFlip || !HostRead.isResident()) return tf.transpose(tf.reverse(k, [0, 1]), [0, 1, 3, 2])
   const [kh, kw, ci, co] = k.shape
-  const src = k.dataSync() as Float32Array
+  // Synchronous: this runs inside a gradient function, which cannot await.
+  const src = HostRead.resident(k, "Conv.flipKernel")
   const out = new Float32Array(src.length)
   for (let i = 0; i < kh; i++) {
     for (let j = 0; j < kw; j++) {

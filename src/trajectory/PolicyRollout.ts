@@ -26,6 +26,7 @@ import * as Ddim from "../diffusion/Ddim.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Generate from "../eval/Generate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import type { Rng } from "../tensor/Random.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
 import * as Scoped from "../tensor/Scoped.ts"
@@ -117,17 +118,18 @@ export const stepLogProb = (
 /**
  * Sample n chains per prompt from the policy, recording states and
  * log-probabilities (no gradient). Row i*B + b is sample i of prompt b.
- * Model evaluations: n * B * steps, doubled by guidance.
+ * Model evaluations: n * B * steps, doubled by guidance. The log-probs of
+ * every step are read once, at the end.
  *
  * @since 0.1.0
  */
-export const rollout = (
+export const rollout = Effect.fn("PolicyRollout.rollout")(function*(
   model: Denoiser.Model,
   schedule: Schedule.Schedule,
   prompts: ReadonlyArray<string>,
   rng: Rng,
   o: RolloutOptions
-): RolloutTrajectories => {
+) {
   if (o.steps < 2) throw new RangeError(`a rollout needs at least 2 DDIM steps (the last one is deterministic), got ${o.steps}`)
   if (!(o.eta > 0)) throw new RangeError(`DDPO needs stochastic steps (eta > 0), got eta = ${o.eta}`)
   const b = prompts.length
@@ -136,8 +138,12 @@ export const rollout = (
   const rowPrompts = Array.from({ length: rows }, (_, r) => prompts[r % b])
   const grid = Ddim.timesteps(schedule.trainSteps, o.steps)
   const latents: Array<tf.Tensor> = [Generate.normalTensor(rng, shape) as tf.Tensor]
-  const logProbs: Array<ReadonlyArray<number>> = []
+  const lps: Array<tf.Tensor> = []
   let lastEps: tf.Tensor | undefined
+  const release = () => {
+    tf.dispose(latents)
+    lastEps?.dispose()
+  }
   try {
     for (let k = 0; k < grid.length; k++) {
       const x = latents[k]
@@ -155,9 +161,7 @@ export const rollout = (
       z?.dispose()
       latents.push(out.next)
       if (stochastic) {
-        const lp = tf.tidy(() => Ddim.logProb(out.next, out.mean, std, "mean"))
-        logProbs.push(Array.from(lp.dataSync()))
-        lp.dispose()
+        lps.push(tf.tidy(() => Ddim.logProb(out.next, out.mean, std, "mean")))
         tf.dispose([out.eps, out.mean])
       } else {
         out.mean.dispose()
@@ -165,13 +169,17 @@ export const rollout = (
       }
     }
   } catch (e) {
-    tf.dispose(latents)
-    lastEps?.dispose()
+    release()
+    tf.dispose(lps)
     throw e
   }
+  const logProbs = yield* HostRead.consume(() => tf.stack(lps), (x) => HostRead.array<Array<Array<number>>>(x)).pipe(
+    Effect.ensuring(Effect.sync(() => tf.dispose(lps))),
+    Effect.onError(() => Effect.sync(release))
+  )
   const final = latents[latents.length - 1]
   const x0 = tf.tidy(() => tf.clipByValue(final, -1, 1) as tf.Tensor)
-  return {
+  const t: RolloutTrajectories = {
     kind: "rollout",
     n: o.n,
     batch: b,
@@ -182,7 +190,8 @@ export const rollout = (
     nfe: rows * o.steps * (o.cfg === 1 ? 1 : 2),
     rollout: { timesteps: grid, latents, logProbs, options: o }
   }
-}
+  return t
+})
 
 /**
  * The rollout generator stage (ignores the batch's images; uses its prompts).
@@ -199,7 +208,7 @@ export const generatorLayer = (o: RolloutOptions): Layer.Layer<TrajectoryGenerat
       return TrajectoryGenerator.of({
         options: { n: o.n, m: o.steps, inferenceSteps: o.steps, cfg: o.cfg, estimator: { kind: "tweedie" }, timestep: { kind: "uniform" } },
         generate: (_x0, prompts) =>
-          Scoped.acquireWith((): Trajectories => rollout(model, schedule, prompts, rng, o), (t) => dispose(t as RolloutTrajectories)).pipe(
+          Scoped.acquireFrom<Trajectories, never, never>(rollout(model, schedule, prompts, rng, o), (t) => dispose(t as RolloutTrajectories)).pipe(
             Effect.withSpan("PolicyRollout.generate")
           )
       })

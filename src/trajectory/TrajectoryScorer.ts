@@ -10,6 +10,7 @@ import { Context, Effect, Layer } from "effect"
 import type { RewardError } from "../reward/RewardError.ts"
 import { scoreSamples, type Decoder } from "../reward/Decoder.ts"
 import type { Reward } from "../reward/Reward.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import * as Aggregate from "./Aggregate.ts"
 import type { Trajectories } from "./Trajectory.ts"
 
@@ -22,11 +23,11 @@ export interface TrajectoryScores {
   readonly rewardCalls: number
 }
 
-const flatRows = (x: tf.Tensor): Array<Float32Array> => {
-  const data = x.dataSync() as Float32Array
-  const per = x.size / x.shape[0]
-  return Array.from({ length: x.shape[0] }, (_, r) => data.slice(r * per, (r + 1) * per))
-}
+const flatRows = (x: tf.Tensor): Effect.Effect<Array<Float32Array>> =>
+  Effect.map(HostRead.float32(x), (data) => {
+    const per = x.size / x.shape[0]
+    return Array.from({ length: x.shape[0] }, (_, r) => data.slice(r * per, (r + 1) * per))
+  })
 
 export class TrajectoryScorer extends Context.Service<TrajectoryScorer, {
   readonly score: (t: Trajectories) => Effect.Effect<TrajectoryScores, RewardError>
@@ -45,7 +46,7 @@ export class TrajectoryScorer extends Context.Service<TrajectoryScorer, {
           }
           const judged = aggregation.kind === "final" ? [t.final!] : t.steps.map((s) => s.x0)
           for (const x of judged) {
-            perStep.push(yield* scoreSamples(flatRows(x), prompts).pipe(Effect.provide(context)))
+            perStep.push(yield* scoreSamples(yield* flatRows(x), prompts).pipe(Effect.provide(context)))
           }
           return {
             perStep,

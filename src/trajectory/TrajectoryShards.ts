@@ -10,6 +10,8 @@
  * @since 0.5.0
  */
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
+import * as HostRead from "../tensor/HostRead.ts"
 import * as Trajectory from "./Trajectory.ts"
 
 /** {@link Trajectory.Trajectories} as plain arrays (structured-cloneable). */
@@ -27,23 +29,33 @@ export interface TrajectoryData {
   readonly nfe: number
 }
 
-// A copy: the cpu backend's dataSync is the tensor's own storage, which a transfer would detach.
-const read = (x: tf.Tensor): Float32Array => (x.dataSync() as Float32Array).slice()
-
-/** The arrays of trajectories (the tensors stay with the caller). */
-export const toData = (t: Trajectory.Trajectories): TrajectoryData => {
+/**
+ * The arrays of trajectories (the tensors stay with the caller), each its
+ * own (a transfer detaches it). The reads are issued together: one wait on
+ * a GPU, not one per tensor.
+ */
+export const toData = (t: Trajectory.Trajectories): Effect.Effect<TrajectoryData> => {
   const rows = t.n * t.batch
-  return {
+  const read = HostRead.float32
+  return Effect.all({
+    x0: read(t.x0),
+    noise: read(t.noise),
+    steps: Effect.forEach(t.steps, (s) =>
+      Effect.map(Effect.all([read(s.xt), read(s.eps), read(s.x0)], { concurrency: "unbounded" }), ([xt, eps, x0]) => ({ ts: Trajectory.rowTimesteps(s, rows), xt, eps, x0 })), {
+      concurrency: "unbounded"
+    }),
+    final: t.final === undefined ? Effect.succeed(undefined) : read(t.final)
+  }, { concurrency: "unbounded" }).pipe(Effect.map(({ final, noise, steps, x0 }) => ({
     n: t.n,
     batch: t.batch,
     prompts: t.prompts,
     sampleShape: t.x0.shape.slice(1),
-    x0: read(t.x0),
-    noise: read(t.noise),
-    steps: t.steps.map((s) => ({ ts: Trajectory.rowTimesteps(s, rows), xt: read(s.xt), eps: read(s.eps), x0: read(s.x0) })),
-    ...(t.final === undefined ? {} : { final: read(t.final) }),
+    x0,
+    noise,
+    steps,
+    ...(final === undefined ? {} : { final }),
     nfe: t.nfe
-  }
+  })))
 }
 
 /** Tensors of trajectory arrays; a step keeps per-row timesteps only when its rows differ (as `Trajectory.generate`). */

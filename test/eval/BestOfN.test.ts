@@ -44,7 +44,7 @@ describe("BestOfN", () => {
       const r = yield* BestOfN.bestOfN(model, prompts, { sampler, n })
       assert.strictEqual(tf.memory().numTensors, before)
       // The candidates, sampled independently (other batch composition) and scored by the test.
-      const candidates = BestOfN.generateCandidates(model, prompts, { sampler: { ...sampler, batchSize: 3 }, n })
+      const candidates = yield* BestOfN.generateCandidates(model, prompts, { sampler: { ...sampler, batchSize: 3 }, n })
       assert.strictEqual(r.images.length, prompts.length)
       prompts.forEach((_, i) => {
         const scores = candidates[i].map(brightness)
@@ -65,7 +65,7 @@ describe("BestOfN", () => {
     Effect.gen(function*() {
       for (const eta of [0, 0.7]) {
         const o = { ...sampler, eta }
-        const plain = Generate.generate(model, prompts, o)
+        const plain = yield* Generate.generate(model, prompts, o)
         const r = yield* BestOfN.bestOfN(model, prompts, { sampler: o, n: 1 })
         prompts.forEach((_, i) => assert.isTrue(same(r.images[i], plain[i]), `eta ${eta}, image ${i}`))
         assert.deepStrictEqual(r.chosen, [0, 0, 0])
@@ -73,7 +73,7 @@ describe("BestOfN", () => {
         assert.strictEqual(r.rewardEvals, 0)
         assert.isUndefined(r.rewards)
         // ... and candidate 0 of a larger N is the plain image too.
-        const c = BestOfN.generateCandidates(model, prompts, { sampler: o, n: 2 })
+        const c = yield* BestOfN.generateCandidates(model, prompts, { sampler: o, n: 2 })
         prompts.forEach((_, i) => assert.isTrue(same(c[i][0], plain[i])))
       }
     }).pipe(Effect.provide(Reward.scripted({ failures: 1000 }))))

@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import { beforeAll } from "vitest"
 import { fromBytes } from "../../src/data/Image.ts"
 import { parseOrThrow } from "../../src/data/Prompt.ts"
@@ -31,20 +32,21 @@ describe("ClipReport", () => {
     assert.isNaN(agreement([1, 2], [true, true]).auc)
   })
 
-  it("agreementWithVerifier scores images against prompts", () => {
-    const m = Clip.init(tinyClip, 0)
-    const rng = Rng.fromSeed(1)
-    const prompts = ["a red square", "a blue circle", "two green triangles", "a white square and a red circle"]
-    const images = new Float32Array(4 * 3072)
-    prompts.forEach((p, i) => fromBytes(render(parseOrThrow(p), rng), "unit", images, i * 3072))
-    const before = tf.memory().numTensors
-    const r = agreementWithVerifier(m, images, prompts, [true, false, true, false], "unit")
-    assert.strictEqual(tf.memory().numTensors, before)
-    assert.strictEqual(r.n, 4)
-    assert.strictEqual(r.scores.length, 4)
-    for (const s of r.scores) assert.isTrue(s >= 0 && s <= 2.5)
-    Clip.dispose(m)
-  })
+  it.effect("agreementWithVerifier scores images against prompts", () =>
+    Effect.gen(function*() {
+      const m = Clip.init(tinyClip, 0)
+      const rng = Rng.fromSeed(1)
+      const prompts = ["a red square", "a blue circle", "two green triangles", "a white square and a red circle"]
+      const images = new Float32Array(4 * 3072)
+      prompts.forEach((p, i) => fromBytes(render(parseOrThrow(p), rng), "unit", images, i * 3072))
+      const before = tf.memory().numTensors
+      const r = yield* agreementWithVerifier(m, images, prompts, [true, false, true, false], "unit")
+      assert.strictEqual(tf.memory().numTensors, before)
+      assert.strictEqual(r.n, 4)
+      assert.strictEqual(r.scores.length, 4)
+      for (const s of r.scores) assert.isTrue(s >= 0 && s <= 2.5)
+      Clip.dispose(m)
+    }))
 
   it("degradations keep the image size and range", () => {
     const flat = new Float32Array(3072).fill(0.5)

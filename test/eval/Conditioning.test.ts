@@ -16,7 +16,7 @@ describe("Conditioning.report", () => {
         if (k.endsWith(".w")) tf.tidy(() => v.assign(tf.add(v, tf.randomNormal(v.shape, 0, 0.05, "float32", 7))))
       }
       const before = tf.memory().numTensors
-      const rows = Conditioning.report(model, 2, 1, [20, 800])
+      const rows = yield* Conditioning.report(model, 2, 1, [20, 800])
       assert.strictEqual(tf.memory().numTensors, before)
       assert.deepStrictEqual(rows.map((r) => r.t), [20, 800])
       for (const r of rows) {

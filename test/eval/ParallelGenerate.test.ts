@@ -1,4 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
 import { beforeAll } from "vitest"
 import * as Generate from "../../src/eval/Generate.ts"
 import * as ParallelGenerate from "../../src/eval/ParallelGenerate.ts"
@@ -13,7 +14,7 @@ describe("ParallelGenerate", () => {
     const model = Denoiser.init(tiny32, 4)
     const prompts = ["a red square", "two blue circles", "a green triangle above a white square", "a purple circle", "a yellow square"]
     const sampler = { steps: 3, cfg: 3, eta: 0, seed: 9, batchSize: 2 }
-    const serial = Generate.generate(model, prompts, sampler)
+    const serial = await Effect.runPromise(Generate.generate(model, prompts, sampler))
     const parallel = await ParallelGenerate.generate(model, prompts, sampler, { workers: 2, backend: "wasm" })
     assert.strictEqual(parallel.length, prompts.length)
     for (let i = 0; i < prompts.length; i++) assert.deepStrictEqual(Array.from(parallel[i]), Array.from(serial[i]), `image ${i}`)

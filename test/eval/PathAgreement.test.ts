@@ -190,7 +190,7 @@ describe("PathAgreement.continueToClean", () => {
           assert.strictEqual(c.nfe, 0)
           const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(c.images, t.steps[1].x0))).dataSync()[0])
           assert.isBelow(diff, 1e-6)
-          assert.strictEqual(PathAgreement.rowsOf(c.images).length, 4)
+          assert.strictEqual((yield* PathAgreement.rowsOf(c.images)).length, 4)
         }))
         assert.strictEqual(tf.memory().numTensors, before)
       }

@@ -55,7 +55,7 @@ describe("StepSearch", () => {
     Effect.gen(function*() {
       for (const eta of [0, 0.6]) {
         const o = { ...sampler, eta, batchSize: 3 }
-        const plain = Generate.generate(model, prompts, o)
+        const plain = yield* Generate.generate(model, prompts, o)
         const r = yield* StepSearch.stepSearch(model, prompts, { sampler: o, branches: 4, searchPoints: 0 })
         prompts.forEach((_, i) => assert.isTrue(same(r.images[i], plain[i]), `eta ${eta}, image ${i}`))
         assert.strictEqual(r.rewardCalls, 0)
@@ -95,7 +95,7 @@ describe("StepSearch", () => {
       // 10 steps, a search at each of the first 9 (the stochastic steps alone
       // lower the brightness of this random model a little: the control).
       const o = { sampler: { ...sampler, steps: 10 }, searchPoints: 9, searchEta: 0.5 }
-      const plain = Generate.generate(model, prompts, o.sampler).map(brightness)
+      const plain = (yield* Generate.generate(model, prompts, o.sampler)).map(brightness)
       const control = yield* StepSearch.stepSearch(model, prompts, { ...o, branches: 1 })
       const searched = yield* StepSearch.stepSearch(model, prompts, { ...o, branches: 4 })
       const c = control.images.map(brightness)

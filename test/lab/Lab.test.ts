@@ -25,7 +25,7 @@ const flipped = PathSelector.custom((scores) => ({ best: Aggregate.argmin(scores
 const baseReward = Effect.gen(function*() {
   const files = yield* Weights.load(MODEL)
   const model = yield* Scoped.acquireWith(() => Denoiser.fromStored(files.config, files.weights, false), Denoiser.dispose)
-  return Lab.base(model, "mode", 4000)
+  return yield* Lab.base(model, "mode", 4000)
 }).pipe(Effect.provide(backend), Effect.scoped, Effect.provide(NodeServices.layer))
 
 const runOf = (name: string, seed: number, extra: Partial<Lab.RunOptions> = {}) =>

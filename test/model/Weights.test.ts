@@ -63,7 +63,7 @@ describe("Weights", () => {
     Effect.gen(function*() {
       const dir = tmp()
       const m = Denoiser.init(tinyConfig, 0)
-      const stored = Denoiser.toStored(m)
+      const stored = yield* Denoiser.toStored(m)
       Denoiser.dispose(m)
       stored["in.w"] = { shape: [3, 3, 3, 7], data: new Float32Array(3 * 3 * 3 * 7) }
       yield* Weights.save(dir, tinyConfig, stored).pipe(Effect.provide(NodeServices.layer))
@@ -76,7 +76,7 @@ describe("Weights", () => {
     Effect.gen(function*() {
       const dir = tmp()
       const m = Denoiser.init(tinyConfig, 0)
-      const stored = Denoiser.toStored(m)
+      const stored = yield* Denoiser.toStored(m)
       Denoiser.dispose(m)
       delete stored["out.b"]
       yield* Weights.save(dir, tinyConfig, stored).pipe(Effect.provide(NodeServices.layer))
@@ -119,7 +119,7 @@ describe("Weights", () => {
       for (const bad of [NaN, Infinity]) {
         const dir = tmp()
         const m = Denoiser.init(tinyConfig, 4)
-        const stored = Denoiser.toStored(m)
+        const stored = yield* Denoiser.toStored(m)
         const name = Object.keys(stored)[3]
         const data = Float32Array.from(stored[name].data)
         data[1] = bad

@@ -28,12 +28,13 @@ const perturbed = (seed: number) => {
   return model
 }
 
-const setup = (seed = 0) => {
-  const model = perturbed(seed)
-  const schedule = Schedule.make(tiny32.schedule)
-  const traj = PolicyRollout.rollout(model, schedule, prompts, Rng.fromSeed(seed), options)
-  return { model, schedule, traj }
-}
+const setup = (seed = 0) =>
+  Effect.gen(function*() {
+    const model = perturbed(seed)
+    const schedule = Schedule.make(tiny32.schedule)
+    const traj = yield* PolicyRollout.rollout(model, schedule, prompts, Rng.fromSeed(seed), options)
+    return { model, schedule, traj }
+  })
 
 /** Every (row, stochastic step) of a rollout. */
 const allItems = (t: PolicyRollout.RolloutTrajectories): Array<Ddpo.Item> =>
@@ -50,60 +51,62 @@ const ratios = (model: Denoiser.Model, schedule: Schedule.Schedule, t: PolicyRol
 describe("PolicyRollout", () => {
   beforeAll(useWasm)
 
-  it("records T + 1 states and T - 1 log-probs per row, counts NFE, and leaks nothing", () => {
-    const start = tf.memory().numTensors
-    const { model, traj } = setup()
-    assert.strictEqual(traj.rollout.latents.length, 4)
-    assert.strictEqual(traj.rollout.logProbs.length, 2) // the last step (to clean data) is deterministic
-    for (const lp of traj.rollout.logProbs) {
-      assert.strictEqual(lp.length, 4)
-      for (const v of lp) assert.isTrue(Number.isFinite(v))
-    }
-    assert.deepStrictEqual(traj.rollout.timesteps, [666, 333, 0])
-    assert.strictEqual(traj.nfe, 4 * 3 * 2)
-    // The scored image is the final state, clipped; eta = 1 makes the chains differ.
-    assert.deepStrictEqual(traj.steps[0].x0.shape, [4, 32, 32, 3])
-    assert.isBelow(tf.tidy(() => tf.max(tf.abs(tf.sub(traj.steps[0].x0, tf.clipByValue(traj.rollout.latents[3], -1, 1)))).dataSync()[0]), 1e-7)
-    PolicyRollout.dispose(traj)
-    Denoiser.dispose(model)
-    assert.strictEqual(tf.memory().numTensors, start)
-  })
+  it.effect("records T + 1 states and T - 1 log-probs per row, counts NFE, and leaks nothing", () =>
+    Effect.gen(function*() {
+      const start = tf.memory().numTensors
+      const { model, traj } = yield* setup()
+      assert.strictEqual(traj.rollout.latents.length, 4)
+      assert.strictEqual(traj.rollout.logProbs.length, 2) // the last step (to clean data) is deterministic
+      for (const lp of traj.rollout.logProbs) {
+        assert.strictEqual(lp.length, 4)
+        for (const v of lp) assert.isTrue(Number.isFinite(v))
+      }
+      assert.deepStrictEqual(traj.rollout.timesteps, [666, 333, 0])
+      assert.strictEqual(traj.nfe, 4 * 3 * 2)
+      // The scored image is the final state, clipped; eta = 1 makes the chains differ.
+      assert.deepStrictEqual(traj.steps[0].x0.shape, [4, 32, 32, 3])
+      assert.isBelow(tf.tidy(() => tf.max(tf.abs(tf.sub(traj.steps[0].x0, tf.clipByValue(traj.rollout.latents[3], -1, 1)))).dataSync()[0]), 1e-7)
+      PolicyRollout.dispose(traj)
+      Denoiser.dispose(model)
+      assert.strictEqual(tf.memory().numTensors, start)
+    }))
 })
 
 describe("DDPO loss", () => {
   beforeAll(useWasm)
 
-  it("the importance ratio is 1 on the first step (on-policy) and leaves the clip range after an update", () => {
-    const { model, schedule, traj } = setup(1)
-    const items = allItems(traj)
-    const before = ratios(model, schedule, traj, items)
-    for (const r of before) assert.closeTo(r, 1, 1e-6)
-    // One AdamW step on the surrogate with mixed advantages.
-    const adam = AdamW.init(model.params)
-    const adv = items.map((i) => (i.row % 2 === 0 ? 1 : -1))
-    const { value, grads } = paramGrads(
-      () =>
-        tf.tidy(() =>
-          Ddpo.ppoLoss(Ddpo.logProbs(model, schedule, traj, items), tf.tensor1d(Ddpo.oldLogProbs(traj, items)), tf.tensor1d(adv), 1e-4)
-        ),
-      model.params
-    )
-    // On-policy the surrogate is -mean(A) exactly: here 0.
-    assert.closeTo(value.dataSync()[0], 0, 1e-5)
-    AdamW.step(model.params, grads, adam, 1e-4, AdamW.paper)
-    tf.dispose([value, ...Object.values(grads)])
-    const after = ratios(model, schedule, traj, items)
-    assert.isAbove(Math.max(...after.map((r) => Math.abs(r - 1))), 1e-4)
-    // The update raised pi on positive-advantage items relative to negative ones.
-    const mean = (f: (i: Ddpo.Item) => boolean) => {
-      const xs = items.flatMap((it, j) => (f(it) ? [Math.log(after[j])] : []))
-      return xs.reduce((a, b) => a + b, 0) / xs.length
-    }
-    assert.isAbove(mean((i) => i.row % 2 === 0), mean((i) => i.row % 2 === 1))
-    AdamW.dispose(adam)
-    PolicyRollout.dispose(traj)
-    Denoiser.dispose(model)
-  })
+  it.effect("the importance ratio is 1 on the first step (on-policy) and leaves the clip range after an update", () =>
+    Effect.gen(function*() {
+      const { model, schedule, traj } = yield* setup(1)
+      const items = allItems(traj)
+      const before = ratios(model, schedule, traj, items)
+      for (const r of before) assert.closeTo(r, 1, 1e-6)
+      // One AdamW step on the surrogate with mixed advantages.
+      const adam = AdamW.init(model.params)
+      const adv = items.map((i) => (i.row % 2 === 0 ? 1 : -1))
+      const { value, grads } = paramGrads(
+        () =>
+          tf.tidy(() =>
+            Ddpo.ppoLoss(Ddpo.logProbs(model, schedule, traj, items), tf.tensor1d(Ddpo.oldLogProbs(traj, items)), tf.tensor1d(adv), 1e-4)
+          ),
+        model.params
+      )
+      // On-policy the surrogate is -mean(A) exactly: here 0.
+      assert.closeTo(value.dataSync()[0], 0, 1e-5)
+      yield* AdamW.step(model.params, grads, adam, 1e-4, AdamW.paper)
+      tf.dispose([value, ...Object.values(grads)])
+      const after = ratios(model, schedule, traj, items)
+      assert.isAbove(Math.max(...after.map((r) => Math.abs(r - 1))), 1e-4)
+      // The update raised pi on positive-advantage items relative to negative ones.
+      const mean = (f: (i: Ddpo.Item) => boolean) => {
+        const xs = items.flatMap((it, j) => (f(it) ? [Math.log(after[j])] : []))
+        return xs.reduce((a, b) => a + b, 0) / xs.length
+      }
+      assert.isAbove(mean((i) => i.row % 2 === 0), mean((i) => i.row % 2 === 1))
+      AdamW.dispose(adam)
+      PolicyRollout.dispose(traj)
+      Denoiser.dispose(model)
+    }))
 
   it("clipping stops the gradient once the ratio is past the range in the advantage's direction", () => {
     const eps = 1e-4
@@ -153,12 +156,14 @@ describe("DDPO objective", () => {
       const prepared = yield* Effect.scoped(Effect.flatMap(
         objective.prepare(traj, { best: [1, 1], worst: [0, 0] }, scores),
         (p) =>
-          Effect.sync(() => {
+          Effect.gen(function*() {
             // The first step's gradient, flattened (parameters in name order).
-            const { grads } = accumulatedGrads(p.loss, model.params)
+            const { grads } = yield* accumulatedGrads(p.loss, model.params)
             const grad = tf.tidy(() => tf.concat(Object.keys(grads).sort().map((k) => tf.reshape(grads[k], [-1]))).dataSync() as Float32Array)
             tf.dispose(Object.values(grads))
-            return { grad, losses: [p.loss, ...(p.updates ?? [])].map((l) => ({ value: lossValue(l), parts: typeof l === "function" ? 1 : l.length })) }
+            const losses = yield* Effect.forEach([p.loss, ...(p.updates ?? [])], (l) =>
+              Effect.map(lossValue(l), (value) => ({ value, parts: typeof l === "function" ? 1 : l.length })))
+            return { grad, losses }
           })
       ))
       return { losses: prepared.losses.map((l) => l.value), parts: prepared.losses.map((l) => l.parts), grad: prepared.grad, stats: yield* tracker.stats }
@@ -174,7 +179,7 @@ describe("DDPO objective", () => {
 
   it.effect("normalises advantages per prompt, clips them, and takes one step per minibatch", () =>
     Effect.gen(function*() {
-      const { model, traj } = setup(2)
+      const { model, traj } = yield* setup(2)
       // One row per minibatch, evaluated before any update: each loss is -A of its row.
       const o = { ...Ddpo.ddpoPytorch, minibatches: 4 }
       const { losses, stats } = yield* prepare(traj, model, o)
@@ -193,7 +198,7 @@ describe("DDPO objective", () => {
 
   it.effect("a minibatch in micro-batch parts has the whole minibatch's loss", () =>
     Effect.gen(function*() {
-      const { model, traj } = setup(2)
+      const { model, traj } = yield* setup(2)
       const o = { ...Ddpo.ddpoPytorch, minibatches: 1, timestepFraction: 0.5 }
       const whole = yield* prepare(traj, model, o)
       const parts = yield* prepare(traj, model, { ...o, microBatch: 3 })

@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import { beforeAll } from "vitest"
 import * as Schedule from "../../src/diffusion/Schedule.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
@@ -113,35 +114,36 @@ describe("Diffusion-DPO loss", () => {
     Denoiser.dispose(reference)
   })
 
-  it("a few steps lower the winner's error relative to the loser's, both against the reference", () => {
-    const { model, reference, pairs } = setup(2)
-    const w = [0, 3]
-    const l = [2, 1]
-    const f = lossFn(model, reference, pairs, w, l)
-    const adam = AdamW.init(model.params)
-    const before = tf.tidy(() => f.loss().dataSync()[0])
-    for (let i = 0; i < 5; i++) {
-      const { value, grads } = paramGrads(f.loss, model.params)
-      AdamW.step(model.params, grads, adam, 1e-3, AdamW.paper)
-      tf.dispose([value, ...Object.values(grads)])
-    }
-    const after = tf.tidy(() => f.loss().dataSync()[0])
-    assert.isBelow(after, before)
-    const m = errors(model, pairs, [...w, ...l])
-    const r = errors(reference, pairs, [...w, ...l])
-    // Lower error = higher likelihood under Diffusion-DPO's approximation.
-    // DPO moves the difference of the two relative errors (each alone may
-    // go either way: with a v-prediction model both rose on this seed).
-    const winner = (m[0] + m[1]) / 2 - (r[0] + r[1]) / 2
-    const loser = (m[2] + m[3]) / 2 - (r[2] + r[3]) / 2
-    assert.isBelow(winner - loser, 0)
-    assert.isAbove(loser, 0)
-    AdamW.dispose(adam)
-    f.dispose()
-    NoisedSamples.dispose(pairs)
-    Denoiser.dispose(model)
-    Denoiser.dispose(reference)
-  })
+  it.effect("a few steps lower the winner's error relative to the loser's, both against the reference", () =>
+    Effect.gen(function*() {
+      const { model, reference, pairs } = setup(2)
+      const w = [0, 3]
+      const l = [2, 1]
+      const f = lossFn(model, reference, pairs, w, l)
+      const adam = AdamW.init(model.params)
+      const before = tf.tidy(() => f.loss().dataSync()[0])
+      for (let i = 0; i < 5; i++) {
+        const { value, grads } = paramGrads(f.loss, model.params)
+        yield* AdamW.step(model.params, grads, adam, 1e-3, AdamW.paper)
+        tf.dispose([value, ...Object.values(grads)])
+      }
+      const after = tf.tidy(() => f.loss().dataSync()[0])
+      assert.isBelow(after, before)
+      const m = errors(model, pairs, [...w, ...l])
+      const r = errors(reference, pairs, [...w, ...l])
+      // Lower error = higher likelihood under Diffusion-DPO's approximation.
+      // DPO moves the difference of the two relative errors (each alone may
+      // go either way: with a v-prediction model both rose on this seed).
+      const winner = (m[0] + m[1]) / 2 - (r[0] + r[1]) / 2
+      const loser = (m[2] + m[3]) / 2 - (r[2] + r[3]) / 2
+      assert.isBelow(winner - loser, 0)
+      assert.isAbove(loser, 0)
+      AdamW.dispose(adam)
+      f.dispose()
+      NoisedSamples.dispose(pairs)
+      Denoiser.dispose(model)
+      Denoiser.dispose(reference)
+    }))
 
   it("has no gradient when winner and loser are the same image", () => {
     const { model, reference, pairs } = setup(3)

@@ -83,7 +83,7 @@ describe("ImageLevel", () => {
       const [mw, ml, rw, rl] = [errorOf(model, xw, ts, eps), errorOf(model, xl, ts, eps), errorOf(reference, xw, ts, eps), errorOf(reference, xl, ts, eps)]
       const margin = [0.8 - 0.1, 0.9 - 0.2]
       const expected = [0, 1].reduce((acc, b) => acc + softplus(-(BETA / 2) * ((rw[b] - rl[b]) - (mw[b] - ml[b])) + margin[b]), 0) / B
-      const got = lossValue(prepared.loss)
+      const got = yield* lossValue(prepared.loss)
       assert.isTrue(Math.abs(got - expected) < 1e-4 * Math.max(1, expected), `loss ${got} vs hand-computed ${expected}`)
       assert.strictEqual(prepared.nfe, 4 * B)
       assert.isTrue(Math.abs((prepared.stats.rewardMargin ?? 0) - (margin[0] + margin[1]) / 2) < 1e-9)
@@ -101,13 +101,13 @@ describe("ImageLevel", () => {
           const t = trajectories()
           const prepared = yield* prepare(model, reference, t, sel, "rlhf")
           // The winner-minus-loser error gap on the objective's own noised pairs, before and after one SGD step.
-          const before = lossValue(prepared.loss)
-          const { grads } = accumulatedGrads(prepared.loss, model.params)
+          const before = yield* lossValue(prepared.loss)
+          const { grads } = yield* accumulatedGrads(prepared.loss, model.params)
           tf.tidy(() => {
             for (const [k, g] of Object.entries(grads)) model.params[k].assign(tf.sub(model.params[k], tf.mul(g, 0.05)))
           })
           tf.dispose(Object.values(grads))
-          const after = lossValue(prepared.loss)
+          const after = yield* lossValue(prepared.loss)
           tf.dispose([t.final!, t.x0, t.noise])
           Denoiser.dispose(model)
           Denoiser.dispose(reference)
@@ -125,7 +125,7 @@ describe("ImageLevel", () => {
           const reference = Denoiser.clone(model, false)
           const t = trajectories()
           const prepared = yield* prepare(model, reference, t, sel, "rlhf")
-          const { grads } = accumulatedGrads(prepared.loss, model.params)
+          const { grads } = yield* accumulatedGrads(prepared.loss, model.params)
           // Directional derivative of (e_w - e_l) for the fixed pair of `selection` along -grad.
           const pairGap = () => {
             const s = ImageLevel.noisedFinals(Schedule.make(tinyMlp.schedule), t, [selection.best, selection.worst], Rng.fromSeed(11))
@@ -156,7 +156,7 @@ describe("ImageLevel", () => {
       const reference = perturbed(1)
       const t = trajectories()
       const prepared = yield* prepare(model, reference, t, { best: [1, 2], worst: [1, 2] }, "rlhf")
-      const { grads } = accumulatedGrads(prepared.loss, model.params)
+      const { grads } = yield* accumulatedGrads(prepared.loss, model.params)
       const norm = tf.tidy(() => Math.sqrt(tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g)))).dataSync()[0]))
       tf.dispose(Object.values(grads))
       assert.isTrue(norm < 1e-6, `gradient norm ${norm}`)
@@ -185,7 +185,7 @@ describe("ImageLevel", () => {
         x.dispose()
         return (e[0] + e[1]) / 2
       }
-      const got = lossValue(prepared.loss)
+      const got = yield* lossValue(prepared.loss)
       assert.isTrue(Math.abs(got - expectedOf([4, 1])) < 1e-5, `${got} vs ${expectedOf([4, 1])}`)
       // The worst paths' finals give another loss: the target is the selected image.
       assert.isTrue(Math.abs(got - expectedOf([0, 3])) > 1e-4)
@@ -200,13 +200,14 @@ describe("ImageLevel", () => {
       const reference = perturbed(1)
       for (const which of ["rlhf", "sft"] as const) {
         const t = trajectories()
-        const one = lossValue((yield* prepare(model, reference, t, selection, which)).loss)
+        const one = yield* lossValue((yield* prepare(model, reference, t, selection, which)).loss)
         const k = yield* prepare(model, reference, t, selection, which, 3)
         assert.strictEqual(k.updates?.length, 2)
         assert.strictEqual(k.nfe, (which === "rlhf" ? 4 : 1) * B * 3)
         // Same RNG order: the first step is the one-step objective's.
-        assert.isTrue(Math.abs(lossValue(k.loss) - one) < 1e-6, `${which}: ${lossValue(k.loss)} vs ${one}`)
-        const later = k.updates!.map(lossValue)
+        const first = yield* lossValue(k.loss)
+        assert.isTrue(Math.abs(first - one) < 1e-6, `${which}: ${first} vs ${one}`)
+        const later = yield* Effect.forEach(k.updates!, lossValue)
         for (const v of later) assert.isTrue(Math.abs(v - one) > 1e-6, `${which}: a later step reused the first step's eps and t`)
         assert.isTrue(Math.abs(later[0] - later[1]) > 1e-6)
         tf.dispose([t.final!, t.x0, t.noise])
@@ -221,8 +222,8 @@ describe("ImageLevel", () => {
       const reference = perturbed(1)
       const t = trajectories()
       const schedule = Schedule.make(tinyMlp.schedule)
-      const dpo = lossValue((yield* prepare(model, reference, t, selection, "rlhf")).loss)
-      const anchored = lossValue((yield* prepare(model, reference, t, selection, "rlhf", 1, 3)).loss)
+      const dpo = yield* lossValue((yield* prepare(model, reference, t, selection, "rlhf")).loss)
+      const anchored = yield* lossValue((yield* prepare(model, reference, t, selection, "rlhf", 1, 3)).loss)
       // The same draws as the first test: the winners' finals noised with one eps and t per item.
       const rng = Rng.fromSeed(3)
       const ts = [rng.int(schedule.trainSteps), rng.int(schedule.trainSteps)]

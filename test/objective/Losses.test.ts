@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import { beforeAll } from "vitest"
 import * as Noise from "../../src/diffusion/Noise.ts"
 import * as Schedule from "../../src/diffusion/Schedule.ts"
@@ -120,23 +121,24 @@ describe("RLHF loss (Eq. 11)", () => {
     return { model, loss, errors, cleanup }
   }
 
-  it("raises the winner's likelihood relative to the reference and lowers the loser's", () => {
-    const s = dpoSetup()
-    const adam = AdamW.init(s.model.params)
-    const before = s.errors()
-    assert.closeTo(before.w, 0, 1e-7)
-    for (let i = 0; i < 5; i++) {
-      const { value, grads } = paramGrads(s.loss([0.3, 0.3], "paper"), s.model.params)
-      AdamW.step(s.model.params, grads, adam, 1e-3, AdamW.paper)
-      tf.dispose([value, ...Object.values(grads)])
-    }
-    const after = s.errors()
-    // Lower error = higher likelihood under Diffusion-DPO's approximation.
-    assert.isBelow(after.w, 0)
-    assert.isAbove(after.l, 0)
-    AdamW.dispose(adam)
-    s.cleanup()
-  })
+  it.effect("raises the winner's likelihood relative to the reference and lowers the loser's", () =>
+    Effect.gen(function*() {
+      const s = dpoSetup()
+      const adam = AdamW.init(s.model.params)
+      const before = s.errors()
+      assert.closeTo(before.w, 0, 1e-7)
+      for (let i = 0; i < 5; i++) {
+        const { value, grads } = paramGrads(s.loss([0.3, 0.3], "paper"), s.model.params)
+        yield* AdamW.step(s.model.params, grads, adam, 1e-3, AdamW.paper)
+        tf.dispose([value, ...Object.values(grads)])
+      }
+      const after = s.errors()
+      // Lower error = higher likelihood under Diffusion-DPO's approximation.
+      assert.isBelow(after.w, 0)
+      assert.isAbove(after.l, 0)
+      AdamW.dispose(adam)
+      s.cleanup()
+    }))
 
   it("the reward margin changes the gradient in the paper's variant, not in the reference code's", () => {
     const s = dpoSetup()

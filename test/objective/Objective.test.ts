@@ -38,8 +38,8 @@ const gradientAt = (objective: "sft" | "rlhf", microBatchRows: number) =>
       const o = yield* Objective
       const prepared = yield* o.prepare(traj, { best: [1, 2, 0], worst: [2, 1, 1] }, scores)
       const parts = typeof prepared.loss === "function" ? 1 : prepared.loss.length
-      const value = lossValue(prepared.loss)
-      const { grads } = accumulatedGrads(prepared.loss, model.params)
+      const value = yield* lossValue(prepared.loss)
+      const { grads } = yield* accumulatedGrads(prepared.loss, model.params)
       const flat = tf.tidy(() => tf.concat(Object.keys(grads).sort().map((k) => tf.reshape(grads[k], [-1]))).dataSync() as Float32Array)
       tf.dispose(Object.values(grads))
       return { parts, value, flat }

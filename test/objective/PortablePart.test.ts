@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import { beforeAll } from "vitest"
 import * as Schedule from "../../src/diffusion/Schedule.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
@@ -22,50 +23,54 @@ describe("PortablePart", () => {
     assert.deepStrictEqual(Losses.microBatchesByRows(8, 2, PortablePart.rowsForThreads(24, 8, 2, 2)), [[0, 1, 2, 3], [4, 5, 6, 7]])
   })
 
-  it("the portable form of a part has the closure's loss and gradients (denoising and DPO parts)", () => {
-    const model = Denoiser.init(tinyConfig, 2)
-    const schedule = Schedule.make(tinyConfig.schedule)
-    const rng = Rng.fromSeed(4)
-    const b = 3
-    const clean = tf.tensor(rng.normals(2 * b * 8 * 8 * 3).map(Math.tanh), [2 * b, 8, 8, 3])
-    const noise = tf.tensor(rng.normals(2 * b * 8 * 8 * 3), [2 * b, 8, 8, 3])
-    const s = NoisedSamples.make(schedule, { clean, noise, itemTimesteps: [10, 500, 990], prompts: ["a red square", "", "two blue circles"], n: 2, nfe: 0 })
-    const items = [0, 2]
-    const rows = [...items, ...items.map((i) => i + b)]
-    const refs = { w: tf.tensor1d([0.5, 0.7]), l: tf.tensor1d([0.6, 0.4]) }
-    const margin = [0.1, -0.2]
-    const cases: Array<[string, () => tf.Scalar, PortablePart.PortablePart]> = [
-      ["denoise", () => tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), 2 / 3) as tf.Scalar), { ...PortablePart.samplesRows(s, items), share: 2 / 3 }],
-      ["dpo", () => Losses.dpoPart(NoisedSamples.rowErrors(model, s, rows), refs, margin, 2500, "paper", 2 / 3), {
-        ...PortablePart.samplesRows(s, rows),
-        share: 2 / 3,
-        dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "paper" }
-      }],
-      ["dpo with the winners' denoising loss", () => Losses.dpoPart(NoisedSamples.rowErrors(model, s, rows), refs, margin, 2500, "paper", 2 / 3, 7), {
-        ...PortablePart.samplesRows(s, rows),
-        share: 2 / 3,
-        dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "paper", winnerSft: 7 }
-      }]
-    ]
-    const before = tf.memory().numTensors
-    for (const [name, closure, portable] of cases) {
-      const a = paramGrads(closure, model.params)
-      const p = paramGrads(() => PortablePart.loss(model, portable), model.params)
-      assert.strictEqual(p.value.dataSync()[0], a.value.dataSync()[0], `${name}: loss`)
-      assert.deepStrictEqual(Object.keys(p.grads), Object.keys(a.grads))
-      for (const k of Object.keys(a.grads)) assert.deepStrictEqual(Array.from(p.grads[k].dataSync()), Array.from(a.grads[k].dataSync()), `${name}: ${k}`)
-      // Another share gives another loss: the comparison can fail.
-      const other = tf.tidy(() => PortablePart.loss(model, { ...portable, share: 1 }).dataSync()[0])
-      assert.notStrictEqual(other, a.value.dataSync()[0])
-      Scoped.disposeAll([a.value, p.value, a.grads, p.grads])
-    }
-    // divided keeps the portable form, with the share divided.
-    const half = PortablePart.divided(PortablePart.withPortable(cases[0][1], () => cases[0][2]), 2)
-    assert.strictEqual(half.portable!().share, 1 / 3)
-    assert.approximately(tf.tidy(() => half().dataSync()[0]), tf.tidy(() => PortablePart.loss(model, half.portable!()).dataSync()[0]), 1e-7)
-    assert.strictEqual(tf.memory().numTensors, before)
-    NoisedSamples.dispose(s)
-    tf.dispose([refs.w, refs.l])
-    Denoiser.dispose(model)
-  })
+  it.effect("the portable form of a part has the closure's loss and gradients (denoising and DPO parts)", () =>
+    Effect.gen(function*() {
+      const model = Denoiser.init(tinyConfig, 2)
+      const schedule = Schedule.make(tinyConfig.schedule)
+      const rng = Rng.fromSeed(4)
+      const b = 3
+      const clean = tf.tensor(rng.normals(2 * b * 8 * 8 * 3).map(Math.tanh), [2 * b, 8, 8, 3])
+      const noise = tf.tensor(rng.normals(2 * b * 8 * 8 * 3), [2 * b, 8, 8, 3])
+      const s = NoisedSamples.make(schedule, { clean, noise, itemTimesteps: [10, 500, 990], prompts: ["a red square", "", "two blue circles"], n: 2, nfe: 0 })
+      const items = [0, 2]
+      const rows = [...items, ...items.map((i) => i + b)]
+      const refs = { w: tf.tensor1d([0.5, 0.7]), l: tf.tensor1d([0.6, 0.4]) }
+      const margin = [0.1, -0.2]
+      const some = yield* PortablePart.samplesRows(s, items)
+      const pairs = yield* PortablePart.samplesRows(s, rows)
+      const cases: Array<[string, () => tf.Scalar, PortablePart.PortablePart]> = [
+        ["denoise", () => tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), 2 / 3) as tf.Scalar), { ...some, share: 2 / 3 }],
+        ["dpo", () => Losses.dpoPart(NoisedSamples.rowErrors(model, s, rows), refs, margin, 2500, "paper", 2 / 3), {
+          ...pairs,
+          share: 2 / 3,
+          dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "paper" }
+        }],
+        ["dpo with the winners' denoising loss", () => Losses.dpoPart(NoisedSamples.rowErrors(model, s, rows), refs, margin, 2500, "paper", 2 / 3, 7), {
+          ...pairs,
+          share: 2 / 3,
+          dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "paper", winnerSft: 7 }
+        }]
+      ]
+      const before = tf.memory().numTensors
+      for (const [name, closure, portable] of cases) {
+        const a = paramGrads(closure, model.params)
+        const p = paramGrads(() => PortablePart.loss(model, portable), model.params)
+        assert.strictEqual(p.value.dataSync()[0], a.value.dataSync()[0], `${name}: loss`)
+        assert.deepStrictEqual(Object.keys(p.grads), Object.keys(a.grads))
+        for (const k of Object.keys(a.grads)) assert.deepStrictEqual(Array.from(p.grads[k].dataSync()), Array.from(a.grads[k].dataSync()), `${name}: ${k}`)
+        // Another share gives another loss: the comparison can fail.
+        const other = tf.tidy(() => PortablePart.loss(model, { ...portable, share: 1 }).dataSync()[0])
+        assert.notStrictEqual(other, a.value.dataSync()[0])
+        Scoped.disposeAll([a.value, p.value, a.grads, p.grads])
+      }
+      // divided keeps the portable form, with the share divided.
+      const half = PortablePart.divided(PortablePart.withPortable(cases[0][1], () => Effect.succeed(cases[0][2])), 2)
+      const halfPortable = yield* half.portable!()
+      assert.strictEqual(halfPortable.share, 1 / 3)
+      assert.approximately(tf.tidy(() => half().dataSync()[0]), tf.tidy(() => PortablePart.loss(model, halfPortable).dataSync()[0]), 1e-7)
+      assert.strictEqual(tf.memory().numTensors, before)
+      NoisedSamples.dispose(s)
+      tf.dispose([refs.w, refs.l])
+      Denoiser.dispose(model)
+    }))
 })

@@ -36,24 +36,27 @@ describe("DataParallel", () => {
     assert.strictEqual(DataParallel.shards(shard(1), 4).length, 1)
   })
 
-  it("flatten and assignFlat round-trip the parameters", () => {
-    const a = Denoiser.init(tiny, 1)
-    const b = Denoiser.init(tiny, 2)
-    DataParallel.assignFlat(b.params, DataParallel.flatten(a.params))
-    for (const k of Object.keys(a.params)) assert.strictEqual(maxAbsDiff(a.params[k], b.params[k]), 0, k)
-    Denoiser.dispose(a)
-    Denoiser.dispose(b)
-  })
+  it.effect("flatten and assignFlat round-trip the parameters", () =>
+    Effect.gen(function*() {
+      const a = Denoiser.init(tiny, 1)
+      const b = Denoiser.init(tiny, 2)
+      const before = tf.memory().numTensors
+      DataParallel.assignFlat(b.params, yield* DataParallel.flatten(a.params))
+      assert.strictEqual(tf.memory().numTensors, before)
+      for (const k of Object.keys(a.params)) assert.strictEqual(maxAbsDiff(a.params[k], b.params[k]), 0, k)
+      Denoiser.dispose(a)
+      Denoiser.dispose(b)
+    }).pipe(Effect.provide(Backend.layerCpu)))
 
   it.effect("a pool with a worker thread gives the whole batch's gradients and leaks nothing", () =>
     Effect.gen(function*() {
       const backend = yield* Backend
       const model = Denoiser.init(tiny, 4)
       const whole = shard(4)
-      const ref = DataParallel.lossAndGrads(model, whole)
+      const ref = yield* DataParallel.lossAndGrads(model, whole)
       const pool = DataParallel.make(model, 2, backend.name)
       const before = tf.memory().numTensors
-      const got = yield* Effect.promise(() => pool.lossAndGrads(model, whole))
+      const got = yield* pool.lossAndGrads(model, whole)
       yield* Effect.promise(() => pool.close())
       assert.strictEqual(pool.workers, 2)
       assert.approximately(got.loss, ref.loss, 1e-5 * ref.loss)
@@ -73,13 +76,13 @@ describe("DataParallel", () => {
       assert.isBelow(worst, 1e-4)
       // Without worker threads the gradients stay tensors (on a native backend's device).
       const single = DataParallel.make(model, 1, backend.name)
-      const one = yield* Effect.promise(() => single.lossAndGrads(model, whole))
+      const one = yield* single.lossAndGrads(model, whole)
       yield* Effect.promise(() => single.close())
       assert.isFalse(one.grads instanceof Float32Array)
       assert.strictEqual(one.loss, ref.loss)
       Scoped.disposeAll(one.grads as Record<string, tf.Tensor>)
       // One shard alone differs from the whole batch, so the comparison above can fail.
-      const half = DataParallel.lossAndGrads(model, DataParallel.shards(whole, 2)[0])
+      const half = yield* DataParallel.lossAndGrads(model, DataParallel.shards(whole, 2)[0])
       assert.notStrictEqual(half.loss, ref.loss)
       Scoped.disposeAll(ref.grads)
       Scoped.disposeAll(half.grads)

@@ -40,20 +40,21 @@ const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
 }
 
 /** The largest difference between two trajectories' arrays; their timesteps and NFE must agree. */
-const trajectoryDiff = (a: Trajectory.Trajectories, b: Trajectory.Trajectories) => {
-  const x = TrajectoryShards.toData(a)
-  const y = TrajectoryShards.toData(b)
-  assert.deepStrictEqual(x.prompts, y.prompts)
-  assert.strictEqual(x.nfe, y.nfe)
-  assert.deepStrictEqual(x.steps.map((s) => s.ts), y.steps.map((s) => s.ts))
-  assert.deepStrictEqual(a.steps.map((s) => [s.t, s.ts === undefined]), b.steps.map((s) => [s.t, s.ts === undefined]))
-  return Math.max(
-    maxAbsDiff(x.x0, y.x0),
-    maxAbsDiff(x.noise, y.noise),
-    maxAbsDiff(x.final!, y.final!),
-    ...x.steps.flatMap((s, k) => [maxAbsDiff(s.xt, y.steps[k].xt), maxAbsDiff(s.eps, y.steps[k].eps), maxAbsDiff(s.x0, y.steps[k].x0)])
-  )
-}
+const trajectoryDiff = (a: Trajectory.Trajectories, b: Trajectory.Trajectories) =>
+  Effect.gen(function*() {
+    const x = yield* TrajectoryShards.toData(a)
+    const y = yield* TrajectoryShards.toData(b)
+    assert.deepStrictEqual(x.prompts, y.prompts)
+    assert.strictEqual(x.nfe, y.nfe)
+    assert.deepStrictEqual(x.steps.map((s) => s.ts), y.steps.map((s) => s.ts))
+    assert.deepStrictEqual(a.steps.map((s) => [s.t, s.ts === undefined]), b.steps.map((s) => [s.t, s.ts === undefined]))
+    return Math.max(
+      maxAbsDiff(x.x0, y.x0),
+      maxAbsDiff(x.noise, y.noise),
+      maxAbsDiff(x.final!, y.final!),
+      ...x.steps.flatMap((s, k) => [maxAbsDiff(s.xt, y.steps[k].xt), maxAbsDiff(s.eps, y.steps[k].eps), maxAbsDiff(s.x0, y.steps[k].x0)])
+    )
+  })
 
 /** The path of each item whose final image is reddest: a selection by the final images. */
 const reddest = (t: Trajectory.Trajectories) => {
@@ -98,19 +99,19 @@ describe("GenerationPool", () => {
       const t1 = yield* GenerationPool.inline.trajectories(m, one, prompts, draws, options)
       const t2 = yield* pool.trajectories(m, one, prompts, draws, options)
       // On wasm they are identical (0 difference measured); the tolerance is for other backends.
-      assert.isBelow(trajectoryDiff(t1, t2), 1e-5)
+      assert.isBelow(yield* trajectoryDiff(t1, t2), 1e-5)
       assert.deepStrictEqual(reddest(t2), reddest(t1))
       // The comparison can fail: one path's noise changed changes the result.
       const noise = draws.noise.slice()
       noise[noise.length - 1] += 1
       const t3 = yield* pool.trajectories(m, one, prompts, { ...draws, noise }, options)
-      assert.isAbove(trajectoryDiff(t1, t3), 1e-3)
+      assert.isAbove(yield* trajectoryDiff(t1, t3), 1e-3)
       // Weights changed between calls reach the worker (each job carries them).
       tf.tidy(() => m.params[Object.keys(m.params)[0]].assign(tf.mul(m.params[Object.keys(m.params)[0]], 1.5)))
       const t4 = yield* GenerationPool.inline.trajectories(m, one, prompts, draws, options)
       const t5 = yield* pool.trajectories(m, one, prompts, draws, options)
-      assert.isBelow(trajectoryDiff(t4, t5), 1e-5)
-      assert.isAbove(trajectoryDiff(t1, t5), 1e-4)
+      assert.isBelow(yield* trajectoryDiff(t4, t5), 1e-5)
+      assert.isAbove(yield* trajectoryDiff(t1, t5), 1e-4)
       for (const t of [t1, t2, t3, t4, t5]) Trajectory.dispose(t)
       tf.dispose([one, two])
       assert.strictEqual(tf.memory().numTensors, before)

@@ -24,7 +24,7 @@ const run = (algorithm: "sft" | "rlhf", model: string, threads: number, config =
   return Effect.gen(function*() {
     yield* algorithm === "sft" ? Sharpen.sft(config) : Sharpen.rlhf(config)
     const records = yield* (yield* Metrics).records
-    return { records, weights: flatten((yield* Denoiser.Denoiser).model.params) }
+    return { records, weights: yield* flatten((yield* Denoiser.Denoiser).model.params) }
   }).pipe(
     Effect.provide((algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, wiring)),
     Effect.scoped,

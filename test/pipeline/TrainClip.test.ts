@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
+import { Effect } from "effect"
 import { beforeAll } from "vitest"
 import { verify } from "../../src/data/Verifier.ts"
 import { toBytes } from "../../src/data/Image.ts"
@@ -43,23 +44,24 @@ describe("TrainClip", () => {
     assert.approximately(lrAt(o, 110), 0.1, 1e-9)
   })
 
-  it("a few steps on one batch reduce the loss and leak no tensors", () => {
-    const m = Clip.init(tinyClip, 0)
-    const adam = AdamW.init(m.params)
-    const batch = nextBatch(Rng.fromSeed(2), opts)
-    const initial = tf.tidy(() => contrastiveLoss(m.params, tinyClip, batch).dataSync()[0])
-    assert.isTrue(Number.isFinite(initial) && initial > 0)
-    const counts: Array<number> = []
-    let last = initial
-    for (let i = 0; i < 12; i++) {
-      const r = trainStep(m, adam, batch, 3e-3, AdamW.defaults)
-      assert.isTrue(Number.isFinite(r.loss) && Number.isFinite(r.gradNorm))
-      last = r.loss
-      counts.push(tf.memory().numTensors)
-    }
-    assert.isBelow(last, initial - 0.3)
-    assert.strictEqual(new Set(counts).size, 1, `tensor count changed: ${counts.join(", ")}`)
-    Clip.dispose(m)
-    AdamW.dispose(adam)
-  })
+  it.effect("a few steps on one batch reduce the loss and leak no tensors", () =>
+    Effect.gen(function*() {
+      const m = Clip.init(tinyClip, 0)
+      const adam = AdamW.init(m.params)
+      const batch = nextBatch(Rng.fromSeed(2), opts)
+      const initial = tf.tidy(() => contrastiveLoss(m.params, tinyClip, batch).dataSync()[0])
+      assert.isTrue(Number.isFinite(initial) && initial > 0)
+      const counts: Array<number> = []
+      let last = initial
+      for (let i = 0; i < 12; i++) {
+        const r = yield* trainStep(m, adam, batch, 3e-3, AdamW.defaults)
+        assert.isTrue(Number.isFinite(r.loss) && Number.isFinite(r.gradNorm))
+        last = r.loss
+        counts.push(tf.memory().numTensors)
+      }
+      assert.isBelow(last, initial - 0.3)
+      assert.strictEqual(new Set(counts).size, 1, `tensor count changed: ${counts.join(", ")}`)
+      Clip.dispose(m)
+      AdamW.dispose(adam)
+    }))
 })

@@ -143,7 +143,7 @@ describe("clip reward (wraps ClipModel)", () => {
       const r = yield* reward.score(images, prompts)
       const flat = new Float32Array(3 * IMAGE_LENGTH)
       images.forEach((img, i) => flat.set(img, i * IMAGE_LENGTH))
-      const expected = ClipModel.scoreArray(model, flat, prompts, "unit")
+      const expected = yield* ClipModel.scoreArray(model, flat, prompts, "unit")
       r.forEach((v, i) => {
         assert.approximately(v, expected[i], 1e-5)
         assert.isTrue(v >= 0 && v <= 2.5)

@@ -46,25 +46,26 @@ describe("ClipModel", () => {
     Clip.dispose(m)
   })
 
-  it("score is CLIPScore 2.5 * max(cos, 0) in [0, 2.5]; [0, 1] input goes through toSigned", () => {
-    const m = Clip.init(tinyClip, 2)
-    const x = images(3, 5)
-    const s = Clip.score(m, x, prompts)
-    const cos = tf.tidy(() => Clip.cosine(m.params, tinyClip, x, prompts))
-    const sv = s.dataSync()
-    cos.dataSync().forEach((c, i) => assert.approximately(sv[i], 2.5 * Math.max(c, 0), 1e-5))
-    for (const v of sv) assert.isTrue(v >= 0 && v <= 2.5)
-    const unit = tf.tidy(() => tf.div(tf.add(x, 1), 2)) as tf.Tensor4D
-    const su = Clip.score(m, unit, prompts, "unit").dataSync()
-    su.forEach((v, i) => assert.approximately(v, sv[i], 1e-5))
-    const arr = Clip.scoreArray(m, x.dataSync() as Float32Array, prompts, "signed", 2)
-    arr.forEach((v, i) => assert.approximately(v, sv[i], 1e-5))
-    // An image whose embedding equals the prompt's scores the maximum: check the bound by construction.
-    const top = tf.tidy(() => Clip.clipScore(tf.tensor2d([[1, 0]]), tf.tensor2d([[1, 0]])).dataSync()[0])
-    assert.approximately(top, 2.5, 1e-6)
-    tf.dispose([x, s, cos, unit])
-    Clip.dispose(m)
-  })
+  it.effect("score is CLIPScore 2.5 * max(cos, 0) in [0, 2.5]; [0, 1] input goes through toSigned", () =>
+    Effect.gen(function*() {
+      const m = Clip.init(tinyClip, 2)
+      const x = images(3, 5)
+      const s = Clip.score(m, x, prompts)
+      const cos = tf.tidy(() => Clip.cosine(m.params, tinyClip, x, prompts))
+      const sv = s.dataSync()
+      cos.dataSync().forEach((c, i) => assert.approximately(sv[i], 2.5 * Math.max(c, 0), 1e-5))
+      for (const v of sv) assert.isTrue(v >= 0 && v <= 2.5)
+      const unit = tf.tidy(() => tf.div(tf.add(x, 1), 2)) as tf.Tensor4D
+      const su = Clip.score(m, unit, prompts, "unit").dataSync()
+      su.forEach((v, i) => assert.approximately(v, sv[i], 1e-5))
+      const arr = yield* Clip.scoreArray(m, x.dataSync() as Float32Array, prompts, "signed", 2)
+      arr.forEach((v, i) => assert.approximately(v, sv[i], 1e-5))
+      // An image whose embedding equals the prompt's scores the maximum: check the bound by construction.
+      const top = tf.tidy(() => Clip.clipScore(tf.tensor2d([[1, 0]]), tf.tensor2d([[1, 0]])).dataSync()[0])
+      assert.approximately(top, 2.5, 1e-6)
+      tf.dispose([x, s, cos, unit])
+      Clip.dispose(m)
+    }))
 
   it("logit scale starts at 1/0.07 and is clamped at 100", () => {
     const m = Clip.init(tinyClip, 0)

@@ -34,7 +34,7 @@ describe("HostRead", () => {
       a[0] = 99
       assert.deepStrictEqual(Array.from(yield* HostRead.float32(x)), [1, 2, 3])
       assert.strictEqual(yield* HostRead.scalar(tf.scalar(4)), 4)
-      assert.deepStrictEqual(yield* HostRead.array(tf.tensor2d([[1, 2], [3, 4]])), [[1, 2], [3, 4]])
+      assert.deepStrictEqual(yield* HostRead.array<Array<Array<number>>>(tf.tensor2d([[1, 2], [3, 4]])), [[1, 2], [3, 4]])
       tf.disposeVariables()
     }))
 

@@ -45,7 +45,7 @@ describe("Scoped tensors", () => {
           const batch = Dataset.nextBatch(rng, { batchSize: 2, split: "train" })
           // The tiny model works on 8x8 crops of the renders.
           const crop = { ...batch, images: cropImages(batch.images, 2, 8) }
-          trainStep(model, schedule, adam, crop, rng, 1e-3, AdamW.defaults)
+          yield* trainStep(model, schedule, adam, crop, rng, 1e-3, AdamW.defaults)
           updateEma(ema.params, model.params, 0.9)
           counts.push(tf.memory().numTensors)
         }

@@ -57,10 +57,10 @@ describe("WasmHeap", () => {
       }), /shape mismatch/)
     }))
 
-  it.effect("a training loop fails with the typed error, whether the step throws it or rejects with it", () =>
+  it.effect("a training loop fails with the typed error, whether the step throws it, rejects with it, or fails or dies with it", () =>
     Effect.gen(function*() {
       const heap = new WasmHeap.WasmHeapExhausted({ what: "pretraining gradients", rows: 64, heapBytes: 4e9, limitBytes: WasmHeap.heapLimitBytes, detail: "test" })
-      for (const step of [() => { throw heap }, () => Promise.reject(heap)]) {
+      for (const step of [() => { throw heap }, () => Promise.reject(heap), () => Effect.fail(heap), () => Effect.die(heap)]) {
         const e = yield* Effect.flip(TrainingLoop.run({
           label: "test",
           total: 3,

@@ -39,9 +39,9 @@ describe("WasmKernels", () => {
       const n = 2 * a.imageSize * a.imageSize * a.channels
       const shard: DataParallel.Shard = { batch: 2, images: rng.normals(n), prompts: ["a red square", ""], t: [10, 700], noise: rng.normals(n) }
       const before = tf.memory()
-      const shared = DataParallel.shardGrads(model, shard)
+      const shared = yield* DataParallel.shardGrads(model, shard)
       WasmKernels.speedups.shareIdentity = false
-      const copied = DataParallel.shardGrads(model, shard)
+      const copied = yield* DataParallel.shardGrads(model, shard)
       WasmKernels.speedups.shareIdentity = true
       assert.strictEqual(shared.loss, copied.loss)
       assert.deepStrictEqual(shared.grads, copied.grads)
