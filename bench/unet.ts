@@ -7,6 +7,7 @@
  *   npm run bench -- --write docs/performance.md
  *   npm run bench -- --reps 5           # fewer repetitions
  *   SHARPEN_BACKEND=cpu npm run bench   # (slow) pure-JS backend
+ *   npm run bench -- --backend webgpu   # the GPU bench (bench/gpu.ts): batches 8, 32, 128 beside wasm
  *
  * The machine is shared, so absolute times drift with other people's jobs:
  * every series (tfjs on one thread, tfjs data-parallel on two, PyTorch on
@@ -21,7 +22,8 @@ import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as AtomicFile from "../src/io/AtomicFile.ts"
+import * as Block from "./Block.ts"
+import * as GpuBench from "./gpu.ts"
 import * as Load from "./Load.ts"
 import * as TorchBench from "./TorchBench.ts"
 import * as TrainingBench from "./TrainingBench.ts"
@@ -32,7 +34,7 @@ import { defaultConfig } from "../src/model/UNetConfig.ts"
 import * as AdamW from "../src/optim/AdamW.ts"
 import * as DataParallel from "../src/pipeline/DataParallel.ts"
 import { trainStepParallel } from "../src/pipeline/Pretrain.ts"
-import { Backend, fromEnv } from "../src/tensor/Backend.ts"
+import { Backend, type BackendName, fromEnv, isGpu } from "../src/tensor/Backend.ts"
 import { conv2dSame } from "../src/tensor/Conv.ts"
 import { paramGrads } from "../src/tensor/Grad.ts"
 import { Rng } from "../src/tensor/Random.ts"
@@ -317,17 +319,22 @@ const program = Effect.gen(function*() {
   ]
   const report = lines.join("\n")
   console.log(report)
-  if (write !== undefined) {
-    // Replace only the generated block, keeping the prose around it.
-    const begin = `<!-- bench:${backend.name}:begin -->`
-    const end = `<!-- bench:${backend.name}:end -->`
-    const old = fs.existsSync(write) ? fs.readFileSync(write, "utf8") : ""
-    const block = `${begin}\n${report}\n${end}`
-    const i = old.indexOf(begin)
-    const j = old.indexOf(end)
-    const next = i >= 0 && j > i ? old.slice(0, i) + block + old.slice(j + end.length) : `${old}${old === "" ? "" : "\n"}${block}\n`
-    yield* AtomicFile.writeText(write, next)
-  }
+  if (write !== undefined) yield* Block.write(write, backend.name, report)
 })
 
-NodeRuntime.runMain(program.pipe(Effect.provide(Backend.make(fromEnv())), Effect.provide(NodeServices.layer)))
+const requested = (flag("backend") ?? fromEnv()) as BackendName
+
+// A GPU backend: its own bench (bench/gpu.ts), beside wasm and PyTorch CUDA.
+const gpuBench = Effect.gen(function*() {
+  const batches = (flag("batches") ?? "8,32,128").split(",").map(Number)
+  const options = process.argv.slice(2).join(" ")
+  const report = yield* Effect.promise(() =>
+    GpuBench.run({ backend: requested, batches, reps: Number(flag("reps") ?? 5), command: `\`npm run bench -- ${options}\`` })
+  )
+  console.log(report)
+  if (write !== undefined) yield* Block.write(write, requested, report)
+})
+
+NodeRuntime.runMain(
+  (isGpu(requested) ? gpuBench : program.pipe(Effect.provide(Backend.make(requested)))).pipe(Effect.provide(NodeServices.layer))
+)

@@ -18,7 +18,6 @@ import * as Main from "../src/cli/Main.ts"
 import * as Png from "../src/data/Png.ts"
 import * as Evaluate from "../src/eval/Evaluate.ts"
 import * as Generate from "../src/eval/Generate.ts"
-import { defaultWorkers } from "../src/eval/ParallelGenerate.ts"
 import * as Plot from "../src/eval/Plot.ts"
 import * as Wilson from "../src/eval/Wilson.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
@@ -89,8 +88,8 @@ const command = Command.make(
     quick: Flag.Boolean("quick").pipe(Flag.withDescription("tiny smoke run (2 iterations, or --training-nfe's budget; few prompts and steps)"), Flag.withDefault(false)),
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const)),
     threads: Flag.Int("threads").pipe(
-      Flag.withDescription("threads of the sharpening and RAFT stages (generation and image-level gradient parts), this one included (1 beside another training process; the result is the same; default: one per core, at most 4, or SHARPEN_WORKERS)"),
-      Flag.withDefault(defaultWorkers())
+      Flag.withDescription("threads of the sharpening and RAFT stages (generation and image-level gradient parts), this one included (1 beside another training process; the result is the same; default: one per core, at most 4, or SHARPEN_WORKERS, on wasm and cpu; 1 on a GPU)"),
+      Flag.optional
     )
   },
   Effect.fn(function*(f) {
@@ -151,7 +150,7 @@ const command = Command.make(
     const hasClip = yield* fs.exists(clipModel)
     const { modelDir: _, ...withoutClip } = rewardSpec
     const reward = Registry.layerNode(hasClip ? rewardSpec : withoutClip).pipe(Layer.provide(backend))
-    const wiring: Compare.TrainWiring = { model: f.model, reward, backend, rewardSpec, threads: Math.max(1, f.threads) }
+    const wiring: Compare.TrainWiring = { model: f.model, reward, backend, rewardSpec, threads: Option.match(f.threads, { onNone: () => "auto" as const, onSome: (n) => Math.max(1, n) }) }
     const sampler: Generate.SamplerOptions = { ...Generate.paperDefaults, steps: settings.evalSteps }
     const sets = yield* Report.loadEvalSets(settings.evalPrompts)
     const inferenceSets = yield* Report.loadEvalSets(settings.inferencePrompts)

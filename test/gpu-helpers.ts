@@ -6,23 +6,29 @@
  */
 import * as tf from "@tensorflow/tfjs-core"
 import * as WebGpu from "../src/tensor/WebGpu.ts"
-import { initialise } from "../src/tensor/Backend.ts"
+import { BackendUnavailable, initialise } from "../src/tensor/Backend.ts"
 
 export const skipGpu = process.env.SHARPEN_SKIP_GPU_TESTS === "1"
 
 export const INSTALL = "bash scripts/install-vulkan.sh"
 
-/** Initialise webgpu (a software adapter is fine) and wasm in this process; returns the adapter. */
-export const useBoth = async (): Promise<WebGpu.AdapterInfo> => {
+/** The adapter, or an error naming the command that installs one. */
+export const requireAdapter = async (): Promise<WebGpu.AdapterInfo> => {
   const found = await WebGpu.probe()
   if (found._tag === "NotFound") {
     throw new Error(`no WebGPU adapter (${found.reason}). Install Mesa's CPU Vulkan driver with \`${INSTALL}\`, or set SHARPEN_SKIP_GPU_TESTS=1 to skip the GPU tests.`)
   }
-  const gpu = await initialise("webgpu")
-  if (!("name" in gpu)) throw gpu
-  const wasm = await initialise("wasm")
-  if (!("name" in wasm)) throw wasm
   return found.adapter
+}
+
+/** Initialise webgpu (a software adapter is fine) and wasm in this process; returns the adapter. */
+export const useBoth = async (): Promise<WebGpu.AdapterInfo> => {
+  const adapter = await requireAdapter()
+  const gpu = await initialise("webgpu")
+  if (gpu instanceof BackendUnavailable) throw gpu
+  const wasm = await initialise("wasm")
+  if (wasm instanceof BackendUnavailable) throw wasm
+  return adapter
 }
 
 /** Run `f` with `backend` active. */

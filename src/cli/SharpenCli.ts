@@ -21,7 +21,6 @@
 import { Console, Effect, FileSystem, Layer, Logger, Option, Path, Schema } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Evaluate from "../eval/Evaluate.ts"
-import { defaultWorkers } from "../eval/ParallelGenerate.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
 import * as CheckpointDir from "../io/CheckpointDir.ts"
 import * as RunLock from "../io/RunLock.ts"
@@ -31,6 +30,7 @@ import * as Registry from "../reward/Registry.ts"
 import { Backend, BackendName } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
+import * as WebGpu from "../tensor/WebGpu.ts"
 import * as Report from "../pipeline/Report.ts"
 import * as Sharpen from "../pipeline/Sharpen.ts"
 import * as SharpenConfig from "../pipeline/SharpenConfig.ts"
@@ -113,12 +113,18 @@ const flags = {
   keepCheckpoints: optInt("keep-checkpoints", "checkpoints kept on disk (a damaged latest one falls back to the one before)"),
   backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const)),
   threads: Flag.Int("threads").pipe(
-    Flag.withDescription("threads of each iteration: generation (online samples, paths, continuations) and the image-level objectives' gradient parts, this one included; 1 = no worker threads; the same result up to float summation order (default: one per core, at most 4, or SHARPEN_WORKERS)"),
-    Flag.withDefault(defaultWorkers())
+    Flag.withDescription("threads of each iteration: generation (online samples, paths, continuations) and the image-level objectives' gradient parts, this one included; 1 = no worker threads; the same result up to float summation order (default: one per core, at most 4, or SHARPEN_WORKERS, on wasm and cpu; 1 on a GPU, where threads would fight over the device)"),
+    Flag.optional
   )
 }
 
 type Flags = Command.Command.Config.Infer<typeof flags>
+
+/** On webgpu: the peak GPU memory (tfjs's buffer pool) and the adapter. */
+const gpuSummary = (): string => {
+  const gpu = WebGpu.memory()
+  return gpu === undefined ? "" : `, peak GPU memory ${Math.round(gpu.allocated / 2 ** 20)} MiB (tfjs's buffers; live tensors at the end ${Math.round(gpu.inUse / 2 ** 20)} MiB)`
+}
 
 /**
  * On a terminal the progress bar's line has no newline until the run ends:
@@ -199,10 +205,11 @@ export const command = (algorithm: "sft" | "rlhf") =>
       }
       if (f.resume && !hasCheckpoint) return yield* nothingToResume
 
-      if (f.threads < 1) return yield* new SharpenConfig.ConfigError({ field: "threads", message: `--threads must be at least 1, got ${f.threads}` })
+      const threads = Option.getOrElse(f.threads, () => "auto" as const)
+      if (threads !== "auto" && threads < 1) return yield* new SharpenConfig.ConfigError({ field: "threads", message: `--threads must be at least 1, got ${threads}` })
       const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
       const reward = Registry.layerNode(rewardSpec).pipe(Layer.provide(backend))
-      const layers = (algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, { model: f.model, runDir, reward, backend, label: algorithm, threads: f.threads })
+      const layers = (algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, { model: f.model, runDir, reward, backend, label: algorithm, threads })
       const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL
 
       const sets = yield* Report.loadEvalSets(config.evalPrompts)
@@ -259,7 +266,8 @@ export const command = (algorithm: "sft" | "rlhf") =>
         const summary = `${algorithm.toUpperCase()}-Diffusion-Sharpening of ${f.model} with reward ${rewardSpec.reward}: ${done} iterations, ` +
           `${wallMin.toFixed(1)} min of training, ${totalNfe} training NFE, ${totalCalls} reward calls. ` +
           // Memory of the whole run (docs/performance.md): the process's peak RSS, worker threads included, and this thread's wasm heap.
-          `Peak resident memory ${Math.round(process.resourceUsage().maxRSS / 1024)} MiB, wasm heap ${Math.round(WasmHeap.heapBytes() / 2 ** 20)} MiB.`
+          `Peak resident memory ${Math.round(process.resourceUsage().maxRSS / 1024)} MiB, wasm heap ${Math.round(WasmHeap.heapBytes() / 2 ** 20)} MiB` +
+          gpuSummary() + "."
         yield* AtomicFile.writeText(path.join(out, "report.md"), `${summary}\n\n${table}\n`)
         yield* AtomicFile.writeText(path.join(out, "report.json"), JSON.stringify({ config, model: f.model, reward: rewardSpec.reward, iterations: done, before, after }, null, 2) + "\n")
         yield* Console.log(`\n${summary}\n\n${table}\n\nmodel: ${path.join(out, "model")}  report: ${path.join(out, "report.md")}`)

@@ -13,6 +13,7 @@ import { Effect } from "effect"
 import * as os from "node:os"
 import { Worker } from "node:worker_threads"
 import * as Denoiser from "../model/Denoiser.ts"
+import { usesWorkerThreads } from "../tensor/Backend.ts"
 import * as Generate from "./Generate.ts"
 import type { Job } from "./GenerateWorker.ts"
 
@@ -49,9 +50,9 @@ export const generate = async (
     readonly signal?: AbortSignal
   } = {}
 ): Promise<Array<Float32Array>> => {
-  // Native TensorFlow is multi-threaded already; the JS backends are not.
+  // Only the JS backends gain from threads (Backend.usesWorkerThreads).
   const backend = options.backend ?? tf.getBackend()
-  const workers = backend === "tensorflow" ? 1 : Math.min(options.workers ?? defaultWorkers(), Math.ceil(prompts.length / sampler.batchSize))
+  const workers = !usesWorkerThreads(backend) ? 1 : Math.min(options.workers ?? defaultWorkers(), Math.ceil(prompts.length / sampler.batchSize))
   if (workers <= 1) {
     return Effect.runPromise(Generate.generate(model, prompts, sampler, (done) => options.onImages?.(done)))
   }

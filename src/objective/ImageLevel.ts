@@ -130,7 +130,7 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
             const margin = margins(selection, scores, b)
             // Winner rows are 0..B-1 of the pair samples, losers B..2B-1.
             const rowsOf = (items: ReadonlyArray<number>) => [...items, ...items.map((i) => i + b)]
-            const parts = Losses.microBatchesByRows(b, 2, PortablePart.rowsForThreads(o.microBatchRows ?? 0, b, 2, threads))
+            const parts = Losses.microBatchesByRows(b, 2, PortablePart.rowsForThreads(o.microBatchRows ?? Losses.defaultMicroBatchRows(), b, 2, threads))
             // Every step's eps and t are drawn now, so the RNG order never
             // depends on when the optimiser runs the closures.
             const samples = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
@@ -218,7 +218,7 @@ export const sft = (o: ImageSftOptions): Layer.Layer<Objective, never, Denoiser.
               Effect.map(
                 Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best], rng), NoisedSamples.dispose),
                 (s) =>
-                  Losses.microBatchesByRows(b, 1, PortablePart.rowsForThreads(o.microBatchRows ?? 0, b, 1, threads)).map((items) =>
+                  Losses.microBatchesByRows(b, 1, PortablePart.rowsForThreads(o.microBatchRows ?? Losses.defaultMicroBatchRows(), b, 1, threads)).map((items) =>
                     PortablePart.withPortable(
                       () => tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), items.length / b) as tf.Scalar),
                       () => Effect.map(PortablePart.samplesRows(s, items), (rows) => ({ ...rows, share: items.length / b }))

@@ -6,6 +6,7 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
+import { isGpu } from "../tensor/Backend.ts"
 import { Schema } from "effect"
 import * as Noise from "../diffusion/Noise.ts"
 import type * as Schedule from "../diffusion/Schedule.ts"
@@ -81,6 +82,15 @@ export const microBatches = (batch: number, size: number): Array<Array<number>> 
  * item per group; `rows` 0: one group of all): a memory budget in UNet rows
  * that holds whatever m is.
  */
+/**
+ * Micro-batch rows when a run sets none: 24 on the JS backends, where one
+ * part of 48 rows can exhaust the wasm heap; the whole batch (0) on a GPU,
+ * where memory is not the limit and one larger batch keeps the device busy.
+ *
+ * @since 0.2.0
+ */
+export const defaultMicroBatchRows = (backend: string = tf.getBackend()): number => (isGpu(backend) ? 0 : 24)
+
 export const microBatchesByRows = (batch: number, rowsPerItem: number, rows: number): Array<Array<number>> =>
   microBatches(batch, rows <= 0 ? 0 : Math.max(1, Math.floor(rows / rowsPerItem)))
 

@@ -79,7 +79,7 @@ export class Objective extends Context.Service<Objective, {
             const best = rowIndex(t, selection.best)
             // Each part is its items' share of the batch mean (Eq. 9).
             return Effect.succeed({
-              loss: Losses.microBatchesByRows(t.batch, t.steps.length, o.microBatchRows ?? 0).map((items) => () =>
+              loss: Losses.microBatchesByRows(t.batch, t.steps.length, o.microBatchRows ?? Losses.defaultMicroBatchRows()).map((items) => () =>
                 tf.tidy(() => tf.mul(Losses.sftLoss(model, schedule, t, items.map((b) => best[b]), o.target), items.length / t.batch) as tf.Scalar)
               ),
               stats: {},
@@ -108,7 +108,7 @@ export class Objective extends Context.Service<Objective, {
               const refSteps = o.referenceSteps === "all" ? t.steps.length : 1
               // Winner and loser rows of some items, run as one batch.
               const rowsOf = (items: ReadonlyArray<number>) => [...items.map((i) => best[i]), ...items.map((i) => worst[i])]
-              const parts = Losses.microBatchesByRows(b, 2 * t.steps.length, o.microBatchRows ?? 0)
+              const parts = Losses.microBatchesByRows(b, 2 * t.steps.length, o.microBatchRows ?? Losses.defaultMicroBatchRows())
               const refs = yield* Effect.forEach(parts, (items) =>
                 Scoped.acquire(() => tf.tidy(() => Losses.splitPair(Losses.pathErrors(reference, schedule, t, rowsOf(items), o.target, refSteps)))))
               return {

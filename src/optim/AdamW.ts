@@ -63,7 +63,9 @@ export const dispose = (s: AdamWState): void => {
 
 /** Global L2 norm of a set of gradients, as a number (one read of the summed squares). */
 export const globalNorm = (grads: Readonly<Record<string, tf.Tensor>>): Effect.Effect<number> =>
-  Effect.map(HostRead.consumeScalar(() => tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))))), Math.sqrt)
+  // stack + sum, not addN: tfjs-webgpu's AddN binds every input at once and
+  // the GPU refuses more than 8 (its result is then zeros).
+  Effect.map(HostRead.consumeScalar(() => tf.sum(tf.stack(Object.values(grads).map((g) => tf.sum(tf.square(g)))))), Math.sqrt)
 
 /**
  * One AdamW update in place. Returns the gradient norm before clipping

@@ -182,7 +182,7 @@ export interface TrainWiring {
    * Threads of the generation of the sharpening and RAFT stages (`GenerationPool`;
    * default 1). Diffusion-DPO and DDPO generate on one thread.
    */
-  readonly threads?: number
+  readonly threads?: number | "auto"
 }
 
 const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length)

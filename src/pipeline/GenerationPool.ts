@@ -26,10 +26,10 @@ import { Context, Effect, Layer, Schema } from "effect"
 import { Worker } from "node:worker_threads"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Generate from "../eval/Generate.ts"
-import { workerExecArgv } from "../eval/ParallelGenerate.ts"
+import { defaultWorkers, workerExecArgv } from "../eval/ParallelGenerate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as PortablePart from "../objective/PortablePart.ts"
-import { Backend } from "../tensor/Backend.ts"
+import { Backend, isGpu, usesWorkerThreads } from "../tensor/Backend.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as Trajectory from "../trajectory/Trajectory.ts"
@@ -141,8 +141,7 @@ export const make = (
   backend: string,
   worker: URL = new URL("./GenerationWorker.ts", import.meta.url)
 ): Pool => {
-  // Native TensorFlow is multi-threaded already; the JS backends are not.
-  if (threads <= 1 || backend === "tensorflow" || backend === "tensorflow-gpu") return inline
+  if (threads <= 1 || !usesWorkerThreads(backend)) return inline
   const slots: Array<Thread | undefined> = new Array(threads - 1).fill(undefined)
   let nextId = 0
   const spawn = (i: number): Thread => {
@@ -313,14 +312,20 @@ export class GenerationPool extends Context.Service<GenerationPool, Pool>()("sha
    * worker threads), released with the layer's scope (no thread outlives
    * the run, also on interruption).
    */
-  static readonly layer = (threads: number) =>
+  static readonly layer = (threads: number | "auto") =>
     Layer.effect(
       GenerationPool,
       Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
         const backend = yield* Backend
+        const count = threads === "auto" ? (usesWorkerThreads(backend.name) ? defaultWorkers() : 1) : threads
+        if (count > 1 && !usesWorkerThreads(backend.name)) {
+          yield* Effect.logWarning(
+            `--threads ${count} on ${backend.name}: running with 1, since ${isGpu(backend.name) ? "each worker thread would open the GPU and fight the others over it; the iteration's batches run in this process" : "native TensorFlow is multi-threaded itself"}`
+          )
+        }
         return yield* Effect.acquireRelease(
-          Effect.sync(() => make(model.config, threads, backend.name)),
+          Effect.sync(() => make(model.config, count, backend.name)),
           (pool) => Effect.promise(() => pool.close())
         )
       })

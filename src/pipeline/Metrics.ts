@@ -24,7 +24,10 @@ export const IterationRecord = Schema.Struct({
   rewardCalls: Schema.Int,
   rewardMargin: Schema.optional(Schema.Number),
   /** Model evaluations of the objective (gradient and reference rows); `nfe` counts sampling only. */
-  lossNfe: Schema.optional(Schema.Int)
+  lossNfe: Schema.optional(Schema.Int),
+  /** On webgpu: bytes of live tensors on the GPU at the iteration's end, and of the buffers allocated so far (the peak). */
+  gpuBytes: Schema.optional(Schema.Int),
+  gpuAllocatedBytes: Schema.optional(Schema.Int)
 })
 export type IterationRecord = typeof IterationRecord.Type
 

@@ -20,7 +20,7 @@ import * as Denoiser from "../model/Denoiser.ts"
 import { defaultConfig, UNetConfig } from "../model/UNetConfig.ts"
 import * as AdamW from "../optim/AdamW.ts"
 import { Rng, RngState } from "../tensor/Random.ts"
-import { Backend } from "../tensor/Backend.ts"
+import { Backend, usesWorkerThreads } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import type { WasmHeapExhausted } from "../tensor/WasmHeap.ts"
 import * as DataParallel from "./DataParallel.ts"
@@ -185,7 +185,7 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
   const adamConfig = { ...AdamW.defaults, maxGradNorm: 1 }
   // Threads only help the single-threaded JS backends.
-  const workers = backend.name === "tensorflow" || backend.name === "tensorflow-gpu" ? 1 : Math.min(o.workers, o.batchSize)
+  const workers = !usesWorkerThreads(backend.name) ? 1 : Math.min(o.workers, o.batchSize)
   const pool = yield* Effect.acquireRelease(
     Effect.sync(() => DataParallel.make(model, workers, backend.name)),
     (p) => Effect.promise(() => p.close())

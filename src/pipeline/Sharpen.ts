@@ -28,6 +28,7 @@ import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
 import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
 import { Checkpointer } from "./Checkpointer.ts"
 import { type IterationRecord, Metrics, trainingNfe } from "./Metrics.ts"
+import * as WebGpu from "../tensor/WebGpu.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
 import { BatchSource } from "./Sources.ts"
 
@@ -134,7 +135,15 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
       ...(margins.length > 0 ? { rewardMargin: stats(margins).mean } : {}),
       ...(lossNfe > 0 ? { lossNfe } : {})
     } satisfies IterationRecord
-  })).pipe(Effect.map((r) => ({ ...r, wallMs: performance.now() - started, liveTensors: tf.memory().numTensors })))
+  })).pipe(Effect.map((r) => {
+    const gpu = WebGpu.memory()
+    return {
+      ...r,
+      wallMs: performance.now() - started,
+      liveTensors: tf.memory().numTensors,
+      ...(gpu === undefined ? {} : { gpuBytes: gpu.inUse, gpuAllocatedBytes: gpu.allocated })
+    }
+  }))
 })
 
 /**

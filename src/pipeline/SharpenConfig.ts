@@ -23,9 +23,10 @@ export const SharpenConfig = Schema.Struct({
    * whole batch in one part). A prompt costs m rows in SFT and 2m in RLHF
    * (best and worst path); parts hold as many whole prompts as fit, at least
    * one. The parts' gradients are summed, so only peak memory changes: 48
-   * rows in one part can exhaust the wasm heap.
+   * rows in one part can exhaust the wasm heap. Unset: the backend's
+   * default (`Losses.defaultMicroBatchRows`).
    */
-  microBatchRows: int(0, 4096),
+  microBatchRows: Schema.optional(int(0, 4096)),
   /** Trajectories per prompt (paper: n = 3). */
   n: int(2, 64),
   /** Denoising steps per trajectory (paper: m = 3). */
@@ -120,7 +121,6 @@ export type SharpenConfig = typeof SharpenConfig.Type
 export const defaults: SharpenConfig = {
   iterations: 12,
   batchSize: 8,
-  microBatchRows: 24,
   n: 3,
   m: 3,
   inferenceSteps: 50,

@@ -54,10 +54,11 @@ export interface Wiring<RE, RR> {
   readonly selector?: Layer.Layer<PathSelector>
   /**
    * Threads of the iterations' generation (online samples, trajectories),
-   * the main thread included (default 1: no worker threads; the CLI's
-   * `--threads` defaults to one per core). See `GenerationPool`.
+   * the main thread included (default 1: no worker threads; "auto": one per
+   * core on the JS backends, 1 on the others, as the CLI's `--threads`).
+   * See `GenerationPool`.
    */
-  readonly threads?: number
+  readonly threads?: number | "auto"
 }
 
 export const trajectoryOptions = (c: SharpenConfig) => ({

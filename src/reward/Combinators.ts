@@ -77,7 +77,7 @@ export const weightedSum = (
     differentiable
       ? {
         scoreTensor: (images, prompts) =>
-          tf.tidy(() => tf.addN(terms.map((t) => tf.mul(t.reward.scoreTensor!(images, prompts), t.weight))) as tf.Tensor1D)
+          tf.tidy(() => tf.sum(tf.stack(terms.map((t) => tf.mul(t.reward.scoreTensor!(images, prompts), t.weight))), 0) as tf.Tensor1D)
       }
       : {}
   )

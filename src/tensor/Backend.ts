@@ -76,6 +76,7 @@ const tryLoad = async (c: (typeof candidates)[number], softwareOk: boolean): Pro
     if (!ok) return `tf.setBackend("${c.tfName}") returned false`
     await tf.ready()
     if (c.tfName === "wasm") WasmKernels.install()
+    if (c.tfName === "webgpu") WebGpu.watch((tf.backend() as unknown as { device: GPUDevice }).device)
     return undefined
   } catch (e) {
     return e instanceof Error ? e.message.split("\n")[0] : String(e)
@@ -111,6 +112,20 @@ export const initialise = async (
   }
   return new BackendUnavailable({ requested, available: installed(), reason: reasons.join("; ") })
 }
+
+/**
+ * Whether worker threads speed a backend up. The JS backends (wasm, cpu)
+ * run one thread each, so a pool of threads multiplies them; native
+ * TensorFlow is multi-threaded already, and on a GPU backend each thread
+ * would open the device and fight the others over it, so there the work
+ * runs in this process with larger batches.
+ *
+ * @since 0.2.0
+ */
+export const usesWorkerThreads = (name: string): boolean => name === "wasm" || name === "cpu"
+
+/** Backends that compute on a GPU. */
+export const isGpu = (name: string): boolean => name === "webgpu" || name === "tensorflow-gpu"
 
 /** `SHARPEN_BACKEND` if set, else "auto". */
 export const fromEnv = (): BackendName => {

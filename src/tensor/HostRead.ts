@@ -16,6 +16,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Effect, Schema } from "effect"
+import * as WebGpu from "./WebGpu.ts"
 
 /**
  * A synchronous read was asked of a backend whose tensors live on a device.
@@ -43,13 +44,19 @@ export const isResident = (): boolean => {
  */
 const owned = <A extends tf.TypedArray>(a: A): A => (tf.getBackend() === "cpu" ? a.slice() as A : a)
 
+/** A read is where the GPU's queue is drained: its errors surface here (`WebGpu.GpuValidationError`, a defect). */
+const checked = <A>(a: A): A => {
+  WebGpu.throwPending()
+  return a
+}
+
 /**
  * The values of `x`, as an array the caller owns. Promise form, for worker
  * threads and scripts without an Effect runtime.
  *
  * @since 0.2.0
  */
-export const promise = async (x: tf.Tensor): Promise<Float32Array> => owned(await x.data<"float32">())
+export const promise = async (x: tf.Tensor): Promise<Float32Array> => checked(owned(await x.data<"float32">()))
 
 /**
  * The values of `x` (float32), as an array the caller owns.
@@ -63,21 +70,21 @@ export const float32 = (x: tf.Tensor): Effect.Effect<Float32Array> => Effect.pro
  *
  * @since 0.2.0
  */
-export const values = (x: tf.Tensor): Effect.Effect<tf.TypedArray> => Effect.promise(async () => owned(await x.data()))
+export const values = (x: tf.Tensor): Effect.Effect<tf.TypedArray> => Effect.promise(async () => checked(owned(await x.data())))
 
 /**
  * The first value of `x` (a scalar or loss).
  *
  * @since 0.2.0
  */
-export const scalar = (x: tf.Tensor): Effect.Effect<number> => Effect.promise(async () => (await x.data())[0]!)
+export const scalar = (x: tf.Tensor): Effect.Effect<number> => Effect.promise(async () => checked(await x.data())[0]!)
 
 /**
  * `x` as nested arrays.
  *
  * @since 0.2.0
  */
-export const array = <A = Array<number>>(x: tf.Tensor): Effect.Effect<A> => Effect.promise(() => x.array() as Promise<A>)
+export const array = <A = Array<number>>(x: tf.Tensor): Effect.Effect<A> => Effect.promise(async () => checked(await x.array() as A))
 
 /**
  * Make a tensor (in `tf.tidy`), read it and dispose it, whatever happens.

@@ -9,6 +9,8 @@
  *
  * @since 0.2.0
  */
+import * as tf from "@tensorflow/tfjs-core"
+import { Schema } from "effect"
 import { spawnSync } from "node:child_process"
 import { createRequire } from "node:module"
 
@@ -139,4 +141,49 @@ export const loadBackend = async (softwareOk: boolean): Promise<Probe> => {
     return { _tag: "NotFound", reason: `@tensorflow/tfjs-backend-webgpu does not load: ${firstLine(e)}` }
   }
   return found
+}
+
+/**
+ * GPU memory as tfjs's webgpu backend counts it: bytes of live tensors, and
+ * bytes of buffers allocated (its pool keeps released buffers for reuse and
+ * never shrinks during a run, so this is the peak the device held).
+ * Undefined on the other backends.
+ *
+ * @since 0.2.0
+ */
+export const memory = (): { readonly inUse: number; readonly allocated: number } | undefined => {
+  const m = tf.memory() as tf.MemoryInfo & { numBytesInGPU?: number; numBytesAllocatedInGPU?: number }
+  return m.numBytesInGPU === undefined ? undefined : { inUse: m.numBytesInGPU, allocated: m.numBytesAllocatedInGPU ?? m.numBytesInGPU }
+}
+
+/**
+ * The GPU rejected work that tfjs submitted (an invalid pipeline, a limit
+ * exceeded). tfjs does not notice: the kernel's output stays zeros. So every
+ * host read checks for these and fails, rather than train on wrong numbers.
+ *
+ * @since 0.2.0
+ */
+export class GpuValidationError extends Schema.TaggedError<GpuValidationError>()("GpuValidationError", {
+  messages: Schema.Array(Schema.String)
+}) {
+  override get message() {
+    return `the GPU rejected work, so results computed since the last read are wrong: ${this.messages.slice(0, 3).join("; ")}${this.messages.length > 3 ? ` (and ${this.messages.length - 3} more)` : ""}`
+  }
+}
+
+let pending: Array<string> = []
+
+/** Collect the device's uncaptured errors (Backend does this when it loads webgpu). */
+export const watch = (device: GPUDevice): void => {
+  device.addEventListener("uncapturederror", (e) => {
+    pending.push((e as GPUUncapturedErrorEvent).error.message.split("\n")[0]!)
+  })
+}
+
+/** Throws {@link GpuValidationError} if the device reported errors since the last call. */
+export const throwPending = (): void => {
+  if (pending.length === 0) return
+  const messages = pending
+  pending = []
+  throw new GpuValidationError({ messages })
 }
