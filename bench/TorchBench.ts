@@ -68,6 +68,8 @@ export const start = (): TorchServer => {
       }),
     close: () =>
       new Promise<void>((resolve) => {
+        // A server that already exited (a failed request) has nothing to wait for.
+        if (child.exitCode !== null || child.signalCode !== null) return resolve()
         child.once("exit", () => resolve())
         child.stdin.end()
       })

@@ -58,6 +58,7 @@ export const run = async (o: Options): Promise<string> => {
   const torchVersion = TorchBench.probe()
   const torch = torchVersion === undefined ? undefined : TorchBench.start()
   let torchDevice: string | undefined
+  let torchNote: string | undefined
   const a = defaultConfig.architecture
 
   const tasks: Array<Task> = []
@@ -91,14 +92,15 @@ export const run = async (o: Options): Promise<string> => {
         })
       }
     }
-    if (torch !== undefined) {
+    if (torch !== undefined && torchNote === undefined) {
       // The torch server holds one batch at a time: init is part of the task, outside its timing.
       const init = async () => {
         const r = await torch.request<{ device: string }>({ op: "init", arch: a, vocabSize: defaultConfig.vocabulary.length, batch, schedule: defaultConfig.schedule, device: "cuda" })
         torchDevice = r.device
       }
       const ok = await init().then(() => true, (e: Error) => {
-        console.error(`PyTorch on CUDA is not available here (${e.message.split("\n")[0]}); its column is left out.`)
+        torchNote = ` PyTorch ${torchVersion} could not run on CUDA here (${e.message.split("\n")[0]}), left out.`
+        console.error(torchNote.trim())
         return false
       })
       if (ok) {
@@ -130,6 +132,7 @@ export const run = async (o: Options): Promise<string> => {
     }
   }
   process.stderr.write("\n")
+  await tf.setBackend(gpu.name)
   const gpuMemory = WebGpu.memory()
   for (const c of cleanup) await c()
   await torch?.close()
@@ -153,7 +156,7 @@ export const run = async (o: Options): Promise<string> => {
     `${o.reps} rounds after ${warmup} warm-up, median; ${os.cpus().length} x ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}.` +
     (gpu.adapter === undefined ? "" : ` Adapter: ${WebGpu.format(gpu.adapter)}.`) +
     (gpuMemory === undefined ? "" : ` GPU buffers allocated at the end: ${(gpuMemory.allocated / 2 ** 20).toFixed(0)} MiB.`) +
-    (torch === undefined ? " PyTorch: not importable by the system interpreter, left out." : ""),
+    (torch === undefined ? " PyTorch: not importable by the system interpreter, left out." : torchNote ?? ""),
     "",
     "| batch | runs on | forward ms | forward NFE/s | train step ms | train samples/s |",
     "|---|---|---|---|---|---|"

@@ -45,16 +45,17 @@ nv=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv" ]; then export VK_DRIVER_FILES=$nv; fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
-# Node and node_modules from the bundle, where there are none.
-if [ ! -x node_modules/node/bin/node ] && ! command -v node >/dev/null; then
-  [ -f .gpu/runtime.tar.xz ] || { log "no Node and no .gpu/runtime.tar.xz: run scripts/gpu-bundle.sh and carry .gpu"; exit 1; }
+# Node and node_modules: an install's own (npm ci), else the bundle's. A
+# system Node is not used: effect 4 needs Node >= 22.19.
+if [ -x node_modules/node/bin/node ]; then
+  export PATH="$root/node_modules/node/bin:$PATH"
+else
+  [ -f .gpu/runtime.tar.xz ] || { log "no node_modules and no .gpu/runtime.tar.xz: run scripts/gpu-bundle.sh and carry .gpu"; exit 1; }
   rt=$(mktemp -d)
   tar -C "$rt" -xJf .gpu/runtime.tar.xz
   rm -rf node_modules && mv "$rt/node_modules" node_modules
   export PATH="$rt/node/bin:$PATH"
   log "Node $(node --version) and node_modules unpacked from the bundle"
-elif [ -x node_modules/node/bin/node ]; then
-  export PATH="$root/node_modules/node/bin:$PATH"
 fi
 
 step() { # name seconds command...

@@ -80,7 +80,7 @@ const flags = {
   iterations: optInt("iterations", "optimisation steps"),
   seed: optInt("seed", "seed of data, noise and sampling"),
   batchSize: optInt("batch-size", "prompts per step (paper: 8)"),
-  microBatchRows: optInt("micro-batch-rows", "UNet rows per gradient micro-batch (0 = whole batch; same update, less memory)"),
+  microBatchRows: optInt("micro-batch-rows", "UNet rows per gradient micro-batch (0 = whole batch; same update, less memory; default 24 on wasm and cpu, 0 on a GPU)"),
   n: optInt("n", "trajectories per prompt (paper: 3)"),
   m: optInt("m", "denoising steps per trajectory (paper: 3)"),
   lr: optNum("lr", "learning rate"),
