@@ -25,7 +25,7 @@ const command = Command.make(
   Effect.fn(function*(flags) {
     const { backend, ...rest } = flags
     const r = yield* ClipReport.run(rest).pipe(
-      Effect.provide(Layer.fresh(Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : backend)))
+      Effect.provide(Layer.fresh(Backend.fromFlag(backend)))
     )
     yield* Console.log(ClipReport.formatReport(r))
     yield* Console.log(`report written to ${flags.out} (${r.seconds.toFixed(0)} s)`)

@@ -145,7 +145,7 @@ const command = Command.make(
       const c = configOf(m, settings.seeds[0])
       if (c instanceof SharpenConfig.ConfigError) return yield* c
     }
-    const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
+    const backend = Backend.fromFlag(f.backend)
     const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL
     const hasClip = yield* fs.exists(clipModel)
     const { modelDir: _, ...withoutClip } = rewardSpec

@@ -20,7 +20,7 @@ const command = Command.make(
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
   },
   Effect.fn(function*(f) {
-    const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
+    const backend = Backend.fromFlag(f.backend)
     const table = yield* Effect.gen(function*() {
       const { model } = yield* Denoiser.Denoiser
       return Conditioning.markdown(yield* Conditioning.report(model, f.batch, f.seed))

@@ -104,7 +104,7 @@ const command = Command.make(
     yield* Console.log(`\nwrote ${jsonFile}`)
   }, (effect, f) =>
     effect.pipe(
-      Effect.provide(Denoiser.Denoiser.fromDir(f.model, false).pipe(Layer.provideMerge(Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)))),
+      Effect.provide(Denoiser.Denoiser.fromDir(f.model, false).pipe(Layer.provideMerge(Backend.fromFlag(f.backend)))),
       Effect.scoped
     ))
 ).pipe(Command.withDescription("Evaluate a generator: per-category verifier accuracy, partial credit, clip score, NFE per image."))

@@ -150,7 +150,7 @@ const command = Command.make(
     if (config instanceof SharpenConfig.ConfigError) return yield* config
     const sets = yield* Report.loadEvalSets(f.prompts, [f.promptFile])
     const prompts = sets[0].prompts.map((p) => p.text)
-    const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
+    const backend = Backend.fromFlag(f.backend)
     const hasClip = yield* fs.exists(f.clipModel)
     const reward = Registry.layerNode({ reward: f.reward, ...(hasClip ? { modelDir: f.clipModel } : {}) }).pipe(Layer.provide(backend))
     // The RLHF training stack; only its BatchSource, TrajectoryGenerator and

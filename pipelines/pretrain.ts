@@ -52,7 +52,7 @@ const command = Command.make(
     const { architecture, backend, ...rest } = flags
     const config = Option.isSome(architecture) ? yield* Pretrain.configWith(architecture.value) : defaultConfig
     const result = yield* Pretrain.run({ ...rest, config }).pipe(
-      Effect.provide(Layer.fresh(Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : backend)))
+      Effect.provide(Layer.fresh(Backend.fromFlag(backend)))
     )
     yield* Console.log(
       `pretrained ${result.step} steps in ${result.wallMinutes.toFixed(1)} min; mean loss of the last 100 steps ${result.finalLoss.toFixed(4)}; model in ${flags.out}`

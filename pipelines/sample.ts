@@ -69,7 +69,7 @@ const command = Command.make(
     yield* Console.log(Verifier.formatSummary(summary))
   }, (effect, f) =>
     effect.pipe(
-      Effect.provide(Denoiser.Denoiser.fromDir(f.model, false).pipe(Layer.provide(Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend))))
+      Effect.provide(Denoiser.Denoiser.fromDir(f.model, false).pipe(Layer.provide(Backend.fromFlag(f.backend))))
     ))
 ).pipe(Command.withDescription("Generate one PNG per prompt with DDIM + classifier-free guidance and judge them exactly."))
 

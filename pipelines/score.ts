@@ -97,7 +97,7 @@ const command = Command.make(
     requestsPerSecond: Flag.Finite("requests-per-second").pipe(Flag.withDescription("mllm/http: rate limit (0 = none)"), Flag.optional),
     batchSize: Flag.Int("batch-size").pipe(Flag.withDescription("http: images per request; clip: images per forward pass"), Flag.optional),
     backend: Flag.String("backend").pipe(
-      Flag.withDescription("clip: tensor backend (auto, tensorflow-gpu, tensorflow, wasm, cpu; default SHARPEN_BACKEND or auto)"),
+      Flag.withDescription("clip: tensor backend (auto, tensorflow-gpu, tensorflow, webgpu, wasm, cpu; default SHARPEN_BACKEND or auto)"),
       Flag.optional
     )
   },

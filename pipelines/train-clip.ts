@@ -41,7 +41,7 @@ const command = Command.make(
   Effect.fn(function*(flags) {
     const { backend, ...rest } = flags
     const result = yield* TrainClip.run({ ...rest, config: defaultConfig }).pipe(
-      Effect.provide(Layer.fresh(Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : backend)))
+      Effect.provide(Layer.fresh(Backend.fromFlag(backend)))
     )
     yield* Console.log(
       `trained ${result.step} steps in ${result.wallMinutes.toFixed(1)} min; mean loss of the last 100 steps ${result.finalLoss.toFixed(4)}, ` +

@@ -207,7 +207,7 @@ export const command = (algorithm: "sft" | "rlhf") =>
 
       const threads = Option.getOrElse(f.threads, () => "auto" as const)
       if (threads !== "auto" && threads < 1) return yield* new SharpenConfig.ConfigError({ field: "threads", message: `--threads must be at least 1, got ${threads}` })
-      const backend = Backend.make(process.env.SHARPEN_BACKEND ? (process.env.SHARPEN_BACKEND as BackendName) : f.backend)
+      const backend = Backend.fromFlag(f.backend)
       const reward = Registry.layerNode(rewardSpec).pipe(Layer.provide(backend))
       const layers = (algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, { model: f.model, runDir, reward, backend, label: algorithm, threads })
       const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL

@@ -127,10 +127,10 @@ export const usesWorkerThreads = (name: string): boolean => name === "wasm" || n
 /** Backends that compute on a GPU. */
 export const isGpu = (name: string): boolean => name === "webgpu" || name === "tensorflow-gpu"
 
-/** `SHARPEN_BACKEND` if set, else "auto". */
-export const fromEnv = (): BackendName => {
+/** `SHARPEN_BACKEND` if set, else `fallback` (a CLI's `--backend`, "auto" by default). */
+export const fromEnv = (fallback: BackendName = "auto"): BackendName => {
   const v = process.env.SHARPEN_BACKEND
-  return v !== undefined && v !== "" ? (v as BackendName) : "auto"
+  return v !== undefined && v !== "" ? (v as BackendName) : fallback
 }
 
 /**
@@ -161,6 +161,9 @@ export class Backend extends Context.Service<Backend, {
 
   /** `auto` unless `SHARPEN_BACKEND` says otherwise. */
   static readonly layer = Layer.suspend(() => Backend.make(fromEnv()))
+
+  /** A CLI's `--backend`, unless `SHARPEN_BACKEND` says otherwise. */
+  static readonly fromFlag = (flag: BackendName) => Layer.suspend(() => Backend.make(fromEnv(flag)))
 
   /** The pure-JS backend: slow but exact, for tests that compare numerics. */
   static readonly layerCpu = Backend.make("cpu")
