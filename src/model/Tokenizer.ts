@@ -8,7 +8,6 @@
  */
 import { Schema } from "effect"
 
-export const PAD = 0
 export const NULL_TOKEN = 1
 
 /**

@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Effect, FileSystem, Path } from "effect"
+import { Effect, Path } from "effect"
 import * as Inputs from "../cli/Inputs.ts"
 import type { ParsedPrompt } from "../data/Prompt.ts"
 import * as Png from "../data/Png.ts"
@@ -129,9 +129,4 @@ export const curves = Effect.fn("Report.curves")(function*(records: ReadonlyArra
     yield* AtomicFile.writeText(path.join(dir, `${name}.svg`), svg)
     yield* AtomicFile.writeFile(path.join(dir, `${name}.png`), Plot.svgToPng(svg))
   }
-})
-
-export const ensureDir = Effect.fn("Report.ensureDir")(function*(dir: string) {
-  const fs = yield* FileSystem.FileSystem
-  yield* fs.makeDirectory(dir, { recursive: true })
 })

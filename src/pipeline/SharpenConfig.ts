@@ -161,18 +161,11 @@ export const defaults: SharpenConfig = {
 /**
  * What `pipelines/rlhf.ts` runs unless told otherwise: `defaults` with the
  * settings measured best for image-level RLHF sharpening of the ShapeWorld
- * UNet (docs/results.md, "ShapeWorld sharpening that learns"): four
- * optimiser steps per generated batch (the lab's best, docs/method.md), DPO
- * beta 500 and lr 5e-5 (1.5e-4 degraded the images), and the training paths
- * on a DDIM-20 grid (2.5x cheaper generation). The run length and its
- * before/after evaluation are sized so the whole run fits 10 minutes on
- * this 2-core machine (issue #14): 26 iterations, and 48 + 48 prompts
- * sampled on the training grid (DDIM 20, CFG 5), with no grid mid-run. The
- * same 26-iteration model raised the clip score beyond its interval at
- * DDIM 20 (+0.108 ± 0.086 on the seen prompts) and at DDIM 25
- * (+0.125 ± 0.091), and a 30-iteration model gained as much at DDIM 25 as
- * at DDIM 50 (docs/results.md, "The default run"); `--eval-steps 50` gives
- * the evaluation of results.md's full-set tables.
+ * UNet (four optimiser steps per generated batch, DPO beta 500, lr 5e-5,
+ * training paths on a DDIM-20 grid), and a run sized to about 10 minutes on
+ * two cores: 26 iterations, 48 + 48 eval prompts on the training grid, no
+ * grid mid-run. The measurements behind each value are in docs/results.md
+ * ("ShapeWorld sharpening that learns", "The default run a new user sees").
  * Not applied with --paper, which runs the published algorithm as published.
  */
 export const rlhfDefaults: Partial<SharpenConfig> = {

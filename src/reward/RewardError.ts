@@ -120,15 +120,6 @@ export type RewardError =
   | RewardProtocolError
   | RewardInputError
 
-/** Tags of `RewardError`, for `Effect.catchTag` and retry predicates. */
-export const REWARD_ERROR_TAGS = [
-  "RewardUnavailable",
-  "RewardTimeout",
-  "RewardRejected",
-  "RewardProtocolError",
-  "RewardInputError"
-] as const
-
 /**
  * Whether an error is worth retrying: unreachable, timed out, or rejected
  * with 408, 429 or 5xx. Protocol and input errors are not (a retry would get
