@@ -18,7 +18,7 @@
  *   npx tsx bench/sharpen-scaling.ts                     # n 2,3,4,8 and m 1,2,3,4,8; 2 iterations each
  *   npx tsx bench/sharpen-scaling.ts --iterations 1 --batch-size 2 --n 2,3 --m 1,3 --threads 1   # a quick check that it runs
  */
-import { Effect } from "effect"
+import { Effect, Result } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -39,8 +39,9 @@ const iterations = Number(flag("iterations") ?? 2)
 const threads = Number(flag("threads") ?? defaultWorkers())
 const model = flag("model") ?? "models/shapeworld-base"
 // The settings `pipelines/rlhf.ts` runs with no flags.
-const rlhf = SharpenConfig.resolve("rlhf", [])
-if (rlhf instanceof SharpenConfig.ConfigError) throw new Error(rlhf.message)
+const resolved = SharpenConfig.resolve("rlhf", [])
+if (Result.isFailure(resolved)) throw new Error(resolved.failure.message)
+const rlhf = resolved.success
 // Only to check quickly that the bench runs: the figures are of batch 8.
 const batchSize = Number(flag("batch-size") ?? rlhf.batchSize)
 if (!Number.isInteger(threads) || threads < 1) throw new Error(`--threads must be an integer of at least 1, got ${flag("threads")}`)
@@ -50,8 +51,9 @@ const axis = (values: ReadonlyArray<number>, fallback: number) => [...new Set([.
 const ns = axis(list("n", "2,3,4,8"), rlhf.n)
 const ms = axis(list("m", "1,2,3,4,8"), rlhf.m)
 
-const modelConfig = Weights.decodeConfig(fs.readFileSync(path.join(model, Weights.CONFIG_FILE), "utf8"), path.join(model, Weights.CONFIG_FILE))
-if (modelConfig instanceof Weights.ModelLoadError) throw new Error(modelConfig.message)
+const decodedModel = Weights.decodeConfig(fs.readFileSync(path.join(model, Weights.CONFIG_FILE), "utf8"), path.join(model, Weights.CONFIG_FILE))
+if (Result.isFailure(decodedModel)) throw new Error(decodedModel.failure.message)
+const modelConfig = decodedModel.success
 
 /**
  * A point's settings, checked before anything runs: the config's ranges
@@ -59,8 +61,9 @@ if (modelConfig instanceof Weights.ModelLoadError) throw new Error(modelConfig.m
  * for all m steps on the grid (the generator would fail mid-bench).
  */
 const configOf = (n: number, m: number): SharpenConfig.SharpenConfig => {
-  const c = SharpenConfig.resolve("rlhf", [{ n, m, iterations, batchSize, sampleEvery: 0 }])
-  if (c instanceof SharpenConfig.ConfigError) throw new Error(`n = ${n}, m = ${m}: ${c.message}`)
+  const r = SharpenConfig.resolve("rlhf", [{ n, m, iterations, batchSize, sampleEvery: 0 }])
+  if (Result.isFailure(r)) throw new Error(`n = ${n}, m = ${m}: ${r.failure.message}`)
+  const c = r.success
   if (Trajectory.startTimesteps(modelConfig.schedule.trainSteps, c).length === 0) {
     const range = c.timestep.kind === "range" ? ` in [${c.timestep.min}, ${c.timestep.max}]` : ""
     throw new Error(`m = ${m}: no start timestep of the DDIM-${c.inferenceSteps} grid${range} leaves room for ${m} steps`)

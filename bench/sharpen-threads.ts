@@ -27,8 +27,10 @@ const threadCounts = (flag("threads") ?? "1,2").split(",").map(Number)
 const model = flag("model") ?? "models/shapeworld-base"
 // Only to check quickly that the bench runs: the figures are of batch 8.
 // The settings `pipelines/rlhf.ts` runs with no flags.
-const rlhf = SharpenConfig.resolve("rlhf", [])
-if (rlhf instanceof SharpenConfig.ConfigError) throw new Error(rlhf.message)
+const resolved = SharpenConfig.resolve("rlhf", [])
+// (`Result` here is the bench's row type, hence the tag.)
+if (resolved._tag === "Failure") throw new Error(resolved.failure.message)
+const rlhf = resolved.success
 const batchSize = Number(flag("batch-size") ?? rlhf.batchSize)
 
 interface Result extends SharpenTiming.Result {

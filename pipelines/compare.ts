@@ -12,7 +12,7 @@
  *
  * Every stage writes its JSON under --out and is skipped when it exists.
  */
-import { Console, Effect, FileSystem, Layer, Logger, Option, Path, Schema } from "effect"
+import { Console, Effect, FileSystem, Layer, Logger, Option, Path, Result, Schema } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
 import * as Png from "../src/data/Png.ts"
@@ -21,6 +21,7 @@ import * as Generate from "../src/eval/Generate.ts"
 import * as Plot from "../src/eval/Plot.ts"
 import * as Wilson from "../src/eval/Wilson.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
+import * as Stats from "../src/math/Stats.ts"
 import * as RunLock from "../src/io/RunLock.ts"
 import * as Inputs from "../src/cli/Inputs.ts"
 import * as RewardFlags from "../src/cli/RewardFlags.ts"
@@ -122,8 +123,7 @@ const command = Command.make(
     const stale = yield* AtomicFile.removeStale(f.out)
     if (stale.length > 0) yield* Console.error(`removed ${stale.length} temporary file(s) of interrupted writes in ${f.out}`)
     const { reward: rewardEntry, ...shared }: Record<string, unknown> = Option.isSome(f.config) ? JSON.parse(yield* fs.readFileString(f.config.value)) : {}
-    const rewardSpec = RewardFlags.spec(f, rewardEntry, Option.getOrUndefined(f.config))
-    if (rewardSpec instanceof SharpenConfig.ConfigError) return yield* rewardSpec
+    const rewardSpec = yield* Effect.fromResult(RewardFlags.spec(f, rewardEntry, Option.getOrUndefined(f.config)))
     const quickConfig = q ? { batchSize: 2, n: 2, m: 2, onlineSteps: 4, inferenceSteps: 10, evalSteps: 4, evalPrompts: 2 } : {}
     const perMethod = Option.isSome(f.methodSettings) ? yield* MethodSettings.load(f.methodSettings.value, Compare.FINETUNE_METHODS) : {}
     const configOf = (method: Compare.FinetuneMethod, seed: number, extra: Record<string, unknown> = {}) => {
@@ -136,15 +136,12 @@ const command = Command.make(
     }
     const configFor = (method: Compare.FinetuneMethod, seed: number, extra: Record<string, unknown> = {}) => {
       const c = configOf(method, seed, extra)
-      if (c instanceof SharpenConfig.ConfigError) throw c
-      return c
+      if (Result.isFailure(c)) throw c.failure
+      return c.success
     }
     const methods = f.methods.split(",").map((m) => Schema.decodeUnknownSync(Compare.FinetuneMethod)(m.trim()))
     // Every method's settings are checked before anything trains.
-    for (const m of methods) {
-      const c = configOf(m, settings.seeds[0])
-      if (c instanceof SharpenConfig.ConfigError) return yield* c
-    }
+    for (const m of methods) yield* Effect.fromResult(configOf(m, settings.seeds[0]))
     const backend = Backend.fromFlag(f.backend)
     const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL
     const hasClip = yield* fs.exists(clipModel)
@@ -326,7 +323,7 @@ const command = Command.make(
           series: "method",
           smooth,
           rows: trained.filter((t) => t.seed === settings.seeds[0] && t.method !== "standard").flatMap((t) => {
-            const start = Compare.meanStd(t.summary.curve.slice(0, 3).map((c) => c.rewardMean)).mean
+            const start = Stats.meanStd(t.summary.curve.slice(0, 3).map((c) => c.rewardMean)).mean
             return t.summary.curve.map((c) => ({ iteration: c.iteration, "reward change": c.rewardMean - start, method: Compare.LABELS[t.method] }))
           })
         }))
@@ -353,7 +350,7 @@ const command = Command.make(
           scheme: "tableau10",
           smooth,
           rows: trained.filter((t) => t.seed === settings.seeds[0] && t.method !== "standard").flatMap((t) => {
-            const start = Compare.meanStd(t.summary.curve.slice(0, 3).map((c) => c.rewardMean)).mean
+            const start = Stats.meanStd(t.summary.curve.slice(0, 3).map((c) => c.rewardMean)).mean
             const nfe = Compare.nfeCurve(t.summary).points
             return t.summary.curve.map((c, i) => ({ "training NFE": nfe[i], "reward change": c.rewardMean - start, method: Compare.LABELS[t.method] }))
           })
@@ -398,7 +395,7 @@ const command = Command.make(
         // Under a budget, the NFE each method spent and the iterations it ran (first seed).
         const training = budget > 0 ? { training: Compare.trainingOf(runs[0].summary) } : {}
         if (runs.length === 1) return { label: Compare.LABELS[m], eval: first, ...training }
-        const spread = first.sets.map((_, i) => Compare.meanStd(runs.map((r) => Compare.overall(r.eval.sets[i]).accuracy)).std)
+        const spread = first.sets.map((_, i) => Stats.meanStd(runs.map((r) => Compare.overall(r.eval.sets[i]).accuracy)).std)
         return { label: `${Compare.LABELS[m]} (seed ${runs[0].seed}; ± over ${runs.length} seeds)`, eval: first, spread, ...training }
       }
       // The paper's rows in its order, then this project's (RAFT with the baselines).

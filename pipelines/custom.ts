@@ -6,7 +6,7 @@
  *   npx tsx pipelines/custom.ts --iterations 4
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Console, Effect } from "effect"
+import { Console, Effect, Result } from "effect"
 import { Metrics } from "../src/pipeline/Metrics.ts"
 import * as Sharpen from "../src/pipeline/Sharpen.ts"
 import * as SharpenConfig from "../src/pipeline/SharpenConfig.ts"
@@ -30,8 +30,8 @@ export const redness = Reward.fromFunction((image) => {
 
 // 2. The run's settings: the paper's defaults, a few overridden.
 const iterations = Number(process.argv[process.argv.indexOf("--iterations") + 1] ?? 4) || 4
-const config = SharpenConfig.decode([{ iterations, batchSize: 4, onlineSteps: 20, checkpointEvery: 2 }])
-if (config instanceof SharpenConfig.ConfigError) throw config
+// A setting out of range throws its ConfigError, naming the field.
+const config = Result.getOrThrow(SharpenConfig.decode([{ iterations, batchSize: 4, onlineSteps: 20, checkpointEvery: 2 }]))
 
 // 3. The algorithm is a value; the layers decide every stage's implementation.
 const program = Effect.gen(function*() {

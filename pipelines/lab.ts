@@ -20,6 +20,7 @@ import * as AtomicFile from "../src/io/AtomicFile.ts"
 import * as Lab from "../src/lab/Lab.ts"
 import * as LabModel from "../src/lab/LabModel.ts"
 import * as LabReward from "../src/lab/LabReward.ts"
+import * as Stats from "../src/math/Stats.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import * as Mlp from "../src/model/Mlp.ts"
 import * as Weights from "../src/model/Weights.ts"
@@ -150,7 +151,7 @@ interface Row {
 }
 
 const summarize = (label: string, rs: ReadonlyArray<JobResult>): Row => {
-  const s = (f: (r: JobResult) => number) => Lab.spread(rs.map(f))
+  const s = (f: (r: JobResult) => number) => Stats.meanStd(rs.map(f), NaN)
   const reward = s((r) => r.reward)
   const inMode = s((r) => r.inMode)
   const onRing = s((r) => r.onRing)

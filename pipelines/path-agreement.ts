@@ -146,8 +146,9 @@ const command = Command.make(
     const started = performance.now()
     const fs = yield* FileSystem.FileSystem
     // The published trajectory reward (x0 estimates summed along the path) is what this measures.
-    const config = SharpenConfig.decode([SharpenConfig.paperVariant, { n: f.n, m: f.m, seed: f.seed, batchSize: f.batchSize, inferenceSteps: f.inferenceSteps, onlineSteps: f.onlineSteps }])
-    if (config instanceof SharpenConfig.ConfigError) return yield* config
+    const config = yield* Effect.fromResult(
+      SharpenConfig.decode([SharpenConfig.paperVariant, { n: f.n, m: f.m, seed: f.seed, batchSize: f.batchSize, inferenceSteps: f.inferenceSteps, onlineSteps: f.onlineSteps }])
+    )
     const sets = yield* Report.loadEvalSets(f.prompts, [f.promptFile])
     const prompts = sets[0].prompts.map((p) => p.text)
     const backend = Backend.fromFlag(f.backend)

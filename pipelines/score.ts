@@ -24,6 +24,7 @@ import { PromptFileError } from "../src/cli/Inputs.ts"
 import * as Main from "../src/cli/Main.ts"
 import { fromBytes } from "../src/data/Image.ts"
 import * as Png from "../src/data/Png.ts"
+import * as Stats from "../src/math/Stats.ts"
 import * as Registry from "../src/reward/Registry.ts"
 import { Reward } from "../src/reward/Reward.ts"
 
@@ -72,8 +73,7 @@ const readImages = Effect.fn("score.readImages")(function*(dir: string, prompts:
 
 const summarize = (rewards: ReadonlyArray<number>) => {
   const n = rewards.length
-  const mean = rewards.reduce((s, r) => s + r, 0) / n
-  const std = Math.sqrt(rewards.reduce((s, r) => s + (r - mean) ** 2, 0) / n)
+  const { mean, std } = Stats.meanStd(rewards, NaN)
   return { n, mean, std, min: Math.min(...rewards), max: Math.max(...rewards) }
 }
 
@@ -102,8 +102,7 @@ const command = Command.make(
     )
   },
   Effect.fn(function*(f) {
-    const terms = Registry.parseExpression(f.reward)
-    if (!Array.isArray(terms)) return yield* terms
+    const terms = yield* Effect.fromResult(Registry.parseExpression(f.reward))
     const prompts = yield* readPromptLines(f.prompts)
     const images = yield* readImages(f.images, prompts)
     const spec: Registry.RewardSpec = Object.fromEntries(

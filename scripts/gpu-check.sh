@@ -76,7 +76,7 @@ step probe 60 node --import tsx scripts/webgpu-probe.ts --json
 step parity 120 node node_modules/vitest/vitest.mjs run test/tensor/WebGpuParity.test.ts
 if [ $smoke = 1 ]; then
   step bench 300 node --import tsx bench/unet.ts --backend webgpu --batches 8 --reps 2 --write "$out/bench.md"
-  step rlhf 600 node --import tsx pipelines/rlhf.ts --backend webgpu --iterations 2 --batch-size 2 --eval-prompts 2 --out "$out/rlhf"
+  step rlhf 600 node --import tsx pipelines/rlhf.ts --backend webgpu --iterations 2 --batch-size 2 --n 2 --m 2 --inference-steps 10 --online-steps 10 --steps-per-batch 1 --eval-prompts 1 --eval-steps 2 --out "$out/rlhf"
 else
   step bench 240 node --import tsx bench/unet.ts --backend webgpu --reps 3 --write "$out/bench.md"
   step rlhf 300 node --import tsx pipelines/rlhf.ts --backend webgpu --out "$out/rlhf"

@@ -10,7 +10,7 @@
  *
  * @since 0.1.0
  */
-import { Option, Schema, SchemaIssue } from "effect"
+import { Option, Result, Schema, SchemaIssue } from "effect"
 import { Flag } from "effect/cli"
 import * as Registry from "../reward/Registry.ts"
 import { ConfigError } from "../pipeline/SharpenConfig.ts"
@@ -56,26 +56,28 @@ const FIELDS: Readonly<Record<keyof typeof flags, keyof Registry.RewardSpec>> = 
  *
  * @since 0.1.0
  */
-export const spec = (f: Flags, fromFile: unknown, file?: string): Registry.RewardSpec | ConfigError => {
+export const spec = (f: Flags, fromFile: unknown, file?: string): Result.Result<Registry.RewardSpec, ConfigError> => {
   const merged: Record<string, unknown> = { reward: DEFAULT_REWARD, modelDir: DEFAULT_CLIP_MODEL }
   if (typeof fromFile === "string") merged.reward = fromFile
   else if (fromFile !== null && typeof fromFile === "object" && !Array.isArray(fromFile)) {
     for (const [k, v] of Object.entries(fromFile)) {
       if (!(k in Registry.RewardSpec.fields)) {
-        return new ConfigError({ file, field: `reward.${k}`, message: `unknown reward option "${k}" (one of ${Object.keys(Registry.RewardSpec.fields).join(", ")})` })
+        return Result.fail(
+          new ConfigError({ file, field: `reward.${k}`, message: `unknown reward option "${k}" (one of ${Object.keys(Registry.RewardSpec.fields).join(", ")})` })
+        )
       }
       merged[k] = v
     }
   } else if (fromFile !== undefined) {
-    return new ConfigError({ file, field: "reward", message: "\"reward\" must be a reward name or expression, or an object of reward options" })
+    return Result.fail(new ConfigError({ file, field: "reward", message: "\"reward\" must be a reward name or expression, or an object of reward options" }))
   }
   for (const [flag, field] of Object.entries(FIELDS) as Array<[keyof typeof flags, string]>) {
     const v = f[flag]
     if (Option.isSome(v)) merged[field] = v.value
   }
   const r = Schema.decodeUnknownResult(Registry.RewardSpec)(merged)
-  if (r._tag === "Success") return r.success
+  if (Result.isSuccess(r)) return Result.succeed(r.success)
   const text = SchemaIssue.makeFormatterDefault()(r.failure.issue)
   const field = /\["?([A-Za-z0-9]+)"?\]/.exec(text)?.[1]
-  return new ConfigError({ file, field: field === undefined ? "reward" : `reward.${field}`, message: text.split("\n").join(" ") })
+  return Result.fail(new ConfigError({ file, field: field === undefined ? "reward" : `reward.${field}`, message: text.split("\n").join(" ") }))
 }

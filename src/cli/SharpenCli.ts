@@ -171,10 +171,8 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags, algori
     layers.push(settings)
   }
   layers.push(overrides(f))
-  const config = SharpenConfig.resolve(algorithm, layers, { paper: f.paper, file })
-  if (config instanceof SharpenConfig.ConfigError) return yield* config
-  const reward = RewardFlags.spec(f, rewardEntry, file)
-  if (reward instanceof SharpenConfig.ConfigError) return yield* reward
+  const config = yield* Effect.fromResult(SharpenConfig.resolve(algorithm, layers, { paper: f.paper, file }))
+  const reward = yield* Effect.fromResult(RewardFlags.spec(f, rewardEntry, file))
   return { config, reward }
 })
 

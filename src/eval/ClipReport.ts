@@ -27,12 +27,12 @@ import { CATEGORIES, type Category, enumerate, type ParsedPrompt, sample as samp
 import { render } from "../data/Render.ts"
 import { verify } from "../data/Verifier.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
+import * as Stats from "../math/Stats.ts"
 import * as Clip from "../reward/ClipModel.ts"
 import * as HardNegatives from "../reward/HardNegatives.ts"
 import type { NegativeKind } from "../reward/HardNegatives.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import { Rng } from "../tensor/Random.ts"
-import * as Stats from "./Stats.ts"
 
 // ---------------------------------------------------------------- statistics
 
@@ -57,12 +57,6 @@ export interface Agreement {
   readonly correlation: number
   readonly meanScorePass: number
   readonly meanScoreFail: number
-}
-
-const mean = (xs: ArrayLike<number>) => {
-  let s = 0
-  for (let i = 0; i < xs.length; i++) s += xs[i]
-  return xs.length === 0 ? NaN : s / xs.length
 }
 
 /**
@@ -109,8 +103,8 @@ export const agreement = (scores: ArrayLike<number>, pass: ReadonlyArray<boolean
     accuracy: bestAcc,
     threshold: bestThreshold,
     correlation: Stats.pearson(scores, pass.map((p) => (p ? 1 : 0))) ?? NaN,
-    meanScorePass: mean(sel(true)),
-    meanScoreFail: mean(sel(false))
+    meanScorePass: Stats.mean(sel(true), NaN),
+    meanScoreFail: Stats.mean(sel(false), NaN)
   }
 }
 
@@ -441,7 +435,7 @@ export const verifierAgreement = (m: Clip.Model, rng: Rng, perCategory: number):
       pairKind.add("overall", win)
     })
     const meanScore: Record<string, number> = {}
-    for (const k of ["clean", ...kinds]) meanScore[k] = mean(items.flatMap((it, i) => (it.kind === k ? [scores[i]] : [])))
+    for (const k of ["clean", ...kinds]) meanScore[k] = Stats.mean(items.flatMap((it, i) => (it.kind === k ? [scores[i]] : [])), NaN)
     return {
       prompts: base.length,
       overall: agreement(scores, pass),

@@ -8,6 +8,7 @@
 import { Effect } from "effect"
 import { CATEGORIES, type Category, type ParsedPrompt } from "../data/Prompt.ts"
 import * as Verifier from "../data/Verifier.ts"
+import { mean } from "../math/Stats.ts"
 import * as ClipModel from "../reward/ClipModel.ts"
 
 export interface Row {
@@ -29,8 +30,6 @@ export interface PromptSet {
   readonly name: string
   readonly prompts: ReadonlyArray<ParsedPrompt>
 }
-
-const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length)
 
 /** Judge already generated images ([0,1] HWC) against their prompts. */
 export const judge = (

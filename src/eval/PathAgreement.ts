@@ -18,11 +18,11 @@ import * as tf from "@tensorflow/tfjs-core"
 import { Effect, Schema } from "effect"
 import * as Ddim from "../diffusion/Ddim.ts"
 import { attempt } from "../diffusion/DiffusionError.ts"
+import { mean, pearson, spearman } from "../math/Stats.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import * as Aggregate from "../trajectory/Aggregate.ts"
 import type { Trajectories } from "../trajectory/Trajectory.ts"
-import { mean, pearson, spearman } from "./Stats.ts"
 import * as Wilson from "./Wilson.ts"
 
 /**

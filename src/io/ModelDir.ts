@@ -11,7 +11,7 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, FileSystem, Path, Schema, SchemaIssue } from "effect"
+import { Effect, FileSystem, Path, Result, Schema, SchemaIssue } from "effect"
 import { createHash } from "node:crypto"
 import type { ParamSpec } from "../model/Layers.ts"
 import * as HostRead from "../tensor/HostRead.ts"
@@ -34,15 +34,17 @@ export class ModelLoadError extends Schema.TaggedError<ModelLoadError>()("ModelL
 }) {}
 
 /** Parse JSON and decode it with a config Schema; errors name the file and the field. */
-export const decodeJson = <A>(schema: Schema.Decoder<A>, text: string, file: string): A | ModelLoadError => {
+export const decodeJson = <A>(schema: Schema.Decoder<A>, text: string, file: string): Result.Result<A, ModelLoadError> => {
   let json: unknown
   try {
     json = JSON.parse(text)
   } catch (e) {
-    return new ModelLoadError({ file, message: `not valid JSON: ${(e as Error).message}` })
+    return Result.fail(new ModelLoadError({ file, message: `not valid JSON: ${(e as Error).message}` }))
   }
   const r = Schema.decodeUnknownResult(schema)(json)
-  return r._tag === "Failure" ? new ModelLoadError({ file, message: SchemaIssue.makeFormatterDefault()(r.failure.issue) }) : r.success
+  return Result.isFailure(r)
+    ? Result.fail(new ModelLoadError({ file, message: SchemaIssue.makeFormatterDefault()(r.failure.issue) }))
+    : Result.succeed(r.success)
 }
 
 /** Check weights against parameter specs: missing, mis-shaped or extra tensors. */
@@ -86,7 +88,7 @@ export const checkWeights = (
  */
 export const load = <C>(
   dir: string,
-  decodeConfig: (text: string, file: string) => C | ModelLoadError,
+  decodeConfig: (text: string, file: string) => Result.Result<C, ModelLoadError>,
   specsOf: (config: C) => ReadonlyArray<ParamSpec>
 ) =>
   Effect.gen(function*() {
@@ -99,8 +101,7 @@ export const load = <C>(
       return yield* fail(dir, "model directory does not exist")
     }
     const text = yield* fs.readFileString(configFile).pipe(Effect.mapError(() => fail(configFile, "cannot read config.json")))
-    const config = decodeConfig(text, configFile)
-    if (config instanceof ModelLoadError) return yield* config
+    const config = yield* Effect.fromResult(decodeConfig(text, configFile))
     const bytes = yield* fs.readFile(weightsFile).pipe(Effect.mapError(() => fail(weightsFile, "cannot read model.safetensors")))
     const decoded = Safetensors.decode(bytes, weightsFile)
     if (decoded instanceof Safetensors.SafetensorsError) {

@@ -7,7 +7,7 @@
  * @since 0.4.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Result } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as nodePath from "node:path"
@@ -108,8 +108,8 @@ export interface RunOptions {
 /** The method's settings, validated. */
 export const configOf = (method: LabMethod, o: Pick<RunOptions, "seed" | "budget" | "overrides">): SharpenConfig.SharpenConfig => {
   const c = SharpenConfig.decode([labDefaults, method.settings, o.overrides ?? {}, { seed: o.seed, trainingNfe: o.budget }])
-  if (c instanceof SharpenConfig.ConfigError) throw new RangeError(`lab method ${method.name}: ${c.message}`)
-  return c
+  if (Result.isFailure(c)) throw new RangeError(`lab method ${method.name}: ${c.failure.message}`)
+  return c.success
 }
 
 const stack = (method: LabMethod, c: SharpenConfig.SharpenConfig, o: RunOptions, runDir: string) =>
@@ -176,11 +176,5 @@ export const measured = (pts: Float32Array, reward: LabReward.LabRewardName) => 
   ...LabModel.measure(pts, reward),
   points: Array.from({ length: Math.min(SCATTER_POINTS, pts.length / 2) }, (_, i) => [pts[2 * i], pts[2 * i + 1]] as const)
 })
-
-/** Mean and (population) standard deviation. */
-export const spread = (xs: ReadonlyArray<number>) => {
-  const mean = xs.reduce((a, b) => a + b, 0) / xs.length
-  return { mean, std: Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / xs.length) }
-}
 
 export const liveTensors = () => tf.memory().numTensors

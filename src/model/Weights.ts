@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Effect, Schema } from "effect"
+import { Effect, type Result, Schema } from "effect"
 import * as ModelDir from "../io/ModelDir.ts"
 import type { StoredTensor } from "../io/Safetensors.ts"
 import * as Mlp from "./Mlp.ts"
@@ -31,7 +31,7 @@ export interface ModelFiles {
 }
 
 /** Decode and validate a config.json text. */
-export const decodeConfig = (text: string, file: string): AnyConfig | ModelDir.ModelLoadError =>
+export const decodeConfig = (text: string, file: string): Result.Result<AnyConfig, ModelDir.ModelLoadError> =>
   ModelDir.decodeJson(AnyConfig, text, file)
 
 export const specsOf = (config: AnyConfig) =>

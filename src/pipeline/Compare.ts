@@ -28,6 +28,7 @@ import * as ParallelGenerate from "../eval/ParallelGenerate.ts"
 import * as StepSearch from "../eval/StepSearch.ts"
 import * as Wilson from "../eval/Wilson.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
+import { mean } from "../math/Stats.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as Weights from "../model/Weights.ts"
 import type * as ClipModel from "../reward/ClipModel.ts"
@@ -184,8 +185,6 @@ export interface TrainWiring {
    */
   readonly threads?: number | "auto"
 }
-
-const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length)
 
 /** Options of a training stage. */
 export interface TrainOptions {
@@ -432,8 +431,3 @@ export const categoryTable = (set: number, rows: ReadonlyArray<{ readonly label:
   ].join("\n")
 }
 
-/** Mean and population standard deviation. */
-export const meanStd = (xs: ReadonlyArray<number>): { mean: number; std: number } => {
-  const m = mean(xs)
-  return { mean: m, std: Math.sqrt(mean(xs.map((x) => (x - m) ** 2))) }
-}

@@ -15,7 +15,7 @@
  *
  * @since 0.4.0
  */
-import { Effect, FileSystem } from "effect"
+import { Effect, FileSystem, Result } from "effect"
 import { ConfigError } from "./SharpenConfig.ts"
 
 export interface Entry {
@@ -35,25 +35,31 @@ export const SHARED_ONLY: ReadonlyArray<string> = ["iterations", "trainingNfe", 
  *
  * @since 0.4.0
  */
-export const decode = (json: unknown, methods: ReadonlyArray<string>, file?: string): MethodSettings | ConfigError => {
+export const decode = (json: unknown, methods: ReadonlyArray<string>, file?: string): Result.Result<MethodSettings, ConfigError> => {
   const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v)
-  if (!isObject(json)) return new ConfigError({ file, message: "method settings must be a JSON object from method name to settings" })
+  if (!isObject(json)) {
+    return Result.fail(new ConfigError({ file, message: "method settings must be a JSON object from method name to settings" }))
+  }
   const out: Record<string, Entry> = {}
   for (const [method, value] of Object.entries(json)) {
     if (method.startsWith("$")) continue
-    if (!methods.includes(method)) return new ConfigError({ file, field: method, message: `unknown method "${method}" (one of ${methods.join(", ")})` })
-    if (!isObject(value)) return new ConfigError({ file, field: method, message: `the settings of ${method} must be an object` })
+    if (!methods.includes(method)) {
+      return Result.fail(new ConfigError({ file, field: method, message: `unknown method "${method}" (one of ${methods.join(", ")})` }))
+    }
+    if (!isObject(value)) return Result.fail(new ConfigError({ file, field: method, message: `the settings of ${method} must be an object` }))
     const settings: Record<string, unknown> = {}
     const notes: Array<string> = []
     for (const [k, v] of Object.entries(value)) {
       if (k.startsWith("$")) notes.push(String(v))
       else if (SHARED_ONLY.includes(k)) {
-        return new ConfigError({ file, field: k, message: `${method}: "${k}" is the comparison's (the same for every method), not a per-method setting` })
+        return Result.fail(
+          new ConfigError({ file, field: k, message: `${method}: "${k}" is the comparison's (the same for every method), not a per-method setting` })
+        )
       } else settings[k] = v
     }
     out[method] = { settings, notes }
   }
-  return out
+  return Result.succeed(out)
 }
 
 /**
@@ -70,9 +76,7 @@ export const load = Effect.fn("MethodSettings.load")(function*(file: string, met
   } catch (e) {
     return yield* new ConfigError({ file, message: `not JSON: ${e instanceof Error ? e.message : String(e)}` })
   }
-  const decoded = decode(json, methods, file)
-  if (decoded instanceof ConfigError) return yield* decoded
-  return decoded
+  return yield* Effect.fromResult(decode(json, methods, file))
 })
 
 /**

@@ -167,12 +167,9 @@ export const configWith = Effect.fn("Pretrain.configWith")(function*(file: strin
   const text = yield* fs.readFileString(file).pipe(
     Effect.mapError((e) => new ModelDir.ModelLoadError({ file, message: `cannot read: ${e.message}` }))
   )
-  const overrides = ModelDir.decodeJson(Schema.Record(Schema.String, Schema.Unknown), text, file)
-  if (overrides instanceof ModelDir.ModelLoadError) return yield* overrides
+  const overrides = yield* Effect.fromResult(ModelDir.decodeJson(Schema.Record(Schema.String, Schema.Unknown), text, file))
   const merged = { ...defaultConfig, architecture: { ...defaultConfig.architecture, ...overrides } }
-  const config = ModelDir.decodeJson(UNetConfig, JSON.stringify(merged), file)
-  if (config instanceof ModelDir.ModelLoadError) return yield* config
-  return config
+  return yield* Effect.fromResult(ModelDir.decodeJson(UNetConfig, JSON.stringify(merged), file))
 })
 
 export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {

@@ -13,7 +13,6 @@ import { Effect, FileSystem, Path, Schema } from "effect"
 import * as AtomicFile from "../io/AtomicFile.ts"
 import * as ModelDir from "../io/ModelDir.ts"
 import * as Registry from "../reward/Registry.ts"
-import { RewardConfigError } from "../reward/RewardError.ts"
 import pkg from "../../package.json" with { type: "json" }
 import * as SharpenConfig from "./SharpenConfig.ts"
 
@@ -78,8 +77,7 @@ export const make = Effect.fn("RunRecord.make")(function*(options: {
   readonly reward: Registry.RewardSpec
   readonly model: string
 }) {
-  const terms = Registry.parseExpression(options.reward.reward)
-  if (terms instanceof RewardConfigError) return yield* terms
+  const terms = yield* Effect.fromResult(Registry.parseExpression(options.reward.reward))
   const clip = Registry.needsBackend(terms) && options.reward.modelDir !== undefined ? options.reward.modelDir : undefined
   const record: RunRecord = {
     format: "diffusion-sharpening/run@1",

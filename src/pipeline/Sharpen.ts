@@ -19,6 +19,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Context, Effect, Option } from "effect"
+import * as Stats from "../math/Stats.ts"
 import { Objective } from "../objective/Objective.ts"
 import * as PortablePart from "../objective/PortablePart.ts"
 import { Ema } from "../optim/Ema.ts"
@@ -43,12 +44,6 @@ import { BatchSource } from "./Sources.ts"
 export class IterationSampler extends Context.Service<IterationSampler, {
   readonly sample: (iteration: number) => Effect.Effect<void>
 }>()("sharpen/pipeline/IterationSampler") {}
-
-const stats = (xs: ReadonlyArray<number>) => {
-  const mean = xs.reduce((a, b) => a + b, 0) / xs.length
-  const std = Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / xs.length)
-  return { mean, std }
-}
 
 /** Marks the part of an iteration that may be abandoned (see `loop`). */
 export type Interruptible = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -114,25 +109,26 @@ export const iteration = Effect.fn("Sharpen.iteration")(function*(config: Sharpe
     if (Option.isSome(ema)) yield* ema.value.update
     // Several steps (Prepared.updates): their mean loss and gradient norm, the last lr.
     const update = steps.length === 1 ? steps[0] : {
-      loss: stats(steps.map((s) => s.loss)).mean,
-      gradNorm: stats(steps.map((s) => s.gradNorm)).mean,
+      loss: Stats.mean(steps.map((s) => s.loss)),
+      gradNorm: Stats.mean(steps.map((s) => s.gradNorm)),
       lr: steps[steps.length - 1].lr
     }
-    const { mean, std } = stats(all)
+    // NaN for an iteration without batches, as before (0/0).
+    const { mean, std } = Stats.meanStd(all, NaN)
     return {
       iteration: index,
       loss: update.loss,
       rewardMean: mean,
       rewardStd: std,
-      rewardBest: stats(best).mean,
-      rewardWorst: stats(worst).mean,
+      rewardBest: Stats.mean(best, NaN),
+      rewardWorst: Stats.mean(worst, NaN),
       lr: update.lr,
       gradNorm: update.gradNorm,
       wallMs: 0,
       liveTensors: 0,
       nfe,
       rewardCalls,
-      ...(margins.length > 0 ? { rewardMargin: stats(margins).mean } : {}),
+      ...(margins.length > 0 ? { rewardMargin: Stats.mean(margins) } : {}),
       ...(lossNfe > 0 ? { lossNfe } : {})
     } satisfies IterationRecord
   })).pipe(Effect.map((r) => {

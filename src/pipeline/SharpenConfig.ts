@@ -5,7 +5,7 @@
  *
  * @since 0.1.0
  */
-import { Schema, SchemaIssue } from "effect"
+import { Result, Schema, SchemaIssue } from "effect"
 import * as Losses from "../objective/Losses.ts"
 import * as Aggregate from "../trajectory/Aggregate.ts"
 import { Estimator, TimestepChoice } from "../trajectory/Trajectory.ts"
@@ -206,16 +206,16 @@ export class ConfigError extends Schema.TaggedError<ConfigError>()("ConfigError"
 }) {}
 
 /** Merge layers of partial settings over the defaults and validate. */
-export const decode = (layers: ReadonlyArray<Record<string, unknown>>, file?: string): SharpenConfig | ConfigError => {
+export const decode = (layers: ReadonlyArray<Record<string, unknown>>, file?: string): Result.Result<SharpenConfig, ConfigError> => {
   const merged: Record<string, unknown> = { ...defaults }
   for (const l of layers) for (const [k, v] of Object.entries(l)) if (v !== undefined) merged[k] = v
   const unknown = Object.keys(merged).find((k) => !(k in SharpenConfig.fields))
-  if (unknown !== undefined) return new ConfigError({ file, field: unknown, message: `unknown setting "${unknown}"` })
+  if (unknown !== undefined) return Result.fail(new ConfigError({ file, field: unknown, message: `unknown setting "${unknown}"` }))
   const r = Schema.decodeUnknownResult(SharpenConfig)(merged)
-  if (r._tag === "Success") return r.success
+  if (Result.isSuccess(r)) return Result.succeed(r.success)
   const text = SchemaIssue.makeFormatterDefault()(r.failure.issue)
   const field = /\["?([A-Za-z0-9]+)"?\]/.exec(text)?.[1]
-  return new ConfigError({ file, field, message: text.split("\n").join(" ") })
+  return Result.fail(new ConfigError({ file, field, message: text.split("\n").join(" ") }))
 }
 
 /**
@@ -230,7 +230,7 @@ export const resolve = (
   algorithm: "sft" | "rlhf",
   layers: ReadonlyArray<Record<string, unknown>>,
   o: { readonly paper?: boolean; readonly file?: string } = {}
-): SharpenConfig | ConfigError => {
+): Result.Result<SharpenConfig, ConfigError> => {
   const paper = o.paper === true || layers.some((l) => l.preference === "paper")
   const under = o.paper === true ? [paperVariant] : algorithm === "rlhf" && !paper ? [rlhfDefaults] : []
   return decode([...under, ...layers], o.file)

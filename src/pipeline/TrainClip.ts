@@ -32,6 +32,7 @@ import * as AtomicFile from "../io/AtomicFile.ts"
 import * as CheckpointDir from "../io/CheckpointDir.ts"
 import * as ModelDir from "../io/ModelDir.ts"
 import * as Safetensors from "../io/Safetensors.ts"
+import * as Stats from "../math/Stats.ts"
 import * as AdamW from "../optim/AdamW.ts"
 import * as Clip from "../reward/ClipModel.ts"
 import * as HardNegatives from "../reward/HardNegatives.ts"
@@ -236,8 +237,6 @@ export const lrAt = (o: Pick<TrainClipOptions, "lr" | "warmupSteps" | "steps">, 
   return o.lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * t)))
 }
 
-const mean = (xs: ReadonlyArray<number>) => (xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length)
-
 export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
   const path = yield* Path.Path
   const backend = yield* Backend
@@ -310,8 +309,8 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
         return {
           ...r,
           show: {
-            loss: mean(losses.slice(-50)),
-            acc: mean(accuracies.slice(-10)),
+            loss: Stats.mean(losses.slice(-50), NaN),
+            acc: Stats.mean(accuracies.slice(-10), NaN),
             scale: yield* HostRead.consumeScalar(() => Clip.logitScale(model.params)),
             lr: lrAt(o, index)
           }
@@ -338,7 +337,7 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
   return {
     step,
     wallMinutes,
-    finalLoss: mean(losses.slice(-100)),
-    finalAccuracy: mean(accuracies.slice(-10))
+    finalLoss: Stats.mean(losses.slice(-100), NaN),
+    finalAccuracy: Stats.mean(accuracies.slice(-10), NaN)
   }
 })

@@ -23,7 +23,7 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Context, Effect, Layer, Schema, SchemaIssue } from "effect"
+import { Context, Effect, Layer, Result, Schema, SchemaIssue } from "effect"
 import type { StoredTensor } from "../io/Safetensors.ts"
 import {
   attention,
@@ -348,27 +348,27 @@ export const scoreArray = (
  *
  * @since 0.1.0
  */
-export const decodeConfig = (text: string, file: string): ClipConfig | ModelLoadError => {
+export const decodeConfig = (text: string, file: string): Result.Result<ClipConfig, ModelLoadError> => {
   let json: unknown
   try {
     json = JSON.parse(text)
   } catch (e) {
-    return new ModelLoadError({ file, message: `not valid JSON: ${(e as Error).message}` })
+    return Result.fail(new ModelLoadError({ file, message: `not valid JSON: ${(e as Error).message}` }))
   }
   const format = (json as { format?: unknown } | null)?.format
   if (typeof format === "string" && format !== FORMAT) {
-    return new ModelLoadError({ file, message: `format "${format}" is not a clip reward model (expected "${FORMAT}")` })
+    return Result.fail(new ModelLoadError({ file, message: `format "${format}" is not a clip reward model (expected "${FORMAT}")` }))
   }
   const r = Schema.decodeUnknownResult(ClipConfig)(json)
   if (r._tag === "Failure") {
-    return new ModelLoadError({ file, message: SchemaIssue.makeFormatterDefault()(r.failure.issue) })
+    return Result.fail(new ModelLoadError({ file, message: SchemaIssue.makeFormatterDefault()(r.failure.issue) }))
   }
   const levels = r.success.imageChannels.length
-  if (levels === 0) return new ModelLoadError({ file, message: "imageChannels is empty: the image encoder needs at least one level" })
+  if (levels === 0) return Result.fail(new ModelLoadError({ file, message: "imageChannels is empty: the image encoder needs at least one level" }))
   if (r.success.imageSize % (1 << (levels - 1)) !== 0) {
-    return new ModelLoadError({ file, message: `imageSize ${r.success.imageSize} is not divisible by 2^${levels - 1} (${levels} levels)` })
+    return Result.fail(new ModelLoadError({ file, message: `imageSize ${r.success.imageSize} is not divisible by 2^${levels - 1} (${levels} levels)` }))
   }
-  return r.success
+  return Result.succeed(r.success)
 }
 
 /**

@@ -21,6 +21,7 @@
 import * as tf from "@tensorflow/tfjs-core"
 import { Context, Duration, Effect, Layer, Ref, Schedule, Schema, SchemaIssue } from "effect"
 import { createHash } from "node:crypto"
+import { meanStd } from "../math/Stats.ts"
 import { make, Reward, type RewardMetadata, type RewardService } from "./Reward.ts"
 import { isRetryable, type RewardError, RewardTimeout } from "./RewardError.ts"
 
@@ -148,12 +149,6 @@ export interface PromptStats {
   readonly count: number
 }
 
-const meanStd = (xs: ReadonlyArray<number>): { mean: number; std: number } => {
-  const mean = xs.reduce((s, x) => s + x, 0) / xs.length
-  const variance = xs.reduce((s, x) => s + (x - mean) ** 2, 0) / xs.length
-  return { mean, std: Math.sqrt(variance) }
-}
-
 /**
  * One tracker update, pure: the advantages of a batch and the new buffers.
  * Exactly DDPO's `PerPromptStatTracker.update`: per unique prompt, append its
@@ -171,7 +166,7 @@ export const updateState = (
   if (prompts.length !== rewards.length) throw new RangeError(`${prompts.length} prompts but ${rewards.length} rewards`)
   const buffers: Record<string, ReadonlyArray<number>> = { ...state.buffers }
   const advantages = new Array<number>(rewards.length)
-  const batch = rewards.length > 0 ? meanStd(rewards) : { mean: 0, std: 0 }
+  const batch = meanStd(rewards) // { mean: 0, std: 0 } for an empty batch
   const unique = [...new Set(prompts)]
   for (const prompt of unique) {
     const idx = prompts.flatMap((p, i) => (p === prompt ? [i] : []))

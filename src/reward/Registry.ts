@@ -30,7 +30,7 @@
  *
  * @since 0.1.0
  */
-import { Effect, type FileSystem, Layer, type Path, Schema, type Scope } from "effect"
+import { Effect, type FileSystem, Layer, type Path, Result, Schema, type Scope } from "effect"
 import { FetchHttpClient, type HttpClient } from "effect/http"
 import type { BackendUnavailable } from "../tensor/Backend.ts"
 import * as Aesthetic from "./Aesthetic.ts"
@@ -111,8 +111,8 @@ export interface Term {
  *
  * @since 0.1.0
  */
-export const parseExpression = (text: string): Array<Term> | RewardConfigError => {
-  const fail = (message: string) => new RewardConfigError({ reward: text, field: "reward", message })
+export const parseExpression = (text: string): Result.Result<Array<Term>, RewardConfigError> => {
+  const fail = (message: string) => Result.fail(new RewardConfigError({ reward: text, field: "reward", message }))
   const source = text.replace(/\s+/g, "")
   if (source === "") return fail(`empty reward name (one of ${REWARD_NAMES.join(", ")})`)
   // Longest names first, so "compositional-dense" wins over "compositional".
@@ -138,7 +138,7 @@ export const parseExpression = (text: string): Array<Term> | RewardConfigError =
     p += name.length
     terms.push({ weight: sign * weight, name })
   }
-  return terms
+  return Result.succeed(terms)
 }
 
 /**
@@ -206,8 +206,7 @@ export const make = Effect.fn("Registry.make")(function*(
   input: RewardSpec
 ): Effect.fn.Return<RewardService, BuildError, BuildContext | Scope.Scope> {
   const spec = yield* decodeOptions(RewardSpec, input, input.reward)
-  const terms = parseExpression(spec.reward)
-  if (terms instanceof RewardConfigError) return yield* terms
+  const terms = yield* Effect.fromResult(parseExpression(spec.reward))
   if (terms.length === 1 && terms[0].weight === 1) return yield* makeNamed(terms[0].name, spec)
   const services = yield* Effect.forEach(terms, (t) => makeNamed(t.name, spec))
   return weightedSum(terms.map((t, i) => ({ reward: services[i], weight: t.weight })), { name: spec.reward.replace(/\s+/g, "") })

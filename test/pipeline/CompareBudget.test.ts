@@ -1,6 +1,6 @@
 import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Result } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { beforeAll } from "vitest"
@@ -29,8 +29,8 @@ const configOf = (method: Compare.FinetuneMethod, own: Partial<SharpenConfig.Sha
     { iterations: CAP, trainingNfe: BUDGET, checkpointEvery: CAP, n: 2, m: 1, cfg: 1, onlineSteps: 2, inferenceSteps: 4, sampleEvery: 1 },
     own
   ])
-  if (c instanceof SharpenConfig.ConfigError) throw new Error(c.message)
-  return c
+  if (Result.isFailure(c)) throw new Error(c.failure.message)
+  return c.success
 }
 
 describe("Compare.train at a training-NFE budget", () => {

@@ -1,10 +1,14 @@
 import { assert, describe, it } from "@effect/vitest"
+import { Result } from "effect"
 import * as SharpenConfig from "../../src/pipeline/SharpenConfig.ts"
 
-const ok = (c: SharpenConfig.SharpenConfig | SharpenConfig.ConfigError): SharpenConfig.SharpenConfig => {
-  if (c instanceof SharpenConfig.ConfigError) throw new Error(c.message)
-  return c
+const ok = (c: Result.Result<SharpenConfig.SharpenConfig, SharpenConfig.ConfigError>): SharpenConfig.SharpenConfig => {
+  if (Result.isFailure(c)) throw new Error(c.failure.message)
+  return c.success
 }
+
+/** The error of a failed decode (a success fails the test). */
+const failureOf = <A, E>(r: Result.Result<A, E>): E => (Result.isSuccess(r) ? assert.fail(`expected a failure, got ${JSON.stringify(r.success)}`) : r.failure)
 
 describe("SharpenConfig.resolve", () => {
   it("rlhf runs its measured settings under the given ones; sft and --paper do not", () => {
@@ -24,7 +28,7 @@ describe("SharpenConfig.resolve", () => {
     assert.strictEqual(byFile.dpoBeta, SharpenConfig.defaults.dpoBeta)
     // Bad values still name the field.
     const bad = SharpenConfig.resolve("rlhf", [{ stepsPerBatch: 0 }], { file: "x.json" })
-    assert.instanceOf(bad, SharpenConfig.ConfigError)
-    assert.strictEqual((bad as SharpenConfig.ConfigError).field, "stepsPerBatch")
+    assert.instanceOf(failureOf(bad), SharpenConfig.ConfigError)
+    assert.strictEqual(failureOf(bad).field, "stepsPerBatch")
   })
 })

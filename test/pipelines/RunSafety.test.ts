@@ -2,6 +2,7 @@
 // reward server interrupted by Ctrl-C, two writers on one run directory, the
 // npx wrapper killed alone, and what --resume accepts and refuses.
 import { assert, describe, it } from "@effect/vitest"
+import { Result } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -170,8 +171,8 @@ describe("run safety", () => {
       const before = ["run/metrics.jsonl", "run/run.json", "config.json"].map((f) => fs.readFileSync(path.join(out, f), "utf8"))
       // What rlhf.ts runs with these flags (its measured defaults under them).
       const resolved = SharpenConfig.resolve("rlhf", [])
-      if (resolved instanceof SharpenConfig.ConfigError) throw new Error(resolved.message)
-      const { cfg, dpoBeta } = resolved
+      if (Result.isFailure(resolved)) throw new Error(resolved.failure.message)
+      const { cfg, dpoBeta } = resolved.success
       const changed = pipeline("rlhf.ts", [...small(), "--out", out, "--config", config, "--resume", "--cfg", String(cfg + 1), "--dpo-beta", String(dpoBeta + 1)], { RUN_SAFETY_KEY: "s3cret" })
       assert.strictEqual((await changed.exited).code, 1)
       assert.include(changed.output, "RunMismatch: cannot resume: ")

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Result } from "effect"
 import { IMAGE_LENGTH } from "../../src/data/Image.ts"
 import { Decoder, scoreSamples, signedToUnit } from "../../src/reward/Decoder.ts"
 import * as Registry from "../../src/reward/Registry.ts"
@@ -98,18 +98,21 @@ describe("Decoder", () => {
 
 describe("Registry expressions", () => {
   it("parses names and weighted expressions", () => {
-    assert.deepStrictEqual(Registry.parseExpression("compositional-dense"), [{ weight: 1, name: "compositional-dense" }])
-    assert.deepStrictEqual(Registry.parseExpression("0.7*compositional-dense + 0.3*aesthetic"), [
+    assert.deepStrictEqual(Result.getOrThrow(Registry.parseExpression("compositional-dense")), [{ weight: 1, name: "compositional-dense" }])
+    assert.deepStrictEqual(Result.getOrThrow(Registry.parseExpression("0.7*compositional-dense + 0.3*aesthetic")), [
       { weight: 0.7, name: "compositional-dense" },
       { weight: 0.3, name: "aesthetic" }
     ])
-    assert.deepStrictEqual(Registry.parseExpression("clip-aesthetic-0.1*compressibility"), [
+    assert.deepStrictEqual(Result.getOrThrow(Registry.parseExpression("clip-aesthetic-0.1*compressibility")), [
       { weight: 1, name: "clip" },
       { weight: -1, name: "aesthetic" },
       { weight: -0.1, name: "compressibility" }
     ])
     const bad = Registry.parseExpression("imagereward")
-    assert.instanceOf(bad, RewardConfigError)
-    assert.match((bad as RewardConfigError).message, /unknown reward "imagereward"/)
+    if (Result.isSuccess(bad)) assert.fail(`expected a failure, got ${JSON.stringify(bad.success)}`)
+    else {
+      assert.instanceOf(bad.failure, RewardConfigError)
+      assert.match(bad.failure.message, /unknown reward "imagereward"/)
+    }
   })
 })

@@ -1,15 +1,36 @@
 /**
- * Summary statistics on plain numbers, shared by the evaluation reports
- * (ClipReport, PathAgreement): ranks, Pearson and Spearman correlation.
+ * Summary statistics on plain numbers: mean, mean with population SD, ranks,
+ * Pearson and Spearman correlation, paired differences. The lowest layer of
+ * src/ (it imports nothing from it), so every other folder may use it.
  *
  * @since 0.3.0
  */
 
-/** Mean; 0 for no values. */
-export const mean = (xs: ArrayLike<number>): number => {
+/**
+ * Mean, a plain left-to-right sum divided by n (committed figures depend on
+ * that order); `empty` for no values (callers differ: 0 or NaN).
+ *
+ * @since 0.3.0
+ */
+export const mean = (xs: ArrayLike<number>, empty = 0): number => {
   let s = 0
   for (let i = 0; i < xs.length; i++) s += xs[i]
-  return xs.length === 0 ? 0 : s / xs.length
+  return xs.length === 0 ? empty : s / xs.length
+}
+
+/**
+ * Mean and population standard deviation (divided by n, as DDPO's stat
+ * tracker and the reports use it), both summed left to right; `empty` for
+ * both when there are no values.
+ *
+ * @since 0.6.0
+ */
+export const meanStd = (xs: ArrayLike<number>, empty = 0): { readonly mean: number; readonly std: number } => {
+  if (xs.length === 0) return { mean: empty, std: empty }
+  const m = mean(xs)
+  let s = 0
+  for (let i = 0; i < xs.length; i++) s += (xs[i] - m) ** 2
+  return { mean: m, std: Math.sqrt(s / xs.length) }
 }
 
 /** Ranks 1..n, ties sharing their average rank (as Spearman's rho needs). */

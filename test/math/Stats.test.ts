@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import * as Stats from "../../src/eval/Stats.ts"
+import * as Stats from "../../src/math/Stats.ts"
 
 describe("Stats", () => {
   it("ranks average ties; Pearson and Spearman match hand computations", () => {
@@ -15,10 +15,30 @@ describe("Stats", () => {
     assert.approximately(Stats.spearman([1, 2, 3], [2, 1, 3])!, 0.5, 1e-12)
   })
 
-  it("mean is 0 for no values; pearson refuses unequal lengths", () => {
+  it("mean is 0 for no values unless told otherwise; pearson refuses unequal lengths", () => {
     assert.strictEqual(Stats.mean([]), 0)
+    assert.isNaN(Stats.mean([], NaN))
+    assert.strictEqual(Stats.mean([4], NaN), 4)
     assert.strictEqual(Stats.mean(new Float32Array([1, 2, 3, 6])), 3)
     assert.throws(() => Stats.pearson([1, 2], [1, 2, 3]), /2 vs 3/)
+  })
+
+  it("meanStd: population SD (divided by n); `empty` for both with no values", () => {
+    // Deviations -3, -1, -1, -1, 0, 0, 2, 4: squares sum to 32, / 8 = 4.
+    assert.deepStrictEqual(Stats.meanStd([2, 4, 4, 4, 5, 5, 7, 9]), { mean: 5, std: 2 })
+    assert.deepStrictEqual(Stats.meanStd(new Float32Array([3])), { mean: 3, std: 0 })
+    assert.deepStrictEqual(Stats.meanStd([]), { mean: 0, std: 0 })
+    const none = Stats.meanStd([], NaN)
+    assert.isNaN(none.mean)
+    assert.isNaN(none.std)
+  })
+
+  it("mean and meanStd sum left to right, as the copies they replaced did (figures reproduce to the digit)", () => {
+    const xs = [0.1, 0.2, 0.3, 1e-17, 7.7, -3.3, 1 / 3, 2 / 3, 1e3 + 0.1]
+    const m = xs.reduce((a, b) => a + b, 0) / xs.length
+    const std = Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length)
+    assert.strictEqual(Stats.mean(xs), m)
+    assert.deepStrictEqual(Stats.meanStd(xs), { mean: m, std })
   })
 
   it("pairedDifference: the mean difference and 1.96 sd / sqrt(n)", () => {
