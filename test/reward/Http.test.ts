@@ -124,8 +124,11 @@ describe("http reward against a real server", () => {
       switch (req.path) {
         case "/short":
           return { body: { rewards: [1] } }
-        case "/null":
-          return { body: { rewards: Array.from({ length: n }, (_, i) => (i === 1 ? null : 0.5)) } }
+        case "/null": {
+          // Only the request holding images 2-3 (prompts "c", "d") answers null, at its 2nd image.
+          const second = (req.body.prompts as Array<string>)[0] === "c"
+          return { body: { rewards: Array.from({ length: n }, (_, i) => (second && i === 1 ? null : 0.5)) } }
+        }
         case "/nan":
           return { body: `{"rewards": [0.5, NaN]}` }
         case "/missing":
@@ -145,7 +148,8 @@ describe("http reward against a real server", () => {
         const nul = yield* run("/null", 2)
         assert.strictEqual(nul._tag, "RewardProtocolError")
         assert.strictEqual((nul as { field?: string }).field, "rewards")
-        assert.strictEqual((nul as { index?: number }).index, 1)
+        assert.strictEqual((nul as { index?: number }).index, 3)
+        assert.match(nul.message, /rewards\[1\] of this request \(image 3\)/)
         const nan = yield* run("/nan")
         assert.strictEqual((nan as { field?: string }).field, "body")
         assert.match(nan.message, /NaN/)
