@@ -35,7 +35,7 @@ import * as Report from "../pipeline/Report.ts"
 import * as Sharpen from "../pipeline/Sharpen.ts"
 import * as SharpenConfig from "../pipeline/SharpenConfig.ts"
 import * as SharpenLayers from "../pipeline/SharpenLayers.ts"
-import { Metrics } from "../pipeline/Metrics.ts"
+import { Metrics, trainingNfe } from "../pipeline/Metrics.ts"
 import * as RunRecord from "../pipeline/RunRecord.ts"
 import * as Inputs from "./Inputs.ts"
 import * as RewardFlags from "./RewardFlags.ts"
@@ -258,11 +258,13 @@ export const command = (algorithm: "sft" | "rlhf") =>
         yield* Console.error("evaluating the sharpened model ...")
         const after = yield* Report.evaluateWithGrids(trained, sets, sampler, clip, samplesDir, "after")
         const table = Report.comparison(before, after)
-        const totalNfe = records.reduce((a, r) => a + r.nfe, 0)
+        // Training NFE as the docs define it (sampling plus the objective's model evaluations).
+        const sampling = records.reduce((a, r) => a + r.nfe, 0)
+        const totalNfe = trainingNfe(records)
         const totalCalls = records.reduce((a, r) => a + r.rewardCalls, 0)
         const wallMin = records.reduce((a, r) => a + r.wallMs, 0) / 60_000
         const summary = `${algorithm.toUpperCase()}-Diffusion-Sharpening of ${f.model} with reward ${rewardSpec.reward}: ${done} iterations, ` +
-          `${wallMin.toFixed(1)} min of training, ${totalNfe} training NFE, ${totalCalls} reward calls. ` +
+          `${wallMin.toFixed(1)} min of training, ${totalNfe} training NFE (${sampling} sampling, ${totalNfe - sampling} objective), ${totalCalls} reward calls. ` +
           // Memory of the whole run (docs/performance.md): the process's peak RSS, worker threads included, and this thread's wasm heap.
           `Peak resident memory ${Math.round(process.resourceUsage().maxRSS / 1024)} MiB, wasm heap ${Math.round(WasmHeap.heapBytes() / 2 ** 20)} MiB` +
           gpuSummary() + "."
