@@ -12,7 +12,7 @@
  *   npx tsx bench/sharpen-threads.ts --iterations 1 --batch-size 2   # a quick check that it runs
  *   npx tsx bench/sharpen-threads.ts --threads 1,2,1,2  # alternate, medians per count
  */
-import { Effect } from "effect"
+import { Effect, Result } from "effect"
 import * as SharpenConfig from "../src/pipeline/SharpenConfig.ts"
 import * as Load from "./Load.ts"
 import * as SharpenTiming from "./SharpenTiming.ts"
@@ -27,25 +27,22 @@ const threadCounts = (flag("threads") ?? "1,2").split(",").map(Number)
 const model = flag("model") ?? "models/shapeworld-base"
 // Only to check quickly that the bench runs: the figures are of batch 8.
 // The settings `pipelines/rlhf.ts` runs with no flags.
-const resolved = SharpenConfig.resolve("rlhf", [])
-// (`Result` here is the bench's row type, hence the tag.)
-if (resolved._tag === "Failure") throw new Error(resolved.failure.message)
-const rlhf = resolved.success
+const rlhf = Result.getOrThrow(SharpenConfig.resolve("rlhf", []))
 const batchSize = Number(flag("batch-size") ?? rlhf.batchSize)
 
-interface Result extends SharpenTiming.Result {
+interface Row extends SharpenTiming.Result {
   readonly threads: number
 }
 
 const run = (threads: number) =>
   Effect.map(
     SharpenTiming.run({ ...rlhf, iterations, batchSize, sampleEvery: 0 }, { model, threads, label: `sharpen-threads-${threads}` }),
-    (r): Result => ({ threads, ...r })
+    (r): Row => ({ threads, ...r })
   )
 
 const main = Effect.gen(function*() {
   const load = Load.start(() => [])
-  const results: Array<Result> = []
+  const results: Array<Row> = []
   for (const threads of threadCounts) {
     process.stderr.write(`${threads} thread(s): ${iterations} iteration(s) ...\n`)
     const r = yield* run(threads)
