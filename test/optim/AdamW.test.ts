@@ -82,6 +82,28 @@ describe("AdamW", () => {
     return { params, grads }
   }
 
+  /**
+   * Two copies of the same parameters, stepped side by side with the same
+   * gradients: `AdamW.step` on `ours`, `AdamW.stepPerTensor` on `ref`.
+   * `stepAt(scale)` returns both gradient norms.
+   */
+  const sideBySide = (seed: number, cfg: AdamW.AdamWConfig) => {
+    const ours = setup(seed)
+    const ref = setup(seed)
+    const s1 = AdamW.init(ours.params)
+    const s2 = AdamW.init(ref.params)
+    const stepAt = (scale: number) =>
+      Effect.gen(function*() {
+        const g1 = ours.grads(scale)
+        const g2 = ref.grads(scale)
+        const n1 = yield* AdamW.step(ours.params, g1, s1, 0.01, cfg)
+        const n2 = yield* AdamW.stepPerTensor(ref.params, g2, s2, 0.01, cfg)
+        tf.dispose([...Object.values(g1), ...Object.values(g2)])
+        return [n1, n2] as const
+      })
+    return { ours, ref, s1, s2, stepAt }
+  }
+
   const close = (a: Record<string, tf.Tensor>, b: Record<string, tf.Tensor>, tol: number) => {
     for (const k of Object.keys(a)) {
       const x = a[k].dataSync()
@@ -94,20 +116,11 @@ describe("AdamW", () => {
   for (const [backend, use] of [["cpu", useCpu], ["wasm", useWasm]] as const) {
     it.effect(`the array update equals the per-tensor update (moments, weights, norm), with clipping and decay, on ${backend}`, () =>
       Effect.promise(use).pipe(Effect.andThen(Effect.gen(function*() {
-        const cfg = { beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1 }
-        const ours = setup(1)
-        const ref = setup(1)
-        const s1 = AdamW.init(ours.params)
-        const s2 = AdamW.init(ref.params)
+        const { ours, ref, s1, s2, stepAt } = sideBySide(1, { beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1 })
         for (let i = 0; i < 5; i++) {
           // Alternate clipped (norm ~ 30) and unclipped (norm ~ 0.3) steps.
-          const scale = i % 2 === 0 ? 3 : 0.03
-          const g1 = ours.grads(scale)
-          const g2 = ref.grads(scale)
-          const n1 = yield* AdamW.step(ours.params, g1, s1, 0.01, cfg)
-          const n2 = yield* AdamW.stepPerTensor(ref.params, g2, s2, 0.01, cfg)
+          const [n1, n2] = yield* stepAt(i % 2 === 0 ? 3 : 0.03)
           assert.closeTo(n1, n2, 1e-5 * n2)
-          tf.dispose([...Object.values(g1), ...Object.values(g2)])
         }
         assert.strictEqual(s1.step, 5)
         close(ours.params, ref.params, 1e-5)
@@ -126,16 +139,10 @@ describe("AdamW", () => {
         for (const k of tf.getKernelsForBackend("cpu")) tf.registerKernel({ ...k, backendName: "no-sync-read" })
       }
       yield* Effect.promise(() => tf.setBackend("no-sync-read"))
-      const cfg = { beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1 }
-      const ours = setup(3)
-      const ref = setup(3)
-      const s1 = AdamW.init(ours.params)
-      const s2 = AdamW.init(ref.params)
+      const { ours, ref, s1, s2, stepAt } = sideBySide(3, { beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1 })
       for (let i = 0; i < 3; i++) {
-        const g1 = ours.grads(i % 2 === 0 ? 3 : 0.03)
-        const g2 = ref.grads(i % 2 === 0 ? 3 : 0.03)
-        assert.strictEqual(yield* AdamW.step(ours.params, g1, s1, 0.01, cfg), yield* AdamW.stepPerTensor(ref.params, g2, s2, 0.01, cfg))
-        tf.dispose([...Object.values(g1), ...Object.values(g2)])
+        const [n1, n2] = yield* stepAt(i % 2 === 0 ? 3 : 0.03)
+        assert.strictEqual(n1, n2)
       }
       assert.strictEqual(s1.step, 3)
       for (const k of Object.keys(ours.params)) {
