@@ -8,7 +8,7 @@ import * as Schedule from "../src/diffusion/Schedule.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import type { UNetConfig } from "../src/model/UNetConfig.ts"
 import * as AdamW from "../src/optim/AdamW.ts"
-import { trainStep } from "../src/pipeline/Pretrain.ts"
+import { trainStep } from "../src/train/Pretrain.ts"
 import { Rng } from "../src/tensor/Random.ts"
 
 export interface TrainingBench {

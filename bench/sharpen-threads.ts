@@ -13,7 +13,7 @@
  *   npx tsx bench/sharpen-threads.ts --threads 1,2,1,2  # alternate, medians per count
  */
 import { Effect, Result } from "effect"
-import * as SharpenConfig from "../src/pipeline/SharpenConfig.ts"
+import * as SharpenConfig from "../src/sharpen/SharpenConfig.ts"
 import * as Load from "./Load.ts"
 import * as SharpenTiming from "./SharpenTiming.ts"
 

@@ -7,10 +7,10 @@
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Console, Effect, Result } from "effect"
-import { Metrics } from "../src/pipeline/Metrics.ts"
-import * as Sharpen from "../src/pipeline/Sharpen.ts"
-import * as SharpenConfig from "../src/pipeline/SharpenConfig.ts"
-import * as SharpenLayers from "../src/pipeline/SharpenLayers.ts"
+import { Metrics } from "../src/sharpen/Metrics.ts"
+import * as Sharpen from "../src/sharpen/Sharpen.ts"
+import * as SharpenConfig from "../src/sharpen/SharpenConfig.ts"
+import * as SharpenLayers from "../src/sharpen/SharpenLayers.ts"
 import { Reward } from "../src/reward/Reward.ts"
 import { Backend } from "../src/tensor/Backend.ts"
 

@@ -13,9 +13,9 @@
 import { Console, Effect, Layer, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
-import { defaultWorkers } from "../src/eval/ParallelGenerate.ts"
+import { defaultWorkers } from "../src/parallel/ParallelGenerate.ts"
 import { defaultConfig } from "../src/model/UNetConfig.ts"
-import * as Pretrain from "../src/pipeline/Pretrain.ts"
+import * as Pretrain from "../src/train/Pretrain.ts"
 import { Backend, BackendName } from "../src/tensor/Backend.ts"
 
 const command = Command.make(

@@ -20,7 +20,7 @@
  */
 import { Console, Effect, FileSystem, Logger, Option, Path, Schema } from "effect"
 import { Command, Flag } from "effect/cli"
-import { PromptFileError } from "../src/cli/Inputs.ts"
+import { PromptFileError } from "../src/io/Inputs.ts"
 import * as Main from "../src/cli/Main.ts"
 import { fromBytes } from "../src/data/Image.ts"
 import * as Png from "../src/data/Png.ts"

@@ -12,7 +12,7 @@
 import { Console, Effect, Layer } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
-import * as TrainClip from "../src/pipeline/TrainClip.ts"
+import * as TrainClip from "../src/train/TrainClip.ts"
 import { defaultConfig } from "../src/reward/ClipModel.ts"
 import { Backend, BackendName } from "../src/tensor/Backend.ts"
 

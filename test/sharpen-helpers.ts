@@ -9,7 +9,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import { defaultConfig, type UNetConfig } from "../src/model/UNetConfig.ts"
-import * as SharpenConfig from "../src/pipeline/SharpenConfig.ts"
+import * as SharpenConfig from "../src/sharpen/SharpenConfig.ts"
 
 export const tiny32: UNetConfig = {
   ...defaultConfig,

@@ -13,7 +13,7 @@
 import { Option, Result, Schema, SchemaIssue } from "effect"
 import { Flag } from "effect/cli"
 import * as Registry from "../reward/Registry.ts"
-import { ConfigError } from "../pipeline/SharpenConfig.ts"
+import { ConfigError } from "../sharpen/SharpenConfig.ts"
 
 export const DEFAULT_REWARD = "clip"
 export const DEFAULT_CLIP_MODEL = "models/shapeworld-clip"

@@ -31,7 +31,7 @@ import * as Denoiser from "../model/Denoiser.ts"
 import { Reward } from "../reward/Reward.ts"
 import type { RewardError } from "../reward/RewardError.ts"
 import type { Rng } from "../tensor/Random.ts"
-import * as Generate from "./Generate.ts"
+import * as Generate from "../trajectory/Generate.ts"
 import {
   check,
   checkSampler,

@@ -26,7 +26,7 @@ import { Reward } from "../reward/Reward.ts"
 import type { RewardError } from "../reward/RewardError.ts"
 import { Rng } from "../tensor/Random.ts"
 import * as Evaluate from "./Evaluate.ts"
-import * as Generate from "./Generate.ts"
+import * as Generate from "../trajectory/Generate.ts"
 
 // ---------------------------------------------------------------------------
 // Results and methods

@@ -49,7 +49,7 @@ import * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Reward } from "../reward/Reward.ts"
 import type { RewardError } from "../reward/RewardError.ts"
-import * as Generate from "./Generate.ts"
+import * as Generate from "../trajectory/Generate.ts"
 import {
   argmax,
   cfgFactor,

@@ -13,11 +13,23 @@
 import * as tf from "@tensorflow/tfjs-core"
 import { Effect, FileSystem, Path, Result, Schema, SchemaIssue } from "effect"
 import { createHash } from "node:crypto"
-import type { ParamSpec } from "../model/Layers.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import * as AtomicFile from "./AtomicFile.ts"
 import * as Safetensors from "./Safetensors.ts"
 import type { StoredTensor } from "./Safetensors.ts"
+
+/**
+ * Shapes and initialisers, collected while a model describes itself.
+ *
+ * @since 0.1.0
+ */
+export interface ParamSpec {
+  readonly name: string
+  readonly shape: ReadonlyArray<number>
+  /** "normal" draws N(0, std^2); "zeros"/"ones" are constant. */
+  readonly init: "normal" | "zeros" | "ones"
+  readonly std: number
+}
 
 export const CONFIG_FILE = "config.json"
 export const WEIGHTS_FILE = "model.safetensors"

@@ -6,7 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Effect, Layer } from "effect"
-import { BatchSource } from "../pipeline/Sources.ts"
+import { BatchSource } from "../sharpen/Sources.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import * as Ring from "./Ring.ts"

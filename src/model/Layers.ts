@@ -22,18 +22,8 @@ import type { Rng } from "../tensor/Random.ts"
  */
 export type Params = Readonly<Record<string, tf.Tensor>>
 
-/**
- * Shapes and initialisers, collected while a model describes itself.
- *
- * @since 0.1.0
- */
-export interface ParamSpec {
-  readonly name: string
-  readonly shape: ReadonlyArray<number>
-  /** "normal" draws N(0, std^2); "zeros"/"ones" are constant. */
-  readonly init: "normal" | "zeros" | "ones"
-  readonly std: number
-}
+export type { ParamSpec } from "../io/ModelDir.ts"
+import type { ParamSpec } from "../io/ModelDir.ts"
 
 /**
  * Initialise parameters from specs with a seeded generator, in spec order.

@@ -20,12 +20,11 @@
  * @since 0.4.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, Layer, Option, Schema } from "effect"
+import { Effect, Layer, Schema } from "effect"
 import * as Schedule from "../diffusion/Schedule.ts"
-import * as Generate from "../eval/Generate.ts"
+import * as Generate from "../trajectory/Generate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Reference } from "../model/Reference.ts"
-import { GenerationPool } from "../pipeline/GenerationPool.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import type { Rng } from "../tensor/Random.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
@@ -35,6 +34,7 @@ import type { Selection } from "../trajectory/PathSelector.ts"
 import { rowIndex, type Trajectories } from "../trajectory/Trajectory.ts"
 import * as Losses from "./Losses.ts"
 import { Objective } from "./Objective.ts"
+import * as GradientJobs from "./GradientJobs.ts"
 import * as PortablePart from "./PortablePart.ts"
 
 const MicroBatchRows = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
@@ -102,7 +102,7 @@ export const noisedFinals = (
 }
 
 // With a pool of several threads the parts are split so each thread gets some (PortablePart).
-const poolThreads = Effect.map(Effect.serviceOption(GenerationPool), Option.match({ onNone: () => 1, onSome: (p) => p.threads }))
+const poolThreads = Effect.map(GradientJobs.current, (p) => p.threads)
 
 const margins = (selection: Selection, scores: { readonly trajectory: ReadonlyArray<ReadonlyArray<number>> }, b: number) =>
   Array.from({ length: b }, (_, i) => scores.trajectory[selection.best[i]][i] - scores.trajectory[selection.worst[i]][i])
@@ -121,7 +121,7 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
       const threads = yield* poolThreads
-      const pool = Option.getOrUndefined(yield* Effect.serviceOption(GenerationPool))
+      const pool = yield* GradientJobs.current
       return Objective.of({
         name: "rlhf-image",
         prepare: (t, selection, scores) =>
@@ -149,7 +149,7 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
                   )
               })
             )
-            const refs: ReadonlyArray<ReadonlyArray<{ readonly w: tf.Tensor1D; readonly l: tf.Tensor1D }>> = pool !== undefined && threads > 1
+            const refs: ReadonlyArray<ReadonlyArray<{ readonly w: tf.Tensor1D; readonly l: tf.Tensor1D }>> = threads > 1
               ? yield* Effect.flatMap(
                 Effect.flatMap(Effect.forEach(rowData.flat(), (data) => data()), (inputs) => pool.errors(reference, inputs)),
                 (errors) =>

@@ -22,6 +22,14 @@ import { rowTimesteps, type Trajectories } from "../trajectory/Trajectory.ts"
  * - "original": the first step's noise at every step (the reference code).
  * Both agree at the first step.
  */
+/**
+ * What a step differentiates: one loss closure, or parts whose gradients are
+ * summed into one update (gradient accumulation). Each part's graph is freed
+ * before the next is built, so a batch too large for memory (the wasm heap)
+ * can be split into micro-batches without changing the update.
+ */
+export type Loss = (() => tf.Scalar) | ReadonlyArray<() => tf.Scalar>
+
 export const EpsTarget = Schema.Literals(["consistent", "original"])
 export type EpsTarget = typeof EpsTarget.Type
 

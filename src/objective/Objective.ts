@@ -11,13 +11,13 @@ import { Context, Effect, Layer, Schema, type Scope } from "effect"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Reference } from "../model/Reference.ts"
-import type { GenerationError } from "../pipeline/GenerationPool.ts"
+import type { GenerationError } from "../trajectory/GenerationJobs.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import type { Selection } from "../trajectory/PathSelector.ts"
 import { rowIndex, type Trajectories } from "../trajectory/Trajectory.ts"
 import type { TrajectoryScores } from "../trajectory/TrajectoryScorer.ts"
-import type { Loss } from "../optim/Optimizer.ts"
 import * as Losses from "./Losses.ts"
+import type { Loss } from "./Losses.ts"
 
 export interface Prepared {
   /**

@@ -9,12 +9,13 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Context, Effect, Layer, Option, Schema } from "effect"
+import { Context, Effect, Layer, Schema } from "effect"
 import * as ModelDir from "../io/ModelDir.ts"
 import type { StoredTensor } from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import type * as PortablePart from "../objective/PortablePart.ts"
-import { type GenerationError, GenerationPool, type Pool } from "../pipeline/GenerationPool.ts"
+import * as GradientJobs from "../objective/GradientJobs.ts"
+import type { GenerationError } from "../trajectory/GenerationJobs.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import * as Scoped from "../tensor/Scoped.ts"
@@ -50,13 +51,8 @@ export const learningRate = (c: Pick<OptimizerConfig, "lr" | "warmupSteps" | "sc
   return 0.5 * c.lr * (1 + Math.cos(Math.PI * progress))
 }
 
-/**
- * What a step differentiates: one loss closure, or parts whose gradients are
- * summed into one update (gradient accumulation). Each part's graph is freed
- * before the next is built, so a batch too large for memory (the wasm heap)
- * can be split into micro-batches without changing the update.
- */
-export type Loss = (() => tf.Scalar) | ReadonlyArray<() => tf.Scalar>
+export type { Loss } from "../objective/Losses.ts"
+import type { Loss } from "../objective/Losses.ts"
 
 /**
  * The value of a loss (the sum of its parts), without gradients: the parts'
@@ -132,7 +128,7 @@ const isPortable = (parts: ReadonlyArray<() => tf.Scalar>): parts is ReadonlyArr
  * another order.
  */
 const sharded = (
-  pool: Pool,
+  pool: GradientJobs.Jobs,
   model: Denoiser.Model,
   parts: ReadonlyArray<PortablePart.Part & { readonly portable: () => Effect.Effect<PortablePart.PortablePart> }>,
   what: string
@@ -206,12 +202,12 @@ export class Optimizer extends Context.Service<Optimizer, {
       Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
         const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
-        const pool = Option.getOrUndefined(yield* Effect.serviceOption(GenerationPool))
+        const pool = yield* GradientJobs.current
         const step = Effect.fn("Optimizer.step")(function*(loss: Loss, iteration: number) {
           const lr = learningRate(c, adam.step)
           const parts = typeof loss === "function" ? 1 : loss.length
           const what = `the gradients of iteration ${iteration} (${parts} part${parts === 1 ? "" : "s"})`
-          const { value: l, grads } = pool !== undefined && pool.threads > 1 && typeof loss !== "function" && isPortable(loss)
+          const { value: l, grads } = pool.threads > 1 && typeof loss !== "function" && isPortable(loss)
             ? yield* sharded(pool, model, loss, what)
             : yield* Effect.flatMap(WasmHeap.guarded(what, undefined, () => accumulate(loss, model.params), Scoped.disposeAll), withValue)
           const gradNorm = yield* (Number.isFinite(l) ? AdamW.step(model.params, grads, adam, lr, c) : Effect.succeed(NaN)).pipe(

@@ -5,10 +5,11 @@
  * @since 0.1.0
  */
 import type * as tf from "@tensorflow/tfjs-core"
-import { Context, Effect, Layer, Option, type Scope } from "effect"
+import { Context, Effect, Layer, type Scope } from "effect"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
-import { type GenerationError, GenerationPool, inline } from "../pipeline/GenerationPool.ts"
+import * as GenerationJobs from "./GenerationJobs.ts"
+import type { GenerationError } from "./GenerationJobs.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import * as Trajectory from "./Trajectory.ts"
@@ -20,7 +21,7 @@ export class TrajectoryGenerator extends Context.Service<TrajectoryGenerator, {
 }>()("sharpen/trajectory/TrajectoryGenerator") {
   /**
    * DDIM trajectories from the policy, drawing noise from the run's
-   * generator; computed on the `GenerationPool`'s threads when one is provided.
+   * generator; computed by the `GenerationJobs` provided (threads), else here.
    */
   static readonly layer = (options: Trajectory.TrajectoryOptions) =>
     Layer.effect(
@@ -28,7 +29,7 @@ export class TrajectoryGenerator extends Context.Service<TrajectoryGenerator, {
       Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
         const { rng } = yield* RandomSource
-        const pool = Option.getOrElse(yield* Effect.serviceOption(GenerationPool), () => inline)
+        const pool = yield* GenerationJobs.current
         const schedule = Schedule.make(model.config.schedule)
         return TrajectoryGenerator.of({
           options,

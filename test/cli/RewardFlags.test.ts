@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Option, Result } from "effect"
 import * as RewardFlags from "../../src/cli/RewardFlags.ts"
-import { ConfigError } from "../../src/pipeline/SharpenConfig.ts"
+import { ConfigError } from "../../src/sharpen/SharpenConfig.ts"
 
 const none = {
   reward: Option.none(),

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
-import * as TrainingLoop from "../../src/pipeline/TrainingLoop.ts"
+import * as TrainingLoop from "../../src/train/TrainingLoop.ts"
 import * as WasmHeap from "../../src/tensor/WasmHeap.ts"
 
 // What tfjs-backend-wasm prints (through console.warn) when XNNPACK cannot

@@ -1,0 +1,151 @@
+/**
+ * The default layer stacks of the two algorithms. Each stage is one layer;
+ * to swap a stage, provide your own layer for its service instead (see
+ * docs/architecture.md):
+ *
+ *   Sharpen.rlhf(config).pipe(
+ *     Effect.provide(SharpenLayers.rlhf(config, { model, runDir, reward: myRewardLayer }))
+ *   )
+ *
+ * @since 0.1.0
+ */
+import { type FileSystem, Layer, type Path } from "effect"
+import * as Denoiser from "../model/Denoiser.ts"
+import { Reference } from "../model/Reference.ts"
+import * as ImageLevel from "../objective/ImageLevel.ts"
+import { Objective } from "../objective/Objective.ts"
+import { Ema } from "../optim/Ema.ts"
+import { Optimizer } from "../optim/Optimizer.ts"
+import { Decoder } from "../reward/Decoder.ts"
+import type { Reward } from "../reward/Reward.ts"
+import { Backend } from "../tensor/Backend.ts"
+import { RandomSource } from "../tensor/RandomSource.ts"
+import { PathSelector } from "../trajectory/PathSelector.ts"
+import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
+import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
+import { Checkpointer } from "./Checkpointer.ts"
+import { GenerationPool } from "../parallel/GenerationPool.ts"
+import { Metrics } from "./Metrics.ts"
+import type { SharpenConfig } from "./SharpenConfig.ts"
+import * as PreferencePairs from "./PreferencePairs.ts"
+import { BatchSource } from "./Sources.ts"
+
+export interface Wiring<RE, RR> {
+  /** Model directory of the base model (policy start and RLHF reference). */
+  readonly model: string
+  /** Checkpoints, metrics.jsonl. */
+  readonly runDir: string
+  /** The reward stage. */
+  readonly reward: Layer.Layer<Reward, RE, RR>
+  /** Tensor backend layer (default: auto / SHARPEN_BACKEND). */
+  readonly backend?: Layer.Layer<Backend, unknown>
+  /** Progress label for the metrics sink. */
+  readonly label?: string
+  /** Metrics sink (default: metrics.jsonl in runDir with a progress bar). */
+  readonly metrics?: Layer.Layer<Metrics, never, FileSystem.FileSystem | Path.Path>
+  /**
+   * The data source (default: ShapeWorld renders for SFT, online samples of
+   * ShapeWorld prompts for RLHF); the lab gives its own points.
+   */
+  readonly source?: Layer.Layer<BatchSource, never, RandomSource | Denoiser.Denoiser>
+  /** Model space to what the reward scores (default: ShapeWorld's pixel decoder). */
+  readonly decoder?: Layer.Layer<Decoder>
+  /** Which paths to learn from (default: best and worst, `PathSelector.bestWorst`). */
+  readonly selector?: Layer.Layer<PathSelector>
+  /**
+   * Threads of the iterations' generation (online samples, trajectories),
+   * the main thread included (default 1: no worker threads; "auto": one per
+   * core on the JS backends, 1 on the others, as the CLI's `--threads`).
+   * See `GenerationPool`.
+   */
+  readonly threads?: number | "auto"
+}
+
+export const trajectoryOptions = (c: SharpenConfig) => ({
+  n: c.n,
+  m: c.m,
+  inferenceSteps: c.inferenceSteps,
+  cfg: c.cfg,
+  estimator: c.estimator,
+  timestep: c.timestep,
+  perPrompt: c.timestepPer === "prompt",
+  continuation: c.preference === "image" || c.aggregation.kind === "final"
+})
+
+/** The AdamW settings of a run (one optimiser step per iteration). */
+export const optimizerConfig = (c: SharpenConfig) => ({
+  beta1: c.beta1,
+  beta2: c.beta2,
+  eps: 1e-8,
+  weightDecay: c.weightDecay,
+  maxGradNorm: c.maxGradNorm,
+  lr: c.lr,
+  warmupSteps: c.warmupSteps,
+  schedule: c.lrSchedule,
+  totalSteps: c.iterations
+})
+
+/** The run's weight average (a no-op service when `ema` is 0). */
+export const emaLayer = (c: SharpenConfig) => Ema.layer(c.ema)
+
+/** Stages both algorithms share, given the source and objective layers. */
+const common = <RE, RR, OE, OR, SE, SR>(
+  c: SharpenConfig,
+  w: Wiring<RE, RR>,
+  objective: Layer.Layer<Objective, OE, OR>,
+  source: Layer.Layer<BatchSource, SE, SR>
+) => {
+  const backend = w.backend ?? Backend.layer
+  const base = GenerationPool.layer(w.threads ?? 1).pipe(
+    Layer.provideMerge(Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed))),
+    Layer.provideMerge(backend)
+  )
+  const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? "sharpen", c.trainingNfe ?? 0)
+  const stages = Layer.mergeAll(
+    TrajectoryGenerator.layer(trajectoryOptions(c)),
+    TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
+    w.selector ?? PathSelector.bestWorst,
+    objective,
+    w.source ?? source,
+    Optimizer.adamW(optimizerConfig(c)),
+    emaLayer(c),
+    metrics
+  )
+  const checkpointer = Checkpointer.layer(w.runDir, c.keepCheckpoints)
+  return checkpointer.pipe(Layer.provideMerge(stages), Layer.provideMerge(base))
+}
+
+/**
+ * SFT-Diffusion-Sharpening: ShapeWorld image-text pairs, Eq. 9 on the best path.
+ *
+ * @since 0.1.0
+ */
+export const sft = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
+  common(
+    c,
+    w,
+    c.preference === "image"
+      ? ImageLevel.sft({ microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1 })
+      : Objective.sft({ target: c.target, microBatchRows: c.microBatchRows }),
+    BatchSource.imageText(c.split)
+  )
+
+/**
+ * RLHF-Diffusion-Sharpening: online samples, Eq. 11 against the frozen base model.
+ *
+ * @since 0.1.0
+ */
+export const rlhf = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
+  common(
+    c,
+    w,
+    (c.preference === "image"
+      ? ImageLevel.rlhf({ beta: c.dpoBeta, margin: c.margin, microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1, winnerSft: c.winnerSft ?? 0, minLossTimestep: c.minLossTimestep ?? 0 })
+      : Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps, microBatchRows: c.microBatchRows })).pipe(
+        // The reference is always the base model directory, also when resuming.
+        Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))
+      ),
+    c.start === "noise"
+      ? PreferencePairs.promptSource(c.split)
+      : BatchSource.online({ split: c.split, steps: c.onlineSteps, cfg: c.cfg })
+  )

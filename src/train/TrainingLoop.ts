@@ -1,0 +1,96 @@
+/**
+ * The step loop of the project's supervised trainings (pretraining, the clip
+ * reward): a progress bar, a time budget, checkpoints every N steps, a
+ * checkpoint on Ctrl-C, and a stop with `NonFiniteLoss` (nothing applied,
+ * last checkpoint intact) when a step's loss or gradient is not finite.
+ *
+ * @since 0.1.0
+ */
+import { Effect } from "effect"
+import * as Progress from "../io/Progress.ts"
+import { NonFiniteLoss } from "../optim/Optimizer.ts"
+import { WasmHeapExhausted } from "../tensor/WasmHeap.ts"
+
+export interface StepOutcome {
+  readonly loss: number
+  readonly gradNorm: number
+  /** Extra numbers for the progress line. */
+  readonly show?: Readonly<Record<string, number>>
+}
+
+export interface LoopOptions<E, R> {
+  readonly label: string
+  /** Total steps of the run. */
+  readonly total: number
+  /** Steps already done (when resuming). */
+  readonly start: number
+  /** Training wall time already spent (when resuming), ms. */
+  readonly startWallMs: number
+  /** Stop (with a checkpoint) after this many minutes in this session; 0 = no limit. */
+  readonly maxMinutes: number
+  readonly checkpointEvery: number
+  /** One optimisation step, `index` 0-based (an Effect or a promise when it reads tensors or waits on worker threads). */
+  readonly step: (index: number) => StepOutcome | Promise<StepOutcome> | Effect.Effect<StepOutcome, WasmHeapExhausted>
+  readonly checkpoint: (steps: number, wallMs: number) => Effect.Effect<void, E, R>
+}
+
+/**
+ * Run the loop; returns the steps done and the total training wall time.
+ *
+ * @since 0.1.0
+ */
+export const run = <E, R>(o: LoopOptions<E, R>): Effect.Effect<{ steps: number; wallMs: number }, E | NonFiniteLoss | WasmHeapExhausted, R> =>
+  Effect.gen(function*() {
+    const bar = Progress.make({ label: o.label, total: o.total, start: o.start })
+    const t0 = performance.now() - o.startWallMs
+    const wall = () => performance.now() - t0
+    const sessionStart = performance.now()
+    let step = o.start
+    let saved = step
+    yield* Effect.gen(function*() {
+      while (step < o.total) {
+        if (o.maxMinutes > 0 && performance.now() - sessionStart > o.maxMinutes * 60_000) {
+          yield* Effect.logInfo(`time budget of ${o.maxMinutes} min reached at step ${step}`)
+          break
+        }
+        // Heap exhaustion is the one thing a step throws that a caller can act on (smaller batch).
+        const heapOrDie = (e: unknown) => (e instanceof WasmHeapExhausted ? Effect.fail(e) : Effect.die(e))
+        const out = yield* Effect.suspend(() => {
+          try {
+            return Effect.succeed(o.step(step))
+          } catch (e) {
+            return heapOrDie(e)
+          }
+        })
+        const r = out instanceof Promise
+          ? yield* Effect.tryPromise({ try: () => out, catch: (e) => e }).pipe(Effect.catch(heapOrDie))
+          : Effect.isEffect(out)
+          ? yield* out.pipe(Effect.catchDefect(heapOrDie))
+          : out
+        if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
+          return yield* new NonFiniteLoss({ iteration: step + 1, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` })
+        }
+        step += 1
+        bar.tick(step, r.show)
+        if (step % o.checkpointEvery === 0) {
+          yield* o.checkpoint(step, wall())
+          saved = step
+        }
+        yield* Effect.yieldNow
+      }
+    }).pipe(
+      // Ctrl-C mid-run: keep what was learned since the last save.
+      Effect.onInterrupt(() =>
+        Effect.gen(function*() {
+          bar.end()
+          if (step > saved) {
+            yield* o.checkpoint(step, wall()).pipe(Effect.ignore)
+            yield* Effect.logInfo(`interrupted: checkpoint written at step ${step}`)
+          }
+        })
+      )
+    )
+    bar.end()
+    if (step > saved) yield* o.checkpoint(step, wall())
+    return { steps: step, wallMs: wall() }
+  })
