@@ -47,6 +47,8 @@ export const RunRecord = Schema.Struct({
   format: Schema.Literal("diffusion-sharpening/run@1"),
   version: Schema.String,
   algorithm: Schema.String,
+  /** The preset the settings were resolved from (informational: the settings decide). */
+  preset: Schema.optionalKey(Schema.String),
   /** The settings, encoded; fields added by later versions may be absent (then their default). */
   settings: Schema.Record(Schema.String, Schema.Unknown),
   reward: Schema.Record(Schema.String, Schema.Unknown),
@@ -74,6 +76,7 @@ export class RunMismatch extends Schema.TaggedError<RunMismatch>()("RunMismatch"
 export const make = Effect.fn("RunRecord.make")(function*(options: {
   readonly algorithm: string
   readonly config: SharpenConfig.SharpenConfig
+  readonly preset?: SharpenConfig.Preset
   readonly reward: Registry.RewardSpec
   readonly model: string
 }) {
@@ -83,6 +86,7 @@ export const make = Effect.fn("RunRecord.make")(function*(options: {
     format: "diffusion-sharpening/run@1",
     version: VERSION,
     algorithm: options.algorithm,
+    ...(options.preset === undefined ? {} : { preset: options.preset }),
     settings: Schema.encodeSync(SharpenConfig.SharpenConfig)(options.config) as Record<string, unknown>,
     reward: { ...options.reward },
     baseModel: { path: options.model, sha256: yield* ModelDir.contentHash(options.model) },

@@ -88,64 +88,106 @@ export const optimizerConfig = (c: SharpenConfig) => ({
 /** The run's weight average (a no-op service when `ema` is 0). */
 export const emaLayer = (c: SharpenConfig) => Ema.layer(c.ema)
 
-/** Stages both algorithms share, given the source and objective layers. */
-const common = <RE, RR, OE, OR, SE, SR>(
-  c: SharpenConfig,
-  w: Wiring<RE, RR>,
-  objective: Layer.Layer<Objective, OE, OR>,
-  source: Layer.Layer<BatchSource, SE, SR>
-) => {
+/**
+ * What every run needs besides its stages: the policy, the run's random
+ * generator, the threads, the backend, metrics, the weight average and
+ * checkpoints.
+ *
+ * @since 0.6.0
+ */
+export const runLayers = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) => {
   const backend = w.backend ?? Backend.layer
   const base = GenerationPool.layer(w.threads ?? 1).pipe(
     Layer.provideMerge(Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed))),
     Layer.provideMerge(backend)
   )
   const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? "sharpen", c.trainingNfe ?? 0)
-  const stages = Layer.mergeAll(
-    TrajectoryGenerator.layer(trajectoryOptions(c)),
-    TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
-    w.selector ?? PathSelector.bestWorst,
-    objective,
-    w.source ?? source,
-    Optimizer.adamW(optimizerConfig(c)),
-    emaLayer(c),
-    metrics
-  )
-  const checkpointer = Checkpointer.layer(w.runDir, c.keepCheckpoints)
-  return checkpointer.pipe(Layer.provideMerge(stages), Layer.provideMerge(base))
+  return { base, metrics, ema: emaLayer(c), checkpointer: Checkpointer.layer(w.runDir, c.keepCheckpoints) }
 }
 
 /**
- * SFT-Diffusion-Sharpening: ShapeWorld image-text pairs, Eq. 9 on the best path.
+ * A run from its stages: `stages` gets the policy, the generator, the
+ * threads and the backend, and the run's layers (metrics, EMA, checkpoints)
+ * are added around it.
+ *
+ * @since 0.6.0
+ */
+export const assemble = <RE, RR, SE, SR>(c: SharpenConfig, w: Wiring<RE, RR>, stages: Layer.Layer<Stages, SE, SR>) => {
+  const run = runLayers(c, w)
+  return run.checkpointer.pipe(
+    Layer.provideMerge(Layer.mergeAll(stages, run.ema, run.metrics)),
+    Layer.provideMerge(run.base)
+  )
+}
+
+/** The services of one iteration's stages (docs/architecture.md). */
+export type Stages = BatchSource | TrajectoryGenerator | TrajectoryScorer | PathSelector | Objective | Optimizer
+
+/** The reward of each path: the wiring's reward on the decoded samples. */
+export const scorer = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
+  TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer)))
+
+/** SFT: the denoising loss on the best path's final image (image-level), or Eq. 9 along the best path (paper). */
+export const sftObjective = (c: SharpenConfig) =>
+  c.preference === "image"
+    ? ImageLevel.sft({ microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1 })
+    : Objective.sft({ target: c.target, microBatchRows: c.microBatchRows })
+
+/**
+ * RLHF: Diffusion-DPO between the best and worst paths' final images
+ * (image-level), or Eq. 11 between noise draws of one image (paper), against
+ * the frozen base model.
+ */
+export const rlhfObjective = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
+  (c.preference === "image"
+    ? ImageLevel.rlhf({ beta: c.dpoBeta, margin: c.margin, microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1, winnerSft: c.winnerSft ?? 0, minLossTimestep: c.minLossTimestep ?? 0 })
+    : Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps, microBatchRows: c.microBatchRows })).pipe(
+      // The reference is always the base model directory, also when resuming.
+      Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))
+    )
+
+/** RLHF's prompts and start images: online samples of the policy, or prompts alone when paths start from noise. */
+export const rlhfSource = (c: SharpenConfig) =>
+  c.start === "noise"
+    ? PreferencePairs.promptSource(c.split)
+    : BatchSource.online({ split: c.split, steps: c.onlineSteps, cfg: c.cfg })
+
+/**
+ * SFT-Diffusion-Sharpening with every stage at its default
+ * (`pipelines/sft.ts` spells the same assembly out).
  *
  * @since 0.1.0
  */
 export const sft = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
-  common(
+  assemble(
     c,
     w,
-    c.preference === "image"
-      ? ImageLevel.sft({ microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1 })
-      : Objective.sft({ target: c.target, microBatchRows: c.microBatchRows }),
-    BatchSource.imageText(c.split)
+    Layer.mergeAll(
+      TrajectoryGenerator.layer(trajectoryOptions(c)),
+      scorer(c, w),
+      w.selector ?? PathSelector.bestWorst,
+      sftObjective(c),
+      w.source ?? BatchSource.imageText(c.split),
+      Optimizer.adamW(optimizerConfig(c))
+    )
   )
 
 /**
- * RLHF-Diffusion-Sharpening: online samples, Eq. 11 against the frozen base model.
+ * RLHF-Diffusion-Sharpening with every stage at its default
+ * (`pipelines/rlhf.ts` spells the same assembly out).
  *
  * @since 0.1.0
  */
 export const rlhf = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
-  common(
+  assemble(
     c,
     w,
-    (c.preference === "image"
-      ? ImageLevel.rlhf({ beta: c.dpoBeta, margin: c.margin, microBatchRows: c.microBatchRows, stepsPerBatch: c.stepsPerBatch ?? 1, winnerSft: c.winnerSft ?? 0, minLossTimestep: c.minLossTimestep ?? 0 })
-      : Objective.rlhf({ beta: c.dpoBeta, margin: c.margin, target: c.target, referenceSteps: c.referenceSteps, microBatchRows: c.microBatchRows })).pipe(
-        // The reference is always the base model directory, also when resuming.
-        Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))
-      ),
-    c.start === "noise"
-      ? PreferencePairs.promptSource(c.split)
-      : BatchSource.online({ split: c.split, steps: c.onlineSteps, cfg: c.cfg })
+    Layer.mergeAll(
+      TrajectoryGenerator.layer(trajectoryOptions(c)),
+      scorer(c, w),
+      w.selector ?? PathSelector.bestWorst,
+      rlhfObjective(c, w),
+      w.source ?? rlhfSource(c),
+      Optimizer.adamW(optimizerConfig(c))
+    )
   )

@@ -21,7 +21,7 @@ describe("SharpenConfig.resolve", () => {
     // SFT keeps the library defaults.
     assert.deepStrictEqual(ok(SharpenConfig.resolve("sft", [])), SharpenConfig.defaults)
     // The published algorithm runs as published, by flag or by a file asking for its preference.
-    const paper = ok(SharpenConfig.resolve("rlhf", [], { paper: true }))
+    const paper = ok(SharpenConfig.resolve("rlhf", [], { preset: "paper" }))
     assert.deepStrictEqual(paper, { ...SharpenConfig.defaults, ...SharpenConfig.paperVariant })
     const byFile = ok(SharpenConfig.resolve("rlhf", [{ ...SharpenConfig.paperVariant }]))
     assert.strictEqual(byFile.inferenceSteps, SharpenConfig.defaults.inferenceSteps)
@@ -32,3 +32,51 @@ describe("SharpenConfig.resolve", () => {
     assert.strictEqual(failureOf(bad).field, "stepsPerBatch")
   })
 })
+
+describe("SharpenConfig presets and grouped files", () => {
+  it("every setting is in one group, and every default is in defaults", () => {
+    const keys = Object.keys(SharpenConfig.fields)
+    assert.deepStrictEqual([...keys].sort(), Object.keys(SharpenConfig.SharpenConfig.fields).sort())
+    const grouped = SharpenConfig.Group.literals.flatMap((g) => SharpenConfig.groupFields(g))
+    assert.deepStrictEqual([...grouped].sort(), [...keys].sort())
+    // microBatchRows alone has no default (the backend's).
+    assert.deepStrictEqual(keys.filter((k) => !(k in SharpenConfig.defaults)), ["microBatchRows"])
+  })
+
+  it("a grouped file reads as the flat one; a setting in the wrong group or an unknown preset names itself", () => {
+    const grouped = ok2(SharpenConfig.fromFile({ preset: "paper", optimizer: { lr: 1e-5 }, algorithm: { n: 4 }, $comment: "x" }))
+    assert.deepStrictEqual(grouped, { preset: "paper", settings: { lr: 1e-5, n: 4 } })
+    assert.deepStrictEqual(ok2(SharpenConfig.fromFile({ lr: 1e-5 })), { preset: undefined, settings: { lr: 1e-5 } })
+    const misplaced = failureOf(SharpenConfig.fromFile({ algorithm: { lr: 1e-5 } }, "f.json"))
+    assert.strictEqual(misplaced.field, "algorithm.lr")
+    assert.include(misplaced.message, `belongs in "optimizer"`)
+    assert.strictEqual(failureOf(SharpenConfig.fromFile({ run: { nope: 1 } })).field, "run.nope")
+    assert.strictEqual(failureOf(SharpenConfig.fromFile({ preset: "papr" })).field, "preset")
+    assert.strictEqual(failureOf(SharpenConfig.fromFile({ optimizer: 3 })).field, "optimizer")
+  })
+
+  it("toFile groups the resolved settings and fromFile reads them back to the same settings", () => {
+    const config = ok(SharpenConfig.resolve("rlhf", [{ n: 5 }], { preset: "paper" }))
+    const file = SharpenConfig.toFile(config, "paper")
+    assert.strictEqual(file.preset, "paper")
+    assert.strictEqual((file.algorithm as Record<string, unknown>).n, 5)
+    assert.strictEqual((file.optimizer as Record<string, unknown>).beta1, 0)
+    const back = ok2(SharpenConfig.fromFile(file))
+    assert.deepStrictEqual(ok(SharpenConfig.decode([back.settings])), config)
+  })
+
+  it("presets: image-level by default, paper and lab by name, the published preference alone keeps the plain defaults", () => {
+    assert.strictEqual(SharpenConfig.presetFor([]), "image-level")
+    assert.strictEqual(SharpenConfig.presetFor([{ preference: "paper" }]), "defaults")
+    assert.strictEqual(SharpenConfig.presetFor([{ preference: "paper" }], "paper"), "paper")
+    const lab = ok(SharpenConfig.resolve("rlhf", [], { preset: "lab" }))
+    assert.strictEqual(lab.cfg, 1)
+    assert.strictEqual(lab.dpoBeta, 5)
+    assert.deepStrictEqual(ok(SharpenConfig.resolve("sft", [], { preset: "paper" })), { ...SharpenConfig.defaults, ...SharpenConfig.presets.paper.sft })
+  })
+})
+
+const ok2 = <A>(r: Result.Result<A, SharpenConfig.ConfigError>): A => {
+  if (Result.isFailure(r)) throw new Error(r.failure.message)
+  return r.success
+}
