@@ -151,7 +151,8 @@ interface Row {
 }
 
 const summarize = (label: string, rs: ReadonlyArray<JobResult>): Row => {
-  const s = (f: (r: JobResult) => number) => Stats.meanStd(rs.map(f), NaN)
+  // Sample SD over seeds (n - 1): the spread of a few seeds, not of a population.
+  const s = (f: (r: JobResult) => number) => Stats.meanSampleStd(rs.map(f), NaN)
   const reward = s((r) => r.reward)
   const inMode = s((r) => r.inMode)
   const onRing = s((r) => r.onRing)
@@ -181,7 +182,7 @@ const command = Command.make(
     budget: Flag.Int("budget").pipe(Flag.withDescription("training NFE per run (sampling plus the objective's model evaluations)"), Flag.withDefault(Lab.LAB_BUDGET)),
     maxIterations: Flag.Int("max-iterations").pipe(Flag.withDescription("iteration cap (methods with cheap iterations stop here first)"), Flag.withDefault(Lab.LAB_MAX_ITERATIONS)),
     evalSamples: Flag.Int("eval-samples").pipe(Flag.withDescription("fresh DDIM-50 samples per evaluation"), Flag.withDefault(4000)),
-    grid: Flag.String("grid").pipe(Flag.withDescription("JSON file: a list of settings objects; every method runs at each (a sweep)"), Flag.optional),
+    grid: Flag.String("grid").pipe(Flag.withDescription("JSON file, or inline JSON: a list of settings objects; every method runs at each (a sweep)"), Flag.optional),
     settings: Flag.String("settings").pipe(Flag.withDescription("JSON settings over every method's (e.g. '{\"lr\":3e-5}')"), Flag.optional),
     workers: Flag.Int("workers").pipe(Flag.withDescription("processes (one core each)"), Flag.withDefault(2)),
     out: Flag.String("out").pipe(Flag.withDescription("directory of table.md, lab.json and the plots"), Flag.withDefault("out/lab")),
@@ -203,10 +204,19 @@ const command = Command.make(
     if (unknown !== undefined) return yield* Effect.fail(new Error(`unknown method "${unknown}" (known: ${Lab.methods.map((m) => m.name).join(", ")}, best-of-${BEST_OF})`))
     const seeds = f.seeds.split(",").map((s) => Number(s.trim()))
     const common = Option.isSome(f.settings) ? JSON.parse(f.settings.value) as Record<string, unknown> : {}
-    const grid: ReadonlyArray<Record<string, unknown>> = Option.isSome(f.grid) ? JSON.parse(yield* fs.readFileString(f.grid.value)) : [{}]
+    // A grid file, or the list itself (a command line that states its sweep).
+    const grid: ReadonlyArray<Record<string, unknown>> = Option.isSome(f.grid)
+      ? JSON.parse(f.grid.value.trimStart().startsWith("[") ? f.grid.value : yield* fs.readFileString(f.grid.value))
+      : [{}]
     const labelOf = (m: string, g: Record<string, unknown>) => (Object.keys(g).length === 0 ? m : `${m} ${JSON.stringify(g)}`)
     // Validate every setting before anything runs.
-    for (const n of names.filter((n) => n !== `best-of-${BEST_OF}`)) for (const g of grid) Lab.configOf(Lab.methods.find((m) => m.name === n)!, { seed: 0, budget: o.budget, overrides: { ...common, ...g } })
+    for (const n of names.filter((n) => n !== `best-of-${BEST_OF}`)) {
+      for (const g of grid) {
+        const method = Lab.methods.find((m) => m.name === n)!
+        Lab.configOf(method, { seed: 0, budget: o.budget, overrides: { ...common, ...g } })
+        Lab.objectiveOf(method, { overrides: { ...common, ...g } })
+      }
+    }
     const jobs: Array<Job> = names.filter((n) => n !== `best-of-${BEST_OF}`).flatMap((method) =>
       grid.flatMap((g) => seeds.map((seed) => ({ method, seed, settings: { ...common, ...g }, label: labelOf(method, g) })))
     )
@@ -233,12 +243,14 @@ const command = Command.make(
     const rows = labels.map((l) => summarize(l, results.filter((r) => r.label === l)))
     const withBest = names.includes(`best-of-${BEST_OF}`)
     const note = (name: string) => Lab.methods.find((m) => m.name === name.split(" ")[0])?.note ?? ""
+    // One seed has no sample SD: its mean alone.
+    const spread = (sd: number, f: (x: number) => string) => (Number.isNaN(sd) ? "" : ` ± ${f(sd)}`)
     const table = [
       `| method | reward | in mode | on ring | training NFE | iterations | wall s |`,
       `|---|---|---|---|---|---|---|`,
       `| base | ${f3(base.reward)} | ${pct(base.inMode)} | ${pct(base.onRing)} | 0 | 0 | 0 |`,
       ...rows.map((r) =>
-        `| ${r.name} | ${f3(r.reward)} ± ${f3(r.rewardStd)} | ${pct(r.inMode)} ± ${pct(r.inModeStd)} | ${pct(r.onRing)} ± ${pct(r.onRingStd)} | ${Math.round(r.trainingNfe)} | ${r.iterations.toFixed(0)} | ${(r.wallMs / 1000).toFixed(1)} |`
+        `| ${r.name} | ${f3(r.reward)}${spread(r.rewardStd, f3)} | ${pct(r.inMode)}${spread(r.inModeStd, pct)} | ${pct(r.onRing)}${spread(r.onRingStd, pct)} | ${Math.round(r.trainingNfe)} | ${r.iterations.toFixed(0)} | ${(r.wallMs / 1000).toFixed(1)} |`
       ),
       ...(withBest ? [`| best-of-${BEST_OF} (inference, ${BEST_OF}x sampling NFE) | ${f3(best.reward)} | ${pct(best.inMode)} | ${pct(best.onRing)} | 0 | 0 | 0 |`] : [])
     ].join("\n")
@@ -247,7 +259,7 @@ const command = Command.make(
     const md = [
       `# Lab: reward "${o.reward}", budget ${o.budget} training NFE per run, seeds ${seeds.join(", ")}`,
       "",
-      `Command: \`${commandLine}\` (${wall.toFixed(0)} s on ${f.workers} workers). Mean ± std over seeds; ${o.evalSamples} fresh DDIM-50 samples per evaluation, the same for every model.`,
+      `Command: \`${commandLine}\` (${wall.toFixed(0)} s on ${f.workers} workers). Mean ± sample SD (n - 1) over seeds; training NFE, iterations and wall time are means over seeds (a run stops at the first iteration past the budget, and an iteration's NFE depends on its drawn start timesteps, so seeds differ: each seed's in lab.json). ${o.evalSamples} fresh DDIM-50 samples per evaluation, the same for every model.`,
       "",
       table,
       "",

@@ -6,15 +6,35 @@
  *
  * @since 0.4.0
  */
-import { type Layer, Schema } from "effect"
-import type * as Denoiser from "../model/Denoiser.ts"
-import type { RandomSource } from "../tensor/RandomSource.ts"
+import { Layer, Schema } from "effect"
+import * as Denoiser from "../model/Denoiser.ts"
+import { Reference } from "../model/Reference.ts"
+import * as GroupRelative from "../objective/GroupRelative.ts"
+import * as Nft from "../objective/Nft.ts"
+import type { Objective } from "../objective/Objective.ts"
+import { Optimizer } from "../optim/Optimizer.ts"
+import { GenerationPool } from "../parallel/GenerationPool.ts"
+import { Decoder } from "../reward/Decoder.ts"
+import { Checkpointer } from "../sharpen/Checkpointer.ts"
+import { Metrics } from "../sharpen/Metrics.ts"
+import { Backend } from "../tensor/Backend.ts"
+import { RandomSource } from "../tensor/RandomSource.ts"
+import { PathSelector } from "../trajectory/PathSelector.ts"
+import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
+import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
 import * as BaselineLayers from "./BaselineLayers.ts"
+import { objectiveDefaults, type ObjectiveSettings } from "./MethodSettings.ts"
 import type { SharpenConfig } from "../sharpen/SharpenConfig.ts"
 import * as SharpenLayers from "../sharpen/SharpenLayers.ts"
-import type { BatchSource } from "../sharpen/Sources.ts"
+import * as PreferencePairs from "../sharpen/PreferencePairs.ts"
+import { BatchSource } from "../sharpen/Sources.ts"
 
-export const ALGORITHMS = ["rlhf", "sft", "standard", "diffusion-dpo", "ddpo", "raft"] as const
+/**
+ * `nft` (DiffusionNFT) and `group` (the group-relative image-level
+ * objective) learn from all n final images of a prompt; their own settings
+ * are `ObjectiveSettings` (MethodSettings.ts).
+ */
+export const ALGORITHMS = ["rlhf", "sft", "standard", "diffusion-dpo", "ddpo", "raft", "nft", "group"] as const
 export const Algorithm = Schema.Literals(ALGORITHMS)
 export type Algorithm = typeof Algorithm.Type
 
@@ -29,7 +49,8 @@ export const layers = <RE, RR>(
   algorithm: Algorithm,
   c: SharpenConfig,
   w: SharpenLayers.Wiring<RE, RR>,
-  data?: Layer.Layer<BatchSource, never, RandomSource | Denoiser.Denoiser>
+  data?: Layer.Layer<BatchSource, never, RandomSource | Denoiser.Denoiser>,
+  objective: ObjectiveSettings = objectiveDefaults
 ) => {
   const withData = data === undefined ? w : { ...w, source: data }
   switch (algorithm) {
@@ -46,5 +67,57 @@ export const layers = <RE, RR>(
       return BaselineLayers.ddpo(c, w)
     case "raft":
       return BaselineLayers.raft(c, w)
+    case "nft":
+      return imageGroup(c, w, Nft.objective({
+        beta: objective.nftBeta,
+        advClip: objective.nftAdvClip,
+        kl: objective.nftKl,
+        oldDecay: objective.nftOldDecay,
+        weighting: objective.nftWeighting,
+        microBatchRows: c.microBatchRows,
+        stepsPerBatch: c.stepsPerBatch ?? 1
+      }))
+    case "group":
+      return imageGroup(c, w, GroupRelative.objective({
+        form: objective.groupForm,
+        beta: objective.groupBeta,
+        margin: c.margin,
+        microBatchRows: c.microBatchRows,
+        stepsPerBatch: c.stepsPerBatch ?? 1
+      }))
   }
+}
+
+/**
+ * The stack of image-level RLHF sharpening (`SharpenLayers.rlhf`: online
+ * samples or prompts, n paths each continued to t = 0 and scored by their
+ * final images, the frozen base model as reference) with another objective
+ * over all n images: the same stages in the same order, so a row differs
+ * from image-level RLHF by its objective only.
+ */
+const imageGroup = <RE, RR>(
+  c: SharpenConfig,
+  w: SharpenLayers.Wiring<RE, RR>,
+  objective: Layer.Layer<Objective, never, Denoiser.Denoiser | Reference | RandomSource>
+) => {
+  // These objectives need every path's final image, whatever the preference setting.
+  const paths = { ...SharpenLayers.trajectoryOptions(c), continuation: true }
+  const backend = w.backend ?? Backend.layer
+  const base = GenerationPool.layer(w.threads ?? 1).pipe(
+    Layer.provideMerge(Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed))),
+    Layer.provideMerge(backend)
+  )
+  const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? "sharpen", c.trainingNfe ?? 0)
+  const stages = Layer.mergeAll(
+    TrajectoryGenerator.layer(paths),
+    TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
+    w.selector ?? PathSelector.bestWorst,
+    // The reference is the base model directory, also when resuming.
+    objective.pipe(Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(backend)))),
+    w.source ?? (c.start === "noise" ? PreferencePairs.promptSource(c.split) : BatchSource.online({ split: c.split, steps: c.onlineSteps, cfg: c.cfg })),
+    Optimizer.adamW(SharpenLayers.optimizerConfig(c)),
+    SharpenLayers.emaLayer(c),
+    metrics
+  )
+  return Checkpointer.layer(w.runDir, c.keepCheckpoints).pipe(Layer.provideMerge(stages), Layer.provideMerge(base))
 }

@@ -15,7 +15,9 @@
  *
  * @since 0.4.0
  */
-import { Effect, FileSystem, Result } from "effect"
+import { Effect, FileSystem, Result, Schema, SchemaIssue } from "effect"
+import * as GroupRelative from "../objective/GroupRelative.ts"
+import * as Nft from "../objective/Nft.ts"
 import { ConfigError } from "../sharpen/SharpenConfig.ts"
 
 export interface Entry {
@@ -89,3 +91,74 @@ export const describe = (settings: MethodSettings, label: (method: string) => st
     const values = Object.entries(e.settings).map(([k, v]) => `${k} ${JSON.stringify(v)}`).join(", ")
     return `- **${label(method)}** (\`${method}\`): ${values === "" ? "(none)" : values}${e.notes.length > 0 ? ` (${e.notes.join("; ")})` : ""}`
   })
+
+/**
+ * Settings of the objectives that are methods of their own rather than
+ * sharpening settings (`MethodLayers`' `nft` and `group`): kept here, not in
+ * SharpenConfig, so a sharpening run's settings stay what they were. A
+ * method's settings object may mix them with sharpening settings;
+ * {@link splitObjective} separates the two.
+ *
+ * @since 0.7.0
+ */
+export const ObjectiveSettings = Schema.Struct({
+  /** DiffusionNFT: mixing factor beta of the implicit policies. */
+  nftBeta: Nft.NftOptions.fields.beta,
+  /** DiffusionNFT: advantages clipped to [-c, c]. */
+  nftAdvClip: Nft.NftOptions.fields.advClip,
+  /** DiffusionNFT: weight of the KL to the frozen reference. */
+  nftKl: Nft.NftOptions.fields.kl,
+  /** DiffusionNFT: the old policy's decay (0: the weights that sampled the batch). */
+  nftOldDecay: Nft.NftOptions.fields.oldDecay,
+  /** DiffusionNFT: the adaptive loss on the x0 error (the paper's) or on the eps error. */
+  nftWeighting: Nft.NftWeighting,
+  /** Group-relative objective: all pairs in the DPO form, or advantage-weighted regression. */
+  groupForm: GroupRelative.GroupForm,
+  /** Group-relative objective: the DPO beta (pairs) or the softmax temperature (awr). */
+  groupBeta: GroupRelative.GroupOptions.fields.beta
+})
+export type ObjectiveSettings = typeof ObjectiveSettings.Type
+
+/** Defaults: the paper's DiffusionNFT values (Nft.defaults), the pairs form at the lab's DPO beta 5. */
+export const objectiveDefaults: ObjectiveSettings = {
+  nftBeta: Nft.defaults.beta,
+  nftAdvClip: Nft.defaults.advClip,
+  nftKl: Nft.defaults.kl,
+  nftOldDecay: Nft.defaults.oldDecay,
+  nftWeighting: Nft.defaults.weighting,
+  groupForm: "pairs",
+  groupBeta: 5
+}
+
+/** The keys of {@link ObjectiveSettings}. */
+export const OBJECTIVE_KEYS: ReadonlyArray<string> = Object.keys(ObjectiveSettings.fields)
+
+/**
+ * A settings object split into its sharpening settings and its objective
+ * settings (the keys of {@link ObjectiveSettings}).
+ *
+ * @since 0.7.0
+ */
+export const splitObjective = (settings: Readonly<Record<string, unknown>>): {
+  readonly config: Record<string, unknown>
+  readonly objective: Record<string, unknown>
+} => {
+  const config: Record<string, unknown> = {}
+  const objective: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(settings)) (OBJECTIVE_KEYS.includes(k) ? objective : config)[k] = v
+  return { config, objective }
+}
+
+/**
+ * Objective settings over {@link objectiveDefaults}, validated; an error names the field.
+ *
+ * @since 0.7.0
+ */
+export const decodeObjective = (partial: Readonly<Record<string, unknown>>, file?: string): Result.Result<ObjectiveSettings, ConfigError> => {
+  const unknown = Object.keys(partial).find((k) => !OBJECTIVE_KEYS.includes(k))
+  if (unknown !== undefined) return Result.fail(new ConfigError({ file, field: unknown, message: `unknown objective setting "${unknown}"` }))
+  const r = Schema.decodeUnknownResult(ObjectiveSettings)({ ...objectiveDefaults, ...partial })
+  if (Result.isSuccess(r)) return Result.succeed(r.success)
+  const text = SchemaIssue.makeFormatterDefault()(r.failure.issue)
+  return Result.fail(new ConfigError({ file, field: /\["?([A-Za-z0-9]+)"?\]/.exec(text)?.[1], message: text.split("\n").join(" ") }))
+}

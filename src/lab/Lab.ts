@@ -15,6 +15,7 @@ import * as Denoiser from "../model/Denoiser.ts"
 import { Ema } from "../optim/Ema.ts"
 import { Metrics, trainingNfe } from "../sharpen/Metrics.ts"
 import * as MethodLayers from "../experiments/MethodLayers.ts"
+import * as MethodSettings from "../experiments/MethodSettings.ts"
 import type { IterationRecord } from "../sharpen/Metrics.ts"
 import * as Sharpen from "../sharpen/Sharpen.ts"
 import * as SharpenConfig from "../sharpen/SharpenConfig.ts"
@@ -28,11 +29,14 @@ import * as RingSource from "./RingSource.ts"
 
 export type Algorithm = MethodLayers.Algorithm
 
+/** Sharpening settings and, for `nft` and `group`, their objective's (MethodSettings.ObjectiveSettings). */
+export type LabSettings = Partial<SharpenConfig.SharpenConfig> & Partial<MethodSettings.ObjectiveSettings>
+
 export interface LabMethod {
   readonly name: string
   readonly algorithm: Algorithm
   /** Settings over the lab's defaults. */
-  readonly settings: Partial<SharpenConfig.SharpenConfig>
+  readonly settings: LabSettings
   readonly note: string
 }
 
@@ -43,18 +47,7 @@ export interface LabMethod {
  * ShapeWorld's scale), and the library's defaults otherwise. Each method adds
  * its own learning rate, the best of the lab's sweep (docs/method.md).
  */
-export const labDefaults: Partial<SharpenConfig.SharpenConfig> = {
-  batchSize: 8,
-  n: 3,
-  m: 3,
-  cfg: 1,
-  inferenceSteps: 50,
-  onlineSteps: 50,
-  dpoBeta: 5,
-  microBatchRows: 0,
-  iterations: 100_000,
-  checkpointEvery: 100_000
-}
+export const labDefaults: Partial<SharpenConfig.SharpenConfig> = SharpenConfig.presets.lab.rlhf
 
 /** Training NFE per run of the lab's table (sampling plus the objective's evaluations). */
 export const LAB_BUDGET = 60_000
@@ -77,7 +70,10 @@ export const methods: ReadonlyArray<LabMethod> = [
   { name: "ddpo", algorithm: "ddpo", settings: { lr: 3e-5 }, note: "PPO on n policy chains (eta 1)" },
   { name: "raft", algorithm: "raft", settings: { lr: 3e-5 }, note: "best of n fresh samples, denoising loss on it" },
   { name: "rlhf-image", algorithm: "rlhf", settings: { lr: 1e-4 }, note: "image-level RLHF sharpening (the default): DPO between the best and worst paths' final images" },
-  { name: "sft-image", algorithm: "sft", settings: { lr: 5e-5 }, note: "image-level SFT sharpening (the default): denoising loss on the best path's final image" }
+  { name: "sft-image", algorithm: "sft", settings: { lr: 5e-5 }, note: "image-level SFT sharpening (the default): denoising loss on the best path's final image" },
+  { name: "nft", algorithm: "nft", settings: { lr: 1e-4 }, note: "DiffusionNFT on the paths' final images: implicit positive / negative policies weighted by r and 1 - r from group advantages" },
+  { name: "group-pairs", algorithm: "group", settings: { lr: 1e-4, groupForm: "pairs" }, note: "group-relative image-level RLHF: DPO on every pair of the n final images, weighted by the advantage gap" },
+  { name: "group-awr", algorithm: "group", settings: { lr: 1e-4, groupForm: "awr", groupBeta: 1 }, note: "group-relative image-level SFT: denoising loss on every final image weighted by softmax(A / tau)" }
 ]
 
 export interface RunResult extends LabModel.LabMetrics {
@@ -100,16 +96,25 @@ export interface RunOptions {
   readonly evalSamples: number
   readonly backend: Layer.Layer<Backend, unknown>
   /** Settings over the method's (sweeps). */
-  readonly overrides?: Partial<SharpenConfig.SharpenConfig>
+  readonly overrides?: LabSettings
   /** Path selection (default best / worst); tests flip it to check the objectives' direction. */
   readonly selector?: Layer.Layer<PathSelector>
 }
 
-/** The method's settings, validated. */
+/** The method's sharpening settings, validated. */
 export const configOf = (method: LabMethod, o: Pick<RunOptions, "seed" | "budget" | "overrides">): SharpenConfig.SharpenConfig => {
-  const c = SharpenConfig.decode([labDefaults, method.settings, o.overrides ?? {}, { seed: o.seed, trainingNfe: o.budget }])
+  const layers = [method.settings, o.overrides ?? {}].map((l) => MethodSettings.splitObjective(l).config)
+  const c = SharpenConfig.decode([labDefaults, ...layers, { seed: o.seed, trainingNfe: o.budget }])
   if (Result.isFailure(c)) throw new RangeError(`lab method ${method.name}: ${c.failure.message}`)
   return c.success
+}
+
+/** The method's objective settings (nft, group), validated. */
+export const objectiveOf = (method: LabMethod, o: Pick<RunOptions, "overrides">): MethodSettings.ObjectiveSettings => {
+  const layers = [method.settings, o.overrides ?? {}].map((l) => MethodSettings.splitObjective(l).objective)
+  const s = MethodSettings.decodeObjective(Object.assign({}, ...layers))
+  if (Result.isFailure(s)) throw new RangeError(`lab method ${method.name}: ${s.failure.message}`)
+  return s.success
 }
 
 const stack = (method: LabMethod, c: SharpenConfig.SharpenConfig, o: RunOptions, runDir: string) =>
@@ -122,7 +127,7 @@ const stack = (method: LabMethod, c: SharpenConfig.SharpenConfig, o: RunOptions,
     decoder: Decoder.scaled(Ring.SCALE),
     label: method.name,
     ...(o.selector === undefined ? {} : { selector: o.selector })
-  }, RingSource.layer)
+  }, RingSource.layer, objectiveOf(method, o))
 
 /** Evaluation seed: the same fresh samples for every method and the base. */
 export const EVAL_SEED = 12345

@@ -1,5 +1,5 @@
 /**
- * Summary statistics on plain numbers: mean, mean with population SD, ranks,
+ * Summary statistics on plain numbers: mean, mean with population or sample SD, ranks,
  * Pearson and Spearman correlation, paired differences. The lowest layer of
  * src/ (it imports nothing from it), so every other folder may use it.
  *
@@ -31,6 +31,24 @@ export const meanStd = (xs: ArrayLike<number>, empty = 0): { readonly mean: numb
   let s = 0
   for (let i = 0; i < xs.length; i++) s += (xs[i] - m) ** 2
   return { mean: m, std: Math.sqrt(s / xs.length) }
+}
+
+/**
+ * Mean and sample standard deviation (divided by n - 1: the spread over a
+ * few seeds, as the lab's tables report it), summed left to right; the mean
+ * as {@link mean}, so switching a table from {@link meanStd} changes only its
+ * spread. `empty` for both with no values; the SD is NaN for one value (a
+ * sample SD needs two).
+ *
+ * @since 0.7.0
+ */
+export const meanSampleStd = (xs: ArrayLike<number>, empty = 0): { readonly mean: number; readonly std: number } => {
+  if (xs.length === 0) return { mean: empty, std: empty }
+  const m = mean(xs)
+  if (xs.length < 2) return { mean: m, std: NaN }
+  let s = 0
+  for (let i = 0; i < xs.length; i++) s += (xs[i] - m) ** 2
+  return { mean: m, std: Math.sqrt(s / (xs.length - 1)) }
 }
 
 /** Ranks 1..n, ties sharing their average rank (as Spearman's rho needs). */

@@ -41,6 +41,21 @@ describe("Stats", () => {
     assert.deepStrictEqual(Stats.meanStd(xs), { mean: m, std })
   })
 
+  it("meanSampleStd: sample SD (divided by n - 1), the same mean as meanStd; NaN SD for one value", () => {
+    // Squares of the deviations sum to 32: / 7 for the sample SD, / 8 for the population's.
+    const xs = [2, 4, 4, 4, 5, 5, 7, 9]
+    assert.deepStrictEqual(Stats.meanSampleStd(xs), { mean: 5, std: Math.sqrt(32 / 7) })
+    assert.strictEqual(Stats.meanSampleStd(xs).mean, Stats.meanStd(xs).mean)
+    // The lab's rlhf-image rewards over 3 seeds (docs/data/lab/lab.json): population 0.038, sample 0.046.
+    const seeds = [0.6636102490008253, 0.5974587230893555, 0.5750942717667213]
+    assert.strictEqual(Stats.meanStd(seeds).std.toFixed(3), "0.038")
+    assert.strictEqual(Stats.meanSampleStd(seeds).std.toFixed(3), "0.046")
+    const one = Stats.meanSampleStd([3])
+    assert.strictEqual(one.mean, 3)
+    assert.isNaN(one.std)
+    assert.deepStrictEqual(Stats.meanSampleStd([]), { mean: 0, std: 0 })
+  })
+
   it("pairedDifference: the mean difference and 1.96 sd / sqrt(n)", () => {
     // d = [1, 2, 3]: mean 2, sample sd 1.
     const d = Stats.pairedDifference([0, 0, 0], [1, 2, 3])

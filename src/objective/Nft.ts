@@ -1,0 +1,211 @@
+/**
+ * DiffusionNFT (Zheng et al., arXiv 2509.16117; docs/method.md), on the
+ * paths' final images (paths continued to t = 0): per prompt a group of n
+ * images from the sampling policy, each image's reward turned into an
+ * optimality weight
+ *
+ *   r_i = clip(A_i, -c, c) / (2c) + 1/2  in [0, 1],   A_i group-normalised (GroupRelative.groupAdvantages),
+ *
+ * every image noised by the forward process (its own eps and t ~ U[0, T)),
+ * and two implicit policies regressed on it, built from the trained
+ * prediction and the sampling ("old") policy's frozen prediction:
+ *
+ *   eps+ = (1 - beta) eps_old + beta eps_theta    on the image with weight r,
+ *   eps- = (1 + beta) eps_old - beta eps_theta    with weight 1 - r,
+ *
+ * each on its x0 error normalised by its own (no-gradient) scale, the
+ * paper's adaptive weighting,
+ *
+ *   L+/- = mean (x0(eps+/-) - x0)^2 / max(mean |x0(eps+/-) - x0|, 1e-5),
+ *   loss = (c / beta) * mean_i [ r_i L+_i + (1 - r_i) L-_i ]  (+ kl * mean (eps_theta - eps_ref)^2).
+ *
+ * Our models predict epsilon on a DDPM schedule, so x0(eps) = (x_t - sigma eps) / alpha
+ * and, since x_t = alpha x0 + sigma eps_true, x0(eps) - x0 = -(sigma / alpha)(eps - eps_true):
+ * the x0 form is the eps form with every row weighted by sigma/alpha
+ * (`weighting: "x0"`, the paper's); `"eps"` drops that factor (up to 157
+ * at t = 999 on the DDPM-linear schedule, where flow matching's x0 = x_t - t v
+ * has at most 1).
+ *
+ * With the sampling weights as the old policy (`oldDecay` 0) the first step
+ * on a batch has eps_theta = eps_old, and its gradient is
+ * sum_i clip(A_i) * grad L_i / N whatever beta: beta matters from the second
+ * step on a batch (`stepsPerBatch`) or with an averaged old policy.
+ *
+ * @since 0.7.0
+ */
+import * as tf from "@tensorflow/tfjs-core"
+import { Effect, Layer, Schema } from "effect"
+import * as Noise from "../diffusion/Noise.ts"
+import * as Schedule from "../diffusion/Schedule.ts"
+import * as Denoiser from "../model/Denoiser.ts"
+import { Reference } from "../model/Reference.ts"
+import { RandomSource } from "../tensor/RandomSource.ts"
+import * as Scoped from "../tensor/Scoped.ts"
+import * as Generate from "../trajectory/Generate.ts"
+import * as NoisedSamples from "../trajectory/NoisedSamples.ts"
+import type { Trajectories } from "../trajectory/Trajectory.ts"
+import { groupAdvantages, itemRows } from "./GroupRelative.ts"
+import * as Losses from "./Losses.ts"
+import { Objective } from "./Objective.ts"
+
+/** Floor of the adaptive weight (the paper's code: 1e-5). */
+export const WEIGHT_FLOOR = 1e-5
+
+export const NftWeighting = Schema.Literals(["x0", "eps"])
+export type NftWeighting = typeof NftWeighting.Type
+
+export const NftOptions = Schema.Struct({
+  /** Mixing factor of the implicit policies (paper: 1 or 0.1). */
+  beta: Schema.Number.check(Schema.isGreaterThan(0)),
+  /** Advantages clipped to [-c, c] before they become r (paper: 5). */
+  advClip: Schema.Number.check(Schema.isGreaterThan(0)),
+  /** Weight of the eps-space KL to the frozen reference (0: none, the paper's default is 1e-4). */
+  kl: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)),
+  /**
+   * The old policy: 0, the weights that sampled the batch; d > 0, an average
+   * old <- d old + (1 - d) theta folded in before each batch.
+   */
+  oldDecay: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isLessThan(1)),
+  weighting: NftWeighting,
+  microBatchRows: Schema.optional(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))),
+  stepsPerBatch: Schema.optional(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)))
+})
+export type NftOptions = typeof NftOptions.Type
+
+/** The paper's values where they carry over (beta 1, clip 5, no KL, old = sampling weights, x0 form). */
+export const defaults: NftOptions = { beta: 1, advClip: 5, kl: 0, oldDecay: 0, weighting: "x0" }
+
+/**
+ * The optimality weight of a group-normalised advantage: clip(A, -c, c) / (2c) + 1/2.
+ *
+ * @since 0.7.0
+ */
+export const optimality = (advantage: number, clip: number): number => Math.min(1, Math.max(0, Math.max(-clip, Math.min(clip, advantage)) / (2 * clip) + 0.5))
+
+/** Identity whose gradient is zero: the adaptive weight is a constant of the step (torch.no_grad in the paper's code). */
+const stopGradient = tf.customGrad(((x: tf.Tensor) => ({
+  value: tf.clone(x),
+  gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy)
+})) as never) as unknown as (x: tf.Tensor) => tf.Tensor
+
+/**
+ * Per-row NFT loss ([rows]) from the trained prediction `epsTheta`, the old
+ * policy's `epsOld` (a constant), the true noise, each row's x0 scale
+ * (sigma/alpha, or 1 for the eps form) and optimality weight r:
+ * (c / beta) (r L+ + (1 - r) L-). Pure; call inside a gradient function.
+ *
+ * @since 0.7.0
+ */
+export const rowLosses = (
+  epsTheta: tf.Tensor,
+  epsOld: tf.Tensor,
+  noise: tf.Tensor,
+  scale: ReadonlyArray<number>,
+  r: ReadonlyArray<number>,
+  beta: number,
+  clip: number
+): tf.Tensor1D =>
+  tf.tidy(() => {
+    const rows = scale.length
+    const flat = (x: tf.Tensor) => tf.reshape(x, [rows, -1])
+    const s = tf.tensor2d(scale as Array<number>, [rows, 1])
+    const dTheta = tf.sub(flat(epsTheta), flat(noise))
+    const dOld = tf.sub(flat(epsOld), flat(noise))
+    // x0 errors of the implicit policies (sign dropped: only squares and magnitudes enter).
+    const positive = tf.mul(s, tf.add(tf.mul(dOld, 1 - beta), tf.mul(dTheta, beta)))
+    const negative = tf.mul(s, tf.sub(tf.mul(dOld, 1 + beta), tf.mul(dTheta, beta)))
+    const normalised = (d: tf.Tensor) => tf.div(tf.mean(tf.square(d), 1), stopGradient(tf.maximum(tf.mean(tf.abs(d), 1), WEIGHT_FLOOR)))
+    const rt = tf.tensor1d(r as Array<number>)
+    const mixed = tf.add(tf.mul(rt, normalised(positive)), tf.mul(tf.sub(1, rt), normalised(negative)))
+    return tf.mul(mixed, clip / beta) as tf.Tensor1D
+  })
+
+/** Every image noised on its own: one eps and one t ~ U[0, T) per row (as the paper's code). */
+interface NoisedRows {
+  readonly xt: tf.Tensor
+  readonly noise: tf.Tensor
+  readonly t: ReadonlyArray<number>
+}
+
+const noisedRows = (schedule: Schedule.Schedule, t: Trajectories, rng: Parameters<typeof NoisedSamples.drawTimesteps>[0]): NoisedRows => {
+  const final = t.final ?? (() => {
+    throw new TypeError("DiffusionNFT needs paths continued to t = 0 (continuation: true)")
+  })()
+  const rows = final.shape[0]
+  const ts = NoisedSamples.drawTimesteps(rng, schedule.trainSteps, rows)
+  const noise = Generate.normalTensor(rng, final.shape)
+  return { xt: Noise.addNoise(schedule, final, noise, ts), noise, t: ts }
+}
+
+/**
+ * The DiffusionNFT objective. Needs the paths' final images; the selection
+ * is not used (every image counts through its r).
+ *
+ * @since 0.7.0
+ */
+export const objective = (o: NftOptions): Layer.Layer<Objective, never, Denoiser.Denoiser | Reference | RandomSource> =>
+  Layer.effect(
+    Objective,
+    Effect.gen(function*() {
+      const { model } = yield* Denoiser.Denoiser
+      const reference = (yield* Reference).model
+      const { rng } = yield* RandomSource
+      const schedule = Schedule.make(model.config.schedule)
+      // oldDecay 0: the policy itself, read before any step of the batch (its weights sampled the batch).
+      const old = o.oldDecay > 0 ? yield* Denoiser.cloneScoped(model) : model
+      const fold = Effect.sync(() => {
+        if (old === model) return
+        for (const [k, v] of Object.entries(old.params)) {
+          const next = tf.tidy(() => tf.add(tf.mul(v, o.oldDecay), tf.mul(model.params[k], 1 - o.oldDecay)))
+          v.assign(next)
+          next.dispose()
+        }
+      })
+      const xScale = (u: number) => (o.weighting === "x0" ? Schedule.sigma(schedule, u) / Schedule.alpha(schedule, u) : 1)
+      return Objective.of({
+        name: "nft",
+        prepare: (t, _selection, scores) =>
+          Effect.gen(function*() {
+            const b = t.batch
+            const n = t.n
+            const adv = groupAdvantages(scores.trajectory)
+            const r = adv.flat().map((a) => optimality(a, o.advClip))
+            yield* fold
+            const prompts = Array.from({ length: n * b }, (_, row) => t.prompts[row % b])
+            // Every step's noise, and the old policy's (and reference's) predictions on it, before any step.
+            const steps = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
+              Scoped.acquireWith(() => {
+                const s = noisedRows(schedule, t, rng)
+                return {
+                  ...s,
+                  old: Denoiser.eps(old, s.xt, s.t, prompts),
+                  ref: o.kl > 0 ? Denoiser.eps(reference, s.xt, s.t, prompts) : undefined
+                }
+              }, (s) => tf.dispose([s.xt, s.noise, s.old, ...(s.ref === undefined ? [] : [s.ref])])))
+            const parts = Losses.microBatchesByRows(b, n, o.microBatchRows ?? Losses.defaultMicroBatchRows())
+            const losses = steps.map((s) =>
+              parts.map((items) => {
+                const rows = itemRows(n, b, items)
+                return () =>
+                  tf.tidy(() => {
+                    const take = (x: tf.Tensor) => tf.gather(x, tf.tensor1d(rows, "int32"))
+                    const ts = rows.map((row) => s.t[row])
+                    const eps = Denoiser.eps(model, take(s.xt), ts, rows.map((row) => prompts[row]))
+                    const policy = tf.sum(rowLosses(eps, take(s.old), take(s.noise), ts.map(xScale), rows.map((row) => r[row]), o.beta, o.advClip))
+                    const kl = s.ref === undefined ? tf.scalar(0) : tf.mul(tf.sum(tf.mean(tf.reshape(tf.squaredDifference(eps, take(s.ref)), [rows.length, -1]), 1)), o.kl)
+                    // The part's share of the mean over all n*B images.
+                    return tf.div(tf.add(policy, kl), n * b) as tf.Scalar
+                  })
+              })
+            )
+            return {
+              loss: losses[0],
+              ...(losses.length > 1 ? { updates: losses.slice(1) } : {}),
+              stats: {},
+              // Per step: the trained and the old policy on all n*B images, and the reference with a KL.
+              nfe: (o.kl > 0 ? 3 : 2) * n * b * losses.length
+            }
+          })
+      })
+    })
+  )
