@@ -21,20 +21,20 @@ import * as HostRead from "../tensor/HostRead.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as AdamW from "./AdamW.ts"
+import * as LrSchedule from "./LrSchedule.ts"
 
 export class NonFiniteLoss extends Schema.TaggedError<NonFiniteLoss>()("NonFiniteLoss", {
   iteration: Schema.Int,
   message: Schema.String
 }) {}
 
-export const LrSchedule = Schema.Literals(["constant", "cosine"])
-export type LrSchedule = typeof LrSchedule.Type
+export { LrSchedule } from "./LrSchedule.ts"
 
 export const OptimizerConfig = Schema.Struct({
   ...AdamWConfigFields(),
   lr: Schema.Number.check(Schema.isGreaterThan(0)),
   warmupSteps: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
-  schedule: LrSchedule,
+  schedule: LrSchedule.LrSchedule,
   totalSteps: Schema.Int.check(Schema.isGreaterThan(0))
 })
 export type OptimizerConfig = typeof OptimizerConfig.Type
@@ -43,13 +43,8 @@ function AdamWConfigFields() {
   return AdamW.AdamWConfig.fields
 }
 
-/** Learning rate at a 0-based step: linear warm-up, then constant or cosine to 0. */
-export const learningRate = (c: Pick<OptimizerConfig, "lr" | "warmupSteps" | "schedule" | "totalSteps">, step: number): number => {
-  if (c.warmupSteps > 0 && step < c.warmupSteps) return (c.lr * (step + 1)) / c.warmupSteps
-  if (c.schedule === "constant") return c.lr
-  const progress = Math.min(1, (step - c.warmupSteps) / Math.max(1, c.totalSteps - c.warmupSteps))
-  return 0.5 * c.lr * (1 + Math.cos(Math.PI * progress))
-}
+/** Learning rate at a 0-based step: linear warm-up, then constant or cosine to 0 (`LrSchedule.at`). */
+export const learningRate = (c: Pick<OptimizerConfig, "lr" | "warmupSteps" | "schedule" | "totalSteps">, step: number): number => LrSchedule.at(c, step)
 
 export type { Loss } from "../objective/Losses.ts"
 import type { Loss } from "../objective/Losses.ts"

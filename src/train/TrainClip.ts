@@ -42,6 +42,7 @@ import * as HostRead from "../tensor/HostRead.ts"
 import { Rng, RngState } from "../tensor/Random.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import { lossPlot } from "./Pretrain.ts"
+import * as LrSchedule from "../optim/LrSchedule.ts"
 import * as TrainingLoop from "./TrainingLoop.ts"
 
 export const TrainClipOptions = Schema.Struct({
@@ -231,11 +232,8 @@ export const trainStep = (
   })
 
 /** Linear warm-up, then cosine decay to 10% of the peak at `steps`. */
-export const lrAt = (o: Pick<TrainClipOptions, "lr" | "warmupSteps" | "steps">, step: number): number => {
-  if (o.warmupSteps > 0 && step < o.warmupSteps) return o.lr * (step + 1) / o.warmupSteps
-  const t = Math.min(1, (step - o.warmupSteps) / Math.max(1, o.steps - o.warmupSteps))
-  return o.lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * t)))
-}
+export const lrAt = (o: Pick<TrainClipOptions, "lr" | "warmupSteps" | "steps">, step: number): number =>
+  LrSchedule.at({ lr: o.lr, minLr: 0.1 * o.lr, warmupSteps: o.warmupSteps, totalSteps: o.steps, schedule: "cosine" }, step)
 
 export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
   const path = yield* Path.Path
