@@ -4,27 +4,26 @@
  *
  *   npx tsx pipelines/conditioning.ts --model models/shapeworld-base
  */
-import { Console, Effect, Layer } from "effect"
+import { Console, Effect } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
+import * as Setup from "../src/cli/Setup.ts"
 import * as Conditioning from "../src/eval/Conditioning.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
-import { Backend, BackendName } from "../src/tensor/Backend.ts"
 
 const command = Command.make(
   "conditioning",
   {
-    model: Flag.String("model").pipe(Flag.withDescription("model directory"), Flag.withDefault("models/shapeworld-base")),
+    model: Setup.modelFlag(),
     batch: Flag.Int("batch").pipe(Flag.withDescription("renders per timestep"), Flag.withDefault(32)),
     seed: Flag.Int("seed").pipe(Flag.withDefault(5)),
-    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+    backend: Setup.backendFlag
   },
   Effect.fn(function*(f) {
-    const backend = Backend.fromFlag(f.backend)
     const table = yield* Effect.gen(function*() {
       const { model } = yield* Denoiser.Denoiser
       return Conditioning.markdown(yield* Conditioning.report(model, f.batch, f.seed))
-    }).pipe(Effect.provide(Denoiser.Denoiser.fromDir(f.model, false).pipe(Layer.provideMerge(backend))), Effect.scoped)
+    }).pipe(Effect.provide(Setup.denoiser(f.model, f.backend)), Effect.scoped)
     yield* Console.log(`${f.model}\n\n${table}`)
   })
 ).pipe(Command.withDescription("How much a denoiser uses its prompt: noise error with and without it, per timestep."))

@@ -20,6 +20,7 @@ import * as os from "node:os"
 import * as nodePath from "node:path"
 import * as tf from "@tensorflow/tfjs-core"
 import * as Main from "../src/cli/Main.ts"
+import * as Setup from "../src/cli/Setup.ts"
 import * as Progress from "../src/io/Progress.ts"
 import * as PathAgreement from "../src/eval/PathAgreement.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
@@ -31,7 +32,7 @@ import * as SharpenLayers from "../src/sharpen/SharpenLayers.ts"
 import { BatchSource } from "../src/sharpen/Sources.ts"
 import { Decoder, scoreSamples } from "../src/reward/Decoder.ts"
 import * as Registry from "../src/reward/Registry.ts"
-import { Backend, BackendName } from "../src/tensor/Backend.ts"
+import { Backend } from "../src/tensor/Backend.ts"
 import * as Trajectory from "../src/trajectory/Trajectory.ts"
 import { TrajectoryGenerator } from "../src/trajectory/TrajectoryGenerator.ts"
 import { TrajectoryScorer } from "../src/trajectory/TrajectoryScorer.ts"
@@ -127,7 +128,7 @@ const command = Command.make(
   "path-agreement",
   {
     model: Flag.String("model").pipe(Flag.withDescription("model directory (policy of the trajectories)"), Flag.withDefault("models/shapeworld-base")),
-    clipModel: Flag.String("clip-model").pipe(Flag.withDescription("clip model directory (for the clip reward)"), Flag.withDefault("models/shapeworld-clip")),
+    clipModel: Flag.String("clip-model").pipe(Flag.withDescription("clip model directory (for the clip reward)"), Flag.withDefault(Setup.DEFAULT_CLIP_MODEL)),
     reward: Flag.String("reward").pipe(Flag.withDescription("reward expression scoring both the x0 estimates and the final images"), Flag.withDefault("clip")),
     promptFile: Flag.String("prompt-file").pipe(Flag.withDescription("prompt set"), Flag.withDefault("data/eval/prompts-seen.txt")),
     prompts: Flag.Int("prompts").pipe(Flag.withDescription("prompts, spread evenly over the file (0 = all)"), Flag.withDefault(48)),
@@ -139,7 +140,7 @@ const command = Command.make(
     batchSize: Flag.Int("batch-size").pipe(Flag.withDescription("prompts per batch (one start timestep per batch, as in training)"), Flag.withDefault(4)),
     out: Flag.String("out").pipe(Flag.withDescription("JSON report; the markdown table goes beside it"), Flag.withDefault("out/path-agreement.json")),
     from: Flag.String("from").pipe(Flag.withDescription("comma-separated reports to pool instead of generating (same model, reward and settings)"), Flag.optional),
-    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+    backend: Setup.backendFlag
   },
   Effect.fn(function*(f) {
     if (Option.isSome(f.from)) return yield* pool(f.from.value.split(",").map((s) => s.trim()).filter((s) => s !== ""), f.out)

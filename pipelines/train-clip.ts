@@ -9,12 +9,12 @@
  * Ctrl-C); the model directory (config.json, model.safetensors, loss.svg) is
  * written to --out when training ends.
  */
-import { Console, Effect, Layer } from "effect"
+import { Console, Effect } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
+import * as Setup from "../src/cli/Setup.ts"
 import * as TrainClip from "../src/train/TrainClip.ts"
 import { defaultConfig } from "../src/reward/ClipModel.ts"
-import { Backend, BackendName } from "../src/tensor/Backend.ts"
 
 const command = Command.make(
   "train-clip",
@@ -36,12 +36,12 @@ const command = Command.make(
     runDir: Flag.String("run-dir").pipe(Flag.withDescription("checkpoint directory"), Flag.withDefault("runs/train-clip")),
     out: Flag.String("out").pipe(Flag.withDescription("model directory written at the end"), Flag.withDefault("models/shapeworld-clip")),
     resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue from the latest checkpoint in --run-dir"), Flag.withDefault(false)),
-    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+    backend: Setup.backendFlag
   },
   Effect.fn(function*(flags) {
     const { backend, ...rest } = flags
     const result = yield* TrainClip.run({ ...rest, config: defaultConfig }).pipe(
-      Effect.provide(Layer.fresh(Backend.fromFlag(backend)))
+      Effect.provide(Setup.backend(backend))
     )
     yield* Console.log(
       `trained ${result.step} steps in ${result.wallMinutes.toFixed(1)} min; mean loss of the last 100 steps ${result.finalLoss.toFixed(4)}, ` +

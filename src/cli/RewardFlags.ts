@@ -16,7 +16,8 @@ import * as Registry from "../reward/Registry.ts"
 import { ConfigError } from "../sharpen/SharpenConfig.ts"
 
 export const DEFAULT_REWARD = "clip"
-export const DEFAULT_CLIP_MODEL = "models/shapeworld-clip"
+export { DEFAULT_CLIP_MODEL } from "./Setup.ts"
+import { DEFAULT_CLIP_MODEL } from "./Setup.ts"
 
 export const flags = {
   reward: Flag.String("reward").pipe(

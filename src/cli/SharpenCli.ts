@@ -21,10 +21,8 @@
 import { Console, Effect, FileSystem, Layer, Logger, Option, Path } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Denoiser from "../model/Denoiser.ts"
-import * as ClipModel from "../reward/ClipModel.ts"
 import * as Registry from "../reward/Registry.ts"
-import { Backend, BackendName } from "../tensor/Backend.ts"
-import * as Scoped from "../tensor/Scoped.ts"
+import { Backend } from "../tensor/Backend.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as WebGpu from "../tensor/WebGpu.ts"
 import * as Report from "../sharpen/Report.ts"
@@ -34,6 +32,7 @@ import * as SharpenLayers from "../sharpen/SharpenLayers.ts"
 import { Metrics } from "../sharpen/Metrics.ts"
 import * as RunRecord from "../sharpen/RunRecord.ts"
 import * as RewardFlags from "./RewardFlags.ts"
+import * as Setup from "./Setup.ts"
 import * as RunDirectory from "../sharpen/RunDirectory.ts"
 import type { Reward } from "../reward/Reward.ts"
 import { Ema } from "../optim/Ema.ts"
@@ -66,7 +65,7 @@ const settingFlags = Object.fromEntries(
 ) as Record<string, Flag.Flag<Option.Option<unknown>>>
 
 const flags = {
-  model: Flag.String("model").pipe(Flag.withDescription("base model directory"), Flag.withDefault("models/shapeworld-base")),
+  model: Setup.modelFlag("base model directory"),
   ...RewardFlags.flags,
   out: Flag.String("out").pipe(Flag.withDescription("output directory"), Flag.optional),
   resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue the run in --out from its latest checkpoint (refused if there is none, or if a setting that changes the training differs)"), Flag.withDefault(false)),
@@ -80,7 +79,7 @@ const flags = {
   ...settingFlags,
   aggregation: Flag.Literals("aggregation", ["sum", "mean", "last", "final"]).pipe(Flag.withDescription(describe("aggregation", SharpenConfig.fields.aggregation)), Flag.optional),
   timestepRange: Flag.String("timestep-range").pipe(Flag.withDescription(describe("timestep", SharpenConfig.fields.timestep)), Flag.optional),
-  backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const)),
+  backend: Setup.backendFlag,
   threads: Flag.Int("threads").pipe(
     Flag.withDescription("threads of each iteration: generation (online samples, paths, continuations) and the image-level objectives' gradient parts, this one included; 1 = no worker threads; the same result up to float summation order (default: one per core, at most 4, or SHARPEN_WORKERS, on wasm and cpu; 1 on a GPU, where threads would fight over the device)"),
     Flag.optional
@@ -200,9 +199,7 @@ export const command = <E, R>(pipeline: Pipeline<E, R>) => {
         const { model } = yield* Denoiser.Denoiser
         const record = yield* RunRecord.make({ algorithm, config, preset, reward: rewardSpec, model: f.model })
         const previous = yield* run.begin(record, SharpenConfig.toFile(config, preset))
-        const clip = (yield* fs.exists(clipModel))
-          ? yield* Effect.flatMap(ClipModel.loadFiles(clipModel), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose))
-          : undefined
+        const clip = (yield* fs.exists(clipModel)) ? yield* Setup.clip(clipModel) : undefined
         const evaluation: RunDirectory.Evaluation = { sets, sampler: { steps: config.evalSteps, cfg: config.cfg, eta: 0, seed: config.seed + 1_000_003, batchSize: 16 }, clip }
         const before = yield* run.before(model, evaluation, previous, record)
         // Grids and the saved model: the weight average when the run keeps one (--ema), else the policy.
