@@ -10,7 +10,7 @@
  *   npx tsx bench/data-parallel.ts --batches 8 --rounds 6
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Effect } from "effect"
+import { Effect, Exit, Scope } from "effect"
 import * as os from "node:os"
 import { defaultConfig } from "../src/model/UNetConfig.ts"
 import * as AdamW from "../src/optim/AdamW.ts"
@@ -34,7 +34,8 @@ const program = Effect.gen(function*() {
   const rows: Array<string> = []
   for (const batch of batches) {
     const unet = TrainingBench.make(defaultConfig, batch)
-    const pool = DataParallel.make(unet.model, 2, backend.name)
+    const scope = yield* Scope.make()
+    const pool = yield* DataParallel.make(unet.model, 2, backend.name).pipe(Scope.provide(scope))
     const one: Array<number> = []
     const two: Array<number> = []
     for (let r = 0; r < rounds + 2; r++) {
@@ -49,7 +50,7 @@ const program = Effect.gen(function*() {
         two.push(b)
       }
     }
-    yield* Effect.promise(() => pool.close())
+    yield* Scope.close(scope, Exit.void)
     unet.dispose()
     rows.push(`| ${batch} | ${median(one).toFixed(0)} | ${median(two).toFixed(0)} | ${(median(one) / median(two)).toFixed(2)}x |`)
   }

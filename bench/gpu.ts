@@ -14,7 +14,7 @@
  * read of the result, so the GPU's queue is drained inside it.
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect } from "effect"
+import { Effect, Exit, Scope } from "effect"
 import * as os from "node:os"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import { defaultConfig } from "../src/model/UNetConfig.ts"
@@ -82,8 +82,9 @@ export const run = async (o: Options): Promise<string> => {
       tasks.push({ series, batch, mode: "train", run: on(bench.step) })
       if (series === "wasm" && os.availableParallelism() >= 2) {
         // The data-parallel step pretraining runs on two threads (--workers 2).
-        const pool = DataParallel.make(bench.model, 2, "wasm")
-        cleanup.unshift(() => pool.close())
+        const scope = await Effect.runPromise(Scope.make())
+        const pool = await Effect.runPromise(DataParallel.make(bench.model, 2, "wasm").pipe(Scope.provide(scope)))
+        cleanup.unshift(() => Effect.runPromise(Scope.close(scope, Exit.void)))
         tasks.push({
           series: "wasm2",
           batch,

@@ -17,7 +17,7 @@
  * products (element-wise ops excluded); a train step counts 3x a forward.
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect } from "effect"
+import { Effect, Exit, Scope } from "effect"
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -165,7 +165,8 @@ const program = Effect.gen(function*() {
   const x = tf.tensor4d(unet.data.images, [batch, 32, 32, 3])
   const unetForward = () => tf.tidy(() => void Denoiser.eps(unet.model, x, 500, unet.data.prompts).dataSync())
   // Data-parallel training step (what pretraining runs with --workers 2): same model, same batch.
-  const pool = threads > 1 ? DataParallel.make(unet.model, threads, backend.name) : undefined
+  const poolScope = yield* Scope.make()
+  const pool = threads > 1 ? yield* DataParallel.make(unet.model, threads, backend.name).pipe(Scope.provide(poolScope)) : undefined
   const unetParallel = pool === undefined
     ? undefined
     : () => Effect.runPromise(trainStepParallel(pool, unet.model, unet.schedule, unet.adam, unet.data, unet.rng, 1e-4, AdamW.defaults))
@@ -258,7 +259,7 @@ const program = Effect.gen(function*() {
   }
   const trainBuiltin = ref.builtin ? median(Array.from({ length: 3 }, () => timed(ref.trainBuiltin))) : undefined
 
-  if (pool !== undefined) yield* Effect.promise(() => pool.close())
+  yield* Scope.close(poolScope, Exit.void)
   if (torch !== undefined) yield* Effect.promise(() => torch.close())
   x.dispose()
   const params = Denoiser.parameterCount(unet.model)

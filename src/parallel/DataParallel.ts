@@ -1,8 +1,9 @@
 /**
  * Data-parallel pretraining steps over worker threads. The wasm backend runs
  * on one core in Node, so a step's batch is split into shards: the main
- * thread computes the first shard's gradients while each worker
- * ({@link PretrainWorker}) computes one other shard's on its own replica.
+ * thread computes the first shard's gradients while each worker thread
+ * (a `PretrainShard` job of the job protocol) computes one other shard's on
+ * its own replica.
  * The shard gradients are averaged (weighted by shard size) into the
  * gradient of the whole batch, and the main thread applies the update, so
  * the optimiser state, EMA, checkpoints and `--resume` are exactly those of
@@ -16,17 +17,18 @@
  * @since 0.2.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect } from "effect"
-import { Worker } from "node:worker_threads"
+import { Effect, type Scope } from "effect"
 import * as Noise from "../diffusion/Noise.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
-import { workerExecArgv } from "./ParallelGenerate.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { forward } from "../model/UNet.ts"
+import { usesWorkerThreads } from "../tensor/Backend.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
+import type { Init } from "./JobProtocol.ts"
+import * as JobThreads from "./JobThreads.ts"
 
 /**
  * One shard of a pretraining batch: images in [-1, 1] (B x H x W x C, HWC),
@@ -40,11 +42,6 @@ export interface Shard {
   readonly prompts: ReadonlyArray<string>
   readonly t: ReadonlyArray<number>
   readonly noise: Float32Array
-}
-
-/** A shard with the weights to compute it at (sent to a worker). */
-export interface ShardJob extends Shard {
-  readonly params: Float32Array
 }
 
 const keysOf = (params: Readonly<Record<string, tf.Tensor>>) => Object.keys(params)
@@ -162,73 +159,42 @@ export interface Pool {
    * caller), which stay on the device of a native backend.
    */
   readonly lossAndGrads: (model: Denoiser.Model, whole: Shard) => Effect.Effect<{ loss: number; grads: Float32Array | Record<string, tf.Tensor> }, WasmHeap.WasmHeapExhausted>
-  readonly close: () => Promise<void>
-}
-
-interface Reply {
-  readonly loss?: number
-  readonly grads?: Float32Array
-  readonly error?: string
-  /** The worker's heap ran out (the fields of WasmHeapExhausted). */
-  readonly heap?: ConstructorParameters<typeof WasmHeap.WasmHeapExhausted>[0]
 }
 
 /**
- * Start `workers - 1` threads (each initialises `backend` and a replica).
+ * `workers - 1` worker threads of the job protocol (each initialises
+ * `backend` and a replica), stopped with the scope.
  *
  * @since 0.2.0
  */
-export const make = (model: Denoiser.Model, workers: number, backend: string): Pool => {
-  const threads = Array.from({ length: Math.max(0, workers - 1) }, () =>
-    new Worker(new URL("./PretrainWorker.ts", import.meta.url), {
-      workerData: { backend, config: model.config },
-      execArgv: workerExecArgv()
-    }))
-  const ask = (w: Worker, job: ShardJob) =>
-    new Promise<{ loss: number; grads: Float32Array }>((resolve, reject) => {
-      const onMessage = (m: Reply) => {
-        w.off("error", onError)
-        if (m.heap !== undefined) reject(new WasmHeap.WasmHeapExhausted({ ...m.heap, what: `${m.heap.what} (worker thread)` }))
-        else if (m.error !== undefined) reject(new Error(`pretraining worker: ${m.error}`))
-        else resolve({ loss: m.loss!, grads: m.grads! })
-      }
-      const onError = (e: Error) => {
-        w.off("message", onMessage)
-        reject(e)
-      }
-      w.once("message", onMessage)
-      w.once("error", onError)
-      w.postMessage(job)
-    })
-  return {
-    workers: threads.length + 1,
-    lossAndGrads: (m, whole) =>
-      Effect.gen(function*() {
-        const parts = shards(whole, threads.length + 1)
-        if (parts.length === 1) return yield* lossAndGrads(m, whole)
-        const params = yield* flatten(m.params)
-        const remote = Promise.all(parts.slice(1).map((s, i) => ask(threads[i], { ...s, params })))
-        // Handled now: a worker may fail while this thread awaits its own read.
-        remote.catch(() => undefined)
-        // The main thread's shard runs while the workers run theirs.
-        const mine = yield* shardGrads(m, parts[0])
-        const others = yield* Effect.tryPromise({ try: () => remote, catch: (e) => e }).pipe(
-          Effect.catch((e) => (e instanceof WasmHeap.WasmHeapExhausted ? Effect.fail(e) : Effect.die(e)))
-        )
-        const weights = parts.map((s) => s.batch / whole.batch)
-        // Weighted mean over shards on the flat arrays: one pass, no tensor ops
-        // (per-parameter tensor ops cost ~1,000 kernel calls a step on wasm).
-        const grads = mine.grads
-        for (let i = 0; i < grads.length; i++) {
-          let g = grads[i] * weights[0]
-          for (let j = 0; j < others.length; j++) g += others[j].grads[i] * weights[j + 1]
-          grads[i] = g
-        }
-        const loss = mine.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
-        return { loss, grads }
-      }),
-    close: async () => {
-      await Promise.all(threads.map((w) => w.terminate()))
+export const make = (model: Denoiser.Model, workers: number, backend: string): Effect.Effect<Pool, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const threads = workers > 1 && usesWorkerThreads(backend)
+      ? yield* JobThreads.make({ backend: backend as Init["backend"], config: model.config }, workers - 1)
+      : JobThreads.inline
+    return {
+      workers: threads.threads,
+      lossAndGrads: (m, whole) =>
+        Effect.gen(function*() {
+          const parts = shards(whole, threads.threads)
+          if (parts.length === 1) return yield* lossAndGrads(m, whole)
+          const params = yield* flatten(m.params)
+          // The main thread's shard runs while the workers run theirs.
+          const [mine, others] = yield* threads.fanOut(
+            parts.slice(1).map((shard) => (client) => client.PretrainShard({ params, shard })),
+            shardGrads(m, parts[0])
+          ).pipe(Effect.catchTag("GenerationWorkerFailed", (e) => Effect.die(e)))
+          const weights = parts.map((s) => s.batch / whole.batch)
+          // Weighted mean over shards on the flat arrays: one pass, no tensor ops
+          // (per-parameter tensor ops cost ~1,000 kernel calls a step on wasm).
+          const grads = mine.grads
+          for (let i = 0; i < grads.length; i++) {
+            let g = grads[i] * weights[0]
+            for (let j = 0; j < others.length; j++) g += others[j].grads[i] * weights[j + 1]
+            grads[i] = g
+          }
+          const loss = mine.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
+          return { loss, grads }
+        })
     }
-  }
-}
+  })

@@ -1,7 +1,9 @@
 /**
  * Generation on several cores. The wasm backend is single-threaded in Node,
- * so sampling many prompts (evaluation) splits them over worker threads,
- * each with its own backend and a copy of the model's weights.
+ * so sampling many prompts (evaluation) splits them over worker threads of
+ * the job protocol (`Images` jobs of one sampler batch each, handed out as
+ * threads become free), each with its own backend and a replica that takes
+ * the model's weights with the job.
  *
  * Every image's noise is seeded by (seed, index), so the result is identical
  * to `Generate.generate` whatever the number of workers (tested).
@@ -9,28 +11,56 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect } from "effect"
-import * as os from "node:os"
-import { Worker } from "node:worker_threads"
-import * as Denoiser from "../model/Denoiser.ts"
+import { Cause, Effect, Exit } from "effect"
+import type * as Denoiser from "../model/Denoiser.ts"
 import { usesWorkerThreads } from "../tensor/Backend.ts"
 import * as Generate from "../trajectory/Generate.ts"
-import type { Job } from "./GenerateWorker.ts"
+import { flatten } from "./DataParallel.ts"
+import type { Init } from "./JobProtocol.ts"
+import * as JobThreads from "./JobThreads.ts"
 
-/** Worker threads to use by default: one per core, at most 4 (memory), from SHARPEN_WORKERS if set. */
-export const defaultWorkers = (): number => {
-  const env = Number(process.env.SHARPEN_WORKERS)
-  return Number.isInteger(env) && env > 0 ? env : Math.max(1, Math.min(4, os.availableParallelism()))
-}
+export { defaultWorkers, workerExecArgv } from "./JobThreads.ts"
 
-/** tsx's loader, so a worker can run TypeScript sources in any host (tsx, vitest). */
-export const workerExecArgv = (): Array<string> => {
-  try {
-    return ["--import", import.meta.resolve("tsx")]
-  } catch {
-    return []
-  }
-}
+/**
+ * The images of `prompts` on `workers` worker threads, in prompt order;
+ * `onImages(done)` after each batch.
+ *
+ * @since 0.7.0
+ */
+export const onThreads = (
+  model: Denoiser.Model,
+  prompts: ReadonlyArray<string>,
+  sampler: Generate.SamplerOptions,
+  workers: number,
+  backend: string,
+  onImages?: (done: number) => void
+) =>
+  Effect.gen(function*() {
+    const threads = yield* JobThreads.make({ backend: backend as Init["backend"], config: model.config }, workers)
+    const params = yield* flatten(model.params)
+    const jobs: Array<{ readonly prompts: ReadonlyArray<string>; readonly firstIndex: number }> = []
+    for (let start = 0; start < prompts.length; start += sampler.batchSize) {
+      jobs.push({ prompts: prompts.slice(start, start + sampler.batchSize), firstIndex: start })
+    }
+    const results: Array<ReadonlyArray<Float32Array>> = []
+    let next = 0
+    let done = 0
+    // Each thread takes the next batch as it becomes free.
+    yield* Effect.forEach(Array.from({ length: threads.threads - 1 }, (_, i) => i + 1), (thread) =>
+      Effect.whileLoop({
+        while: () => next < jobs.length,
+        body: () => {
+          const k = next++
+          return Effect.map(threads.call(thread, (client) => client.Images({ ...jobs[k], params, sampler })), (images) => ({ k, images }))
+        },
+        step: ({ images, k }) => {
+          results[k] = images
+          done += images.length
+          onImages?.(done)
+        }
+      }), { concurrency: "unbounded", discard: true })
+    return results.flat()
+  }).pipe(Effect.scoped)
 
 /**
  * Generate one image per prompt on `workers` threads ([0,1] HWC images, in
@@ -52,46 +82,11 @@ export const generate = async (
 ): Promise<Array<Float32Array>> => {
   // Only the JS backends gain from threads (Backend.usesWorkerThreads).
   const backend = options.backend ?? tf.getBackend()
-  const workers = !usesWorkerThreads(backend) ? 1 : Math.min(options.workers ?? defaultWorkers(), Math.ceil(prompts.length / sampler.batchSize))
+  const workers = !usesWorkerThreads(backend) ? 1 : Math.min(options.workers ?? JobThreads.defaultWorkers(), Math.ceil(prompts.length / sampler.batchSize))
   if (workers <= 1) {
     return Effect.runPromise(Generate.generate(model, prompts, sampler, (done) => options.onImages?.(done)))
   }
-  const weights = await Effect.runPromise(Denoiser.toStored(model))
-  const threads = Array.from({ length: workers }, () =>
-    new Worker(new URL("./GenerateWorker.ts", import.meta.url), {
-      workerData: { backend, config: model.config, weights },
-      execArgv: workerExecArgv()
-    }))
-  // Jobs of one sampler batch each, handed out as workers become free.
-  const jobs: Array<Job> = []
-  for (let start = 0; start < prompts.length; start += sampler.batchSize) {
-    jobs.push({ id: jobs.length, prompts: prompts.slice(start, start + sampler.batchSize), firstIndex: start, sampler })
-  }
-  const results: Array<Array<Float32Array>> = []
-  let next = 0
-  let done = 0
-  try {
-    await Promise.all(threads.map((w) =>
-      new Promise<void>((resolve, reject) => {
-        const send = () => {
-          if (options.signal?.aborted) return reject(new Error("generation interrupted"))
-          if (next >= jobs.length) return resolve()
-          w.postMessage(jobs[next++])
-        }
-        options.signal?.addEventListener("abort", () => reject(new Error("generation interrupted")), { once: true })
-        w.on("message", (m: { id: number; images?: Array<Float32Array>; error?: string }) => {
-          if (m.error !== undefined) return reject(new Error(`generation worker: ${m.error}`))
-          results[m.id] = m.images!
-          done += m.images!.length
-          options.onImages?.(done)
-          send()
-        })
-        w.on("error", reject)
-        send()
-      })
-    ))
-  } finally {
-    await Promise.all(threads.map((w) => w.terminate()))
-  }
-  return results.flat()
+  const exit = await Effect.runPromiseExit(onThreads(model, prompts, sampler, workers, backend, options.onImages), { signal: options.signal })
+  if (Exit.isSuccess(exit)) return exit.value
+  throw Cause.hasInterruptsOnly(exit.cause) ? new Error("generation interrupted") : Cause.squash(exit.cause)
 }

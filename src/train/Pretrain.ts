@@ -183,10 +183,7 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   const adamConfig = { ...AdamW.defaults, maxGradNorm: 1 }
   // Threads only help the single-threaded JS backends.
   const workers = !usesWorkerThreads(backend.name) ? 1 : Math.min(o.workers, o.batchSize)
-  const pool = yield* Effect.acquireRelease(
-    Effect.sync(() => DataParallel.make(model, workers, backend.name)),
-    (p) => Effect.promise(() => p.close())
-  )
+  const pool = yield* DataParallel.make(model, workers, backend.name)
   let rng = Rng.fromSeed(o.seed + 1)
   let state: TrainState = { step: 0, rng: rng.state(), adamStep: 0, wallMs: 0, losses: [], options: {} }
   const losses: Array<number> = []

@@ -54,10 +54,9 @@ describe("DataParallel", () => {
       const model = Denoiser.init(tiny, 4)
       const whole = shard(4)
       const ref = yield* DataParallel.lossAndGrads(model, whole)
-      const pool = DataParallel.make(model, 2, backend.name)
+      const pool = yield* DataParallel.make(model, 2, backend.name)
       const before = tf.memory().numTensors
       const got = yield* pool.lossAndGrads(model, whole)
-      yield* Effect.promise(() => pool.close())
       assert.strictEqual(pool.workers, 2)
       assert.approximately(got.loss, ref.loss, 1e-5 * ref.loss)
       assert.strictEqual(tf.memory().numTensors, before)
@@ -75,9 +74,8 @@ describe("DataParallel", () => {
       assert.strictEqual(o, flat.length)
       assert.isBelow(worst, 1e-4)
       // Without worker threads the gradients stay tensors (on a native backend's device).
-      const single = DataParallel.make(model, 1, backend.name)
+      const single = yield* DataParallel.make(model, 1, backend.name)
       const one = yield* single.lossAndGrads(model, whole)
-      yield* Effect.promise(() => single.close())
       assert.isFalse(one.grads instanceof Float32Array)
       assert.strictEqual(one.loss, ref.loss)
       Scoped.disposeAll(one.grads as Record<string, tf.Tensor>)

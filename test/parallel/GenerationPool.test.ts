@@ -7,6 +7,7 @@ import * as Denoiser from "../../src/model/Denoiser.ts"
 import * as GenerationPool from "../../src/parallel/GenerationPool.ts"
 import { Backend } from "../../src/tensor/Backend.ts"
 import { Rng } from "../../src/tensor/Random.ts"
+import * as WasmHeap from "../../src/tensor/WasmHeap.ts"
 import * as Trajectory from "../../src/trajectory/Trajectory.ts"
 import * as TrajectoryShards from "../../src/trajectory/TrajectoryShards.ts"
 import { useWasm } from "../helpers.ts"
@@ -85,7 +86,7 @@ describe("GenerationPool", () => {
     Effect.gen(function*() {
       const m = model()
       const schedule = Schedule.make(tiny32.schedule)
-      const pool = GenerationPool.make(tiny32, 2, "wasm")
+      const pool = yield* GenerationPool.make(tiny32, 2, "wasm")
       assert.strictEqual(pool.threads, 2)
       const rng = Rng.fromSeed(11)
       const xT = rng.normals(prompts.length * 32 * 32 * 3)
@@ -115,14 +116,13 @@ describe("GenerationPool", () => {
       for (const t of [t1, t2, t3, t4, t5]) Trajectory.dispose(t)
       tf.dispose([one, two])
       assert.strictEqual(tf.memory().numTensors, before)
-      yield* Effect.promise(() => pool.close())
       Denoiser.dispose(m)
     }), 120_000)
 
   it.effect("errors: row sets dealt over 2 threads give the one-thread errors in the same order, and leak no tensors", () =>
     Effect.gen(function*() {
       const m = model()
-      const pool = GenerationPool.make(tiny32, 2, "wasm")
+      const pool = yield* GenerationPool.make(tiny32, 2, "wasm")
       const rng = Rng.fromSeed(3)
       const per = 32 * 32 * 3
       // Five sets of different sizes: 3 here and 2 on the worker, out of order when merged.
@@ -140,7 +140,6 @@ describe("GenerationPool", () => {
       // The comparison can fail: sets swapped give other errors.
       assert.isAbove(maxAbsDiff(two[0], one[3]), 1e-4)
       assert.strictEqual(tf.memory().numTensors, before)
-      yield* Effect.promise(() => pool.close())
       Denoiser.dispose(m)
     }), 120_000)
 
@@ -149,17 +148,26 @@ describe("GenerationPool", () => {
       const m = model()
       const xT = Rng.fromSeed(1).normals(2 * 32 * 32 * 3)
       // A replica of another architecture cannot take these weights: the job fails in the thread.
-      const other = GenerationPool.make({ ...tiny32, architecture: { ...tiny32.architecture, baseChannels: 16 } }, 2, "wasm")
+      const other = yield* GenerationPool.make({ ...tiny32, architecture: { ...tiny32.architecture, baseChannels: 16 } }, 2, "wasm")
       const failed = yield* Effect.flip(other.sample(m, prompts.slice(0, 2), xT, { steps: 2, cfg: 2 }))
       assert.strictEqual(failed._tag, "GenerationWorkerFailed")
       assert.match(failed.message, /weights of \d+ values for a replica of \d+/)
-      yield* Effect.promise(() => other.close())
       // A thread that exits mid-job.
-      const dying = GenerationPool.make(tiny32, 2, "wasm", new URL("../sharpen/fixtures/DyingWorker.ts", import.meta.url))
+      const dying = yield* GenerationPool.make(tiny32, 2, "wasm", new URL("../sharpen/fixtures/DyingWorker.ts", import.meta.url))
       const died = yield* Effect.flip(dying.sample(m, prompts.slice(0, 2), xT, { steps: 2, cfg: 2 }))
       assert.strictEqual(died._tag, "GenerationWorkerFailed")
       assert.match(died.message, /exited \(code 3\)/)
-      yield* Effect.promise(() => dying.close())
+      Denoiser.dispose(m)
+    }), 120_000)
+
+  it.effect("a thread whose heap ran out gives WasmHeapExhausted, as typed as on this thread", () =>
+    Effect.gen(function*() {
+      const m = model()
+      const xT = Rng.fromSeed(1).normals(2 * 32 * 32 * 3)
+      const heap = yield* GenerationPool.make(tiny32, 2, "wasm", new URL("../sharpen/fixtures/HeapWorker.ts", import.meta.url))
+      const failed = yield* Effect.flip(heap.sample(m, prompts.slice(0, 2), xT, { steps: 2, cfg: 2 }))
+      assert.instanceOf(failed, WasmHeap.WasmHeapExhausted)
+      assert.match(failed.message, /the wasm heap ran out during a job \(worker thread\) at batch 2/)
       Denoiser.dispose(m)
     }), 120_000)
 
@@ -167,7 +175,7 @@ describe("GenerationPool", () => {
     Effect.gen(function*() {
       const m = model()
       const xT = Rng.fromSeed(1).normals(2 * 32 * 32 * 3)
-      const silent = GenerationPool.make(tiny32, 2, "wasm", new URL("../sharpen/fixtures/SilentWorker.ts", import.meta.url))
+      const silent = yield* GenerationPool.make(tiny32, 2, "wasm", new URL("../sharpen/fixtures/SilentWorker.ts", import.meta.url))
       const before = tf.memory().numTensors
       const fiber = yield* Effect.forkChild(silent.sample(m, prompts.slice(0, 2), xT, { steps: 2, cfg: 2 }))
       yield* Effect.sleep("300 millis")
@@ -177,7 +185,6 @@ describe("GenerationPool", () => {
       assert.isTrue(Exit.hasInterrupts(exit))
       assert.isBelow(Date.now() - started, 1000)
       assert.strictEqual(tf.memory().numTensors, before)
-      yield* Effect.promise(() => silent.close())
       Denoiser.dispose(m)
     }), 120_000)
 
