@@ -74,6 +74,7 @@ export const layers = <RE, RR>(
         kl: objective.nftKl,
         oldDecay: objective.nftOldDecay,
         weighting: objective.nftWeighting,
+        noise: objective.nftNoise,
         microBatchRows: c.microBatchRows,
         stepsPerBatch: c.stepsPerBatch ?? 1
       }))

@@ -112,6 +112,8 @@ export const ObjectiveSettings = Schema.Struct({
   nftOldDecay: Nft.NftOptions.fields.oldDecay,
   /** DiffusionNFT: the adaptive loss on the x0 error (the paper's) or on the eps error. */
   nftWeighting: Nft.NftWeighting,
+  /** DiffusionNFT: forward noise per image (the paper's) or shared by a prompt's images. */
+  nftNoise: Nft.NftNoise,
   /** Group-relative objective: all pairs in the DPO form, or advantage-weighted regression. */
   groupForm: GroupRelative.GroupForm,
   /** Group-relative objective: the DPO beta (pairs) or the softmax temperature (awr). */
@@ -126,6 +128,7 @@ export const objectiveDefaults: ObjectiveSettings = {
   nftKl: Nft.defaults.kl,
   nftOldDecay: Nft.defaults.oldDecay,
   nftWeighting: Nft.defaults.weighting,
+  nftNoise: "image",
   groupForm: "pairs",
   groupBeta: 5
 }

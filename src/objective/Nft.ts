@@ -54,6 +54,14 @@ export const WEIGHT_FLOOR = 1e-5
 export const NftWeighting = Schema.Literals(["x0", "eps"])
 export type NftWeighting = typeof NftWeighting.Type
 
+/**
+ * The forward noise of the images: each its own eps and t (the paper's
+ * code), or one eps and t per prompt shared by its n images (as a DPO pair
+ * is noised), so the images' losses differ by the image only.
+ */
+export const NftNoise = Schema.Literals(["image", "prompt"])
+export type NftNoise = typeof NftNoise.Type
+
 export const NftOptions = Schema.Struct({
   /** Mixing factor of the implicit policies (paper: 1 or 0.1). */
   beta: Schema.Number.check(Schema.isGreaterThan(0)),
@@ -67,6 +75,7 @@ export const NftOptions = Schema.Struct({
    */
   oldDecay: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isLessThan(1)),
   weighting: NftWeighting,
+  noise: Schema.optional(NftNoise),
   microBatchRows: Schema.optional(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))),
   stepsPerBatch: Schema.optional(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)))
 })
@@ -120,20 +129,26 @@ export const rowLosses = (
     return tf.mul(mixed, clip / beta) as tf.Tensor1D
   })
 
-/** Every image noised on its own: one eps and one t ~ U[0, T) per row (as the paper's code). */
+/** The final images noised by the forward process, t ~ U[0, T): per image, or per prompt (`NftNoise`). */
 interface NoisedRows {
   readonly xt: tf.Tensor
   readonly noise: tf.Tensor
   readonly t: ReadonlyArray<number>
 }
 
-const noisedRows = (schedule: Schedule.Schedule, t: Trajectories, rng: Parameters<typeof NoisedSamples.drawTimesteps>[0]): NoisedRows => {
+const noisedRows = (schedule: Schedule.Schedule, t: Trajectories, rng: Parameters<typeof NoisedSamples.drawTimesteps>[0], per: NftNoise): NoisedRows => {
   const final = t.final ?? (() => {
     throw new TypeError("DiffusionNFT needs paths continued to t = 0 (continuation: true)")
   })()
   const rows = final.shape[0]
-  const ts = NoisedSamples.drawTimesteps(rng, schedule.trainSteps, rows)
-  const noise = Generate.normalTensor(rng, final.shape)
+  const draws = per === "image" ? rows : t.batch
+  // Timesteps first, then the noise (as ImageLevel.noisedFinals draws them).
+  const drawn = NoisedSamples.drawTimesteps(rng, schedule.trainSteps, draws)
+  const ts = Array.from({ length: rows }, (_, row) => drawn[row % draws])
+  const noise = tf.tidy(() => {
+    const one = Generate.normalTensor(rng, [draws, ...final.shape.slice(1)])
+    return per === "image" ? one : tf.concat(Array.from({ length: t.n }, () => one), 0)
+  })
   return { xt: Noise.addNoise(schedule, final, noise, ts), noise, t: ts }
 }
 
@@ -175,7 +190,7 @@ export const objective = (o: NftOptions): Layer.Layer<Objective, never, Denoiser
             // Every step's noise, and the old policy's (and reference's) predictions on it, before any step.
             const steps = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
               Scoped.acquireWith(() => {
-                const s = noisedRows(schedule, t, rng)
+                const s = noisedRows(schedule, t, rng, o.noise ?? "image")
                 return {
                   ...s,
                   old: Denoiser.eps(old, s.xt, s.t, prompts),

@@ -116,29 +116,34 @@ describe("Nft", () => {
       const t = trajectories()
       const schedule = Schedule.make(tinyMlp.schedule)
       const prepared = yield* prepare(model, reference, t)
-      // The same draws by hand: one t per image, then one eps per image.
-      const rng = Rng.fromSeed(3)
-      const ts = Array.from({ length: N * B }, () => rng.int(schedule.trainSteps))
-      const eps = rng.normals(2 * N * B)
       const final = t.final!.arraySync() as Array<Array<number>>
       const adv = GroupRelative.groupAdvantages(scores.trajectory).flat()
-      const xt = tf.tensor2d(final.map((x, row) => x.map((v, k) => Schedule.alpha(schedule, ts[row]) * v + Schedule.sigma(schedule, ts[row]) * eps[2 * row + k])))
-      const pred = tf.tidy(() => Denoiser.eps(model, xt, ts, new Array(N * B).fill("")).arraySync() as Array<Array<number>>)
-      let expected = 0
-      for (let row = 0; row < N * B; row++) {
-        const noise = [eps[2 * row], eps[2 * row + 1]]
+      // The same draws by hand: the timesteps, then the noise; per image, or per prompt (row i*B + b uses draw b).
+      const expectedFor = (per: "image" | "prompt") => {
+        const draws = per === "image" ? N * B : B
+        const rng = Rng.fromSeed(3)
+        const drawnT = Array.from({ length: draws }, () => rng.int(schedule.trainSteps))
+        const drawnEps = rng.normals(2 * draws)
+        const ts = Array.from({ length: N * B }, (_, row) => drawnT[row % draws])
+        const eps = Array.from({ length: N * B }, (_, row) => [drawnEps[2 * (row % draws)], drawnEps[2 * (row % draws) + 1]])
+        const xt = tf.tensor2d(final.map((x, row) => x.map((v, k) => Schedule.alpha(schedule, ts[row]) * v + Schedule.sigma(schedule, ts[row]) * eps[row][k])))
+        const pred = tf.tidy(() => Denoiser.eps(model, xt, ts, new Array(N * B).fill("")).arraySync() as Array<Array<number>>)
+        xt.dispose()
+        let expected = 0
         // theta = old here (the policy's weights sampled the batch).
-        expected += handRow(pred[row], pred[row], noise, Schedule.sigma(schedule, ts[row]) / Schedule.alpha(schedule, ts[row]), Nft.optimality(adv[row], 5), 1, 5)
+        for (let row = 0; row < N * B; row++) expected += handRow(pred[row], pred[row], eps[row], Schedule.sigma(schedule, ts[row]) / Schedule.alpha(schedule, ts[row]), Nft.optimality(adv[row], 5), 1, 5)
+        return expected / (N * B)
       }
-      expected /= N * B
       const got = yield* lossValue(prepared.loss)
-      assert.approximately(got, expected, 1e-4 * Math.max(1, expected))
+      assert.approximately(got, expectedFor("image"), 1e-4 * Math.max(1, got))
       assert.strictEqual(prepared.nfe, 2 * N * B)
+      const shared = yield* lossValue((yield* prepare(model, reference, t, { noise: "prompt" })).loss)
+      assert.approximately(shared, expectedFor("prompt"), 1e-4 * Math.max(1, shared))
+      assert.isTrue(Math.abs(shared - got) > 1e-4)
       // With a KL the reference's rows count too.
       const withKl = yield* prepare(model, reference, t, { kl: 0.1 })
       assert.strictEqual(withKl.nfe, 3 * N * B)
       assert.isTrue((yield* lossValue(withKl.loss)) > got)
-      tf.dispose(xt)
       disposeTrajectories(t)
       Denoiser.dispose(model)
       Denoiser.dispose(reference)
