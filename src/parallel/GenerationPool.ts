@@ -28,7 +28,7 @@ import { Context, Effect, Layer, type Scope } from "effect"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as GradientJobs from "../objective/GradientJobs.ts"
-import { Backend, isGpu, usesWorkerThreads } from "../tensor/Backend.ts"
+import { usesWorkerThreads } from "../tensor/Backend.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import * as GenerationJobs from "../trajectory/GenerationJobs.ts"
 import * as TrajectoryShards from "../trajectory/TrajectoryShards.ts"
@@ -160,32 +160,25 @@ export const make = (
  * @since 0.7.0
  */
 export class GenerationPool extends Context.Service<GenerationPool, Pool>()("sharpen/parallel/GenerationPool") {
+  /** The jobs over the transport provided (`JobThreads`); provides `GenerationJobs` and `GradientJobs` too. */
+  static readonly fromTransport = Layer.effect(
+    GenerationPool,
+    Effect.gen(function*() {
+      return fromThreads(yield* JobThreads.JobThreads)
+    })
+  ).pipe(Layer.flatMap((context) => {
+    const pool = Context.get(context, GenerationPool)
+    return Layer.mergeAll(
+      Layer.succeed(GenerationPool, pool),
+      Layer.succeed(GenerationJobs.GenerationJobs, pool),
+      Layer.succeed(GradientJobs.GradientJobs, pool)
+    )
+  }))
+
   /**
    * `threads` threads for the policy (the main thread counts as one; 1: no
-   * worker threads), released with the layer's scope (no thread outlives
-   * the run, also on interruption). Provides `GenerationJobs` and
-   * `GradientJobs` too.
+   * worker threads; `JobThreads.forRun`), released with the layer's scope
+   * (no thread outlives the run, also on interruption).
    */
-  static readonly layer = (threads: number | "auto") =>
-    Layer.effect(
-      GenerationPool,
-      Effect.gen(function*() {
-        const { model } = yield* Denoiser.Denoiser
-        const backend = yield* Backend
-        const count = threads === "auto" ? (usesWorkerThreads(backend.name) ? JobThreads.defaultWorkers() : 1) : threads
-        if (count > 1 && !usesWorkerThreads(backend.name)) {
-          yield* Effect.logWarning(
-            `--threads ${count} on ${backend.name}: running with 1, since ${isGpu(backend.name) ? "each worker thread would open the GPU and fight the others over it; the iteration's batches run in this process" : "native TensorFlow is multi-threaded itself"}`
-          )
-        }
-        return yield* make(model.config, count, backend.name)
-      })
-    ).pipe(Layer.flatMap((context) => {
-      const pool = Context.get(context, GenerationPool)
-      return Layer.mergeAll(
-        Layer.succeed(GenerationPool, pool),
-        Layer.succeed(GenerationJobs.GenerationJobs, pool),
-        Layer.succeed(GradientJobs.GradientJobs, pool)
-      )
-    }))
+  static readonly layer = (threads: number | "auto") => GenerationPool.fromTransport.pipe(Layer.provide(JobThreads.JobThreads.forRun(threads)))
 }

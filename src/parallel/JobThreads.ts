@@ -24,6 +24,8 @@ import { RpcClient, type RpcClientError, type RpcGroup, RpcServer, RpcWorker } f
 import type { Rpc } from "effect/rpc"
 import * as os from "node:os"
 import { Worker } from "node:worker_threads"
+import * as Denoiser from "../model/Denoiser.ts"
+import { Backend, isGpu, usesWorkerThreads } from "../tensor/Backend.ts"
 import type * as WasmHeap from "../tensor/WasmHeap.ts"
 import { type GenerationError, GenerationWorkerFailed } from "../trajectory/GenerationJobs.ts"
 import { Init, type JobFailed, JobRpcs } from "./JobProtocol.ts"
@@ -199,14 +201,40 @@ export const make = (
   })
 
 /**
- * The transport of a run's jobs; `inline` when none is provided.
+ * The transport of a run's jobs.
  *
  * @since 0.7.0
  */
 export class JobThreads extends Context.Service<JobThreads, Threads>()("sharpen/parallel/JobThreads") {
+  /** This thread alone. */
   static readonly inline = Layer.succeed(JobThreads, inline)
+
   /** `workers` worker threads for `init`, stopped with the layer's scope. */
   static readonly workers = (init: Init, workers: number, options: { readonly worker?: URL } = {}) => Layer.effect(JobThreads, make(init, workers, options))
+
+  /**
+   * The transport of a run: `threads` threads for the `Denoiser`'s model on
+   * the `Backend`, the main thread counting as one ("auto": one per core).
+   * On a GPU or native backend, this thread alone whatever is asked, with a
+   * warning when more were: each worker thread would open the device and
+   * fight the others over it (`Backend.usesWorkerThreads`).
+   */
+  static readonly forRun = (threads: number | "auto") =>
+    Layer.effect(
+      JobThreads,
+      Effect.gen(function*() {
+        const { model } = yield* Denoiser.Denoiser
+        const backend = yield* Backend
+        const count = threads === "auto" ? (usesWorkerThreads(backend.name) ? defaultWorkers() : 1) : threads
+        if (count > 1 && !usesWorkerThreads(backend.name)) {
+          yield* Effect.logWarning(
+            `--threads ${count} on ${backend.name}: running with 1, since ${isGpu(backend.name) ? "each worker thread would open the GPU and fight the others over it; the iteration's batches run in this process" : "native TensorFlow is multi-threaded itself"}`
+          )
+          return inline
+        }
+        return yield* make({ backend: backend.name as Init["backend"], config: model.config }, count - 1)
+      })
+    )
 }
 
 /**
