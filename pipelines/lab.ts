@@ -20,7 +20,7 @@ import * as AtomicFile from "../src/io/AtomicFile.ts"
 import * as Lab from "../src/lab/Lab.ts"
 import * as LabModel from "../src/lab/LabModel.ts"
 import * as LabReward from "../src/lab/LabReward.ts"
-import * as Stats from "../src/math/Stats.ts"
+import * as LabTable from "../src/lab/LabTable.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import * as Mlp from "../src/model/Mlp.ts"
 import * as Weights from "../src/model/Weights.ts"
@@ -50,8 +50,6 @@ type JobResult = typeof JobResult.Type
 
 const BEST_OF = 4
 
-const f3 = (x: number) => x.toFixed(3)
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`
 
 interface Options {
   readonly model: string
@@ -129,47 +127,59 @@ const ensureBase = (o: Options, retrain: boolean) =>
     const fs = yield* FileSystem.FileSystem
     if (!retrain && (yield* fs.exists(nodePath.join(o.model, Weights.CONFIG_FILE)))) return
     yield* Console.error(`training the lab's base model into ${o.model} (${LabModel.pretrainDefaults.steps} steps)`)
-    const bar = Progress.make({ label: "lab base", total: LabModel.pretrainDefaults.steps })
     const model = yield* Scoped.acquireWith(() => Denoiser.init(Mlp.labConfig, 0), Denoiser.dispose)
-    const loss = yield* LabModel.pretrain(model, { ...LabModel.pretrainDefaults, onStep: (s, l) => s % 50 === 0 && bar.tick(s, { loss: l }) })
-    bar.end()
+    const loss = yield* LabModel.pretrain(model, LabModel.pretrainDefaults)
     yield* Denoiser.save(o.model, model, { trainedBy: "pipelines/lab.ts", steps: String(LabModel.pretrainDefaults.steps), finalLoss: loss.toFixed(5) })
   }).pipe(Effect.provide(Backend.make(o.backend)), Effect.scoped)
 
-interface Row {
-  readonly name: string
-  readonly reward: number
-  readonly rewardStd: number
-  readonly inMode: number
-  readonly inModeStd: number
-  readonly onRing: number
-  readonly onRingStd: number
-  readonly trainingNfe: number
-  readonly iterations: number
-  readonly wallMs: number
-  readonly seeds: ReadonlyArray<{ seed: number; reward: number; inMode: number; onRing: number; trainingNfe: number; iterations: number; wallMs: number }>
-}
+/** The fields of a stored lab.json that a table needs. */
+const StoredLab = Schema.Struct({
+  command: Schema.String,
+  reward: Schema.String,
+  budget: Schema.Number,
+  base: Schema.Struct({ reward: Schema.Number, inMode: Schema.Number, onRing: Schema.Number }),
+  bestOfN: Schema.optional(Schema.Struct({ n: Schema.Int, reward: Schema.Number, inMode: Schema.Number, onRing: Schema.Number })),
+  methods: Schema.Array(Schema.Struct({
+    name: Schema.String,
+    seeds: Schema.Array(Schema.Struct({
+      seed: Schema.Int,
+      reward: Schema.Number,
+      inMode: Schema.Number,
+      onRing: Schema.Number,
+      trainingNfe: Schema.Number,
+      iterations: Schema.Number,
+      wallMs: Schema.Number
+    }))
+  }))
+})
 
-const summarize = (label: string, rs: ReadonlyArray<JobResult>): Row => {
-  // Sample SD over seeds (n - 1): the spread of a few seeds, not of a population.
-  const s = (f: (r: JobResult) => number) => Stats.meanSampleStd(rs.map(f), NaN)
-  const reward = s((r) => r.reward)
-  const inMode = s((r) => r.inMode)
-  const onRing = s((r) => r.onRing)
-  return {
-    name: label,
-    reward: reward.mean,
-    rewardStd: reward.std,
-    inMode: inMode.mean,
-    inModeStd: inMode.std,
-    onRing: onRing.mean,
-    onRingStd: onRing.std,
-    trainingNfe: s((r) => r.trainingNfe).mean,
-    iterations: s((r) => r.iterations).mean,
-    wallMs: s((r) => r.wallMs).mean,
-    seeds: [...rs].sort((a, b) => a.seed - b.seed).map((r) => ({ seed: r.seed, reward: r.reward, inMode: r.inMode, onRing: r.onRing, trainingNfe: r.trainingNfe, iterations: r.iterations, wallMs: r.wallMs }))
-  }
-}
+/**
+ * A stored run's table rendered again from each seed's numbers (tables
+ * written before the lab reported the sample SD): table.md and lab.json's
+ * rows are rewritten, the seeds' numbers and the plots are left as they are.
+ */
+const retable = (dir: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const file = nodePath.join(dir, "lab.json")
+    const raw = JSON.parse(yield* fs.readFileString(file)) as Record<string, unknown>
+    const stored = Schema.decodeUnknownSync(StoredLab)(raw)
+    const rows = stored.methods.map((m) => LabTable.summarize(m.name, m.seeds))
+    const seeds = [...new Set(stored.methods.flatMap((m) => m.seeds.map((s) => s.seed)))].sort((a, b) => a - b)
+    const note = (name: string) => Lab.methods.find((m) => m.name === name.split(" ")[0])?.note ?? ""
+    const md = [
+      `# Lab: reward "${stored.reward}", budget ${stored.budget} training NFE per run, seeds ${seeds.join(", ")}`,
+      "",
+      `Command: \`${stored.command}\`; table rendered again from lab.json by \`npx tsx pipelines/lab.ts --retable ${dir}\` (the runs' numbers unchanged). ${LabTable.LEGEND}`,
+      "",
+      LabTable.render(stored.base, rows, stored.bestOfN),
+      "",
+      ...rows.map((r) => `- **${r.name}**: ${note(r.name)}`)
+    ].join("\n") + "\n"
+    yield* Console.log(md)
+    yield* AtomicFile.writeText(nodePath.join(dir, "table.md"), md)
+    yield* AtomicFile.writeText(file, JSON.stringify({ ...raw, methods: rows }, null, 2) + "\n")
+  })
 
 const command = Command.make(
   "lab",
@@ -188,6 +198,7 @@ const command = Command.make(
     out: Flag.String("out").pipe(Flag.withDescription("directory of table.md, lab.json and the plots"), Flag.withDefault("out/lab")),
     json: Flag.String("json").pipe(Flag.withDescription("also write the table as JSON here"), Flag.optional),
     backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("wasm" as const)),
+    retable: Flag.String("retable").pipe(Flag.withDescription("render DIR/lab.json's table again (sample SD) into DIR/table.md; trains nothing"), Flag.optional),
     workerJobs: Flag.String("worker-jobs").pipe(Flag.withDescription("(internal) run these jobs and print results as JSON lines"), Flag.optional)
   },
   Effect.fn(function*(f) {
@@ -198,6 +209,7 @@ const command = Command.make(
     }
     const started = performance.now()
     const fs = yield* FileSystem.FileSystem
+    if (Option.isSome(f.retable)) return yield* retable(f.retable.value)
     yield* ensureBase(o, f.retrain)
     const names = Option.isSome(f.methods) ? f.methods.value.split(",").map((s) => s.trim()) : [...Lab.methods.map((m) => m.name), `best-of-${BEST_OF}`]
     const unknown = names.find((n) => n !== `best-of-${BEST_OF}` && !Lab.methods.some((m) => m.name === n))
@@ -240,26 +252,16 @@ const command = Command.make(
     }).pipe(Effect.provide(Backend.make(o.backend)), Effect.scoped)
 
     const labels = [...new Set(jobs.map((j) => j.label))]
-    const rows = labels.map((l) => summarize(l, results.filter((r) => r.label === l)))
+    const rows = labels.map((l) => LabTable.summarize(l, results.filter((r) => r.label === l)))
     const withBest = names.includes(`best-of-${BEST_OF}`)
     const note = (name: string) => Lab.methods.find((m) => m.name === name.split(" ")[0])?.note ?? ""
-    // One seed has no sample SD: its mean alone.
-    const spread = (sd: number, f: (x: number) => string) => (Number.isNaN(sd) ? "" : ` ± ${f(sd)}`)
-    const table = [
-      `| method | reward | in mode | on ring | training NFE | iterations | wall s |`,
-      `|---|---|---|---|---|---|---|`,
-      `| base | ${f3(base.reward)} | ${pct(base.inMode)} | ${pct(base.onRing)} | 0 | 0 | 0 |`,
-      ...rows.map((r) =>
-        `| ${r.name} | ${f3(r.reward)}${spread(r.rewardStd, f3)} | ${pct(r.inMode)}${spread(r.inModeStd, pct)} | ${pct(r.onRing)}${spread(r.onRingStd, pct)} | ${Math.round(r.trainingNfe)} | ${r.iterations.toFixed(0)} | ${(r.wallMs / 1000).toFixed(1)} |`
-      ),
-      ...(withBest ? [`| best-of-${BEST_OF} (inference, ${BEST_OF}x sampling NFE) | ${f3(best.reward)} | ${pct(best.inMode)} | ${pct(best.onRing)} | 0 | 0 | 0 |`] : [])
-    ].join("\n")
+    const table = LabTable.render(base, rows, withBest ? { n: BEST_OF, ...best } : undefined)
     const commandLine = `npx tsx pipelines/lab.ts ${process.argv.slice(2).join(" ")}`.trim()
     const wall = (performance.now() - started) / 1000
     const md = [
       `# Lab: reward "${o.reward}", budget ${o.budget} training NFE per run, seeds ${seeds.join(", ")}`,
       "",
-      `Command: \`${commandLine}\` (${wall.toFixed(0)} s on ${f.workers} workers). Mean ± sample SD (n - 1) over seeds; training NFE, iterations and wall time are means over seeds (a run stops at the first iteration past the budget, and an iteration's NFE depends on its drawn start timesteps, so seeds differ: each seed's in lab.json). ${o.evalSamples} fresh DDIM-50 samples per evaluation, the same for every model.`,
+      `Command: \`${commandLine}\` (${wall.toFixed(0)} s on ${f.workers} workers). ${LabTable.LEGEND} ${o.evalSamples} fresh DDIM-50 samples per evaluation, the same for every model.`,
       "",
       table,
       "",
