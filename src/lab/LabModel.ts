@@ -12,11 +12,12 @@ import * as Noise from "../diffusion/Noise.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as AdamW from "../optim/AdamW.ts"
-import { learningRate } from "../optim/Optimizer.ts"
+import * as LrSchedule from "../optim/LrSchedule.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import { Rng } from "../tensor/Random.ts"
 import * as Scoped from "../tensor/Scoped.ts"
+import * as TrainingLoop from "../train/TrainingLoop.ts"
 import * as LabReward from "./LabReward.ts"
 import * as Ring from "./Ring.ts"
 
@@ -25,14 +26,15 @@ export interface PretrainOptions {
   readonly batch: number
   readonly lr: number
   readonly seed: number
-  readonly onStep?: (step: number, loss: number) => void
 }
 
 export const pretrainDefaults: PretrainOptions = { steps: 3000, batch: 256, lr: 2e-3, seed: 0 }
 
 /**
  * Trains `model` in place on ring samples: eps MSE at t ~ U[0, T), AdamW
- * (0.9, 0.999), cosine learning rate. Returns the mean loss of the last 100 steps.
+ * (0.9, 0.999), cosine learning rate, on the project's training loop
+ * (`TrainingLoop.run`: progress bar, stop on a non-finite loss; no
+ * checkpoints, it takes seconds). Returns the mean loss of the last 100 steps.
  *
  * @since 0.4.0
  */
@@ -41,12 +43,12 @@ export const pretrain = Effect.fn("LabModel.pretrain")(function*(model: Denoiser
   const schedule = Denoiser.scheduleOf(model.config)
   const state = AdamW.init(model.params)
   const recent: Array<number> = []
-  yield* Effect.gen(function*() {
-    for (let step = 0; step < o.steps; step++) {
+  const step = (index: number) =>
+    Effect.gen(function*() {
       const x0 = Ring.sampleModel(rng, o.batch)
       const ts = Array.from({ length: o.batch }, () => rng.int(schedule.trainSteps))
       const eps = rng.normals(2 * o.batch)
-      const loss = yield* Scoped.use(() =>
+      const { loss, gradNorm } = yield* Scoped.use(() =>
         paramGrads(() =>
           tf.tidy(() => {
             const e = tf.tensor2d(eps, [o.batch, 2])
@@ -55,13 +57,23 @@ export const pretrain = Effect.fn("LabModel.pretrain")(function*(model: Denoiser
           }), model.params), ({ grads, value }) =>
         Effect.gen(function*() {
           const loss = yield* HostRead.scalar(value)
-          yield* AdamW.step(model.params, grads, state, learningRate({ lr: o.lr, warmupSteps: 100, schedule: "cosine", totalSteps: o.steps }, step), { ...AdamW.defaults, maxGradNorm: 1 })
-          return loss
+          const lr = LrSchedule.at({ lr: o.lr, warmupSteps: 100, schedule: "cosine", totalSteps: o.steps }, index)
+          const gradNorm = yield* AdamW.step(model.params, grads, state, lr, { ...AdamW.defaults, maxGradNorm: 1 })
+          return { loss, gradNorm }
         }))
       recent.push(loss)
       if (recent.length > 100) recent.shift()
-      o.onStep?.(step + 1, loss)
-    }
+      return { loss, gradNorm, show: { loss } }
+    })
+  yield* TrainingLoop.run({
+    label: "lab base",
+    total: o.steps,
+    start: 0,
+    startWallMs: 0,
+    maxMinutes: 0,
+    checkpointEvery: o.steps + 1,
+    step,
+    checkpoint: () => Effect.void
   }).pipe(Effect.ensuring(Effect.sync(() => AdamW.dispose(state))))
   return recent.reduce((a, b) => a + b, 0) / recent.length
 })

@@ -24,6 +24,7 @@ import { Objective } from "../objective/Objective.ts"
 import * as PortablePart from "../objective/PortablePart.ts"
 import { Ema } from "../optim/Ema.ts"
 import { type Loss, Optimizer } from "../optim/Optimizer.ts"
+import * as Trainer from "../optim/Trainer.ts"
 import { PathSelector } from "../trajectory/PathSelector.ts"
 import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
 import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
@@ -46,7 +47,7 @@ export class IterationSampler extends Context.Service<IterationSampler, {
 }>()("sharpen/sharpen/IterationSampler") {}
 
 /** Marks the part of an iteration that may be abandoned (see `loop`). */
-export type Interruptible = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+export type Interruptible = Trainer.Interruptible
 
 /**
  * One sharpening iteration; all its tensors are released when it ends.
@@ -158,48 +159,31 @@ export const loop = Effect.fn("Sharpen.loop")(function*(config: SharpenConfig) {
   const metrics = yield* Metrics
   const checkpointer = yield* Checkpointer
   const sampler = yield* Effect.serviceOption(IterationSampler)
-  let done = yield* checkpointer.resume
-  let saved = done
+  const start = yield* checkpointer.resume
   yield* checkpointer.mark
   const budget = config.trainingNfe ?? 0
   let spent = trainingNfe(yield* metrics.records)
-  const body = Effect.gen(function*() {
-    while (done < config.iterations && (budget === 0 || spent < budget)) {
-      // Interruptible until the update starts; from there on (optimiser
-      // steps, metrics line, checkpoint) it completes.
-      yield* Effect.uninterruptibleMask((restore) =>
-        Effect.gen(function*() {
-          const record = yield* iteration(config, done + 1, restore)
-          yield* metrics.log(record)
-          done += 1
-          spent += record.nfe + (record.lossNfe ?? 0)
-          if (done % config.checkpointEvery === 0 || done === config.iterations || (budget > 0 && spent >= budget)) {
-            yield* checkpointer.save(done)
-            saved = done
-          }
-          yield* checkpointer.mark
-        })
-      )
-      if (Option.isSome(sampler) && config.sampleEvery > 0 && done % config.sampleEvery === 0 && done < config.iterations) {
-        yield* sampler.value.sample(done)
-      }
-    }
-  })
-  yield* body.pipe(
-    Effect.onInterrupt(() =>
+  return yield* Trainer.run({
+    unit: "iteration",
+    start,
+    more: (done) => Effect.succeed(done < config.iterations && (budget === 0 || spent < budget)),
+    // Interruptible until the update starts; from there on (optimiser steps,
+    // metrics line, checkpoint) it completes.
+    step: (index, restore) =>
       Effect.gen(function*() {
-        yield* metrics.end
-        // An abandoned iteration may have drawn random numbers: not saved.
-        yield* checkpointer.rollback
-        if (done > saved) {
-          yield* checkpointer.save(done).pipe(Effect.ignore)
-          yield* Effect.logInfo(`interrupted: checkpoint written at iteration ${done}`)
-        }
-      })
-    )
-  )
-  yield* metrics.end
-  return done
+        const record = yield* iteration(config, index + 1, restore)
+        yield* metrics.log(record)
+        spent += record.nfe + (record.lossNfe ?? 0)
+      }),
+    due: (done) => done % config.checkpointEvery === 0 || done === config.iterations || (budget > 0 && spent >= budget),
+    checkpoint: checkpointer.save,
+    afterStep: checkpointer.mark,
+    between: (done) =>
+      Option.isSome(sampler) && config.sampleEvery > 0 && done % config.sampleEvery === 0 && done < config.iterations ? sampler.value.sample(done) : Effect.void,
+    // An abandoned iteration may have drawn random numbers: not saved.
+    onInterrupt: Effect.andThen(metrics.end, checkpointer.rollback),
+    end: metrics.end
+  })
 })
 
 /**

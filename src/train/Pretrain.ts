@@ -24,6 +24,7 @@ import { Backend, usesWorkerThreads } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import type { WasmHeapExhausted } from "../tensor/WasmHeap.ts"
 import * as DataParallel from "../parallel/DataParallel.ts"
+import * as LrSchedule from "../optim/LrSchedule.ts"
 import * as TrainingLoop from "./TrainingLoop.ts"
 
 export const PretrainOptions = Schema.Struct({
@@ -66,12 +67,8 @@ type TrainState = typeof TrainState.Type
  *
  * @since 0.2.0
  */
-export const lrAt = (o: Pick<PretrainOptions, "lr" | "minLr" | "warmupSteps" | "steps" | "lrSchedule">, step: number): number => {
-  if (o.warmupSteps > 0 && step < o.warmupSteps) return o.lr * (step + 1) / o.warmupSteps
-  if (o.lrSchedule === "constant") return o.lr
-  const progress = Math.min(1, (step - o.warmupSteps) / Math.max(1, o.steps - o.warmupSteps))
-  return o.minLr + (o.lr - o.minLr) * 0.5 * (1 + Math.cos(Math.PI * progress))
-}
+export const lrAt = (o: Pick<PretrainOptions, "lr" | "minLr" | "warmupSteps" | "steps" | "lrSchedule">, step: number): number =>
+  LrSchedule.at({ lr: o.lr, minLr: o.minLr, warmupSteps: o.warmupSteps, totalSteps: o.steps, schedule: o.lrSchedule }, step)
 
 /** The timesteps and noise of a batch, drawn in a fixed order (so resume is exact). */
 const drawShard = (schedule: Schedule.Schedule, model: Denoiser.Model, batch: Dataset.Batch, rng: Rng): DataParallel.Shard => {

@@ -1,14 +1,16 @@
 /**
- * The step loop of the project's supervised trainings (pretraining, the clip
- * reward): a progress bar, a time budget, checkpoints every N steps, a
- * checkpoint on Ctrl-C, and a stop with `NonFiniteLoss` (nothing applied,
- * last checkpoint intact) when a step's loss or gradient is not finite.
+ * The supervised trainings (pretraining, the clip reward, the lab's base
+ * model) on the project's one loop (`Trainer.run`): a progress bar, a time
+ * budget, checkpoints every N steps, a checkpoint on Ctrl-C, and a stop with
+ * `NonFiniteLoss` (nothing applied, last checkpoint intact) when a step's
+ * loss or gradient is not finite.
  *
  * @since 0.1.0
  */
 import { Effect } from "effect"
 import * as Progress from "../io/Progress.ts"
 import { NonFiniteLoss } from "../optim/Optimizer.ts"
+import * as Trainer from "../optim/Trainer.ts"
 import { WasmHeapExhausted } from "../tensor/WasmHeap.ts"
 
 export interface StepOutcome {
@@ -45,52 +47,41 @@ export const run = <E, R>(o: LoopOptions<E, R>): Effect.Effect<{ steps: number; 
     const t0 = performance.now() - o.startWallMs
     const wall = () => performance.now() - t0
     const sessionStart = performance.now()
-    let step = o.start
-    let saved = step
-    yield* Effect.gen(function*() {
-      while (step < o.total) {
-        if (o.maxMinutes > 0 && performance.now() - sessionStart > o.maxMinutes * 60_000) {
-          yield* Effect.logInfo(`time budget of ${o.maxMinutes} min reached at step ${step}`)
-          break
-        }
-        // Heap exhaustion is the one thing a step throws that a caller can act on (smaller batch).
-        const heapOrDie = (e: unknown) => (e instanceof WasmHeapExhausted ? Effect.fail(e) : Effect.die(e))
-        const out = yield* Effect.suspend(() => {
-          try {
-            return Effect.succeed(o.step(step))
-          } catch (e) {
-            return heapOrDie(e)
+    // Heap exhaustion is the one thing a step throws that a caller can act on (smaller batch).
+    const heapOrDie = (e: unknown) => (e instanceof WasmHeapExhausted ? Effect.fail(e) : Effect.die(e))
+    const steps = yield* Trainer.run({
+      unit: "step",
+      start: o.start,
+      more: (done) =>
+        done >= o.total
+          ? Effect.succeed(false)
+          : o.maxMinutes > 0 && performance.now() - sessionStart > o.maxMinutes * 60_000
+          ? Effect.as(Effect.logInfo(`time budget of ${o.maxMinutes} min reached at step ${done}`), false)
+          : Effect.succeed(true),
+      step: (index, restore) =>
+        restore(Effect.gen(function*() {
+          const out = yield* Effect.suspend(() => {
+            try {
+              return Effect.succeed(o.step(index))
+            } catch (e) {
+              return heapOrDie(e)
+            }
+          })
+          const r = out instanceof Promise
+            ? yield* Effect.tryPromise({ try: () => out, catch: (e) => e }).pipe(Effect.catch(heapOrDie))
+            : Effect.isEffect(out)
+            ? yield* out.pipe(Effect.catchDefect(heapOrDie))
+            : out
+          if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
+            return yield* new NonFiniteLoss({ iteration: index + 1, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` })
           }
-        })
-        const r = out instanceof Promise
-          ? yield* Effect.tryPromise({ try: () => out, catch: (e) => e }).pipe(Effect.catch(heapOrDie))
-          : Effect.isEffect(out)
-          ? yield* out.pipe(Effect.catchDefect(heapOrDie))
-          : out
-        if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
-          return yield* new NonFiniteLoss({ iteration: step + 1, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` })
-        }
-        step += 1
-        bar.tick(step, r.show)
-        if (step % o.checkpointEvery === 0) {
-          yield* o.checkpoint(step, wall())
-          saved = step
-        }
-        yield* Effect.yieldNow
-      }
-    }).pipe(
+          bar.tick(index + 1, r.show)
+        })),
+      due: (done) => done % o.checkpointEvery === 0,
+      checkpoint: (done) => o.checkpoint(done, wall()),
       // Ctrl-C mid-run: keep what was learned since the last save.
-      Effect.onInterrupt(() =>
-        Effect.gen(function*() {
-          bar.end()
-          if (step > saved) {
-            yield* o.checkpoint(step, wall()).pipe(Effect.ignore)
-            yield* Effect.logInfo(`interrupted: checkpoint written at step ${step}`)
-          }
-        })
-      )
-    )
-    bar.end()
-    if (step > saved) yield* o.checkpoint(step, wall())
-    return { steps: step, wallMs: wall() }
+      onInterrupt: Effect.sync(() => bar.end()),
+      end: Effect.sync(() => bar.end())
+    })
+    return { steps, wallMs: wall() }
   })
