@@ -104,22 +104,6 @@ const reader = (fs: FileSystem.FileSystem, path: Path.Path, runDir: string, dirN
 
 
 /**
- * The latest complete checkpoint, if any: its directory and a reader.
- *
- * @since 0.1.0
- */
-export const latest = Effect.fn("CheckpointDir.latest")(function*(runDir: string) {
-  const fs = yield* FileSystem.FileSystem
-  const path = yield* Path.Path
-  const pointer = path.join(runDir, LATEST)
-  if (!(yield* fs.exists(pointer).pipe(Effect.orElseSucceed(() => false)))) return Option.none()
-  const dirName = (yield* fs.readFileString(pointer).pipe(
-    Effect.mapError(() => new CheckpointError({ path: pointer, message: "cannot read the LATEST pointer" }))
-  )).trim()
-  return Option.some(reader(fs, path, runDir, dirName))
-})
-
-/**
  * Every checkpoint a resume may use, best first: the one `LATEST` names,
  * then the other `ckpt-*` directories from the newest. Empty when the run
  * has none.
@@ -137,3 +121,40 @@ export const candidates = Effect.fn("CheckpointDir.candidates")(function*(runDir
   const names = pointer === "" ? dirs : [pointer, ...dirs.filter((d) => d !== pointer)]
   return names.map((d) => reader(fs, path, runDir, d))
 })
+
+/**
+ * Restore a run from its newest good checkpoint, the one restore path of
+ * every training: `restore` is tried on each candidate, best first; one that
+ * fails with a `CheckpointError` (a truncated file, a bad state, a missing
+ * tensor) is logged, renamed `<dir>.damaged` when an older one remains, and
+ * the next is tried. Any other error stops at once (e.g. a checkpoint of
+ * another model). None when the run has no checkpoint; the first error
+ * when none is good.
+ *
+ * @since 0.6.0
+ */
+export const resume = <A, E, R>(runDir: string, restore: (checkpoint: Reader) => Effect.Effect<A, CheckpointError | E, R>) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const all = yield* candidates(runDir).pipe(Effect.mapError((e) => (e instanceof CheckpointError ? e : new CheckpointError({ path: runDir, message: String(e) }))))
+    let first: CheckpointError | undefined
+    for (const [k, ck] of all.entries()) {
+      const r = yield* Effect.result(restore(ck))
+      if (r._tag === "Success") {
+        return Option.some({ value: r.success, dir: ck.dir })
+      }
+      if (!(r.failure instanceof CheckpointError)) return yield* Effect.fail(r.failure as E)
+      first ??= r.failure
+      // A restore that failed half-way is overwritten by the next candidate's.
+      const next = all[k + 1]
+      yield* Effect.logWarning(
+        `checkpoint ${ck.dir} is damaged (${r.failure.message}: ${r.failure.path})` +
+          (next === undefined ? "; no older checkpoint to fall back to" : `; falling back to ${next.dir}`)
+      )
+      // Set aside (kept for inspection), so it is never a fallback again.
+      if (next !== undefined) yield* fs.rename(ck.dir, `${ck.dir}.damaged`).pipe(Effect.ignore)
+    }
+    if (first !== undefined) return yield* first
+    return Option.none<{ readonly value: A; readonly dir: string }>()
+  })
+

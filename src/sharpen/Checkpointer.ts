@@ -57,7 +57,6 @@ export class Checkpointer extends Context.Service<Checkpointer, {
         // The weight average, when the run keeps one (ema > 0).
         const ema = Option.filter(yield* Effect.serviceOption(Ema), (e) => e.decay > 0)
         const context = yield* Effect.context<FileSystem.FileSystem | Path.Path>()
-        const fs = yield* FileSystem.FileSystem
         const fail = (message: string) => new CheckpointDir.CheckpointError({ path: runDir, message })
 
         const save = Effect.fn("Checkpointer.save")(function*(iteration: number) {
@@ -100,30 +99,14 @@ export class Checkpointer extends Context.Service<Checkpointer, {
         })
 
         const resume = Effect.gen(function*() {
-          const all = yield* CheckpointDir.candidates(runDir).pipe(Effect.mapError((e) => (e instanceof CheckpointDir.CheckpointError ? e : fail(String(e)))))
-          if (all.length === 0) {
+          const restored = yield* CheckpointDir.resume(runDir, restore)
+          if (Option.isNone(restored)) {
             // A run killed before its first checkpoint may have left metrics lines.
             yield* metrics.reset([])
             return 0
           }
-          let first: CheckpointDir.CheckpointError | undefined
-          for (const [k, ck] of all.entries()) {
-            const r = yield* Effect.result(restore(ck))
-            if (r._tag === "Success") {
-              yield* Effect.logInfo(`resumed from ${ck.dir} at iteration ${r.success}`)
-              return r.success
-            }
-            first ??= r.failure
-            // A restore that failed half-way is overwritten by the next candidate's.
-            const next = all[k + 1]
-            yield* Effect.logWarning(
-              `checkpoint ${ck.dir} is damaged (${r.failure.message}: ${r.failure.path})` +
-                (next === undefined ? "; no older checkpoint to fall back to" : `; falling back to ${next.dir}`)
-            )
-            // Set aside (kept for inspection), so it is never a fallback again.
-            if (next !== undefined) yield* fs.rename(ck.dir, `${ck.dir}.damaged`).pipe(Effect.ignore)
-          }
-          return yield* first!
+          yield* Effect.logInfo(`resumed from ${restored.value.dir} at iteration ${restored.value.value}`)
+          return restored.value.value
         }).pipe(Effect.provide(context))
 
         let marked: { rng: RngState; tracker: StatTrackerState | undefined } | undefined

@@ -186,27 +186,31 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   const losses: Array<number> = []
 
   if (o.resume) {
-    const ckpt = yield* CheckpointDir.latest(o.runDir)
-    if (Option.isSome(ckpt)) {
-      const st = yield* ckpt.value.readState(TrainState)
-      const saved = (st.options as { architecture?: object } | null)?.architecture
-      // Key order can differ between a decoded and a literal config.
-      const canonical = (a: object) => JSON.stringify(a, Object.keys(a).sort())
-      if (saved !== undefined && canonical(saved) !== canonical(o.config.architecture)) {
-        return yield* new ModelDir.ModelLoadError({
-          file: ckpt.value.dir,
-          message: `checkpoint was trained with architecture ${JSON.stringify(saved)}, not ${JSON.stringify(o.config.architecture)}; pass the same --architecture to resume`
-        })
-      }
-      yield* ckpt.value.restore("params.safetensors", model.params)
-      yield* ckpt.value.restore("ema.safetensors", ema.params)
-      yield* ckpt.value.restore("adam.safetensors", adam.m, "m.")
-      yield* ckpt.value.restore("adam.safetensors", adam.v, "v.")
+    const restored = yield* CheckpointDir.resume(o.runDir, (ck) =>
+      Effect.gen(function*() {
+        const st = yield* ck.readState(TrainState)
+        const saved = (st.options as { architecture?: object } | null)?.architecture
+        // Key order can differ between a decoded and a literal config.
+        const canonical = (a: object) => JSON.stringify(a, Object.keys(a).sort())
+        if (saved !== undefined && canonical(saved) !== canonical(o.config.architecture)) {
+          return yield* new ModelDir.ModelLoadError({
+            file: ck.dir,
+            message: `checkpoint was trained with architecture ${JSON.stringify(saved)}, not ${JSON.stringify(o.config.architecture)}; pass the same --architecture to resume`
+          })
+        }
+        yield* ck.restore("params.safetensors", model.params)
+        yield* ck.restore("ema.safetensors", ema.params)
+        yield* ck.restore("adam.safetensors", adam.m, "m.")
+        yield* ck.restore("adam.safetensors", adam.v, "v.")
+        return st
+      }))
+    if (Option.isSome(restored)) {
+      const st = restored.value.value
       adam.step = st.adamStep
       rng = Rng.fromState(st.rng)
       state = st
       losses.push(...st.losses)
-      yield* Effect.logInfo(`resumed from ${ckpt.value.dir} at step ${st.step}`)
+      yield* Effect.logInfo(`resumed from ${restored.value.dir} at step ${st.step}`)
     } else {
       yield* Effect.logInfo(`no checkpoint in ${o.runDir}; starting fresh`)
     }

@@ -249,18 +249,22 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
   const accuracies: Array<number> = []
 
   if (o.resume) {
-    const ckpt = yield* CheckpointDir.latest(o.runDir)
-    if (Option.isSome(ckpt)) {
-      const st = yield* ckpt.value.readState(TrainState)
-      yield* ckpt.value.restore("params.safetensors", model.params)
-      yield* ckpt.value.restore("adam.safetensors", adam.m, "m.")
-      yield* ckpt.value.restore("adam.safetensors", adam.v, "v.")
+    const restored = yield* CheckpointDir.resume(o.runDir, (ck) =>
+      Effect.gen(function*() {
+        const st = yield* ck.readState(TrainState)
+        yield* ck.restore("params.safetensors", model.params)
+        yield* ck.restore("adam.safetensors", adam.m, "m.")
+        yield* ck.restore("adam.safetensors", adam.v, "v.")
+        return st
+      }))
+    if (Option.isSome(restored)) {
+      const st = restored.value.value
       adam.step = st.adamStep
       rng = Rng.fromState(st.rng)
       state = st
       losses.push(...st.losses)
       accuracies.push(...st.accuracies)
-      yield* Effect.logInfo(`resumed from ${ckpt.value.dir} at step ${st.step}`)
+      yield* Effect.logInfo(`resumed from ${restored.value.dir} at step ${st.step}`)
     } else {
       yield* Effect.logInfo(`no checkpoint in ${o.runDir}; starting fresh`)
     }
