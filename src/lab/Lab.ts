@@ -71,9 +71,11 @@ export const methods: ReadonlyArray<LabMethod> = [
   { name: "raft", algorithm: "raft", settings: { lr: 3e-5 }, note: "best of n fresh samples, denoising loss on it" },
   { name: "rlhf-image", algorithm: "rlhf", settings: { lr: 1e-4 }, note: "image-level RLHF sharpening (the default): DPO between the best and worst paths' final images" },
   { name: "sft-image", algorithm: "sft", settings: { lr: 5e-5 }, note: "image-level SFT sharpening (the default): denoising loss on the best path's final image" },
-  { name: "nft", algorithm: "nft", settings: { lr: 1e-4 }, note: "DiffusionNFT on the paths' final images: implicit positive / negative policies weighted by r and 1 - r from group advantages" },
-  { name: "group-pairs", algorithm: "group", settings: { lr: 1e-4, groupForm: "pairs" }, note: "group-relative image-level RLHF: DPO on every pair of the n final images, weighted by the advantage gap" },
-  { name: "group-awr", algorithm: "group", settings: { lr: 1e-4, groupForm: "awr", groupBeta: 1 }, note: "group-relative image-level SFT: denoising loss on every final image weighted by softmax(A / tau)" }
+  // Swept like image-level RLHF (docs/method.md): lr, then each one's own beta and settings over 3 seeds.
+  // nft's beta acts only from a batch's second step (stepsPerBatch > 1): 0.1 is its best at K = 4.
+  { name: "nft", algorithm: "nft", settings: { lr: 1e-4, nftNoise: "prompt", nftWeighting: "eps", nftBeta: 0.1 }, note: "DiffusionNFT on the paths' final images: implicit positive / negative policies weighted by r and 1 - r from group advantages (one eps and t per prompt, the adaptive loss on the eps error)" },
+  { name: "group-pairs", algorithm: "group", settings: { lr: 1e-4, groupForm: "pairs", groupBeta: 5 }, note: "group-relative image-level RLHF: DPO on every pair of the n final images, weighted by the advantage gap" },
+  { name: "group-awr", algorithm: "group", settings: { lr: 1e-4, groupForm: "awr", groupBeta: 3 }, note: "group-relative image-level SFT: denoising loss on every final image weighted by softmax(A / tau)" }
 ]
 
 export interface RunResult extends LabModel.LabMetrics {
