@@ -8,10 +8,11 @@
  *
  * Prints one markdown table per prompt set and writes them all as JSON.
  */
-import { Console, Effect, FileSystem, Layer, Option, Path } from "effect"
+import { Console, Effect, FileSystem, Option, Path } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Inputs from "../src/io/Inputs.ts"
 import * as Main from "../src/cli/Main.ts"
+import * as Setup from "../src/cli/Setup.ts"
 import * as Progress from "../src/io/Progress.ts"
 import * as ClipReport from "../src/eval/ClipReport.ts"
 import * as Png from "../src/data/Png.ts"
@@ -22,12 +23,9 @@ import * as Generate from "../src/trajectory/Generate.ts"
 import * as ParallelGenerate from "../src/parallel/ParallelGenerate.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
-import * as ClipModel from "../src/reward/ClipModel.ts"
-import { Backend, BackendName } from "../src/tensor/Backend.ts"
-import * as Scoped from "../src/tensor/Scoped.ts"
 
 export const DEFAULT_PROMPTS = ["data/eval/prompts-seen.txt", "data/eval/prompts-heldout.txt"]
-export const DEFAULT_CLIP = "models/shapeworld-clip"
+export const DEFAULT_CLIP = Setup.DEFAULT_CLIP_MODEL
 
 const command = Command.make(
   "evaluate",
@@ -43,7 +41,7 @@ const command = Command.make(
     grids: Flag.String("grids").pipe(Flag.withDescription("also write a labelled contact sheet per prompt set into this directory"), Flag.optional),
     against: Flag.String("against").pipe(Flag.withDescription("an earlier report of this command (same prompts and sampler, e.g. the base model's): also print the before/after table, paired per prompt, with Wilson intervals"), Flag.optional),
     json: Flag.String("json").pipe(Flag.withDescription("where to write the JSON report (default out/evaluate/<model>.json)"), Flag.optional),
-    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+    backend: Setup.backendFlag
   },
   Effect.fn(function*(f) {
     const fs = yield* FileSystem.FileSystem
@@ -67,7 +65,7 @@ const command = Command.make(
     // an explicitly requested one must load.
     const clipDir = Option.getOrElse(f.clip, () => DEFAULT_CLIP)
     const useClip = Option.isSome(f.clip) || (yield* fs.exists(clipDir))
-    const clip = useClip ? yield* Effect.flatMap(ClipModel.loadFiles(clipDir), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose)) : undefined
+    const clip = useClip ? yield* Setup.clip(clipDir) : undefined
     if (!useClip) yield* Console.error(`note: ${clipDir} not found; clip score omitted`)
     const total = sets.reduce((a, s) => a + s.prompts.length, 0)
     const bar = Progress.make({ label: "evaluate", total })
@@ -104,7 +102,7 @@ const command = Command.make(
     yield* Console.log(`\nwrote ${jsonFile}`)
   }, (effect, f) =>
     effect.pipe(
-      Effect.provide(Denoiser.Denoiser.fromDir(f.model, false).pipe(Layer.provideMerge(Backend.fromFlag(f.backend)))),
+      Effect.provide(Setup.denoiser(f.model, f.backend)),
       Effect.scoped
     ))
 ).pipe(Command.withDescription("Evaluate a generator: per-category verifier accuracy, partial credit, clip score, NFE per image."))

@@ -10,13 +10,13 @@
  * Checkpoints go to --run-dir (atomic, every --checkpoint-every steps and on
  * Ctrl-C); the EMA weights are written to --out when training ends.
  */
-import { Console, Effect, Layer, Option } from "effect"
+import { Console, Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
+import * as Setup from "../src/cli/Setup.ts"
 import { defaultWorkers } from "../src/parallel/ParallelGenerate.ts"
 import { defaultConfig } from "../src/model/UNetConfig.ts"
 import * as Pretrain from "../src/train/Pretrain.ts"
-import { Backend, BackendName } from "../src/tensor/Backend.ts"
 
 const command = Command.make(
   "pretrain",
@@ -46,13 +46,13 @@ const command = Command.make(
       Flag.withDescription("JSON file of UNet architecture fields that override the default, e.g. {\"baseChannels\": 48}"),
       Flag.optional
     ),
-    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+    backend: Setup.backendFlag
   },
   Effect.fn(function*(flags) {
     const { architecture, backend, ...rest } = flags
     const config = Option.isSome(architecture) ? yield* Pretrain.configWith(architecture.value) : defaultConfig
     const result = yield* Pretrain.run({ ...rest, config }).pipe(
-      Effect.provide(Layer.fresh(Backend.fromFlag(backend)))
+      Effect.provide(Setup.backend(backend))
     )
     yield* Console.log(
       `pretrained ${result.step} steps in ${result.wallMinutes.toFixed(1)} min; mean loss of the last 100 steps ${result.finalLoss.toFixed(4)}; model in ${flags.out}`

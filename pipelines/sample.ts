@@ -8,10 +8,11 @@
  * order) and OUT/samples.json (options, prompts, verdicts) last, so a
  * directory without samples.json is an incomplete run.
  */
-import { Console, Effect, FileSystem, Layer, Option, Path } from "effect"
+import { Console, Effect, FileSystem, Option, Path } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Inputs from "../src/io/Inputs.ts"
 import * as Main from "../src/cli/Main.ts"
+import * as Setup from "../src/cli/Setup.ts"
 import * as Progress from "../src/io/Progress.ts"
 import * as Png from "../src/data/Png.ts"
 import * as Verifier from "../src/data/Verifier.ts"
@@ -19,7 +20,6 @@ import * as Generate from "../src/trajectory/Generate.ts"
 import * as ParallelGenerate from "../src/parallel/ParallelGenerate.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
-import { Backend, BackendName } from "../src/tensor/Backend.ts"
 
 const command = Command.make(
   "sample",
@@ -33,7 +33,7 @@ const command = Command.make(
     eta: Flag.Finite("eta").pipe(Flag.withDescription("DDIM eta (0 = deterministic)"), Flag.withDefault(0)),
     batchSize: Flag.Int("batch-size").pipe(Flag.withDefault(16)),
     grid: Flag.String("grid").pipe(Flag.withDescription("also write a labelled contact sheet PNG"), Flag.optional),
-    backend: Flag.Literals("backend", BackendName.literals).pipe(Flag.withDefault("auto" as const))
+    backend: Setup.backendFlag
   },
   Effect.fn(function*(f) {
     const fs = yield* FileSystem.FileSystem
@@ -69,7 +69,7 @@ const command = Command.make(
     yield* Console.log(Verifier.formatSummary(summary))
   }, (effect, f) =>
     effect.pipe(
-      Effect.provide(Denoiser.Denoiser.fromDir(f.model, false).pipe(Layer.provide(Backend.fromFlag(f.backend))))
+      Effect.provide(Setup.denoiser(f.model, f.backend))
     ))
 ).pipe(Command.withDescription("Generate one PNG per prompt with DDIM + classifier-free guidance and judge them exactly."))
 
