@@ -137,8 +137,8 @@ export const write = (o: Options, results: MainResults, ablations: ReadonlyArray
       // Under a budget, the NFE each method spent and the iterations it ran (first seed).
       const training = plan.budget > 0 ? { training: Compare.trainingOf(runs[0].summary) } : {}
       if (runs.length === 1) return { label: Compare.LABELS[m], eval: first, ...training }
-      const spread = first.sets.map((_, i) => Stats.meanStd(runs.map((r) => Compare.overall(r.eval.sets[i]).accuracy)).std)
-      return { label: `${Compare.LABELS[m]} (seed ${runs[0].seed}; ± over ${runs.length} seeds)`, eval: first, spread, ...training }
+      const spread = first.sets.map((_, i) => Stats.meanSampleStd(runs.map((r) => Compare.overall(r.eval.sets[i]).accuracy)).std)
+      return { label: `${Compare.LABELS[m]} (seed ${runs[0].seed}; ± sample SD over ${runs.length} seeds)`, eval: first, spread, ...training }
     }
     // The paper's rows in its order, then this project's (RAFT with the baselines).
     const order: Array<Compare.FinetuneMethod> = ["standard", "diffusion-dpo", "ddpo", "raft", "sft-sharpening", "rlhf-sharpening", "sft-sharpening-image", "rlhf-sharpening-image"]
@@ -192,6 +192,7 @@ export const write = (o: Options, results: MainResults, ablations: ReadonlyArray
       ...(ownSettings.length > 0
         ? [`Per-method settings (\`${Option.getOrElse(o.methodSettings, () => "")}\`, over the shared ones; recorded in each stage's \`run/run.json\`):`, "", ...ownSettings, ""]
         : []),
+      ...seedsSection(trained, base),
       "Per category:",
       "",
       Compare.categoryTable(0, categoryRows),
@@ -250,3 +251,60 @@ export const write = (o: Options, results: MainResults, ablations: ReadonlyArray
     yield* Console.log(`${table}\n\nwritten: ${file}`)
     return table
   })
+
+/**
+ * Each method run with several seeds, against the base model on the same
+ * prompts and sampler: the change of the optimised reward and aesthetic
+ * score, verifier and colour accuracy, per seed and as the mean with its
+ * Student-t 95% interval over seeds, and in how many seeds the reward rose.
+ *
+ * @since 0.7.0
+ */
+export const seedsSection = (trained: MainResults["trained"], base: Compare.EvalSummary): Array<string> => {
+  const methods = [...new Set(trained.map((t) => t.method))].filter((m) => trained.filter((t) => t.method === m).length > 1)
+  if (methods.length === 0) return []
+  const pct = (x: number) => (100 * x).toFixed(1)
+  const signed = (x: number, digits: number) => `${x >= 0 ? "+" : ""}${x.toFixed(digits)}`
+  const colour = (s: Compare.EvalSummary["sets"][number]) => s.rows.find((r) => r.category === "color")?.accuracy ?? NaN
+  const sets = base.sets.map((s) => s.name)
+  const header = [
+    "| method | seed | " + sets.map((n) => `reward change (${n})`).join(" | ") + " | " + sets.map((n) => `accuracy % (${n}; base ${pct(Compare.overall(base.sets[sets.indexOf(n)]).accuracy)})`).join(" | ") +
+    ` | aesthetic change (${sets[0]}) | colour accuracy % (${sets[0]}; base ${pct(colour(base.sets[0]))}) |`,
+    `|---|---|${sets.map(() => "---|").join("")}${sets.map(() => "---|").join("")}---|---|`
+  ]
+  const rows: Array<string> = []
+  const verdicts: Array<string> = []
+  for (const m of methods) {
+    const runs = trained.filter((t) => t.method === m)
+    const reward = sets.map((_, i) => runs.map((r) => r.eval.sets[i].reward - base.sets[i].reward))
+    const accuracy = sets.map((_, i) => runs.map((r) => Compare.overall(r.eval.sets[i]).accuracy))
+    const aesthetic = runs.map((r) => r.eval.sets[0].aesthetic - base.sets[0].aesthetic)
+    const colours = runs.map((r) => colour(r.eval.sets[0]))
+    runs.forEach((r, k) => {
+      rows.push(
+        `| ${Compare.LABELS[m]} | ${r.seed} | ${reward.map((d) => signed(d[k], 3)).join(" | ")} | ${accuracy.map((a) => pct(a[k])).join(" | ")} | ${signed(aesthetic[k], 3)} | ${pct(colours[k])} |`
+      )
+    })
+    const ci = (xs: ReadonlyArray<number>, digits: number, scale = 1) => {
+      const t = Stats.tInterval95(xs)
+      return `${signed(scale * t.mean, digits)} [${signed(scale * (t.mean - t.half), digits)}, ${signed(scale * (t.mean + t.half), digits)}]`
+    }
+    rows.push(
+      `| ${Compare.LABELS[m]} | mean [95% t] | ${reward.map((d) => ci(d, 3)).join(" | ")} | ${accuracy.map((a) => ci(a, 1, 100)).join(" | ")} | ${ci(aesthetic, 3)} | ${ci(colours, 1, 100)} |`
+    )
+    const up = reward.map((d) => d.filter((x) => x > 0).length)
+    verdicts.push(`- **${Compare.LABELS[m]}**: the reward rose in ${sets.map((n, i) => `${up[i]} of ${runs.length} seeds on ${n}`).join(", ")}.`)
+  }
+  return [
+    `### Over seeds: change from the base model (same prompts and sampler)`,
+    "",
+    ...header,
+    ...rows,
+    "",
+    ...verdicts,
+    "",
+    "Reward: the reward every method optimised, the mean over the set's prompts, minus the base model's. The interval is Student's t over seeds (3 seeds: t = 4.30), the seeds' spread only: the prompts are the same for every seed.",
+    ""
+  ]
+}
+

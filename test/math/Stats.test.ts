@@ -65,3 +65,12 @@ describe("Stats", () => {
     assert.throws(() => Stats.pairedDifference([1, 2], [1]), /2 vs 1/)
   })
 })
+
+describe("Stats.tInterval95", () => {
+  it("uses Student's t for the seeds' mean: 3 values, t = 4.303", () => {
+    const r = Stats.tInterval95([1, 2, 3])
+    assert.strictEqual(r.mean, 2)
+    assert.approximately(r.half, (4.303 * 1) / Math.sqrt(3), 1e-12)
+    assert.strictEqual(Stats.tInterval95([5]).half, Infinity)
+  })
+})
