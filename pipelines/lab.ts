@@ -256,7 +256,9 @@ const command = Command.make(
     const withBest = names.includes(`best-of-${BEST_OF}`)
     const note = (name: string) => Lab.methods.find((m) => m.name === name.split(" ")[0])?.note ?? ""
     const table = LabTable.render(base, rows, withBest ? { n: BEST_OF, ...best } : undefined)
-    const commandLine = `npx tsx pipelines/lab.ts ${process.argv.slice(2).join(" ")}`.trim()
+    // Arguments quoted as a shell needs them (an inline --grid holds braces and quotes).
+    const quoted = process.argv.slice(2).map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`))
+    const commandLine = `npx tsx pipelines/lab.ts ${quoted.join(" ")}`.trim()
     const wall = (performance.now() - started) / 1000
     const md = [
       `# Lab: reward "${o.reward}", budget ${o.budget} training NFE per run, seeds ${seeds.join(", ")}`,
