@@ -121,14 +121,19 @@ export const ObjectiveSettings = Schema.Struct({
 })
 export type ObjectiveSettings = typeof ObjectiveSettings.Type
 
-/** Defaults: the paper's DiffusionNFT values (Nft.defaults), the pairs form at the lab's DPO beta 5. */
+/**
+ * Defaults, as the library's other defaults: the paper's values (Nft.defaults)
+ * except where the lab measured better (docs/method.md): DiffusionNFT's noise
+ * shared by a prompt's images, its adaptive loss on the eps error and beta
+ * 0.1; the pairs form at the lab's DPO beta 5.
+ */
 export const objectiveDefaults: ObjectiveSettings = {
-  nftBeta: Nft.defaults.beta,
+  nftBeta: 0.1,
   nftAdvClip: Nft.defaults.advClip,
   nftKl: Nft.defaults.kl,
   nftOldDecay: Nft.defaults.oldDecay,
-  nftWeighting: Nft.defaults.weighting,
-  nftNoise: "image",
+  nftWeighting: "eps",
+  nftNoise: "prompt",
   groupForm: "pairs",
   groupBeta: 5
 }
