@@ -7,27 +7,21 @@
  * @since 0.4.0
  */
 import { Layer, Schema } from "effect"
-import * as Denoiser from "../model/Denoiser.ts"
+import type * as Denoiser from "../model/Denoiser.ts"
 import { Reference } from "../model/Reference.ts"
 import * as GroupRelative from "../objective/GroupRelative.ts"
 import * as Nft from "../objective/Nft.ts"
 import type { Objective } from "../objective/Objective.ts"
 import { Optimizer } from "../optim/Optimizer.ts"
-import { GenerationPool } from "../parallel/GenerationPool.ts"
-import { Decoder } from "../reward/Decoder.ts"
-import { Checkpointer } from "../sharpen/Checkpointer.ts"
-import { Metrics } from "../sharpen/Metrics.ts"
 import { Backend } from "../tensor/Backend.ts"
-import { RandomSource } from "../tensor/RandomSource.ts"
+import type { RandomSource } from "../tensor/RandomSource.ts"
 import { PathSelector } from "../trajectory/PathSelector.ts"
 import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
-import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
 import * as BaselineLayers from "./BaselineLayers.ts"
 import { objectiveDefaults, type ObjectiveSettings } from "./MethodSettings.ts"
 import type { SharpenConfig } from "../sharpen/SharpenConfig.ts"
 import * as SharpenLayers from "../sharpen/SharpenLayers.ts"
-import * as PreferencePairs from "../sharpen/PreferencePairs.ts"
-import { BatchSource } from "../sharpen/Sources.ts"
+import type { BatchSource } from "../sharpen/Sources.ts"
 
 /**
  * `nft` (DiffusionNFT) and `group` (the group-relative image-level
@@ -93,32 +87,25 @@ export const layers = <RE, RR>(
  * The stack of image-level RLHF sharpening (`SharpenLayers.rlhf`: online
  * samples or prompts, n paths each continued to t = 0 and scored by their
  * final images, the frozen base model as reference) with another objective
- * over all n images: the same stages in the same order, so a row differs
+ * over all n images, assembled as `SharpenLayers.rlhf` is, so a row differs
  * from image-level RLHF by its objective only.
  */
 const imageGroup = <RE, RR>(
   c: SharpenConfig,
   w: SharpenLayers.Wiring<RE, RR>,
   objective: Layer.Layer<Objective, never, Denoiser.Denoiser | Reference | RandomSource>
-) => {
-  // These objectives need every path's final image, whatever the preference setting.
-  const paths = { ...SharpenLayers.trajectoryOptions(c), continuation: true }
-  const backend = w.backend ?? Backend.layer
-  const base = GenerationPool.layer(w.threads ?? 1).pipe(
-    Layer.provideMerge(Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed))),
-    Layer.provideMerge(backend)
+) =>
+  SharpenLayers.assemble(
+    c,
+    w,
+    Layer.mergeAll(
+      // These objectives need every path's final image, whatever the preference setting.
+      TrajectoryGenerator.layer({ ...SharpenLayers.trajectoryOptions(c), continuation: true }),
+      SharpenLayers.scorer(c, w),
+      w.selector ?? PathSelector.bestWorst,
+      // The reference is the base model directory, also when resuming.
+      objective.pipe(Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(w.backend ?? Backend.layer)))),
+      w.source ?? SharpenLayers.rlhfSource(c),
+      Optimizer.adamW(SharpenLayers.optimizerConfig(c))
+    )
   )
-  const metrics = w.metrics ?? Metrics.jsonl(`${w.runDir}/metrics.jsonl`, c.iterations, w.label ?? "sharpen", c.trainingNfe ?? 0)
-  const stages = Layer.mergeAll(
-    TrajectoryGenerator.layer(paths),
-    TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
-    w.selector ?? PathSelector.bestWorst,
-    // The reference is the base model directory, also when resuming.
-    objective.pipe(Layer.provide(Reference.fromDir(w.model).pipe(Layer.provide(backend)))),
-    w.source ?? (c.start === "noise" ? PreferencePairs.promptSource(c.split) : BatchSource.online({ split: c.split, steps: c.onlineSteps, cfg: c.cfg })),
-    Optimizer.adamW(SharpenLayers.optimizerConfig(c)),
-    SharpenLayers.emaLayer(c),
-    metrics
-  )
-  return Checkpointer.layer(w.runDir, c.keepCheckpoints).pipe(Layer.provideMerge(stages), Layer.provideMerge(base))
-}
