@@ -107,7 +107,16 @@ const command = Command.make(
       if (Result.isFailure(c)) throw c.failure
       return c.success
     }
-    for (const m of plan.methods) yield* Effect.fromResult(configOf(m, plan.seeds[0]))
+    const objectiveOf = ComparePlan.objectiveOf(perMethod, Option.getOrUndefined(f.methodSettings))
+    const objectiveFor = (method: Compare.FinetuneMethod) => {
+      const o = objectiveOf(method)
+      if (Result.isFailure(o)) throw o.failure
+      return o.success
+    }
+    for (const m of plan.methods) {
+      yield* Effect.fromResult(configOf(m, plan.seeds[0]))
+      yield* Effect.fromResult(objectiveOf(m))
+    }
 
     const backend = Backend.fromFlag(f.backend)
     const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL
@@ -126,6 +135,7 @@ const command = Command.make(
         reward,
         wiring: { model: f.model, reward, backend, rewardSpec, threads: Option.match(f.threads, { onNone: () => "auto" as const, onSome: (n) => Math.max(1, n) }) },
         configFor,
+        objectiveFor,
         sampler,
         sets: yield* Report.loadEvalSets(plan.evalPrompts),
         inferenceSets: yield* Report.loadEvalSets(plan.inferencePrompts),

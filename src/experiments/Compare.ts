@@ -42,6 +42,7 @@ import { Ema } from "../optim/Ema.ts"
 import { Metrics, trainingNfe } from "../sharpen/Metrics.ts"
 import * as Sharpen from "../sharpen/Sharpen.ts"
 import * as MethodLayers from "./MethodLayers.ts"
+import * as MethodSettings from "./MethodSettings.ts"
 import type { SharpenConfig } from "../sharpen/SharpenConfig.ts"
 import * as SharpenConfigs from "../sharpen/SharpenConfig.ts"
 import * as Snapshots from "./Snapshots.ts"
@@ -59,7 +60,9 @@ export const FINETUNE_METHODS = [
   "rlhf-sharpening",
   "sft-sharpening-image",
   "rlhf-sharpening-image",
-  "raft"
+  "raft",
+  "nft",
+  "group-pairs"
 ] as const
 export const FinetuneMethod = Schema.Literals(FINETUNE_METHODS)
 export type FinetuneMethod = typeof FinetuneMethod.Type
@@ -72,7 +75,9 @@ export const LABELS: Record<FinetuneMethod, string> = {
   "rlhf-sharpening": "RLHF Diffusion-Sharpening (paper)",
   "sft-sharpening-image": "SFT Diffusion-Sharpening (image-level)",
   "rlhf-sharpening-image": "RLHF Diffusion-Sharpening (image-level)",
-  "raft": "RAFT"
+  "raft": "RAFT",
+  "nft": "DiffusionNFT",
+  "group-pairs": "group-relative image-level RLHF (all pairs)"
 }
 
 /**
@@ -91,7 +96,10 @@ export const METHODS: Record<FinetuneMethod, { readonly algorithm: MethodLayers.
   "rlhf-sharpening": { algorithm: "rlhf", base: SharpenConfigs.paperVariant },
   "sft-sharpening-image": { algorithm: "sft", base: {} },
   "rlhf-sharpening-image": { algorithm: "rlhf", base: {} },
-  "raft": { algorithm: "raft", base: {} }
+  "raft": { algorithm: "raft", base: {} },
+  // The field's group methods (issue #23) on image-level RLHF's stack, at its ShapeWorld recipe.
+  "nft": { algorithm: "nft", base: {} },
+  "group-pairs": { algorithm: "group", base: {} }
 }
 
 const CurvePoint = Schema.Struct({
@@ -190,6 +198,8 @@ export interface TrainWiring {
 export interface TrainOptions {
   /** Save this many evenly spaced points of the run (the last is the final model; 0 or 1: none), see Snapshots.ts. */
   readonly snapshots?: number
+  /** The settings of the `nft` and `group` objectives (recorded in run.json with the others). */
+  readonly objective?: MethodSettings.ObjectiveSettings
 }
 
 /**
@@ -208,7 +218,10 @@ export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string
     const wiring = { model: w.model, runDir: path.join(dir, "run"), reward: w.reward, backend: w.backend, label: method, threads: w.threads ?? 1 }
     const snapshots = options.snapshots ?? 0
     const curveDir = path.join(dir, "curve")
-    const record = w.rewardSpec === undefined ? undefined : RunRecord.make({ algorithm: method, config, reward: w.rewardSpec, model: w.model })
+    const algorithm = METHODS[method].algorithm
+    // The objective's own settings count as settings only for the methods that use them.
+    const objective = algorithm === "nft" || algorithm === "group" ? options.objective ?? MethodSettings.objectiveDefaults : undefined
+    const record = w.rewardSpec === undefined ? undefined : RunRecord.make({ algorithm: method, config, reward: w.rewardSpec, model: w.model, extra: objective })
     const program = Effect.gen(function*() {
       if (record !== undefined) {
         // A stage resumed with other settings, reward or base model would mix two runs.
@@ -243,7 +256,7 @@ export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string
         ...(snapshots > 1 ? { snapshots: yield* Snapshots.list(curveDir, snapshots) } : {})
       } satisfies TrainSummary
     })
-    const run = program.pipe(Effect.provide(MethodLayers.layers(METHODS[method].algorithm, config, wiring)))
+    const run = program.pipe(Effect.provide(MethodLayers.layers(algorithm, config, wiring, undefined, objective)))
     const file = path.join(dir, "summary.json")
     // A finished stage must not stand for other settings (e.g. a changed --method-settings entry).
     if (record !== undefined && (yield* fs.exists(file))) yield* RunRecord.verify(wiring.runDir, yield* record)

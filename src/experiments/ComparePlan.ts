@@ -10,7 +10,7 @@ import { Option, Result, Schema } from "effect"
 import type { ConfigError, SharpenConfig } from "../sharpen/SharpenConfig.ts"
 import * as SharpenConfigs from "../sharpen/SharpenConfig.ts"
 import * as Compare from "./Compare.ts"
-import type * as MethodSettings from "./MethodSettings.ts"
+import * as MethodSettings from "./MethodSettings.ts"
 
 const ints = (text: string) => text.split(",").filter((s) => s.trim() !== "").map((s) => Number(s.trim()))
 
@@ -91,8 +91,19 @@ export const configOf = (
 ) =>
 (method: Compare.FinetuneMethod, seed: number, extra: Record<string, unknown> = {}): Result.Result<SharpenConfig, ConfigError> => {
   const quickConfig = plan.quick ? { batchSize: 2, n: 2, m: 2, onlineSteps: 4, inferenceSteps: 10, evalSteps: 4, evalPrompts: 2 } : {}
-  const own = perMethod[method]?.settings ?? {}
+  const own = MethodSettings.splitObjective(perMethod[method]?.settings ?? {}).config
   const stop = { iterations: plan.iterations, seed, checkpointEvery: 5, trainingNfe: plan.budget, ...(plan.curveEvals > 1 ? { sampleEvery: 1 } : {}) }
   const file = Object.keys(own).length > 0 ? files.methodSettings : files.config
   return SharpenConfigs.decode([Compare.METHODS[method].base, shared, { lr: plan.lr }, own, quickConfig, stop, extra], file)
 }
+
+/**
+ * A method's objective settings (`nft`, `group`): the defaults under its
+ * own (`--method-settings`).
+ *
+ * @since 0.7.0
+ */
+export const objectiveOf = (perMethod: MethodSettings.MethodSettings, file?: string) =>
+(method: Compare.FinetuneMethod): Result.Result<MethodSettings.ObjectiveSettings, ConfigError> =>
+  MethodSettings.decodeObjective(MethodSettings.splitObjective(perMethod[method]?.settings ?? {}).objective, file)
+

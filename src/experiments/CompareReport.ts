@@ -141,7 +141,7 @@ export const write = (o: Options, results: MainResults, ablations: ReadonlyArray
       return { label: `${Compare.LABELS[m]} (seed ${runs[0].seed}; ± sample SD over ${runs.length} seeds)`, eval: first, spread, ...training }
     }
     // The paper's rows in its order, then this project's (RAFT with the baselines).
-    const order: Array<Compare.FinetuneMethod> = ["standard", "diffusion-dpo", "ddpo", "raft", "sft-sharpening", "rlhf-sharpening", "sft-sharpening-image", "rlhf-sharpening-image"]
+    const order: Array<Compare.FinetuneMethod> = ["standard", "diffusion-dpo", "ddpo", "raft", "sft-sharpening", "rlhf-sharpening", "sft-sharpening-image", "rlhf-sharpening-image", "nft", "group-pairs"]
     const table = Compare.table1([{ label: "base model", eval: base }, ...order.filter((m) => plan.methods.includes(m)).map(rowOf)])
     const inferenceTable = Compare.table1([
       { label: "base model", eval: baseSmall },

@@ -18,6 +18,7 @@ import type { SharpenConfig } from "../sharpen/SharpenConfig.ts"
 import * as Generate from "../trajectory/Generate.ts"
 import * as Compare from "./Compare.ts"
 import type { Plan } from "./ComparePlan.ts"
+import type * as MethodSettings from "./MethodSettings.ts"
 
 /** What every stage needs. */
 export interface Context {
@@ -32,6 +33,8 @@ export interface Context {
   readonly reward: Layer.Layer<Reward, unknown, FileSystem.FileSystem | Path.Path>
   readonly wiring: Compare.TrainWiring
   readonly configFor: (method: Compare.FinetuneMethod, seed: number, extra?: Record<string, unknown>) => SharpenConfig
+  /** The objective settings of the `nft` and `group` methods. */
+  readonly objectiveFor: (method: Compare.FinetuneMethod) => MethodSettings.ObjectiveSettings
   readonly sampler: Generate.SamplerOptions
   readonly sets: ReadonlyArray<Evaluate.PromptSet>
   readonly inferenceSets: ReadonlyArray<Evaluate.PromptSet>
@@ -106,7 +109,7 @@ export const main = (ctx: Context) =>
       for (const method of plan.methods) {
         const dir = path.join(ctx.out, "train", plan.stage(method, seed))
         const snapshots = seed === plan.seeds[0] ? plan.curveEvals : 0
-        const summary = yield* Compare.train(method, ctx.configFor(method, seed), dir, ctx.wiring, { snapshots })
+        const summary = yield* Compare.train(method, ctx.configFor(method, seed), dir, ctx.wiring, { snapshots, objective: ctx.objectiveFor(method) })
         const keep = plan.stage(method, seed) === hacking.row && clip !== undefined
           ? (set: Evaluate.PromptSet, images: ReadonlyArray<Float32Array>, report: Evaluate.SetReport) =>
             set.name === sets[0].name ? Effect.asVoid(keepHacking(ctx, images, report)) : Effect.void

@@ -77,6 +77,8 @@ export const make = Effect.fn("RunRecord.make")(function*(options: {
   readonly algorithm: string
   readonly config: SharpenConfig.SharpenConfig
   readonly preset?: SharpenConfig.Preset
+  /** Settings of the method beyond SharpenConfig's (e.g. an objective's own), recorded beside them. */
+  readonly extra?: Readonly<Record<string, unknown>>
   readonly reward: Registry.RewardSpec
   readonly model: string
 }) {
@@ -87,7 +89,7 @@ export const make = Effect.fn("RunRecord.make")(function*(options: {
     version: VERSION,
     algorithm: options.algorithm,
     ...(options.preset === undefined ? {} : { preset: options.preset }),
-    settings: Schema.encodeSync(SharpenConfig.SharpenConfig)(options.config) as Record<string, unknown>,
+    settings: { ...(Schema.encodeSync(SharpenConfig.SharpenConfig)(options.config) as Record<string, unknown>), ...options.extra },
     reward: { ...options.reward },
     baseModel: { path: options.model, sha256: yield* ModelDir.contentHash(options.model) },
     ...(clip === undefined ? {} : { rewardModel: { path: clip, sha256: yield* ModelDir.contentHash(clip) } })

@@ -4,7 +4,7 @@ import { seedsSection } from "../../src/experiments/CompareReport.ts"
 
 const set = (name: string, reward: number, accuracy: number, colour: number, aesthetic: number) => ({
   name,
-  rows: [{ category: "color", n: 10, accuracy: colour, partial: colour }, { category: "overall", n: 60, accuracy, partial: accuracy }],
+  rows: [{ category: "color", n: 10, accuracy: colour, partial: colour, clip: null }, { category: "overall", n: 60, accuracy, partial: accuracy, clip: null }],
   reward,
   compressibility: 0,
   aesthetic

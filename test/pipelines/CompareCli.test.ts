@@ -13,7 +13,7 @@ describe("compare.ts --quick", () => {
   const out = path.join(dir, "out")
   const results = path.join(dir, "results.md")
   // Every fine-tuning row, the paper's and this project's (image-level sharpening, RAFT).
-  const methods = ["standard", "diffusion-dpo", "ddpo", "sft-sharpening", "rlhf-sharpening", "sft-sharpening-image", "rlhf-sharpening-image", "raft"]
+  const methods = ["standard", "diffusion-dpo", "ddpo", "sft-sharpening", "rlhf-sharpening", "sft-sharpening-image", "rlhf-sharpening-image", "raft", "nft", "group-pairs"]
   const run = (...extra: Array<string>) =>
     runPipeline("compare.ts", [
       ...extra, "--quick", "--ablations", "--model", model, "--reward", "compositional-dense", "--clip-model", path.join(dir, "no-clip"),
@@ -46,7 +46,8 @@ describe("compare.ts --quick", () => {
     for (
       const label of [
         "base model", "standard fine-tuning", "Diffusion-DPO", "DDPO", "SFT Diffusion-Sharpening (paper)", "RLHF Diffusion-Sharpening (paper)",
-        "SFT Diffusion-Sharpening (image-level)", "RLHF Diffusion-Sharpening (image-level)", "| RAFT |", "best-of-2", "step-search 1x2", "Table 2", "Table 3"
+        "SFT Diffusion-Sharpening (image-level)", "RLHF Diffusion-Sharpening (image-level)", "| RAFT |", "| DiffusionNFT |", "| group-relative image-level RLHF (all pairs) |",
+        "best-of-2", "step-search 1x2", "Table 2", "Table 3"
       ]
     ) {
       assert.include(text, label)
@@ -58,6 +59,9 @@ describe("compare.ts --quick", () => {
       assert.strictEqual(s.iterations, 2, m)
       assert.isTrue(fs.existsSync(path.join(out, "train", `${m}-s0`, "model", "model.safetensors")), m)
     }
+    // The group methods' own settings are part of their run record.
+    assert.strictEqual(JSON.parse(fs.readFileSync(path.join(out, "train", "nft-s0", "run", "run.json"), "utf8")).settings.nftBeta, 0.1)
+    assert.isUndefined(JSON.parse(fs.readFileSync(path.join(out, "train", "raft-s0", "run", "run.json"), "utf8")).settings.nftBeta)
     const dpo = JSON.parse(fs.readFileSync(path.join(out, "eval", "best-of-2.json"), "utf8"))
     assert.strictEqual(dpo.nfePerImage, 2 * 4 * 2)
     assert.isTrue(fs.existsSync(path.join(dir, "img", "compare", "reward-vs-nfe.png")))
