@@ -285,12 +285,14 @@ export const seedsSection = (trained: MainResults["trained"], base: Compare.Eval
         `| ${Compare.LABELS[m]} | ${r.seed} | ${reward.map((d) => signed(d[k], 3)).join(" | ")} | ${accuracy.map((a) => pct(a[k])).join(" | ")} | ${signed(aesthetic[k], 3)} | ${pct(colours[k])} |`
       )
     })
-    const ci = (xs: ReadonlyArray<number>, digits: number, scale = 1) => {
+    // Changes carry their sign; levels (accuracy) do not.
+    const ci = (xs: ReadonlyArray<number>, digits: number, scale = 1, change = true) => {
       const t = Stats.tInterval95(xs)
-      return `${signed(scale * t.mean, digits)} [${signed(scale * (t.mean - t.half), digits)}, ${signed(scale * (t.mean + t.half), digits)}]`
+      const f = (x: number) => (change ? signed(scale * x, digits) : (scale * x).toFixed(digits))
+      return `${f(t.mean)} [${f(t.mean - t.half)}, ${f(t.mean + t.half)}]`
     }
     rows.push(
-      `| ${Compare.LABELS[m]} | mean [95% t] | ${reward.map((d) => ci(d, 3)).join(" | ")} | ${accuracy.map((a) => ci(a, 1, 100)).join(" | ")} | ${ci(aesthetic, 3)} | ${ci(colours, 1, 100)} |`
+      `| ${Compare.LABELS[m]} | mean [95% t] | ${reward.map((d) => ci(d, 3)).join(" | ")} | ${accuracy.map((a) => ci(a, 1, 100, false)).join(" | ")} | ${ci(aesthetic, 3)} | ${ci(colours, 1, 100, false)} |`
     )
     const up = reward.map((d) => d.filter((x) => x > 0).length)
     verdicts.push(`- **${Compare.LABELS[m]}**: the reward rose in ${sets.map((n, i) => `${up[i]} of ${runs.length} seeds on ${n}`).join(", ")}.`)
