@@ -11,6 +11,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Effect, Schema } from "effect"
+import type * as CheckpointDir from "../io/CheckpointDir.ts"
+import * as ModelDir from "../io/ModelDir.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 
 export const AdamWConfig = Schema.Struct({
@@ -214,3 +216,26 @@ export const stepPerTensor = Effect.fn("AdamW.stepPerTensor")(function*(
   })
   return norm
 })
+
+/**
+ * The moments as stored tensors, `m.<name>` and `v.<name>`: the one layout
+ * of every checkpoint's optimizer file (sharpening, pretraining, the clip
+ * reward).
+ *
+ * @since 0.7.0
+ */
+export const storedMoments = (state: AdamWState) =>
+  Effect.map(
+    Effect.all([ModelDir.toStored(state.m, "m."), ModelDir.toStored(state.v, "v.")], { concurrency: "unbounded" }),
+    ([m, v]) => ({ ...m, ...v })
+  )
+
+/**
+ * Restore the moments from a checkpoint's `file` in the layout of
+ * {@link storedMoments} (the step is the caller's, from its state).
+ *
+ * @since 0.7.0
+ */
+export const restoreMoments = (checkpoint: CheckpointDir.Reader, file: string, state: AdamWState) =>
+  Effect.andThen(checkpoint.restore(file, state.m, "m."), checkpoint.restore(file, state.v, "v."))
+

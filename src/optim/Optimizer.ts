@@ -219,10 +219,7 @@ export class Optimizer extends Context.Service<Optimizer, {
           state: () =>
             Effect.suspend(() => {
               const step = adam.step
-              return Effect.map(
-                Effect.all([ModelDir.toStored(adam.m, "m."), ModelDir.toStored(adam.v, "v.")], { concurrency: "unbounded" }),
-                ([m, v]) => ({ step, moments: { ...m, ...v } })
-              )
+              return Effect.map(AdamW.storedMoments(adam), (moments) => ({ step, moments }))
             }),
           restore: (s) => {
             const bad = ModelDir.assign(adam.m, s.moments, "m.") ?? ModelDir.assign(adam.v, s.moments, "v.")

@@ -200,8 +200,7 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
         }
         yield* ck.restore("params.safetensors", model.params)
         yield* ck.restore("ema.safetensors", ema.params)
-        yield* ck.restore("adam.safetensors", adam.m, "m.")
-        yield* ck.restore("adam.safetensors", adam.v, "v.")
+        yield* AdamW.restoreMoments(ck, "adam.safetensors", adam)
         return st
       }))
     if (Option.isSome(restored)) {
@@ -218,14 +217,14 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
 
   const checkpoint = Effect.fn("Pretrain.checkpoint")(function*(step: number, wallMs: number) {
     const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, options: { ...o, config: undefined, architecture: o.config.architecture } }
-    const [params, average, m, v] = yield* Effect.all(
-      [ModelDir.toStored(model.params), ModelDir.toStored(ema.params), ModelDir.toStored(adam.m, "m."), ModelDir.toStored(adam.v, "v.")],
+    const [params, average, moments] = yield* Effect.all(
+      [ModelDir.toStored(model.params), ModelDir.toStored(ema.params), AdamW.storedMoments(adam)],
       { concurrency: "unbounded" }
     )
     yield* CheckpointDir.save(o.runDir, step, {
       "params.safetensors": Safetensors.encode(params),
       "ema.safetensors": Safetensors.encode(average),
-      "adam.safetensors": Safetensors.encode({ ...m, ...v }),
+      "adam.safetensors": Safetensors.encode(moments),
       "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(TrainState)(st)))
     })
   })

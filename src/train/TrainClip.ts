@@ -253,8 +253,7 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
       Effect.gen(function*() {
         const st = yield* ck.readState(TrainState)
         yield* ck.restore("params.safetensors", model.params)
-        yield* ck.restore("adam.safetensors", adam.m, "m.")
-        yield* ck.restore("adam.safetensors", adam.v, "v.")
+        yield* AdamW.restoreMoments(ck, "adam.safetensors", adam)
         return st
       }))
     if (Option.isSome(restored)) {
@@ -272,13 +271,10 @@ export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
 
   const checkpoint = Effect.fn("TrainClip.checkpoint")(function*(step: number, wallMs: number) {
     const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, accuracies, options: { ...o, config: undefined } }
-    const [params, m, v] = yield* Effect.all(
-      [ModelDir.toStored(model.params), ModelDir.toStored(adam.m, "m."), ModelDir.toStored(adam.v, "v.")],
-      { concurrency: "unbounded" }
-    )
+    const [params, moments] = yield* Effect.all([ModelDir.toStored(model.params), AdamW.storedMoments(adam)], { concurrency: "unbounded" })
     yield* CheckpointDir.save(o.runDir, step, {
       "params.safetensors": Safetensors.encode(params),
-      "adam.safetensors": Safetensors.encode({ ...m, ...v }),
+      "adam.safetensors": Safetensors.encode(moments),
       "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(TrainState)(st)))
     })
   })
