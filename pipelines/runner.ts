@@ -1,0 +1,52 @@
+/**
+ * A runner for sharpening's jobs on other processes or machines
+ * (docs/scaling.md): serves the job protocol as an effect/cluster runner,
+ * registered in the runner storage named by --runners, until SIGINT or
+ * SIGTERM.
+ *
+ *   npx tsx pipelines/runner.ts --listen 127.0.0.1:0 --runners sqlite:runs/runners.db
+ *
+ * SHARPEN_CLUSTER_SECRET (the same for the trainer and every runner) is
+ * required on a non-loopback address; it is never printed.
+ */
+import { Console, Effect, Layer, Option } from "effect"
+import { Command, Flag } from "effect/cli"
+import * as Runner from "../src/cluster/Runner.ts"
+import * as Storage from "../src/cluster/Storage.ts"
+import * as Main from "../src/cli/Main.ts"
+import * as Setup from "../src/cli/Setup.ts"
+import { Backend } from "../src/tensor/Backend.ts"
+
+/** "HOST:PORT", "[v6]:PORT", ":PORT" or "PORT" (host 127.0.0.1). */
+const parseListen = (text: string): Effect.Effect<{ host: string; port: number }, Runner.RunnerStartFailed> => {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text) ?? /^()()(\d+)$/.exec(text)
+  const port = m === null ? NaN : Number(m[3])
+  if (m === null || !Number.isInteger(port) || port < 0 || port > 65535) {
+    return Effect.fail(new Runner.RunnerStartFailed({ message: `--listen ${text}: expected HOST:PORT (port 0: a free one)` }))
+  }
+  return Effect.succeed({ host: m[1] ?? (m[2] === "" || m[2] === undefined ? "127.0.0.1" : m[2]), port })
+}
+
+const command = Command.make(
+  "runner",
+  {
+    listen: Flag.String("listen").pipe(Flag.withDescription("HOST:PORT to listen on (port 0: a free one; loopback unless told otherwise)"), Flag.withDefault("127.0.0.1:0")),
+    runners: Flag.String("runners").pipe(Flag.withDescription("runner storage: sqlite:PATH (one host); postgres://... is not built yet")),
+    advertise: Flag.String("advertise").pipe(Flag.withDescription("host the trainer and the other runners reach this runner at (default: the --listen host)"), Flag.optional),
+    backend: Setup.backendFlag
+  },
+  Effect.fn(function*(f) {
+    const listen = yield* parseListen(f.listen)
+    const runner = yield* Runner.make({ ...listen, advertise: Option.getOrUndefined(f.advertise), storage: f.runners })
+    yield* Effect.gen(function*() {
+      const backend = yield* Backend
+      yield* Console.log(
+        `runner listening on ${runner.address}; backend ${backend.name}; device ${Runner.deviceOf(backend)}; storage ${Storage.redact(f.runners)}; shared secret ${runner.secret ? "required" : `none (${Runner.secretEnv} unset: loopback only)`}; pid ${process.pid}`
+      )
+      yield* Effect.addFinalizer(() => Console.log(`runner ${runner.address} stopping`))
+      return yield* Effect.never
+    }).pipe(Effect.provide(runner.layer.pipe(Layer.provideMerge(Setup.backend(f.backend)))), Effect.scoped)
+  })
+).pipe(Command.withDescription("Serve sharpening's jobs (generation, gradients, reference errors, pretraining shards) as an effect/cluster runner."))
+
+Main.run(command)

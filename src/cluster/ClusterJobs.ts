@@ -1,0 +1,229 @@
+/**
+ * The trainer's side: a transport of the job protocol (`JobThreads.Threads`)
+ * whose "threads" are the runners registered in runner storage, so that
+ * `GenerationPool.fromThreads` / `fromTransport` provide `GenerationJobs`
+ * and `GradientJobs` over them exactly as over worker threads. The trainer
+ * counts as one (it computes its own shard while the runners compute
+ * theirs), and every random draw stays in it: the jobs carry the weights
+ * and the draws, so a run over N runners gives the one-thread result up to
+ * the order of float sums.
+ *
+ * The trainer is an `effect/cluster` client (client-only sharding: it owns
+ * no shards). At start it waits for runners in the storage (at least
+ * `runners`, within `connectTimeout`), and picks one entity id per runner:
+ * an id whose shard the cluster's hash ring (`HashRing`, as `Sharding`
+ * computes it) gives to that runner, so that job k goes to runner k. It
+ * then says `Hello` to each (the model config, the package version, the
+ * shared secret), and fails with `RunnerRefused` if one refuses, or
+ * `ClusterUnavailable` naming the storage if none answers in time.
+ *
+ * Not yet (docs/scaling.md): runners joining or leaving during a run, jobs
+ * resent when a runner dies (a dead runner fails the iteration with
+ * `GenerationWorkerFailed`), weights sent once per version, per-job
+ * timeouts.
+ *
+ * @since 0.8.0
+ */
+import { NodeClusterSocket } from "@effect/platform-node"
+import { Context, Deferred, Duration, Effect, Equal, Fiber, HashRing, Layer, Schema, type Scope } from "effect"
+import { EntityId, MessageStorage, RunnerStorage, Sharding, ShardingConfig, SocketRunner, SqlRunnerStorage } from "effect/cluster"
+import { RpcSerialization } from "effect/rpc"
+import * as Denoiser from "../model/Denoiser.ts"
+import * as GenerationPool from "../parallel/GenerationPool.ts"
+import * as JobThreads from "../parallel/JobThreads.ts"
+import type * as WasmHeap from "../tensor/WasmHeap.ts"
+import { type GenerationError, GenerationWorkerFailed } from "../trajectory/GenerationJobs.ts"
+import { JobEntity, packageVersion, type RunnerInfo, RunnerRefused, secretHeader } from "./JobEntity.ts"
+import { maxMessageBytes, secretFromEnv, shardingTiming } from "./Runner.ts"
+import * as Storage from "./Storage.ts"
+
+/**
+ * No runner could be reached: none registered (and healthy) in the storage,
+ * or none answered within the connect timeout.
+ *
+ * @since 0.8.0
+ */
+export class ClusterUnavailable extends Schema.TaggedError<ClusterUnavailable>()("ClusterUnavailable", {
+  storage: Schema.String,
+  message: Schema.String
+}) {}
+
+export interface Options {
+  /** Runner storage URL (`sqlite:PATH`), as the runners were given. */
+  readonly storage: string
+  /** Wait for at least this many runners (default 1). */
+  readonly runners?: number | undefined
+  /** How long to wait for them and their `Hello` (default 30 s). */
+  readonly connectTimeout?: Duration.Input | undefined
+  /** The shared secret (default: `SHARPEN_CLUSTER_SECRET`). */
+  readonly secret?: string | undefined
+}
+
+/** The transport over runners, and who they are. */
+export interface Runners extends JobThreads.Threads {
+  readonly runners: ReadonlyArray<RunnerInfo>
+}
+
+type EntityClient = ReturnType<Effect.Success<typeof JobEntity.client>>
+
+/** The entity client of one runner as a client of the job protocol, every call with the shared secret. */
+const asJobClient = (client: EntityClient, secret: string | undefined): JobThreads.Client => {
+  const options = secret === undefined ? {} : { headers: { [secretHeader]: secret } }
+  return new Proxy({}, {
+    get: (_, tag) => typeof tag === "string" ? (payload: unknown) => (client as unknown as Record<string, (p: unknown, o: unknown) => unknown>)[tag](payload, options) : undefined
+  }) as JobThreads.Client
+}
+
+const messageOf = (e: unknown): string =>
+  typeof e === "object" && e !== null
+    ? `${"_tag" in e ? String(e._tag) : "error"}${"message" in e && e.message !== "" ? `: ${String(e.message)}` : ""}`
+    : String(e)
+
+/**
+ * Connect to the runners of `options.storage` for a model of `config`
+ * (see the module comment). The transport lives as long as the scope.
+ *
+ * @since 0.8.0
+ */
+export const connect = (
+  config: Denoiser.ModelConfig,
+  options: Options
+): Effect.Effect<Runners, ClusterUnavailable | RunnerRefused, Sharding.Sharding | RunnerStorage.RunnerStorage | ShardingConfig.ShardingConfig | Scope.Scope> =>
+  Effect.gen(function*() {
+    const storage = Storage.redact(options.storage)
+    const wanted = options.runners ?? 1
+    const timeout = Duration.fromInputUnsafe(options.connectTimeout ?? Duration.seconds(30))
+    const secret = options.secret ?? secretFromEnv()
+    const runnerStorage = yield* RunnerStorage.RunnerStorage
+    const sharding = yield* Sharding.Sharding
+    const shardingConfig = yield* ShardingConfig.ShardingConfig
+    const deadline = Date.now() + Duration.toMillis(timeout)
+    const unavailable = (message: string) => new ClusterUnavailable({ storage, message })
+
+    // 1. Runners registered and healthy in the storage.
+    let seen = "none registered"
+    let healthy: Array<(typeof runnerStorage.getRunners extends Effect.Effect<infer A, any, any> ? A : never)[number][0]> = []
+    while (true) {
+      const listed = yield* Effect.result(runnerStorage.getRunners)
+      if (listed._tag === "Success") {
+        healthy = listed.success.filter(([, ok]) => ok).map(([r]) => r).sort((a, b) => a.address.toString().localeCompare(b.address.toString()))
+        seen = listed.success.length === 0 ? "none registered" : listed.success.map(([r, ok]) => `${r.address.host}:${r.address.port}${ok ? "" : " (unhealthy)"}`).join(", ")
+      } else seen = `storage unreadable: ${messageOf(listed.failure)}`
+      if (healthy.length >= wanted) break
+      if (Date.now() > deadline) {
+        return yield* unavailable(`${healthy.length} of ${wanted} runner(s) up within ${Duration.format(timeout)} (runners in the storage: ${seen})`)
+      }
+      yield* Effect.sleep(Duration.millis(250))
+    }
+
+    // 2. One entity id per runner, from the cluster's own shard assignment.
+    const group = JobEntity.getShardGroup(EntityId.make("job"))
+    const ring = HashRing.make<(typeof healthy)[number]["address"]>()
+    for (const r of healthy) if (r.groups.includes(group)) HashRing.add(ring, r.address, { weight: r.weight })
+    const assigned = HashRing.getShards(ring, shardingConfig.shardsPerGroup) ?? []
+    const ids = healthy.map((r) => {
+      for (let i = 0; i < 100_000; i++) {
+        const id = `job-${i}`
+        const shard = sharding.getShardId(EntityId.make(id), group)
+        const owner = assigned[shard.id - 1]
+        if (owner !== undefined && Equal.equals(owner, r.address)) return id
+      }
+      return undefined
+    })
+    const reachable = healthy.flatMap((r, k) => (ids[k] === undefined ? [] : [{ address: `${r.address.host}:${r.address.port}`, id: ids[k]! }]))
+    if (reachable.length === 0) return yield* unavailable(`no shard of group ${group} is assigned to the runners ${seen}`)
+
+    // 3. Hello: until each runner answers as itself (the trainer's view of the shards may lag a moment).
+    const clientFor = yield* JobEntity.client
+    const clients = reachable.map((r) => clientFor(r.id))
+    const hello = (k: number): Effect.Effect<RunnerInfo, ClusterUnavailable | RunnerRefused> =>
+      Effect.gen(function*() {
+        const options = secret === undefined ? {} : { headers: { [secretHeader]: secret } }
+        let last = "no answer"
+        while (Date.now() <= deadline) {
+          const left = Math.max(1, deadline - Date.now())
+          const reply = yield* clients[k].Hello({ config, version: packageVersion }, options).pipe(Effect.timeoutOption(Duration.millis(Math.min(left, 5_000))), Effect.result)
+          if (reply._tag === "Failure") {
+            if (reply.failure._tag === "RunnerRefused") return yield* reply.failure
+            last = messageOf(reply.failure)
+          } else if (reply.success._tag === "Some") {
+            if (reply.success.value.runner === reachable[k].address) return reply.success.value
+            last = `answered by ${reply.success.value.runner}`
+          } else last = "no answer"
+          yield* Effect.sleep(Duration.millis(200))
+        }
+        return yield* unavailable(`runner ${reachable[k].address} did not answer within ${Duration.format(timeout)}: ${last}`)
+      })
+    const infos = yield* Effect.forEach(reachable, (_, k) => hello(k), { concurrency: "unbounded" })
+    const jobClients = clients.map((c) => asJobClient(c, secret))
+
+    const fail = (thread: number) => (e: WasmHeap.WasmHeapExhausted | { readonly _tag: string }): GenerationError =>
+      e._tag === "WasmHeapExhausted"
+        ? (e as WasmHeap.WasmHeapExhausted)
+        : new GenerationWorkerFailed({ thread, message: `runner ${infos[thread - 1].runner} ${e._tag === "JobFailed" ? `failed: ${(e as unknown as { message: string }).message}` : messageOf(e)}` })
+    const call = <A>(thread: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> =>
+      thread < 1 || thread > jobClients.length
+        ? Effect.die(new RangeError(`no runner ${thread} of ${jobClients.length}`))
+        : job(jobClients[thread - 1]).pipe(Effect.mapError(fail(thread)))
+    const fanOut = <H, E, A>(remote: ReadonlyArray<JobThreads.Job<A>>, here: Effect.Effect<H, E>) => {
+      if (remote.length > jobClients.length) return Effect.die(new RangeError(`${remote.length} jobs for ${jobClients.length} runners`))
+      const fibers: Array<Fiber.Fiber<A, GenerationError>> = []
+      return Effect.gen(function*() {
+        for (const [k, job] of remote.entries()) fibers.push(yield* Effect.forkChild(call(k + 1, job), { startImmediately: true }))
+        // Let the requests go out before `here` holds this thread.
+        const sent = Deferred.makeUnsafe<void>()
+        yield* Effect.forkChild(Effect.andThen(Effect.sleep(Duration.millis(2)), Deferred.succeed(sent, undefined)))
+        yield* Deferred.await(sent)
+        const mine = yield* here
+        const replies = yield* Effect.all(fibers.map(Fiber.join), { concurrency: "unbounded" })
+        return [mine, replies] as const
+      }).pipe(Effect.onError(() => Effect.forEach(fibers, Fiber.interrupt)))
+    }
+    return {
+      threads: jobClients.length + 1,
+      call,
+      fanOut,
+      liveThreads: () => jobClients.length,
+      runners: infos
+    } satisfies Runners
+  })
+
+/**
+ * The trainer's cluster client of `storage`: client-only sharding over TCP
+ * sockets, its storage's SQL client.
+ *
+ * @since 0.8.0
+ */
+export const client = (storage: string) =>
+  SocketRunner.layerClientOnly.pipe(
+    Layer.provide(NodeClusterSocket.layerClientProtocol),
+    Layer.provide(RpcSerialization.layerSchemaBinary({ maxFrameSize: maxMessageBytes })),
+    // Volatile messages only: nothing is stored by the trainer.
+    Layer.provideMerge(MessageStorage.layerNoop),
+    Layer.provideMerge(Layer.orDie(SqlRunnerStorage.layer)),
+    Layer.provideMerge(ShardingConfig.layer(shardingTiming)),
+    Layer.provide(Storage.sqlClient(storage))
+  )
+
+/**
+ * The runners a run uses (its record names them).
+ *
+ * @since 0.8.0
+ */
+export class ClusterRunners extends Context.Service<ClusterRunners, ReadonlyArray<RunnerInfo>>()("sharpen/cluster/ClusterRunners") {}
+
+/**
+ * `GenerationJobs` and `GradientJobs` (and `GenerationPool`) over the
+ * runners of `options.storage`, for the `Denoiser`'s model: the same
+ * services as `GenerationPool.layer(threads)`, sent to other processes.
+ *
+ * @since 0.8.0
+ */
+export const layer = (options: Options) => {
+  const transport = Layer.effectContext(Effect.gen(function*() {
+    const { model } = yield* Denoiser.Denoiser
+    const runners = yield* connect(model.config, options)
+    return Context.make(JobThreads.JobThreads, runners).pipe(Context.add(ClusterRunners, runners.runners))
+  })).pipe(Layer.provide(client(options.storage)))
+  return GenerationPool.GenerationPool.fromTransport.pipe(Layer.provideMerge(transport))
+}

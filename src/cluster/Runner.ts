@@ -1,0 +1,207 @@
+/**
+ * A runner: a process that serves the job protocol ({@link JobEntity}) as
+ * an `effect/cluster` runner over TCP sockets (`@effect/platform-node`'s
+ * `NodeClusterSocket`), registered in SQL runner storage ({@link Storage}).
+ * It computes jobs on its own tensor backend with a replica of the model
+ * that the trainer names in its `Hello`; each job carries the weights (the
+ * parameters, flat) and every random draw, as for a worker thread, so a
+ * runner holds no state of the run but the model's shape.
+ *
+ * One job at a time per runner (a job assigns the weights to the one
+ * replica). A request without the shared secret (`SHARPEN_CLUSTER_SECRET`,
+ * when the runner has one) is refused: `Hello` fails with `RunnerRefused`,
+ * a job with `JobFailed`. A runner without a secret accepts any trainer
+ * and may therefore listen only on a loopback address.
+ *
+ * @since 0.8.0
+ */
+import { NodeClusterSocket } from "@effect/platform-node"
+import { Effect, Layer, Option, Schema, Semaphore } from "effect"
+import { RunnerAddress } from "effect/cluster"
+import * as crypto from "node:crypto"
+import * as net from "node:net"
+import * as os from "node:os"
+import * as Denoiser from "../model/Denoiser.ts"
+import { assignFlat } from "../parallel/DataParallel.ts"
+import * as DataParallel from "../parallel/DataParallel.ts"
+import * as JobHandlers from "../parallel/JobHandlers.ts"
+import { JobFailed } from "../parallel/JobProtocol.ts"
+import { Backend } from "../tensor/Backend.ts"
+import * as WasmHeap from "../tensor/WasmHeap.ts"
+import * as WebGpu from "../tensor/WebGpu.ts"
+import * as Generate from "../trajectory/Generate.ts"
+import { JobEntity, packageVersion, RunnerRefused, secretHeader } from "./JobEntity.ts"
+import * as Storage from "./Storage.ts"
+
+/** The environment variable that holds the shared secret. */
+export const secretEnv = "SHARPEN_CLUSTER_SECRET"
+
+/** The shared secret of this process, if set (never logged). */
+export const secretFromEnv = (): string | undefined => {
+  const s = process.env[secretEnv]
+  return s === undefined || s === "" ? undefined : s
+}
+
+/** Whether `given` is `expected`, in constant time (over their digests). */
+export const secretMatches = (expected: string, given: string | undefined): boolean =>
+  given !== undefined &&
+  crypto.timingSafeEqual(crypto.createHash("sha256").update(expected).digest(), crypto.createHash("sha256").update(given).digest())
+
+/**
+ * A runner could not start: a non-loopback address without a secret, a
+ * port in use.
+ *
+ * @since 0.8.0
+ */
+export class RunnerStartFailed extends Schema.TaggedError<RunnerStartFailed>()("RunnerStartFailed", {
+  message: Schema.String
+}) {}
+
+export interface Options {
+  /** Address to listen on (default 127.0.0.1). */
+  readonly host: string
+  /** TCP port; 0 picks a free one. */
+  readonly port: number
+  /** Address the trainer and the other runners reach this one at (default: `host`). */
+  readonly advertise?: string | undefined
+  /** Runner storage URL (`sqlite:PATH`). */
+  readonly storage: string
+  /** The shared secret (default: `SHARPEN_CLUSTER_SECRET`). */
+  readonly secret?: string | undefined
+}
+
+const loopback = (host: string) => host === "localhost" || host === "::1" || /^127\./.test(host)
+
+/** A free TCP port on `host` (the kernel's pick for port 0, released at once). */
+export const freePort = (host: string): Effect.Effect<number, RunnerStartFailed> =>
+  Effect.callback<number, RunnerStartFailed>((resume) => {
+    const server = net.createServer()
+    server.once("error", (e) => resume(Effect.fail(new RunnerStartFailed({ message: `no free port on ${host}: ${e.message}` }))))
+    server.listen(0, host, () => {
+      const address = server.address()
+      const port = typeof address === "object" && address !== null ? address.port : 0
+      server.close(() => resume(Effect.succeed(port)))
+    })
+  })
+
+/** The device a backend computes on, in words. */
+export const deviceOf = (backend: { readonly name: string; readonly adapter?: WebGpu.AdapterInfo }): string =>
+  backend.adapter !== undefined
+    ? WebGpu.format(backend.adapter)
+    : backend.name === "tensorflow-gpu"
+    ? "GPU (TensorFlow native)"
+    : `CPU: ${os.cpus()[0]?.model?.trim() ?? "unknown"}, ${os.availableParallelism()} cores (this runner's jobs use ${backend.name === "tensorflow" ? "TensorFlow's threads" : "one"})`
+
+const message = (e: unknown) => (e instanceof Error ? e.message : typeof e === "object" && e !== null && "message" in e ? String(e.message) : String(e))
+
+/**
+ * The entity's handlers on this process's backend (`Backend`), for the
+ * runner at `address`, refusing requests without `secret` when given.
+ *
+ * @since 0.8.0
+ */
+export const handlers = (address: string, secret: string | undefined) =>
+  JobEntity.toLayer(
+    Effect.gen(function*() {
+      const backend = yield* Backend
+      const device = deviceOf(backend)
+      const lock = yield* Semaphore.make(1)
+      let replica: { readonly key: string; readonly model: Denoiser.Model; readonly size: number } | undefined
+      const allowed = (headers: Readonly<Record<string, string | undefined>>): string | undefined =>
+        secret === undefined || secretMatches(secret, headers[secretHeader]) ? undefined : `no or a wrong shared secret (${secretHeader}; the runner's ${secretEnv})`
+      const job = <A, E>(
+        envelope: { readonly headers: Readonly<Record<string, string | undefined>> },
+        params: Float32Array,
+        f: (model: Denoiser.Model) => Effect.Effect<A, E>
+      ): Effect.Effect<A, WasmHeap.WasmHeapExhausted | JobFailed> =>
+        Effect.suspend((): Effect.Effect<A, E | JobFailed> => {
+          const refused = allowed(envelope.headers)
+          if (refused !== undefined) return Effect.fail(new JobFailed({ message: `runner ${address} refused the job: ${refused}` }))
+          if (replica === undefined) return Effect.fail(new JobFailed({ message: `runner ${address} has no model: the trainer said no Hello` }))
+          if (params.length !== replica.size) return Effect.fail(new JobFailed({ message: `weights of ${params.length} values for a replica of ${replica.size}` }))
+          assignFlat(replica.model.params, params)
+          return f(replica.model)
+        }).pipe(
+          Effect.catchCause((cause): Effect.Effect<never, WasmHeap.WasmHeapExhausted | JobFailed> => {
+            const e = cause.reasons.find((r) => r._tag === "Fail" || r._tag === "Die")
+            const error = e === undefined ? undefined : e._tag === "Fail" ? e.error : e.defect
+            return error instanceof WasmHeap.WasmHeapExhausted
+              ? Effect.fail(new WasmHeap.WasmHeapExhausted({ ...error, what: `${error.what} (runner ${address})` }))
+              : error instanceof JobFailed
+              ? Effect.fail(error)
+              : e === undefined
+              ? Effect.failCause(cause as never)
+              : Effect.fail(new JobFailed({ message: message(error) }))
+          }),
+          lock.withPermits(1)
+        )
+      return JobEntity.of({
+        Hello: (envelope) =>
+          Effect.suspend(() => {
+            const refused = allowed(envelope.headers)
+            if (refused !== undefined) return Effect.fail(new RunnerRefused({ runner: address, reason: refused }))
+            if (envelope.payload.version !== packageVersion) {
+              return Effect.fail(new RunnerRefused({ runner: address, reason: `package version ${packageVersion}, the trainer's ${envelope.payload.version}` }))
+            }
+            const key = JSON.stringify(envelope.payload.config)
+            if (replica?.key !== key) {
+              if (replica !== undefined) Denoiser.dispose(replica.model)
+              const model = Denoiser.init(envelope.payload.config, 0, true)
+              replica = { key, model, size: Object.values(model.params).reduce((a, p) => a + p.size, 0) }
+            }
+            return Effect.succeed({ runner: address, backend: backend.name, device, pid: process.pid, version: packageVersion })
+          }).pipe(lock.withPermits(1)),
+        Sample: (r) => job(r, r.payload.params, (m) => JobHandlers.sample(m, r.payload)),
+        Trajectories: (r) => job(r, r.payload.params, (m) => JobHandlers.trajectories(m, r.payload)),
+        Gradients: (r) => job(r, r.payload.params, (m) => JobHandlers.gradients(m, r.payload.parts)),
+        Errors: (r) => job(r, r.payload.params, (m) => JobHandlers.errors(m, r.payload.inputs)),
+        Images: (r) => job(r, r.payload.params, (m) => Generate.generate(m, r.payload.prompts, r.payload.sampler, undefined, r.payload.firstIndex)),
+        PretrainShard: (r) => job(r, r.payload.params, (m) => DataParallel.shardGrads(m, r.payload.shard))
+      })
+    }),
+    { concurrency: 1 }
+  )
+
+/** Largest message (bytes): weights of large models, a batch's trajectories. */
+export const maxMessageBytes = 512 * 1024 * 1024
+
+/** The cluster's timing: fast enough for a test on loopback, calm for a real run. */
+export const shardingTiming = {
+  refreshAssignmentsInterval: "1 second",
+  runnerJoinDebounce: "0 millis",
+  sendRetryInterval: "100 millis",
+  runnerHealthCheckInterval: "2 seconds",
+  entityMessagePollInterval: "2 seconds"
+} as const
+
+/**
+ * A runner: its address (port 0 resolved), its storage, its handlers and
+ * the cluster's sharding, on the `Backend` provided. Built, it is
+ * registered and serving; released (the scope closes: SIGINT, SIGTERM), it
+ * unregisters and stops.
+ *
+ * @since 0.8.0
+ */
+export const make = (options: Options) =>
+  Effect.gen(function*() {
+    const secret = options.secret ?? secretFromEnv()
+    const advertise = options.advertise ?? options.host
+    if (secret === undefined && !loopback(options.host)) {
+      return yield* new RunnerStartFailed({ message: `listening on ${options.host} needs a shared secret: set ${secretEnv} (the same for the trainer and every runner)` })
+    }
+    if (options.host === "0.0.0.0" && options.advertise === undefined) {
+      return yield* new RunnerStartFailed({ message: "listening on 0.0.0.0 needs --advertise HOST: the address the trainer and the other runners reach this one at" })
+    }
+    const port = options.port === 0 ? yield* freePort(options.host) : options.port
+    const address = `${advertise}:${port}`
+    const sharding = NodeClusterSocket.layer({
+      serializationMaxBufferSize: maxMessageBytes,
+      shardingConfig: {
+        runnerAddress: Option.some(RunnerAddress.make(advertise, port)),
+        runnerListenAddress: Option.some(RunnerAddress.make(options.host, port)),
+        ...shardingTiming
+      }
+    }).pipe(Layer.provide(Storage.sqlClient(options.storage)))
+    const layer = handlers(address, secret).pipe(Layer.provideMerge(sharding))
+    return { address, port, secret: secret !== undefined, layer }
+  })

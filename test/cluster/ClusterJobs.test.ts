@@ -1,0 +1,152 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as tf from "@tensorflow/tfjs-core"
+import { Effect, Exit, Layer } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { beforeAll } from "vitest"
+import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
+import * as Schedule from "../../src/diffusion/Schedule.ts"
+import * as Denoiser from "../../src/model/Denoiser.ts"
+import * as GenerationPool from "../../src/parallel/GenerationPool.ts"
+import * as JobHandlers from "../../src/parallel/JobHandlers.ts"
+import { Rng } from "../../src/tensor/Random.ts"
+import * as Trajectory from "../../src/trajectory/Trajectory.ts"
+import * as TrajectoryShards from "../../src/trajectory/TrajectoryShards.ts"
+import { useWasm } from "../helpers.ts"
+import { tiny32 } from "../sharpen-helpers.ts"
+import { runner } from "./runners.ts"
+
+const options: Trajectory.TrajectoryOptions = {
+  n: 3,
+  m: 2,
+  inferenceSteps: 10,
+  cfg: 2,
+  estimator: { kind: "tweedie" },
+  timestep: { kind: "range", min: 200, max: 980 },
+  perPrompt: true,
+  continuation: true
+}
+const prompts = ["a red square", "two blue circles", "a green triangle above a white square"]
+const per = 32 * 32 * 3
+
+const model = () => {
+  const m = Denoiser.init(tiny32, 4)
+  tf.tidy(() => {
+    for (const v of Object.values(m.params)) v.assign(tf.add(v, tf.randomNormal(v.shape, 0, 0.02, "float32", 5)))
+  })
+  return m
+}
+
+const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+  assert.strictEqual(a.length, b.length)
+  let worst = 0
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]))
+  return worst
+}
+
+const trajectoryDiff = (a: Trajectory.Trajectories, b: Trajectory.Trajectories) =>
+  Effect.gen(function*() {
+    const x = yield* TrajectoryShards.toData(a)
+    const y = yield* TrajectoryShards.toData(b)
+    assert.deepStrictEqual(x.prompts, y.prompts)
+    assert.strictEqual(x.nfe, y.nfe)
+    return Math.max(
+      maxAbsDiff(x.x0, y.x0),
+      maxAbsDiff(x.noise, y.noise),
+      maxAbsDiff(x.final!, y.final!),
+      ...x.steps.flatMap((s, k) => [maxAbsDiff(s.xt, y.steps[k].xt), maxAbsDiff(s.eps, y.steps[k].eps), maxAbsDiff(s.x0, y.steps[k].x0)])
+    )
+  })
+
+const storageIn = (prefix: string) => `sqlite:${path.join(fs.mkdtempSync(path.join(os.tmpdir(), prefix)), "runners.db")}`
+
+/** The transport over the runners of `storage`, with its cluster client, for the scope. */
+const connect = (storage: string, o: Omit<ClusterJobs.Options, "storage"> = {}) =>
+  Effect.flatMap(Layer.build(ClusterJobs.client(storage)), (context) => Effect.provideContext(ClusterJobs.connect(tiny32, { storage, connectTimeout: "90 seconds", ...o }), context))
+
+/** Gradient parts of `rows` rows each (denoising parts; DPO for the last). */
+const parts = (rng: Rng, sizes: ReadonlyArray<number>) =>
+  sizes.map((rows, k) => ({
+    x: rng.normals(rows * per),
+    target: rng.normals(rows * per),
+    t: Array.from({ length: rows }, (_, r) => 150 + 200 * r + 10 * k),
+    prompts: Array.from({ length: rows }, (_, r) => prompts[(r + k) % prompts.length]),
+    share: 1 / sizes.length
+  }))
+
+describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite storage)", () => {
+  beforeAll(useWasm)
+
+  it.live("give the one-thread online samples, trajectories, reference errors and gradients", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("cluster-jobs-")
+      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      const transport = yield* connect(storage, { runners: 2 })
+      assert.strictEqual(transport.threads, 3)
+      assert.deepStrictEqual(transport.runners.map((r) => r.runner).sort(), [a.address, b.address].sort())
+      assert.deepStrictEqual(transport.runners.map((r) => r.backend), ["wasm", "wasm"])
+      const pool = GenerationPool.fromThreads(transport)
+
+      const m = model()
+      const schedule = Schedule.make(tiny32.schedule)
+      const rng = Rng.fromSeed(11)
+      const xT = rng.normals(prompts.length * per)
+      const draws = Trajectory.draw(rng, schedule.trainSteps, prompts.length, [32, 32, 3], options)
+      const before = tf.memory().numTensors
+
+      const one = yield* GenerationPool.inline.sample(m, prompts, xT, { steps: 3, cfg: 2 })
+      const three = yield* pool.sample(m, prompts, xT, { steps: 3, cfg: 2 })
+      assert.isBelow(maxAbsDiff(one.dataSync(), three.dataSync()), 1e-5)
+      const t1 = yield* GenerationPool.inline.trajectories(m, one, prompts, draws, options)
+      const t3 = yield* pool.trajectories(m, one, prompts, draws, options)
+      assert.isBelow(yield* trajectoryDiff(t1, t3), 1e-5)
+      // The comparison can fail: one path's noise changed changes the result.
+      const noise = draws.noise.slice()
+      noise[noise.length - 1] += 1
+      const t4 = yield* pool.trajectories(m, one, prompts, { ...draws, noise }, options)
+      assert.isAbove(yield* trajectoryDiff(t1, t4), 1e-3)
+
+      // Reference errors: five row sets dealt over the trainer and the 2 runners.
+      const inputs = parts(rng, [2, 1, 3, 2, 1]).map(({ share: _, ...p }) => p)
+      const e1 = yield* GenerationPool.inline.errors(m, inputs)
+      const e3 = yield* pool.errors(m, inputs)
+      e3.forEach((e, k) => assert.isBelow(maxAbsDiff(e, e1[k]), 1e-6, `set ${k}`))
+
+      // Gradients: one group per runner, each equal to the group's gradient computed here.
+      const groups = [parts(rng, [2, 1]), parts(rng, [3])]
+      const mine = yield* JobHandlers.gradients(m, groups[0])
+      const theirs = yield* JobHandlers.gradients(m, groups[1])
+      const g = yield* pool.gradients(m, groups, () => "here")
+      assert.strictEqual(g.here, "here")
+      assert.strictEqual(g.remote.length, 2)
+      for (const [k, local] of [mine, theirs].entries()) {
+        assert.isBelow(Math.abs(g.remote[k].value - local.value), 1e-5 * Math.max(1, Math.abs(local.value)))
+        assert.isBelow(maxAbsDiff(g.remote[k].grads, local.grads), 1e-5)
+        assert.deepStrictEqual(g.remote[k].present, local.present)
+      }
+      // Weights changed between calls reach the runners (each job carries them).
+      tf.tidy(() => m.params[Object.keys(m.params)[0]].assign(tf.mul(m.params[Object.keys(m.params)[0]], 1.5)))
+      const t5 = yield* GenerationPool.inline.trajectories(m, one, prompts, draws, options)
+      const t6 = yield* pool.trajectories(m, one, prompts, draws, options)
+      assert.isBelow(yield* trajectoryDiff(t5, t6), 1e-5)
+      assert.isAbove(yield* trajectoryDiff(t1, t6), 1e-4)
+
+      for (const t of [t1, t3, t4, t5, t6]) Trajectory.dispose(t)
+      tf.dispose([one, three])
+      assert.strictEqual(tf.memory().numTensors, before)
+      Denoiser.dispose(m)
+    }).pipe(Effect.scoped), 240_000)
+
+  it.live("no runner in the storage: ClusterUnavailable naming the storage, within the connect timeout", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("cluster-none-")
+      const start = Date.now()
+      const exit = yield* Effect.exit(connect(storage, { connectTimeout: "2 seconds" }))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail") : undefined
+      assert.strictEqual(error?._tag === "Fail" ? (error.error as { _tag: string })._tag : undefined, "ClusterUnavailable")
+      assert.include(String((error as { error: { storage: string } }).error.storage), "runners.db")
+      assert.isBelow(Date.now() - start, 15_000)
+    }).pipe(Effect.scoped), 60_000)
+})
