@@ -62,6 +62,8 @@ export interface Options {
 /** The transport over runners, and who they are. */
 export interface Runners extends JobThreads.Threads {
   readonly runners: ReadonlyArray<RunnerInfo>
+  /** The entity id that reaches each runner (job k + 1 goes to `entities[k]`). */
+  readonly entities: ReadonlyArray<string>
 }
 
 type EntityClient = ReturnType<Effect.Success<typeof JobEntity.client>>
@@ -184,7 +186,8 @@ export const connect = (
       call,
       fanOut,
       liveThreads: () => jobClients.length,
-      runners: infos
+      runners: infos,
+      entities: reachable.map((r) => r.id)
     } satisfies Runners
   })
 

@@ -6,6 +6,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { beforeAll } from "vitest"
 import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
+import { JobEntity } from "../../src/cluster/JobEntity.ts"
 import * as Schedule from "../../src/diffusion/Schedule.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
 import * as GenerationPool from "../../src/parallel/GenerationPool.ts"
@@ -63,7 +64,21 @@ const storageIn = (prefix: string) => `sqlite:${path.join(fs.mkdtempSync(path.jo
 
 /** The transport over the runners of `storage`, with its cluster client, for the scope. */
 const connect = (storage: string, o: Omit<ClusterJobs.Options, "storage"> = {}) =>
-  Effect.flatMap(Layer.build(ClusterJobs.client(storage)), (context) => Effect.provideContext(ClusterJobs.connect(tiny32, { storage, connectTimeout: "90 seconds", ...o }), context))
+  Effect.map(connectWith(storage, o), ([transport]) => transport)
+
+/** The transport and the cluster client it runs on. */
+const connectWith = (storage: string, o: Omit<ClusterJobs.Options, "storage"> = {}) =>
+  Effect.flatMap(
+    Layer.build(ClusterJobs.client(storage)),
+    (context) => Effect.map(Effect.provideContext(ClusterJobs.connect(tiny32, { storage, connectTimeout: "90 seconds", ...o }), context), (t) => [t, context] as const)
+  )
+
+/** The error an exit failed with (its first `Fail`). */
+const failure = <A, E>(exit: Exit.Exit<A, E>): E | undefined => {
+  if (!Exit.isFailure(exit)) return undefined
+  const reason = exit.cause.reasons.find((r) => r._tag === "Fail")
+  return reason?._tag === "Fail" ? reason.error : undefined
+}
 
 /** Gradient parts of `rows` rows each (denoising parts; DPO for the last). */
 const parts = (rng: Rng, sizes: ReadonlyArray<number>) =>
@@ -76,7 +91,11 @@ const parts = (rng: Rng, sizes: ReadonlyArray<number>) =>
   }))
 
 describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite storage)", () => {
-  beforeAll(useWasm)
+  beforeAll(async () => {
+    // The trainer's secret is given per test, never taken from this process's environment.
+    delete process.env.SHARPEN_CLUSTER_SECRET
+    await useWasm()
+  })
 
   it.live("give the one-thread online samples, trajectories, reference errors and gradients", () =>
     Effect.gen(function*() {
@@ -149,4 +168,38 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
       assert.include(String((error as { error: { storage: string } }).error.storage), "runners.db")
       assert.isBelow(Date.now() - start, 15_000)
     }).pipe(Effect.scoped), 60_000)
+
+  it.live("a runner with a shared secret refuses a trainer without it or with another (typed), and serves one with it; the secret is never printed", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("cluster-secret-")
+      const secret = "s3cret-" + Math.random().toString(36).slice(2)
+      const r = yield* runner(storage, { SHARPEN_CLUSTER_SECRET: secret })
+      for (const given of [undefined, secret + "x"]) {
+        const refused = failure(yield* Effect.exit(Effect.scoped(connect(storage, given === undefined ? { connectTimeout: "60 seconds" } : { secret: given, connectTimeout: "60 seconds" }))))
+        assert.strictEqual(refused?._tag, "RunnerRefused", String(refused))
+        if (refused?._tag === "RunnerRefused") {
+          assert.strictEqual(refused.runner, r.address)
+          assert.include(refused.reason, "shared secret")
+          assert.notInclude(JSON.stringify(refused), secret)
+        }
+      }
+      // With the secret: served.
+      const [transport, context] = yield* connectWith(storage, { secret })
+      assert.strictEqual(transport.runners[0].runner, r.address)
+      const pool = GenerationPool.fromThreads(transport)
+      const m = model()
+      const xT = Rng.fromSeed(2).normals(2 * per)
+      const one = yield* GenerationPool.inline.sample(m, prompts.slice(0, 2), xT, { steps: 2, cfg: 2 })
+      const two = yield* pool.sample(m, prompts.slice(0, 2), xT, { steps: 2, cfg: 2 })
+      assert.isBelow(maxAbsDiff(one.dataSync(), two.dataSync()), 1e-5)
+      tf.dispose([one, two])
+      // A job without the secret, to the same runner: refused (JobFailed), not computed.
+      const params = new Float32Array(Object.values(m.params).reduce((a, p) => a + p.size, 0))
+      const bare = (yield* Effect.provideContext(JobEntity.client, context))(transport.entities[0])
+      const job = failure(yield* Effect.exit(bare.Sample({ params, prompts: ["a red square"], xT: xT.slice(0, per), steps: 2, cfg: 2 })))
+      assert.strictEqual(job?._tag, "JobFailed")
+      assert.include((job as { message: string }).message, "refused")
+      Denoiser.dispose(m)
+      assert.notInclude(r.output(), secret)
+    }).pipe(Effect.scoped), 180_000)
 })
