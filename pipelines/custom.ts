@@ -7,7 +7,7 @@
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Console, Effect, Result } from "effect"
-import { Metrics } from "../src/sharpen/Metrics.ts"
+import { Metrics } from "../src/optim/Metrics.ts"
 import * as Sharpen from "../src/sharpen/Sharpen.ts"
 import * as SharpenConfig from "../src/sharpen/SharpenConfig.ts"
 import * as SharpenLayers from "../src/sharpen/SharpenLayers.ts"

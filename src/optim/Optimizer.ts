@@ -35,7 +35,9 @@ export const OptimizerConfig = Schema.Struct({
   lr: Schema.Number.check(Schema.isGreaterThan(0)),
   warmupSteps: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
   schedule: LrSchedule.LrSchedule,
-  totalSteps: Schema.Int.check(Schema.isGreaterThan(0))
+  totalSteps: Schema.Int.check(Schema.isGreaterThan(0)),
+  /** Where the cosine ends (default 0). */
+  minLr: Schema.optional(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)))
 })
 export type OptimizerConfig = typeof OptimizerConfig.Type
 
@@ -43,8 +45,9 @@ function AdamWConfigFields() {
   return AdamW.AdamWConfig.fields
 }
 
-/** Learning rate at a 0-based step: linear warm-up, then constant or cosine to 0 (`LrSchedule.at`). */
-export const learningRate = (c: Pick<OptimizerConfig, "lr" | "warmupSteps" | "schedule" | "totalSteps">, step: number): number => LrSchedule.at(c, step)
+/** Learning rate at a 0-based step: linear warm-up, then constant or cosine to `minLr` (default 0; `LrSchedule.at`). */
+export const learningRate = (c: Pick<OptimizerConfig, "lr" | "warmupSteps" | "schedule" | "totalSteps" | "minLr">, step: number): number =>
+  LrSchedule.at(c, step)
 
 export type { Loss } from "../objective/Losses.ts"
 import type { Loss } from "../objective/Losses.ts"
@@ -183,50 +186,88 @@ export interface OptimizerState {
   readonly moments: Record<string, StoredTensor>
 }
 
+/**
+ * Gradients computed elsewhere (a data-parallel pool, a custom loss): a
+ * tensor per parameter (disposed by the update), or one flat array in the
+ * key order of the parameters (`AdamW.stepFlat`).
+ */
+export interface Gradients {
+  readonly loss: number
+  readonly grads: Record<string, tf.Tensor> | Float32Array
+}
+
 export class Optimizer extends Context.Service<Optimizer, {
+  /** The variables it updates (the policy's, or the model a training builds). */
+  readonly params: Readonly<Record<string, tf.Variable>>
   /** Differentiate `loss` (summed over its parts) w.r.t. the policy and apply one update. */
   readonly step: (loss: Loss, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss | GenerationError>
+  /** Apply one update with gradients computed elsewhere (nothing applied when the loss is not finite). */
+  readonly apply: (g: Gradients, iteration: number) => Effect.Effect<StepResult, NonFiniteLoss>
   /** Step count and moments for a checkpoint, read to the host. */
   readonly state: () => Effect.Effect<OptimizerState>
   /** Restore from a checkpoint; returns the first tensor that does not fit, if any. */
   readonly restore: (s: OptimizerState) => string | undefined
 }>()("sharpen/optim/Optimizer") {
+  /** AdamW on the policy (`Denoiser`); gradient parts over the `GradientJobs` threads when provided. */
   static readonly adamW = (c: OptimizerConfig) =>
     Layer.effect(
       Optimizer,
       Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
-        const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
-        const pool = yield* GradientJobs.current
-        const step = Effect.fn("Optimizer.step")(function*(loss: Loss, iteration: number) {
-          const lr = learningRate(c, adam.step)
-          const parts = typeof loss === "function" ? 1 : loss.length
-          const what = `the gradients of iteration ${iteration} (${parts} part${parts === 1 ? "" : "s"})`
-          const { value: l, grads } = pool.threads > 1 && typeof loss !== "function" && isPortable(loss)
-            ? yield* sharded(pool, model, loss, what)
-            : yield* Effect.flatMap(WasmHeap.guarded(what, undefined, () => accumulate(loss, model.params), Scoped.disposeAll), withValue)
-          const gradNorm = yield* (Number.isFinite(l) ? AdamW.step(model.params, grads, adam, lr, c) : Effect.succeed(NaN)).pipe(
-            Effect.ensuring(Effect.sync(() => Scoped.disposeAll(grads)))
-          )
-          const r = { loss: l, gradNorm, lr }
-          if (!Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)) {
-            return yield* new NonFiniteLoss({ iteration, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` })
-          }
-          return r
-        })
-        return Optimizer.of({
-          step,
-          state: () =>
-            Effect.suspend(() => {
-              const step = adam.step
-              return Effect.map(AdamW.storedMoments(adam), (moments) => ({ step, moments }))
-            }),
-          restore: (s) => {
-            const bad = ModelDir.assign(adam.m, s.moments, "m.") ?? ModelDir.assign(adam.v, s.moments, "v.")
-            if (bad === undefined) adam.step = s.step
-            return bad
-          }
-        })
+        return yield* make(model.params, c, { model, pool: yield* GradientJobs.current })
       })
     )
+
+  /** AdamW on any variables (a model that is not a `Denoiser`, e.g. the clip reward), on this thread. */
+  static readonly adamWOf = (params: Readonly<Record<string, tf.Variable>>, c: OptimizerConfig) => Layer.effect(Optimizer, make(params, c))
 }
+
+const checked = (r: StepResult, iteration: number): Effect.Effect<StepResult, NonFiniteLoss> =>
+  !Number.isFinite(r.loss) || !Number.isFinite(r.gradNorm)
+    ? Effect.fail(new NonFiniteLoss({ iteration, message: `loss ${r.loss}, gradient norm ${r.gradNorm}; nothing was applied` }))
+    : Effect.succeed(r)
+
+const make = (
+  params: Readonly<Record<string, tf.Variable>>,
+  c: OptimizerConfig,
+  threads?: { readonly model: Denoiser.Model; readonly pool: GradientJobs.Jobs }
+) =>
+  Effect.gen(function*() {
+    const adam = yield* Scoped.acquireWith(() => AdamW.init(params), AdamW.dispose)
+    const step = Effect.fn("Optimizer.step")(function*(loss: Loss, iteration: number) {
+      const lr = learningRate(c, adam.step)
+      const parts = typeof loss === "function" ? 1 : loss.length
+      const what = `the gradients of iteration ${iteration} (${parts} part${parts === 1 ? "" : "s"})`
+      const { value: l, grads } = threads !== undefined && threads.pool.threads > 1 && typeof loss !== "function" && isPortable(loss)
+        ? yield* sharded(threads.pool, threads.model, loss, what)
+        : yield* Effect.flatMap(WasmHeap.guarded(what, undefined, () => accumulate(loss, params), Scoped.disposeAll), withValue)
+      const gradNorm = yield* (Number.isFinite(l) ? AdamW.step(params, grads, adam, lr, c) : Effect.succeed(NaN)).pipe(
+        Effect.ensuring(Effect.sync(() => Scoped.disposeAll(grads)))
+      )
+      return yield* checked({ loss: l, gradNorm, lr }, iteration)
+    })
+    const apply = Effect.fn("Optimizer.apply")(function*(g: Gradients, iteration: number) {
+      const lr = learningRate(c, adam.step)
+      const ok = Number.isFinite(g.loss)
+      const grads = g.grads
+      const gradNorm = grads instanceof Float32Array
+        ? ok ? AdamW.stepFlat(params, grads, adam, lr, c) : NaN
+        : yield* (ok ? AdamW.step(params, grads, adam, lr, c) : Effect.succeed(NaN)).pipe(Effect.ensuring(Effect.sync(() => Scoped.disposeAll(grads))))
+      return yield* checked({ loss: g.loss, gradNorm, lr }, iteration)
+    })
+    return Optimizer.of({
+      params,
+      step,
+      apply,
+      state: () =>
+        Effect.suspend(() => {
+          const step = adam.step
+          return Effect.map(AdamW.storedMoments(adam), (moments) => ({ step, moments }))
+        }),
+      restore: (s) => {
+        const bad = ModelDir.assign(adam.m, s.moments, "m.") ?? ModelDir.assign(adam.v, s.moments, "v.")
+        if (bad === undefined) adam.step = s.step
+        return bad
+      }
+    })
+  })

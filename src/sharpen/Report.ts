@@ -19,7 +19,7 @@ import * as AtomicFile from "../io/AtomicFile.ts"
 import * as Stats from "../math/Stats.ts"
 import type * as Denoiser from "../model/Denoiser.ts"
 import type * as ClipModel from "../reward/ClipModel.ts"
-import type { IterationRecord } from "./Metrics.ts"
+import type { IterationRecord } from "../optim/Metrics.ts"
 
 export const EVAL_FILES = ["data/eval/prompts-seen.txt", "data/eval/prompts-heldout.txt"]
 

@@ -8,18 +8,22 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, FileSystem, Option, Path, Schema } from "effect"
+import { Effect, FileSystem, Layer, Path, Schema } from "effect"
 import * as Dataset from "../data/Dataset.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Plot from "../eval/Plot.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
-import * as CheckpointDir from "../io/CheckpointDir.ts"
 import * as ModelDir from "../io/ModelDir.ts"
-import * as Safetensors from "../io/Safetensors.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { defaultConfig, UNetConfig } from "../model/UNetConfig.ts"
+import * as Weights from "../model/Weights.ts"
 import * as AdamW from "../optim/AdamW.ts"
-import { Rng, RngState } from "../tensor/Random.ts"
+import { Checkpointer } from "../optim/Checkpointer.ts"
+import { Ema } from "../optim/Ema.ts"
+import { StepMetrics } from "../optim/Metrics.ts"
+import * as Optimizer from "../optim/Optimizer.ts"
+import type { Rng } from "../tensor/Random.ts"
+import { RandomSource } from "../tensor/RandomSource.ts"
 import { Backend, usesWorkerThreads } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import type { WasmHeapExhausted } from "../tensor/WasmHeap.ts"
@@ -50,17 +54,6 @@ export const PretrainOptions = Schema.Struct({
 })
 export type PretrainOptions = typeof PretrainOptions.Type
 
-/** What survives between steps besides tensors (state.json of a checkpoint). */
-const TrainState = Schema.Struct({
-  step: Schema.Int,
-  rng: RngState,
-  adamStep: Schema.Int,
-  wallMs: Schema.Number,
-  losses: Schema.Array(Schema.Number),
-  options: Schema.Unknown
-})
-type TrainState = typeof TrainState.Type
-
 /**
  * Learning rate of a 0-based step: linear warm-up, then constant or a cosine
  * decay from `lr` to `minLr` over the remaining steps.
@@ -79,13 +72,27 @@ const drawShard = (schedule: Schedule.Schedule, model: Denoiser.Model, batch: Da
   return { batch: b, images: batch.images, prompts: batch.prompts, t, noise }
 }
 
-const apply = (
+/**
+ * The loss and gradients of a batch on this thread, or in shards over a
+ * worker pool (same random draws, the same sum in another order): tensors,
+ * or one flat array from the pool.
+ *
+ * @since 0.7.0
+ */
+export const gradients = (
+  pool: DataParallel.Pool | undefined,
   model: Denoiser.Model,
-  adam: AdamW.AdamWState,
-  lr: number,
-  adamConfig: AdamW.AdamWConfig,
-  r: { loss: number; grads: Record<string, tf.Tensor> | Float32Array }
-): Effect.Effect<{ loss: number; gradNorm: number }> => {
+  schedule: Schedule.Schedule,
+  batch: Dataset.Batch,
+  rng: Rng
+): Effect.Effect<Optimizer.Gradients, WasmHeapExhausted> =>
+  Effect.suspend(() => {
+    const shard = drawShard(schedule, model, batch, rng)
+    return pool !== undefined && pool.workers > 1 ? pool.lossAndGrads(model, shard) : DataParallel.lossAndGrads(model, shard)
+  })
+
+/** One AdamW update with a bare state (outside the services); gradient tensors are disposed. */
+const applyBare = (model: Denoiser.Model, adam: AdamW.AdamWState, lr: number, adamConfig: AdamW.AdamWConfig, r: Optimizer.Gradients) => {
   const ok = Number.isFinite(r.loss)
   const grads = r.grads
   if (grads instanceof Float32Array) {
@@ -98,8 +105,10 @@ const apply = (
 }
 
 /**
- * One optimisation step on this thread; returns the loss (NaN/Infinity are
- * reported, not applied).
+ * One optimisation step on this thread with a bare AdamW state, outside the
+ * services (test/tensor/Scoped.test.ts, bench/); returns the loss
+ * (NaN/Infinity are reported, not applied). `run` steps through the
+ * `Optimizer`.
  *
  * @since 0.1.0
  */
@@ -112,13 +121,11 @@ export const trainStep = (
   lr: number,
   adamConfig: AdamW.AdamWConfig
 ): Effect.Effect<{ loss: number; gradNorm: number }, WasmHeapExhausted> =>
-  Effect.suspend(() => DataParallel.lossAndGrads(model, drawShard(schedule, model, batch, rng))).pipe(
-    Effect.flatMap((r) => apply(model, adam, lr, adamConfig, r))
-  )
+  Effect.flatMap(gradients(undefined, model, schedule, batch, rng), (r) => applyBare(model, adam, lr, adamConfig, r))
 
 /**
  * {@link trainStep} with the batch's gradients computed in shards over a
- * worker pool (same random draws, same update).
+ * worker pool (same random draws, same update; bench/).
  *
  * @since 0.2.0
  */
@@ -133,9 +140,10 @@ export const trainStepParallel = (
   adamConfig: AdamW.AdamWConfig
 ): Effect.Effect<{ loss: number; gradNorm: number }, WasmHeapExhausted> =>
   Effect.suspend(() => pool.lossAndGrads(model, drawShard(schedule, model, batch, rng))).pipe(
-    Effect.flatMap((r) => apply(model, adam, lr, adamConfig, r))
+    Effect.flatMap((r) => applyBare(model, adam, lr, adamConfig, r))
   )
 
+/** The weight average's update outside the services (test/tensor/Scoped.test.ts); `run` uses the `Ema`. */
 export const updateEma = (ema: Readonly<Record<string, tf.Variable>>, params: Readonly<Record<string, tf.Tensor>>, decay: number) =>
   tf.tidy(() => {
     for (const [k, e] of Object.entries(ema)) e.assign(tf.add(tf.mul(e, decay), tf.mul(params[k], 1 - decay)))
@@ -169,92 +177,78 @@ export const configWith = Effect.fn("Pretrain.configWith")(function*(file: strin
   return yield* Effect.fromResult(ModelDir.decodeJson(UNetConfig, JSON.stringify(merged), file))
 })
 
+/** The optimiser of a pretraining: AdamW (0.9, 0.999), clip 1, warm-up then the schedule. */
+export const optimizerConfig = (o: Pick<PretrainOptions, "lr" | "minLr" | "warmupSteps" | "steps" | "lrSchedule">): Optimizer.OptimizerConfig => ({
+  ...AdamW.defaults,
+  maxGradNorm: 1,
+  lr: o.lr,
+  warmupSteps: o.warmupSteps,
+  schedule: o.lrSchedule,
+  totalSteps: o.steps,
+  minLr: o.minLr
+})
+
+/** Key order can differ between a decoded and a literal config. */
+const canonical = (a: object) => JSON.stringify(a, Object.keys(a).sort())
+
+/**
+ * Pretrain on the services of a training run (`TrainingLoop.supervised`):
+ * the `Optimizer`, the `Ema` with its warm-up (the released model), the
+ * `Checkpointer` in `runDir` (refusing a checkpoint of another
+ * architecture) and `StepMetrics` (`runDir/metrics.jsonl`).
+ *
+ * @since 0.1.0
+ */
 export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
   const backend = yield* Backend
   const schedule = Schedule.make(o.config.schedule)
   const model = yield* Scoped.acquireWith(() => Denoiser.init(o.config, o.seed), Denoiser.dispose)
-  const ema = yield* Scoped.acquireWith(() => Denoiser.clone(model, false), Denoiser.dispose)
-  const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
-  const adamConfig = { ...AdamW.defaults, maxGradNorm: 1 }
   // Threads only help the single-threaded JS backends.
   const workers = !usesWorkerThreads(backend.name) ? 1 : Math.min(o.workers, o.batchSize)
   const pool = yield* DataParallel.make(model, workers, backend.name)
-  let rng = Rng.fromSeed(o.seed + 1)
-  let state: TrainState = { step: 0, rng: rng.state(), adamStep: 0, wallMs: 0, losses: [], options: {} }
-  const losses: Array<number> = []
+  yield* fs.makeDirectory(o.runDir, { recursive: true })
+  const config = optimizerConfig(o)
+  const services = Checkpointer.steps(o.runDir, {
+    run: { ...o, config: undefined, architecture: o.config.architecture },
+    check: (saved) => {
+      const architecture = (saved as { architecture?: object } | null)?.architecture
+      return architecture !== undefined && canonical(architecture) !== canonical(o.config.architecture)
+        ? `checkpoint was trained with architecture ${JSON.stringify(architecture)}, not ${JSON.stringify(o.config.architecture)}; pass the same --architecture to resume`
+        : undefined
+    },
+    legacy: config
+  }).pipe(
+    Layer.provideMerge(Layer.mergeAll(Optimizer.Optimizer.adamW(config), Ema.layer(o.emaDecay, { warmup: true }), StepMetrics.jsonl(path.join(o.runDir, "metrics.jsonl"), o.steps, "pretrain"))),
+    Layer.provideMerge(Layer.mergeAll(Layer.succeed(Denoiser.Denoiser, Denoiser.Denoiser.of({ model })), RandomSource.fromSeed(o.seed + 1)))
+  )
 
-  if (o.resume) {
-    const restored = yield* CheckpointDir.resume(o.runDir, (ck) =>
-      Effect.gen(function*() {
-        const st = yield* ck.readState(TrainState)
-        const saved = (st.options as { architecture?: object } | null)?.architecture
-        // Key order can differ between a decoded and a literal config.
-        const canonical = (a: object) => JSON.stringify(a, Object.keys(a).sort())
-        if (saved !== undefined && canonical(saved) !== canonical(o.config.architecture)) {
-          return yield* new ModelDir.ModelLoadError({
-            file: ck.dir,
-            message: `checkpoint was trained with architecture ${JSON.stringify(saved)}, not ${JSON.stringify(o.config.architecture)}; pass the same --architecture to resume`
-          })
-        }
-        yield* ck.restore("params.safetensors", model.params)
-        yield* ck.restore("ema.safetensors", ema.params)
-        yield* AdamW.restoreMoments(ck, "adam.safetensors", adam)
-        return st
-      }))
-    if (Option.isSome(restored)) {
-      const st = restored.value.value
-      adam.step = st.adamStep
-      rng = Rng.fromState(st.rng)
-      state = st
-      losses.push(...st.losses)
-      yield* Effect.logInfo(`resumed from ${restored.value.dir} at step ${st.step}`)
-    } else {
-      yield* Effect.logInfo(`no checkpoint in ${o.runDir}; starting fresh`)
-    }
-  }
-
-  const checkpoint = Effect.fn("Pretrain.checkpoint")(function*(step: number, wallMs: number) {
-    const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, options: { ...o, config: undefined, architecture: o.config.architecture } }
-    const [params, average, moments] = yield* Effect.all(
-      [ModelDir.toStored(model.params), ModelDir.toStored(ema.params), AdamW.storedMoments(adam)],
-      { concurrency: "unbounded" }
-    )
-    yield* CheckpointDir.save(o.runDir, step, {
-      "params.safetensors": Safetensors.encode(params),
-      "ema.safetensors": Safetensors.encode(average),
-      "adam.safetensors": Safetensors.encode(moments),
-      "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(TrainState)(st)))
+  const { steps: step, records, average } = yield* Effect.gen(function*() {
+    const optimizer = yield* Optimizer.Optimizer
+    const ema = yield* Ema
+    const { rng } = yield* RandomSource
+    const data: Dataset.DatasetOptions = { batchSize: o.batchSize, split: "train", nullPromptFraction: o.nullPromptFraction }
+    const done = yield* TrainingLoop.supervised({
+      total: o.steps,
+      resume: o.resume,
+      maxMinutes: o.maxMinutes,
+      checkpointEvery: o.checkpointEvery,
+      step: (index) =>
+        Effect.gen(function*() {
+          const batch = Dataset.nextBatch(rng, data)
+          const r = yield* optimizer.apply(yield* gradients(pool, model, schedule, batch, rng), index + 1)
+          yield* ema.updateAt(index)
+          return r
+        })
     })
-  })
+    // The released weights: the average (the policy itself with ema 0), read before the layers close.
+    return { ...done, average: yield* ModelDir.toStored(ema.model().params) }
+  }).pipe(Effect.provide(services))
 
-  const data: Dataset.DatasetOptions = { batchSize: o.batchSize, split: "train", nullPromptFraction: o.nullPromptFraction }
-  const { steps: step, wallMs } = yield* TrainingLoop.run({
-    label: "pretrain",
-    total: o.steps,
-    start: state.step,
-    startWallMs: state.wallMs,
-    maxMinutes: o.maxMinutes,
-    checkpointEvery: o.checkpointEvery,
-    step: (index) =>
-      Effect.gen(function*() {
-        const batch = Dataset.nextBatch(rng, data)
-        const r = pool.workers > 1
-          ? yield* trainStepParallel(pool, model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
-          : yield* trainStep(model, schedule, adam, batch, rng, lrAt(o, index), adamConfig)
-        if (Number.isFinite(r.loss) && Number.isFinite(r.gradNorm)) {
-          updateEma(ema.params, model.params, Math.min(o.emaDecay, (1 + index) / (10 + index)))
-          losses.push(r.loss)
-        }
-        const recent = losses.slice(-50)
-        return { ...r, show: { loss: recent.reduce((a, b) => a + b, 0) / recent.length, lr: lrAt(o, index) } }
-      }),
-    checkpoint
-  })
-
-  const wallMinutes = wallMs / 60_000
-  yield* Denoiser.save(o.out, ema, {
+  const losses = records.map((r) => r.loss)
+  const wallMinutes = records.reduce((a, r) => a + r.wallMs, 0) / 60_000
+  yield* Weights.save(o.out, model.config, average, {
     trainedSteps: String(step),
     batchSize: String(o.batchSize),
     wallMinutes: wallMinutes.toFixed(1),
@@ -270,6 +264,5 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
     path.join(o.runDir, "losses.json"),
     JSON.stringify({ step, wallMinutes, losses })
   )
-  yield* fs.exists(o.out)
   return { step, wallMinutes, finalLoss: losses.slice(-100).reduce((a, b) => a + b, 0) / Math.min(100, losses.length) }
 })

@@ -17,32 +17,34 @@
  * object multiset and, for relation prompts, the verifier on the render.
  *
  * AdamW with warm-up and cosine decay, atomic checkpoints, exact --resume,
- * a time budget, and a loss plot (same structure as Pretrain.ts).
+ * metrics.jsonl, a time budget, and a loss plot: the services and loop of
+ * Pretrain.ts (`TrainingLoop.supervised`).
  *
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, Option, Path, Schema } from "effect"
+import { Effect, FileSystem, Layer, Path, Schema } from "effect"
 import { sampleCategory } from "../data/Dataset.ts"
 import { fromBytes, IMAGE_LENGTH } from "../data/Image.ts"
 import { type ParsedPrompt, sample as samplePrompt } from "../data/Prompt.ts"
 import { render } from "../data/Render.ts"
 import { verify } from "../data/Verifier.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
-import * as CheckpointDir from "../io/CheckpointDir.ts"
-import * as ModelDir from "../io/ModelDir.ts"
-import * as Safetensors from "../io/Safetensors.ts"
 import * as Stats from "../math/Stats.ts"
 import * as AdamW from "../optim/AdamW.ts"
+import { Checkpointer } from "../optim/Checkpointer.ts"
+import { StepMetrics } from "../optim/Metrics.ts"
+import { type NonFiniteLoss, Optimizer, type OptimizerConfig, type StepResult } from "../optim/Optimizer.ts"
 import * as Clip from "../reward/ClipModel.ts"
 import * as HardNegatives from "../reward/HardNegatives.ts"
 import { Backend } from "../tensor/Backend.ts"
-import { paramGrads } from "../tensor/Grad.ts"
 import * as HostRead from "../tensor/HostRead.ts"
-import { Rng, RngState } from "../tensor/Random.ts"
+import type { Rng } from "../tensor/Random.ts"
+import { RandomSource } from "../tensor/RandomSource.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import { lossPlot } from "./Pretrain.ts"
 import * as LrSchedule from "../optim/LrSchedule.ts"
+import type { GenerationError } from "../trajectory/GenerationJobs.ts"
 import * as TrainingLoop from "./TrainingLoop.ts"
 
 export const TrainClipOptions = Schema.Struct({
@@ -81,17 +83,6 @@ export const KIND_WEIGHTS: Partial<Record<HardNegatives.NegativeKind, number>> =
   shape: 3,
   relation: 3
 }
-
-const TrainState = Schema.Struct({
-  step: Schema.Int,
-  rng: RngState,
-  adamStep: Schema.Int,
-  wallMs: Schema.Number,
-  losses: Schema.Array(Schema.Number),
-  accuracies: Schema.Array(Schema.Number),
-  options: Schema.Unknown
-})
-type TrainState = typeof TrainState.Type
 
 /**
  * One contrastive batch: images (signed, B x 32 x 32 x 3), their prompts,
@@ -209,115 +200,91 @@ const rowAccuracy = (p: Clip.Model["params"], config: Clip.ClipConfig, batch: Cl
   )
 
 /**
- * One optimisation step; returns the loss (NaN/Infinity are reported, not applied).
+ * One optimisation step through the `Optimizer` (AdamW on the clip model's
+ * weights), then the decoupled weight decay on the weights `decayed` names
+ * at the step's learning rate.
  *
  * @since 0.1.0
  */
 export const trainStep = (
   model: Clip.Model,
-  adam: AdamW.AdamWState,
   batch: ClipBatch,
-  lr: number,
-  adamConfig: AdamW.AdamWConfig
-): Effect.Effect<{ loss: number; gradNorm: number }> =>
-  Effect.suspend(() => {
-    const { value, grads } = paramGrads(() => tf.tidy(() => contrastiveLoss(model.params, model.config, batch)), model.params)
-    return HostRead.scalar(value).pipe(
-      Effect.ensuring(Effect.sync(() => value.dispose())),
-      Effect.flatMap((loss) =>
-        Effect.map(Number.isFinite(loss) ? AdamW.step(model.params, grads, adam, lr, adamConfig) : Effect.succeed(NaN), (gradNorm) => ({ loss, gradNorm }))
-      ),
-      Effect.ensuring(Effect.sync(() => Scoped.disposeAll(grads)))
-    )
+  index: number,
+  weightDecay = 0,
+  decayed: (name: string) => boolean = () => false
+): Effect.Effect<StepResult, NonFiniteLoss | GenerationError, Optimizer> =>
+  Effect.gen(function*() {
+    const optimizer = yield* Optimizer
+    const r = yield* optimizer.step(() => tf.tidy(() => contrastiveLoss(model.params, model.config, batch)), index + 1)
+    // AdamW's decoupled decay, applied only to weight matrices and embeddings.
+    if (weightDecay > 0) {
+      tf.tidy(() => {
+        for (const [k, v] of Object.entries(model.params)) if (decayed(k)) v.assign(tf.mul(v, 1 - r.lr * weightDecay))
+      })
+    }
+    return r
   })
 
 /** Linear warm-up, then cosine decay to 10% of the peak at `steps`. */
 export const lrAt = (o: Pick<TrainClipOptions, "lr" | "warmupSteps" | "steps">, step: number): number =>
   LrSchedule.at({ lr: o.lr, minLr: 0.1 * o.lr, warmupSteps: o.warmupSteps, totalSteps: o.steps, schedule: "cosine" }, step)
 
+/** The optimiser of the clip reward: AdamW (0.9, 0.999), clip 1, warm-up then cosine to 10% (`lrAt`). */
+export const optimizerConfig = (o: Pick<TrainClipOptions, "lr" | "warmupSteps" | "steps">): OptimizerConfig => ({
+  ...AdamW.defaults,
+  maxGradNorm: 1,
+  lr: o.lr,
+  warmupSteps: o.warmupSteps,
+  schedule: "cosine",
+  totalSteps: o.steps,
+  minLr: 0.1 * o.lr
+})
+
+/** No weight decay on norms, biases and the logit scale. */
+const decayed = (name: string) => name.endsWith(".w") || name === "text.tok" || name === "text.pos"
+
+/**
+ * Train on the services of a training run (`TrainingLoop.supervised`): the
+ * `Optimizer` on the clip model's weights, the `Checkpointer` in `runDir`
+ * and `StepMetrics` (`runDir/metrics.jsonl`, with the accuracy every 10
+ * steps and the logit scale).
+ *
+ * @since 0.1.0
+ */
 export const run = Effect.fn("TrainClip.run")(function*(o: TrainClipOptions) {
+  const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
   const backend = yield* Backend
   const model = yield* Scoped.acquireWith(() => Clip.init(o.config, o.seed), Clip.dispose)
-  const adam = yield* Scoped.acquireWith(() => AdamW.init(model.params), AdamW.dispose)
-  // No weight decay on norms, biases and the logit scale.
-  const decayed = (name: string) => name.endsWith(".w") || name === "text.tok" || name === "text.pos"
-  const adamConfig = { ...AdamW.defaults, maxGradNorm: 1 }
-  let rng = Rng.fromSeed(o.seed + 1)
-  let state: TrainState = { step: 0, rng: rng.state(), adamStep: 0, wallMs: 0, losses: [], accuracies: [], options: {} }
-  const losses: Array<number> = []
-  const accuracies: Array<number> = []
+  yield* fs.makeDirectory(o.runDir, { recursive: true })
+  const config = optimizerConfig(o)
+  const services = Checkpointer.steps(o.runDir, { run: { ...o, config: undefined }, legacy: config }).pipe(
+    Layer.provideMerge(Layer.mergeAll(Optimizer.adamWOf(model.params, config), StepMetrics.jsonl(path.join(o.runDir, "metrics.jsonl"), o.steps, "train-clip"))),
+    Layer.provideMerge(RandomSource.fromSeed(o.seed + 1))
+  )
 
-  if (o.resume) {
-    const restored = yield* CheckpointDir.resume(o.runDir, (ck) =>
-      Effect.gen(function*() {
-        const st = yield* ck.readState(TrainState)
-        yield* ck.restore("params.safetensors", model.params)
-        yield* AdamW.restoreMoments(ck, "adam.safetensors", adam)
-        return st
-      }))
-    if (Option.isSome(restored)) {
-      const st = restored.value.value
-      adam.step = st.adamStep
-      rng = Rng.fromState(st.rng)
-      state = st
-      losses.push(...st.losses)
-      accuracies.push(...st.accuracies)
-      yield* Effect.logInfo(`resumed from ${restored.value.dir} at step ${st.step}`)
-    } else {
-      yield* Effect.logInfo(`no checkpoint in ${o.runDir}; starting fresh`)
-    }
-  }
-
-  const checkpoint = Effect.fn("TrainClip.checkpoint")(function*(step: number, wallMs: number) {
-    const st: TrainState = { step, rng: rng.state(), adamStep: adam.step, wallMs, losses, accuracies, options: { ...o, config: undefined } }
-    const [params, moments] = yield* Effect.all([ModelDir.toStored(model.params), AdamW.storedMoments(adam)], { concurrency: "unbounded" })
-    yield* CheckpointDir.save(o.runDir, step, {
-      "params.safetensors": Safetensors.encode(params),
-      "adam.safetensors": Safetensors.encode(moments),
-      "state.json": new TextEncoder().encode(JSON.stringify(Schema.encodeSync(TrainState)(st)))
-    })
-  })
-
-  const step1 = (lr: number, batch: ClipBatch) =>
-    Effect.map(trainStep(model, adam, batch, lr, adamConfig), (res) => {
-      // AdamW's decoupled decay, applied only to weight matrices and embeddings.
-      if (o.weightDecay > 0 && Number.isFinite(res.gradNorm)) {
-        tf.tidy(() => {
-          for (const [k, v] of Object.entries(model.params)) if (decayed(k)) v.assign(tf.mul(v, 1 - lr * o.weightDecay))
+  const { steps: step, records } = yield* Effect.gen(function*() {
+    const { rng } = yield* RandomSource
+    return yield* TrainingLoop.supervised({
+      total: o.steps,
+      resume: o.resume,
+      maxMinutes: o.maxMinutes,
+      checkpointEvery: o.checkpointEvery,
+      step: (index) =>
+        Effect.gen(function*() {
+          const batch = nextBatch(rng, o)
+          // Accuracy before the update, every 10 steps (a cheap extra forward).
+          const accuracy = index % 10 === 0 ? yield* rowAccuracy(model.params, model.config, batch) : undefined
+          const r = yield* trainStep(model, batch, index, o.weightDecay, decayed)
+          const logitScale = yield* HostRead.consumeScalar(() => Clip.logitScale(model.params))
+          return { ...r, accuracy, logitScale }
         })
-      }
-      return res
     })
+  }).pipe(Effect.provide(services))
 
-  const { steps: step, wallMs } = yield* TrainingLoop.run({
-    label: "train-clip",
-    total: o.steps,
-    start: state.step,
-    startWallMs: state.wallMs,
-    maxMinutes: o.maxMinutes,
-    checkpointEvery: o.checkpointEvery,
-    step: (index) =>
-      Effect.gen(function*() {
-        const batch = nextBatch(rng, o)
-        // Accuracy before the update, every 10 steps (a cheap extra forward).
-        if (index % 10 === 0) accuracies.push(yield* rowAccuracy(model.params, model.config, batch))
-        const r = yield* step1(lrAt(o, index), batch)
-        if (Number.isFinite(r.loss)) losses.push(r.loss)
-        return {
-          ...r,
-          show: {
-            loss: Stats.mean(losses.slice(-50), NaN),
-            acc: Stats.mean(accuracies.slice(-10), NaN),
-            scale: yield* HostRead.consumeScalar(() => Clip.logitScale(model.params)),
-            lr: lrAt(o, index)
-          }
-        }
-      }),
-    checkpoint
-  })
-
-  const wallMinutes = wallMs / 60_000
+  const losses = records.map((r) => r.loss)
+  const accuracies = records.flatMap((r) => (r.accuracy === undefined ? [] : [r.accuracy]))
+  const wallMinutes = records.reduce((a, r) => a + r.wallMs, 0) / 60_000
   yield* Clip.save(o.out, model, {
     trainedSteps: String(step),
     batchSize: String(o.batchSize),
