@@ -34,7 +34,7 @@ import * as Stats from "../math/Stats.ts"
 import * as AdamW from "../optim/AdamW.ts"
 import { Checkpointer } from "../optim/Checkpointer.ts"
 import { StepMetrics } from "../optim/Metrics.ts"
-import { type NonFiniteLoss, Optimizer, type OptimizerConfig, type StepResult } from "../optim/Optimizer.ts"
+import { Optimizer, type OptimizerConfig } from "../optim/Optimizer.ts"
 import * as Clip from "../reward/ClipModel.ts"
 import * as HardNegatives from "../reward/HardNegatives.ts"
 import { Backend } from "../tensor/Backend.ts"
@@ -44,7 +44,6 @@ import { RandomSource } from "../tensor/RandomSource.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import { lossPlot } from "./Pretrain.ts"
 import * as LrSchedule from "../optim/LrSchedule.ts"
-import type { GenerationError } from "../trajectory/GenerationJobs.ts"
 import * as TrainingLoop from "./TrainingLoop.ts"
 
 export const TrainClipOptions = Schema.Struct({
@@ -212,7 +211,7 @@ export const trainStep = (
   index: number,
   weightDecay = 0,
   decayed: (name: string) => boolean = () => false
-): Effect.Effect<StepResult, NonFiniteLoss | GenerationError, Optimizer> =>
+) =>
   Effect.gen(function*() {
     const optimizer = yield* Optimizer
     const r = yield* optimizer.step(() => tf.tidy(() => contrastiveLoss(model.params, model.config, batch)), index + 1)
