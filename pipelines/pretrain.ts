@@ -8,7 +8,8 @@
  * --resume refuses a checkpoint trained with another one.
  *
  * Checkpoints go to --run-dir (atomic, every --checkpoint-every steps and on
- * Ctrl-C); the EMA weights are written to --out when training ends.
+ * Ctrl-C; the layout of a sharpening run's), with metrics.jsonl (one line per
+ * step); the EMA weights are written to --out when training ends.
  */
 import { Console, Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"

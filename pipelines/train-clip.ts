@@ -6,7 +6,8 @@
  *   npx tsx pipelines/train-clip.ts --resume          # continue the last run
  *
  * Checkpoints go to --run-dir (atomic, every --checkpoint-every steps and on
- * Ctrl-C); the model directory (config.json, model.safetensors, loss.svg) is
+ * Ctrl-C; the layout of a sharpening run's), with metrics.jsonl (one line per
+ * step); the model directory (config.json, model.safetensors, loss.svg) is
  * written to --out when training ends.
  */
 import { Console, Effect } from "effect"

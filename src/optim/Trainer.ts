@@ -1,7 +1,8 @@
 /**
  * The one training loop of the project: sharpening (`Sharpen.loop`),
- * pretraining, the clip reward and the lab's base model
- * (`TrainingLoop.run`) all run their steps here.
+ * pretraining and the clip reward (`TrainingLoop.supervised`, on the same
+ * Optimizer, Checkpointer and metrics services as sharpening) and the lab's
+ * base model (`TrainingLoop.run`) all run their steps here.
  *
  * A step runs inside `Effect.uninterruptibleMask`: only what it passes
  * through `restore` can be interrupted (sharpening's batch, paths and
