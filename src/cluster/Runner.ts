@@ -101,7 +101,8 @@ const message = (e: unknown) => (e instanceof Error ? e.message : typeof e === "
  * @since 0.8.0
  */
 export const handlers = (address: string, secret: string | undefined) =>
-  JobEntity.toLayer(
+  // One state per process (the cluster builds an entity's handlers per entity id): one replica, one job at a time.
+  Layer.unwrap(
     Effect.gen(function*() {
       const backend = yield* Backend
       const device = deviceOf(backend)
@@ -135,7 +136,7 @@ export const handlers = (address: string, secret: string | undefined) =>
           }),
           lock.withPermits(1)
         )
-      return JobEntity.of({
+      const served = JobEntity.of({
         Hello: (envelope) =>
           Effect.suspend(() => {
             const refused = allowed(envelope.headers)
@@ -158,8 +159,8 @@ export const handlers = (address: string, secret: string | undefined) =>
         Images: (r) => job(r, r.payload.params, (m) => Generate.generate(m, r.payload.prompts, r.payload.sampler, undefined, r.payload.firstIndex)),
         PretrainShard: (r) => job(r, r.payload.params, (m) => DataParallel.shardGrads(m, r.payload.shard))
       })
-    }),
-    { concurrency: 1 }
+      return JobEntity.toLayer(served, { concurrency: 1 })
+    })
   )
 
 /** Largest message (bytes): weights of large models, a batch's trajectories. */
@@ -167,6 +168,9 @@ export const maxMessageBytes = 512 * 1024 * 1024
 
 /** The cluster's timing: fast enough for a test on loopback, calm for a real run. */
 export const shardingTiming = {
+  // A dead runner's shards (its jobs' entity ids) go to the others once its locks expire.
+  shardLockRefreshInterval: "1 second",
+  shardLockExpiration: "5 seconds",
   refreshAssignmentsInterval: "1 second",
   runnerJoinDebounce: "0 millis",
   sendRetryInterval: "100 millis",

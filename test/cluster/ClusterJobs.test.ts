@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
 import { Effect, Exit, Layer } from "effect"
+import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -202,4 +203,37 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
       Denoiser.dispose(m)
       assert.notInclude(r.output(), secret)
     }).pipe(Effect.scoped), 180_000)
+
+  it.live("kill -9 of a runner with a job in flight: the job is sent again to the other runner, and the result is unchanged", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("cluster-kill-")
+      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      const transport = yield* connect(storage, { runners: 2 })
+      const pool = GenerationPool.fromThreads(transport)
+      const victim = transport.runners[0].runner === a.address ? a : b
+      const m = model()
+      const schedule = Schedule.make(tiny32.schedule)
+      const rng = Rng.fromSeed(7)
+      const x0 = tf.tensor(rng.normals(prompts.length * per), [prompts.length, 32, 32, 3])
+      const draws = Trajectory.draw(rng, schedule.trainSteps, prompts.length, [32, 32, 3], options)
+      const one = yield* GenerationPool.inline.trajectories(m, x0, prompts, draws, options)
+      // The victim is stopped before the job is sent (so the job is in flight, unanswered) and
+      // killed 2 s later by a process of its own (this thread is busy with its shard meanwhile).
+      victim.process.kill("SIGSTOP")
+      const killer = spawn("sh", ["-c", `sleep 2; kill -9 ${victim.process.pid}`], { stdio: "ignore" })
+      const start = Date.now()
+      const three = yield* pool.trajectories(m, x0, prompts, draws, options).pipe(Effect.timeout("120 seconds"))
+      const took = Date.now() - start
+      yield* Effect.promise(() => new Promise((resolve) => (killer.exitCode !== null ? resolve(null) : killer.once("exit", resolve))))
+      assert.isNotNull(victim.process.signalCode ?? victim.process.exitCode, "the victim was killed")
+      assert.isAbove(took, 2_000, "the result came after the kill")
+      console.log(`kill -9 test: the iteration's trajectories took ${(took / 1000).toFixed(1)} s with the kill at 2 s`)
+      assert.isBelow(yield* trajectoryDiff(one, three), 1e-5)
+      // The next job goes to the survivor too.
+      const again = yield* pool.trajectories(m, x0, prompts, draws, options).pipe(Effect.timeout("120 seconds"))
+      assert.isBelow(yield* trajectoryDiff(one, again), 1e-5)
+      for (const t of [one, three, again]) Trajectory.dispose(t)
+      x0.dispose()
+      Denoiser.dispose(m)
+    }).pipe(Effect.scoped), 300_000)
 })
