@@ -29,6 +29,7 @@ import * as Inputs from "../src/io/Inputs.ts"
 import * as RunLock from "../src/io/RunLock.ts"
 import * as Registry from "../src/reward/Registry.ts"
 import * as Report from "../src/sharpen/Report.ts"
+import * as SharpenConfig from "../src/sharpen/SharpenConfig.ts"
 import { Backend } from "../src/tensor/Backend.ts"
 import * as Generate from "../src/trajectory/Generate.ts"
 
@@ -101,6 +102,7 @@ const command = Command.make(
     const { reward: rewardEntry, ...shared }: Record<string, unknown> = Option.isSome(f.config) ? JSON.parse(yield* fs.readFileString(f.config.value)) : {}
     const rewardSpec = yield* Effect.fromResult(RewardFlags.spec(f, rewardEntry, Option.getOrUndefined(f.config)))
     const perMethod = Option.isSome(f.methodSettings) ? yield* MethodSettings.load(f.methodSettings.value, Compare.FINETUNE_METHODS) : {}
+    for (const line of [shared, ...Object.values(perMethod).map((e) => e.settings)].flatMap((l, i) => SharpenConfig.deprecations(l, Option.getOrUndefined(i === 0 ? f.config : f.methodSettings)))) yield* Console.error(line)
     const configOf = ComparePlan.configOf(plan, shared, perMethod, { config: Option.getOrUndefined(f.config), methodSettings: Option.getOrUndefined(f.methodSettings) })
     const configFor = (method: Compare.FinetuneMethod, seed: number, extra: Record<string, unknown> = {}) => {
       const c = configOf(method, seed, extra)

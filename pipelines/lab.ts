@@ -24,6 +24,7 @@ import * as LabTable from "../src/lab/LabTable.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import * as Mlp from "../src/model/Mlp.ts"
 import * as Weights from "../src/model/Weights.ts"
+import * as SharpenConfig from "../src/sharpen/SharpenConfig.ts"
 import { Backend, BackendName } from "../src/tensor/Backend.ts"
 import * as Scoped from "../src/tensor/Scoped.ts"
 
@@ -220,6 +221,7 @@ const command = Command.make(
     const grid: ReadonlyArray<Record<string, unknown>> = Option.isSome(f.grid)
       ? JSON.parse(f.grid.value.trimStart().startsWith("[") ? f.grid.value : yield* fs.readFileString(f.grid.value))
       : [{}]
+    for (const line of [common, ...grid].flatMap((l, i) => SharpenConfig.deprecations(l, i === 0 ? "--settings" : "--grid"))) yield* Console.error(line)
     const labelOf = (m: string, g: Record<string, unknown>) => (Object.keys(g).length === 0 ? m : `${m} ${JSON.stringify(g)}`)
     // Validate every setting before anything runs.
     for (const n of names.filter((n) => n !== `best-of-${BEST_OF}`)) {

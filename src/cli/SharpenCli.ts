@@ -46,7 +46,8 @@ const kebab = (key: string) => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}
 const describe = (key: keyof SharpenConfig.SharpenConfig, f: SharpenConfig.Field) => {
   const rlhf = SharpenConfig.rlhfDefaults[key]
   const fallback = SharpenConfig.defaults[key]
-  return `[${f.group}] ${f.doc} (default ${fallback === undefined ? "by backend" : JSON.stringify(fallback)}${rlhf === undefined ? "" : `; rlhf.ts: ${JSON.stringify(rlhf)}`})`
+  const old = Object.entries(f.aliases ?? {}).map(([was, is]) => `${was} = ${is}`).join(", ")
+  return `[${f.group}] ${f.doc} (default ${fallback === undefined ? "by backend" : JSON.stringify(fallback)}${rlhf === undefined ? "" : `; rlhf.ts: ${JSON.stringify(rlhf)}`}${old === "" ? "" : `; deprecated: ${old}`})`
 }
 
 /** One flag per setting of `SharpenConfig.fields` (custom ones are below). */
@@ -58,7 +59,7 @@ const settingFlags = Object.fromEntries(
       : f.flag === "number"
       ? Flag.Finite(name)
       : f.flag === "literal"
-      ? Flag.Literals(name, (f.schema as unknown as { readonly literals: ReadonlyArray<string> }).literals)
+      ? Flag.Literals(name, [...(f.schema as unknown as { readonly literals: ReadonlyArray<string> }).literals, ...Object.keys(f.aliases ?? {})])
       : undefined
     return flag === undefined ? [] : [[key, flag.pipe(Flag.withDescription(describe(key, f)), Flag.optional)]]
   })
@@ -139,8 +140,10 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags, algori
     const { preset, settings } = yield* Effect.fromResult(SharpenConfig.fromFile(rest, file))
     filePreset = preset
     layers.push(settings)
+    for (const line of SharpenConfig.deprecations(settings, file)) yield* Console.error(line)
   }
   layers.push(overrides(f))
+  for (const line of SharpenConfig.deprecations(layers[layers.length - 1])) yield* Console.error(line)
   if (f.paper) yield* Console.error("--paper is deprecated: use --preset paper")
   const named = Option.getOrUndefined(f.preset) ?? (f.paper ? "paper" : undefined) ?? filePreset
   const preset = SharpenConfig.presetFor(layers, named)

@@ -62,7 +62,7 @@ export const methods: ReadonlyArray<LabMethod> = [
   { name: "rlhf-paper", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, lr: 1e-5 }, note: "RLHF sharpening as published (consistent target, margin inside the log-sigmoid), AdamW beta1 0.9" },
   { name: "rlhf-paper-exact", algorithm: "rlhf", settings: { ...paper, lr: 1e-5 }, note: "... with the paper's AdamW (beta1 0)" },
   { name: "rlhf-paper-original", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, target: "original", lr: 1e-5 }, note: "... with the reference code's epsilon target" },
-  { name: "rlhf-paper-refmargin", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, margin: "reference-code", lr: 1e-5 }, note: "... with the reference code's margin (outside the log-sigmoid)" },
+  { name: "rlhf-paper-refmargin", algorithm: "rlhf", settings: { ...paper, beta1: 0.9, margin: "outside", lr: 1e-5 }, note: "... with the reference code's margin (outside the log-sigmoid)" },
   { name: "sft-paper", algorithm: "sft", settings: { ...paper, beta1: 0.9, lr: 1e-5 }, note: "SFT sharpening as published (consistent target)" },
   { name: "sft-paper-original", algorithm: "sft", settings: { ...paper, beta1: 0.9, target: "original", lr: 1e-5 }, note: "... with the reference code's epsilon target" },
   { name: "standard-ft", algorithm: "standard", settings: { lr: 1e-5 }, note: "denoising loss on data, no reward" },

@@ -49,7 +49,7 @@ export type DiffusionDpoOptions = typeof DiffusionDpoOptions.Type
  * @since 0.1.0
  */
 export const loss = (terms: Losses.DpoTerms, beta: number): tf.Scalar =>
-  Losses.dpoFromTerms(terms, new Array<number>(terms.modelW.shape[0]).fill(0), beta / 2, "paper")
+  Losses.dpoFromTerms(terms, new Array<number>(terms.modelW.shape[0]).fill(0), beta / 2, "inside")
 
 /**
  * The objective stage: winner and loser rows from the selector (best and

@@ -160,7 +160,7 @@ export const pairsPart = (
     const dr = tf.tensor1d(flat.map((p) => p.margin))
     // -log sigmoid(z) = softplus(-z), as Losses.dpoFromTerms (and for the same reason).
     const nls = (z: tf.Tensor) => tf.softplus(tf.neg(z))
-    const perPair = placement === "paper" ? nls(tf.sub(tf.mul(logits, beta), dr)) : tf.add(nls(tf.mul(logits, beta)), dr)
+    const perPair = placement === "inside" ? nls(tf.sub(tf.mul(logits, beta), dr)) : tf.add(nls(tf.mul(logits, beta)), dr)
     return tf.div(tf.sum(tf.mul(perPair, tf.tensor1d(flat.map((p) => p.weight)))), batch) as tf.Scalar
   })
 

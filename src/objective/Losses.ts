@@ -35,12 +35,16 @@ export type EpsTarget = typeof EpsTarget.Type
 
 /**
  * Where the reward margin of Eq. 11 goes.
- * - "paper": inside the log-sigmoid, -log sigma(beta * logits - (R_w - R_l)):
- *   a larger margin demands a larger likelihood gap (reward-modulated DPO).
- * - "reference-code": outside, -log sigma(beta * logits) + (R_w - R_l): a
- *   constant offset, so the margin has no effect on the gradient.
+ * - "inside" (the paper's Eq. 11): inside the log-sigmoid,
+ *   -log sigma(beta * logits - (R_w - R_l)): a larger margin demands a
+ *   larger likelihood gap (reward-modulated DPO).
+ * - "outside" (the paper's reference code): -log sigma(beta * logits) +
+ *   (R_w - R_l): a constant offset, so the margin has no effect on the
+ *   gradient.
+ * Older settings and run records spell them "paper" and "reference-code"
+ * (read as these by `SharpenConfig.aliases`).
  */
-export const MarginPlacement = Schema.Literals(["paper", "reference-code"])
+export const MarginPlacement = Schema.Literals(["inside", "outside"])
 export type MarginPlacement = typeof MarginPlacement.Type
 
 /**
@@ -154,7 +158,7 @@ export const dpoFromTerms = (
     // -log sigmoid(z) = softplus(-z). Not tf.logSigmoid: its gradient reads a
     // closure-captured input that a nested tf.tidy has already disposed.
     const nls = (z: tf.Tensor) => tf.softplus(tf.neg(z))
-    const perItem = placement === "paper"
+    const perItem = placement === "inside"
       ? nls(tf.sub(tf.mul(logits, beta), dr))
       : tf.add(nls(tf.mul(logits, beta)), dr)
     return tf.mean(perItem) as tf.Scalar

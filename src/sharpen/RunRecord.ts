@@ -5,7 +5,11 @@
  * hash, and the library version. A resume compares the current invocation
  * with it and refuses any difference that changes the training, naming
  * each; the settings in `MAY_CHANGE` (and the reward's transport options)
- * may differ, and the record is then rewritten with the new values.
+ * may differ, and the record is then rewritten with the new values. A
+ * value's deprecated spelling (`SharpenConfig.normalise`: `preference:
+ * "paper"`, `margin: "paper"` / `"reference-code"` in records made before
+ * the rename) equals its current one, so such a run still resumes and its
+ * stage is still reused; a record is written with the current spellings.
  *
  * @since 0.1.0
  */
@@ -119,11 +123,13 @@ export const differences = (run: RunRecord, now: RunRecord): Array<string> => {
     out.push(`base model ${run.baseModel.path} (sha256 ${short(run.baseModel.sha256)}) -> ${now.baseModel.path} (sha256 ${short(now.baseModel.sha256)})`)
   }
   const defaults = Schema.encodeSync(SharpenConfig.SharpenConfig)(SharpenConfig.defaults) as Record<string, unknown>
-  const cosine = run.settings.lrSchedule === "cosine" || now.settings.lrSchedule === "cosine"
-  for (const key of new Set([...Object.keys(run.settings), ...Object.keys(now.settings)])) {
+  const before = SharpenConfig.normalise(run.settings)
+  const after = SharpenConfig.normalise(now.settings)
+  const cosine = before.lrSchedule === "cosine" || after.lrSchedule === "cosine"
+  for (const key of new Set([...Object.keys(before), ...Object.keys(after)])) {
     if (MAY_CHANGE.includes(key) || (key === "iterations" && !cosine)) continue
-    const was = key in run.settings ? run.settings[key] : defaults[key]
-    const is = key in now.settings ? now.settings[key] : defaults[key]
+    const was = key in before ? before[key] : defaults[key]
+    const is = key in after ? after[key] : defaults[key]
     if (canonical(was) !== canonical(is)) out.push(`${key} ${canonical(was)} -> ${canonical(is)}${key === "iterations" ? " (the cosine learning-rate schedule spans the iterations)" : ""}`)
   }
   const expression = (r: Record<string, unknown>) => String(r.reward ?? "").replace(/\s+/g, "")

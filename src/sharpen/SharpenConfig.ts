@@ -35,10 +35,13 @@ export interface Field<S extends Schema.Top = Schema.Top> {
   readonly group: Group
   readonly flag: FlagKind
   readonly doc: string
+  /** Deprecated spellings of its values, old -> current: read as the current value ({@link normalise}). */
+  readonly aliases?: Readonly<Record<string, string>>
 }
 
 const field = <S extends Schema.Top>(group: Group, flag: FlagKind, schema: S, doc: string): Field<S> => ({ schema, group, flag, doc })
 const literals = <const L extends ReadonlyArray<string>>(group: Group, values: L, doc: string) => field(group, "literal", Schema.Literals(values), doc)
+const aliased = <F extends Field>(f: F, aliases: Readonly<Record<string, string>>): F => ({ ...f, aliases })
 
 /**
  * Every setting of a sharpening run. Defaults are in {@link defaults}, the
@@ -56,15 +59,21 @@ export const fields = {
   aggregation: field("algorithm", "custom", Aggregate.Aggregation, "trajectory reward: of the paths' final images (final), or over the x0 estimates (sum: Eq. 8)"),
   timestep: field("algorithm", "custom", TimestepChoice, "start timesteps on the grid (flag --timestep-range MIN,MAX, \"uniform\" or \"top\")"),
   timestepPer: literals("algorithm", ["batch", "prompt"], "draw the start timestep once per batch (the paper's code) or per prompt"),
-  preference: literals(
-    "algorithm",
-    ["paper", "image"],
-    "what a preference compares: the paths' own final images, every path continued to t = 0 (image), or noise draws of one image, every path regressed on the clean image it was noised from (paper; docs/method.md)"
+  preference: aliased(
+    literals(
+      "algorithm",
+      ["noise", "image"],
+      "what a preference compares: the paths' own final images, every path continued to t = 0 (image), or noise draws of one image, every path regressed on the clean image it was noised from (noise: the paper's; docs/method.md)"
+    ),
+    { paper: "noise" }
   ),
   start: literals("algorithm", ["online-sample", "noise"], "RLHF: paths start from the online sample noised to t (the paper), or from pure noise (no online sample; use a timestep range at the top of the grid)"),
   onlineSteps: field("algorithm", "int", int(1, 1000), "RLHF: DDIM steps of the online samples (paper: 50)"),
   dpoBeta: field("algorithm", "number", num(1e-9, 1e9), "RLHF: DPO beta"),
-  margin: field("algorithm", "literal", Losses.MarginPlacement, "RLHF: reward margin inside (paper) or outside (reference code) the log-sigmoid"),
+  margin: aliased(
+    field("algorithm", "literal", Losses.MarginPlacement, "RLHF: reward margin inside the log-sigmoid (the paper's Eq. 11) or outside it (its reference code)"),
+    { paper: "inside", "reference-code": "outside" }
+  ),
   referenceSteps: literals("algorithm", ["all", "first"], "RLHF: the reference's errors on all m steps, or the first (reference code)"),
   target: field("algorithm", "literal", Losses.EpsTarget, "epsilon target along a path (docs/architecture.md)"),
   split: literals("algorithm", ["train", "full"], "which prompts and images train: the generator's training split, or all"),
@@ -136,7 +145,7 @@ export const defaults: SharpenConfig = {
   warmupSteps: 0,
   lrSchedule: "constant",
   dpoBeta: 5000,
-  margin: "paper",
+  margin: "inside",
   referenceSteps: "all",
   target: "consistent",
   onlineSteps: 50,
@@ -181,8 +190,8 @@ export const presets: { readonly [P in Preset]: { readonly [A in Algorithm]: Par
     rlhf: { iterations: 26, sampleEvery: 0, lr: 5e-5, dpoBeta: 500, stepsPerBatch: 4, inferenceSteps: 20, onlineSteps: 20, evalSteps: 20, evalPrompts: 48 }
   },
   paper: {
-    sft: { preference: "paper", aggregation: { kind: "sum" }, timestep: { kind: "uniform" }, timestepPer: "batch", beta1: 0 },
-    rlhf: { preference: "paper", aggregation: { kind: "sum" }, timestep: { kind: "uniform" }, timestepPer: "batch", beta1: 0 }
+    sft: { preference: "noise", aggregation: { kind: "sum" }, timestep: { kind: "uniform" }, timestepPer: "batch", beta1: 0 },
+    rlhf: { preference: "noise", aggregation: { kind: "sum" }, timestep: { kind: "uniform" }, timestepPer: "batch", beta1: 0 }
   },
   lab: {
     sft: { batchSize: 8, n: 3, m: 3, cfg: 1, inferenceSteps: 50, onlineSteps: 50, dpoBeta: 5, microBatchRows: 0, iterations: 100_000, checkpointEvery: 100_000 },
@@ -255,10 +264,42 @@ export const toFile = (config: SharpenConfig, preset?: Preset): Record<string, u
   return out
 }
 
-/** Merge layers of partial settings over the defaults and validate. */
+/**
+ * A layer of settings with each deprecated spelling of a value (a field's
+ * `aliases`: `preference: "paper"`, `margin: "paper"` / `"reference-code"`)
+ * replaced by the current one (`"noise"`, `"inside"` / `"outside"`).
+ *
+ * @since 0.7.0
+ */
+export const normalise = (layer: Readonly<Record<string, unknown>>): Record<string, unknown> =>
+  Object.fromEntries(Object.entries(layer).map(([k, v]) => [k, current(k, v) ?? v]))
+
+/** The current spelling of a deprecated value of setting `key`, if `v` is one. */
+const current = (key: string, v: unknown): string | undefined => {
+  const aliases = Object.hasOwn(fields, key) ? (fields as Record<string, Field>)[key].aliases : undefined
+  return typeof v === "string" && aliases !== undefined && Object.hasOwn(aliases, v) ? aliases[v] : undefined
+}
+
+/**
+ * One line per deprecated spelling in a layer of settings, naming the file
+ * (or, without one, the flag) and the current spelling.
+ *
+ * @since 0.7.0
+ */
+export const deprecations = (layer: Readonly<Record<string, unknown>>, file?: string): Array<string> =>
+  Object.entries(layer).flatMap(([k, v]) => {
+    const now = current(k, v)
+    if (now === undefined) return []
+    const flag = `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`
+    return [file === undefined
+      ? `${flag} ${v} is deprecated: use ${flag} ${now} (the same setting)`
+      : `${file}: "${k}": ${JSON.stringify(v)} is deprecated: use ${JSON.stringify(now)} (the same setting)`]
+  })
+
+/** Merge layers of partial settings over the defaults (deprecated spellings read as the current ones) and validate. */
 export const decode = (layers: ReadonlyArray<Record<string, unknown>>, file?: string): Result.Result<SharpenConfig, ConfigError> => {
   const merged: Record<string, unknown> = { ...defaults }
-  for (const l of layers) for (const [k, v] of Object.entries(l)) if (v !== undefined) merged[k] = v
+  for (const l of layers) for (const [k, v] of Object.entries(normalise(l))) if (v !== undefined) merged[k] = v
   const unknown = Object.keys(merged).find((k) => !(k in SharpenConfig.fields))
   if (unknown !== undefined) return Result.fail(new ConfigError({ file, field: unknown, message: `unknown setting "${unknown}"` }))
   const r = Schema.decodeUnknownResult(SharpenConfig)(merged)
@@ -270,14 +311,15 @@ export const decode = (layers: ReadonlyArray<Record<string, unknown>>, file?: st
 
 /**
  * The preset a pipeline runs when none is named: `image-level`, except when
- * a layer asks for the published preference without naming a preset; that
- * run keeps the plain defaults under it (as before presets existed), since
+ * a layer asks for the published preference (`noise`, or its old spelling
+ * `paper`) without naming a preset; that run keeps the plain defaults under
+ * it (as before presets existed), since
  * the image-level RLHF values were measured for image-level preferences.
  *
  * @since 0.6.0
  */
 export const presetFor = (layers: ReadonlyArray<Record<string, unknown>>, named?: Preset): Preset =>
-  named ?? (layers.some((l) => l.preference === "paper") ? "defaults" : "image-level")
+  named ?? (layers.some((l) => normalise(l).preference === "noise") ? "defaults" : "image-level")
 
 /**
  * A pipeline's settings: the preset's (default `presetFor`) under the given

@@ -84,7 +84,7 @@ describe("GroupRelative", () => {
     const reference = [0.4, 0.4, 0.4, 0.4]
     const pairs = [[{ w: 1, l: 0, weight: 1, margin: 0.3 }], [{ w: 0, l: 1, weight: 1, margin: 0.2 }]]
     const beta = 2
-    const got = tf.tidy(() => GroupRelative.pairsPart(tf.tensor1d(policy), tf.tensor1d(reference), pairs, beta, "paper", 4).dataSync()[0])
+    const got = tf.tidy(() => GroupRelative.pairsPart(tf.tensor1d(policy), tf.tensor1d(reference), pairs, beta, "inside", 4).dataSync()[0])
     // Item 0: w = row 2, l = row 0; item 1: w = row 1, l = row 3.
     const logit = (w: number, l: number) => (reference[w] - reference[l]) - (policy[w] - policy[l])
     const want = (softplus(-(beta * logit(2, 0) - 0.3)) + softplus(-(beta * logit(1, 3) - 0.2))) / 4
@@ -98,8 +98,8 @@ describe("GroupRelative", () => {
       const t = trajectories(2)
       const scores = scoresOf([[0.1, 0.9], [0.8, 0.4]])
       const selection = { best: [1, 0], worst: [0, 1] }
-      const group = yield* prepareWith(GroupRelative.objective({ form: "pairs", beta: 40, margin: "paper" }), model, reference, t, selection, scores)
-      const rlhf = yield* prepareWith(ImageLevel.rlhf({ beta: 40, margin: "paper" }), model, reference, t, selection, scores)
+      const group = yield* prepareWith(GroupRelative.objective({ form: "pairs", beta: 40, margin: "inside" }), model, reference, t, selection, scores)
+      const rlhf = yield* prepareWith(ImageLevel.rlhf({ beta: 40, margin: "inside" }), model, reference, t, selection, scores)
       const a = yield* lossValue(group.loss)
       const b = yield* lossValue(rlhf.loss)
       assert.approximately(a, b, 1e-5 * Math.max(1, b))
@@ -114,10 +114,10 @@ describe("GroupRelative", () => {
       const model = perturbed(0)
       const t = trajectories(3)
       const scores = scoresOf([[0.1, 0.9], [0.5, 0.2], [0.8, 0.4]])
-      const prepared = yield* prepareWith(GroupRelative.objective({ form: "awr", beta: 0.5, margin: "paper" }), model, model, t, { best: [2, 0], worst: [0, 1] }, scores)
+      const prepared = yield* prepareWith(GroupRelative.objective({ form: "awr", beta: 0.5, margin: "inside" }), model, model, t, { best: [2, 0], worst: [0, 1] }, scores)
       assert.strictEqual(prepared.nfe, 3 * B)
       // The loss equals the weighted errors of the objective's own noised images (one eps and t per item, all images).
-      const sharp = yield* prepareWith(GroupRelative.objective({ form: "awr", beta: 1e-4, margin: "paper" }), model, model, t, { best: [2, 0], worst: [0, 1] }, scores)
+      const sharp = yield* prepareWith(GroupRelative.objective({ form: "awr", beta: 1e-4, margin: "inside" }), model, model, t, { best: [2, 0], worst: [0, 1] }, scores)
       const sft = yield* prepareWith(ImageLevel.sft({}), model, model, t, { best: [2, 0], worst: [0, 1] }, scores)
       // tau -> 0 keeps the best image only: image-level SFT sharpening's loss on the same draws.
       assert.approximately(yield* lossValue(sharp.loss), yield* lossValue(sft.loss), 1e-5)
@@ -150,7 +150,7 @@ describe("GroupRelative", () => {
             counts.push(tf.memory().numTensors)
           }
         }).pipe(
-          Effect.provide(GroupRelative.objective({ form, beta: 5, margin: "paper", stepsPerBatch: 2, microBatchRows: 3 }).pipe(Layer.provide(layers(model, reference)))),
+          Effect.provide(GroupRelative.objective({ form, beta: 5, margin: "inside", stepsPerBatch: 2, microBatchRows: 3 }).pipe(Layer.provide(layers(model, reference)))),
           Effect.scoped
         )
         assert.isTrue(counts.every((c) => c === counts[0]), `${form}: live tensors ${counts.join(",")}`)

@@ -51,7 +51,7 @@ const prepare = (model: Denoiser.Model, reference: Denoiser.Model, t: Trajectori
     return yield* objective.prepare(t, sel, scores)
   }).pipe(
     Effect.provide(
-      (which === "rlhf" ? ImageLevel.rlhf({ beta: BETA, margin: "paper", stepsPerBatch, winnerSft }) : ImageLevel.sft({ stepsPerBatch })).pipe(
+      (which === "rlhf" ? ImageLevel.rlhf({ beta: BETA, margin: "inside", stepsPerBatch, winnerSft }) : ImageLevel.sft({ stepsPerBatch })).pipe(
         Layer.provide(Layer.mergeAll(Layer.succeed(Denoiser.Denoiser, { model }), Layer.succeed(Reference, { model: reference }), RandomSource.fromSeed(3)))
       )
     )

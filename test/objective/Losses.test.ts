@@ -128,7 +128,7 @@ describe("RLHF loss (Eq. 11)", () => {
       const before = s.errors()
       assert.closeTo(before.w, 0, 1e-7)
       for (let i = 0; i < 5; i++) {
-        const { value, grads } = paramGrads(s.loss([0.3, 0.3], "paper"), s.model.params)
+        const { value, grads } = paramGrads(s.loss([0.3, 0.3], "inside"), s.model.params)
         yield* AdamW.step(s.model.params, grads, adam, 1e-3, AdamW.paper)
         tf.dispose([value, ...Object.values(grads)])
       }
@@ -140,7 +140,7 @@ describe("RLHF loss (Eq. 11)", () => {
       s.cleanup()
     }))
 
-  it("the reward margin changes the gradient in the paper's variant, not in the reference code's", () => {
+  it("the reward margin changes the gradient inside the log-sigmoid (the paper), not outside (the reference code)", () => {
     const s = dpoSetup()
     const gradOf = (margin: Array<number>, placement: Losses.MarginPlacement) => {
       // Move off the reference first: at logits = 0 both margins still give a gradient.
@@ -151,12 +151,12 @@ describe("RLHF loss (Eq. 11)", () => {
     }
     const diff = (a: Float32Array, b: Float32Array) => a.reduce((acc, v, i) => Math.max(acc, Math.abs(v - b[i])), 0)
     const scale = (a: Float32Array) => a.reduce((acc, v) => Math.max(acc, Math.abs(v)), 0)
-    const p1 = gradOf([0.1, 0.1], "paper")
-    const p2 = gradOf([2, 2], "paper")
+    const p1 = gradOf([0.1, 0.1], "inside")
+    const p2 = gradOf([2, 2], "inside")
     assert.isAbove(scale(p1), 0)
     assert.isAbove(diff(p1, p2), 0.1 * scale(p1))
-    const r1 = gradOf([0.1, 0.1], "reference-code")
-    const r2 = gradOf([2, 2], "reference-code")
+    const r1 = gradOf([0.1, 0.1], "outside")
+    const r2 = gradOf([2, 2], "outside")
     assert.strictEqual(diff(r1, r2), 0)
     s.cleanup()
   })

@@ -32,7 +32,7 @@ const gradientAt = (objective: "sft" | "rlhf", microBatchRows: number) =>
     x0.dispose()
     const layer = objective === "sft"
       ? Objective.sft({ target: "consistent", microBatchRows })
-      : Objective.rlhf({ beta: 5000, margin: "paper", target: "consistent", referenceSteps: "all", microBatchRows })
+      : Objective.rlhf({ beta: 5000, margin: "inside", target: "consistent", referenceSteps: "all", microBatchRows })
     const scores = { perStep: [], trajectory: [[1, 5, 2], [3, 0, 2], [2, 4, 9]], rewardCalls: 9 }
     const out = yield* Effect.scoped(Effect.gen(function*() {
       const o = yield* Objective

@@ -40,15 +40,15 @@ describe("PortablePart", () => {
       const pairs = yield* PortablePart.samplesRows(s, rows)
       const cases: Array<[string, () => tf.Scalar, PortablePart.PortablePart]> = [
         ["denoise", () => tf.tidy(() => tf.mul(tf.mean(NoisedSamples.rowErrors(model, s, items)), 2 / 3) as tf.Scalar), { ...some, share: 2 / 3 }],
-        ["dpo", () => Losses.dpoPart(NoisedSamples.rowErrors(model, s, rows), refs, margin, 2500, "paper", 2 / 3), {
+        ["dpo", () => Losses.dpoPart(NoisedSamples.rowErrors(model, s, rows), refs, margin, 2500, "inside", 2 / 3), {
           ...pairs,
           share: 2 / 3,
-          dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "paper" }
+          dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "inside" }
         }],
-        ["dpo with the winners' denoising loss", () => Losses.dpoPart(NoisedSamples.rowErrors(model, s, rows), refs, margin, 2500, "paper", 2 / 3, 7), {
+        ["dpo with the winners' denoising loss", () => Losses.dpoPart(NoisedSamples.rowErrors(model, s, rows), refs, margin, 2500, "inside", 2 / 3, 7), {
           ...pairs,
           share: 2 / 3,
-          dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "paper", winnerSft: 7 }
+          dpo: { refW: Array.from(refs.w.dataSync()), refL: Array.from(refs.l.dataSync()), margin, beta: 2500, placement: "inside", winnerSft: 7 }
         }]
       ]
       const before = tf.memory().numTensors

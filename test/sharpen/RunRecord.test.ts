@@ -1,6 +1,6 @@
 import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Schema } from "effect"
+import { Effect, Exit, Result, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import * as RunRecord from "../../src/sharpen/RunRecord.ts"
@@ -65,5 +65,37 @@ describe("RunRecord", () => {
       assert.strictEqual(fs.readFileSync(file, "utf8"), before)
       yield* RunRecord.check(dir, record({ iterations: 40 }), true)
       assert.strictEqual(JSON.parse(fs.readFileSync(file, "utf8")).settings.iterations, 40)
+    }).pipe(Effect.provide(NodeServices.layer)))
+
+  it("a record with the old spellings (preference and margin \"paper\", margin \"reference-code\") equals one with the new", () => {
+    const old = (settings: Record<string, unknown>) => ({ ...record(), settings: { ...record().settings, ...settings } })
+    assert.deepStrictEqual(RunRecord.differences(old({ preference: "paper", margin: "paper" }), record({ preference: "noise", margin: "inside" })), [])
+    assert.deepStrictEqual(RunRecord.differences(record({ margin: "outside" }), old({ margin: "reference-code" })), [])
+    // A real difference is still one, named with the new spelling.
+    assert.deepStrictEqual(RunRecord.differences(old({ preference: "paper" }), record({ preference: "image" })), [`preference "noise" -> "image"`])
+    assert.deepStrictEqual(RunRecord.differences(old({ margin: "reference-code" }), record({ margin: "inside" })), [`margin "outside" -> "inside"`])
+  })
+
+  it.effect("a committed stage recorded before the rename is still reused; a new record is written with the new spellings", () =>
+    Effect.gen(function*() {
+      const stage = "docs/data/compare-seeds/train/diffusion-dpo-s1-nfe20000/run"
+      const committed = Schema.decodeUnknownSync(RunRecord.RunRecord)(JSON.parse(fs.readFileSync(path.join(stage, RunRecord.FILE), "utf8")))
+      assert.strictEqual(committed.settings.preference, "paper")
+      assert.strictEqual(committed.settings.margin, "paper")
+      // The same invocation today: its settings decoded and encoded again, as RunRecord.make writes them.
+      const config = SharpenConfig.decode([committed.settings])
+      assert.isTrue(Result.isSuccess(config))
+      const settings = Schema.encodeSync(SharpenConfig.SharpenConfig)(Result.getOrThrow(config)) as Record<string, unknown>
+      assert.strictEqual(settings.preference, "noise")
+      assert.strictEqual(settings.margin, "inside")
+      const now: RunRecord.RunRecord = { ...committed, version: RunRecord.VERSION, settings }
+      yield* RunRecord.verify(stage, now)
+      // A resume rewrites the record with the new spellings.
+      const dir = tmpDir("record-old-")
+      fs.writeFileSync(path.join(dir, RunRecord.FILE), JSON.stringify(committed))
+      yield* RunRecord.check(dir, now, true)
+      const written = JSON.parse(fs.readFileSync(path.join(dir, RunRecord.FILE), "utf8"))
+      assert.strictEqual(written.settings.preference, "noise")
+      assert.strictEqual(written.settings.margin, "inside")
     }).pipe(Effect.provide(NodeServices.layer)))
 })

@@ -67,12 +67,50 @@ describe("SharpenConfig presets and grouped files", () => {
 
   it("presets: image-level by default, paper and lab by name, the published preference alone keeps the plain defaults", () => {
     assert.strictEqual(SharpenConfig.presetFor([]), "image-level")
+    assert.strictEqual(SharpenConfig.presetFor([{ preference: "noise" }]), "defaults")
+    assert.strictEqual(SharpenConfig.presetFor([{ preference: "noise" }], "paper"), "paper")
+    // The old spelling of the published preference still asks for it.
     assert.strictEqual(SharpenConfig.presetFor([{ preference: "paper" }]), "defaults")
-    assert.strictEqual(SharpenConfig.presetFor([{ preference: "paper" }], "paper"), "paper")
+    assert.strictEqual(SharpenConfig.presetFor([{ preference: "image" }]), "image-level")
     const lab = ok(SharpenConfig.resolve("rlhf", [], { preset: "lab" }))
     assert.strictEqual(lab.cfg, 1)
     assert.strictEqual(lab.dpoBeta, 5)
     assert.deepStrictEqual(ok(SharpenConfig.resolve("sft", [], { preset: "paper" })), { ...SharpenConfig.defaults, ...SharpenConfig.presets.paper.sft })
+  })
+})
+
+describe("SharpenConfig deprecated spellings", () => {
+  it("the old spellings decode to the new values, from a flat or grouped file, and each names itself as deprecated", () => {
+    const c = ok(SharpenConfig.decode([{ preference: "paper", margin: "reference-code" }]))
+    assert.strictEqual(c.preference, "noise")
+    assert.strictEqual(c.margin, "outside")
+    assert.strictEqual(ok(SharpenConfig.decode([{ margin: "paper" }])).margin, "inside")
+    assert.deepStrictEqual(ok(SharpenConfig.decode([{ preference: "noise", margin: "inside" }])), ok(SharpenConfig.decode([{ preference: "paper", margin: "paper" }])))
+    // A later layer (flags) still overrides an old spelling in the file.
+    assert.strictEqual(ok(SharpenConfig.decode([{ preference: "paper" }, { preference: "image" }])).preference, "image")
+    const grouped = ok2(SharpenConfig.fromFile({ algorithm: { preference: "paper", margin: "reference-code" } }))
+    assert.deepStrictEqual(ok(SharpenConfig.resolve("rlhf", [grouped.settings])), ok(SharpenConfig.resolve("rlhf", [{ preference: "noise", margin: "outside" }])))
+    assert.deepStrictEqual(SharpenConfig.normalise({ preference: "paper", margin: "reference-code", lr: 1e-5 }), { preference: "noise", margin: "outside", lr: 1e-5 })
+    assert.deepStrictEqual(SharpenConfig.deprecations({ preference: "paper", margin: "inside", lr: 1e-5 }, "c.json"), [
+      `c.json: "preference": "paper" is deprecated: use "noise" (the same setting)`
+    ])
+    assert.deepStrictEqual(SharpenConfig.deprecations({ margin: "reference-code" }), ["--margin reference-code is deprecated: use --margin outside (the same setting)"])
+    assert.deepStrictEqual(SharpenConfig.deprecations({ preference: "noise", margin: "outside" }), [])
+    // The preset keeps its name; new files are written with the new spellings.
+    const file = SharpenConfig.toFile(ok(SharpenConfig.resolve("rlhf", [], { preset: "paper" })), "paper")
+    assert.strictEqual(file.preset, "paper")
+    assert.strictEqual((file.algorithm as Record<string, unknown>).preference, "noise")
+    assert.strictEqual((file.algorithm as Record<string, unknown>).margin, "inside")
+  })
+
+  it("an unknown value is a ConfigError naming the field and the current values", () => {
+    for (const [field, value, allowed] of [["preference", "papr", "noise"], ["margin", "reference", "outside"]] as const) {
+      const e = failureOf(SharpenConfig.decode([{ [field]: value }], "c.json"))
+      assert.instanceOf(e, SharpenConfig.ConfigError)
+      assert.strictEqual(e.field, field)
+      assert.strictEqual(e.file, "c.json")
+      assert.include(e.message, allowed)
+    }
   })
 })
 
