@@ -25,8 +25,8 @@
  * @since 0.8.0
  */
 import { NodeClusterSocket } from "@effect/platform-node"
-import { Context, Deferred, Duration, Effect, Equal, Fiber, HashRing, Layer, Schema, type Scope } from "effect"
-import { EntityId, MessageStorage, RunnerStorage, Sharding, ShardingConfig, SocketRunner, SqlRunnerStorage } from "effect/cluster"
+import { Context, Deferred, Duration, Effect, Equal, Exit, Fiber, HashRing, Layer, Option, Schema, type Scope } from "effect"
+import { EntityId, MessageStorage, Runners, RunnerStorage, Sharding, ShardingConfig, SocketRunner, SqlRunnerStorage } from "effect/cluster"
 import { RpcSerialization } from "effect/rpc"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as GenerationPool from "../parallel/GenerationPool.ts"
@@ -99,6 +99,7 @@ export const connect = (
     const runnerStorage = yield* RunnerStorage.RunnerStorage
     const sharding = yield* Sharding.Sharding
     const shardingConfig = yield* ShardingConfig.ShardingConfig
+    const probe = Option.getOrElse(yield* Effect.serviceOption(SendProbe), (): SendProbe["Service"] => ({ count: Number.POSITIVE_INFINITY, waiters: [] }))
     const deadline = Date.now() + Duration.toMillis(timeout)
     const unavailable = (message: string) => new ClusterUnavailable({ storage, message })
 
@@ -171,11 +172,16 @@ export const connect = (
       if (remote.length > jobClients.length) return Effect.die(new RangeError(`${remote.length} jobs for ${jobClients.length} runners`))
       const fibers: Array<Fiber.Fiber<A, GenerationError>> = []
       return Effect.gen(function*() {
+        const target = probe.count + remote.length
         for (const [k, job] of remote.entries()) fibers.push(yield* Effect.forkChild(call(k + 1, job), { startImmediately: true }))
-        // Let the requests go out before `here` holds this thread.
-        const sent = Deferred.makeUnsafe<void>()
-        yield* Effect.forkChild(Effect.andThen(Effect.sleep(Duration.millis(2)), Deferred.succeed(sent, undefined)))
-        yield* Deferred.await(sent)
+        // `here` holds this thread (synchronous kernels): wait until the requests are written
+        // to their sockets first (at most 10 s), or the runners would wait for it.
+        const until = Date.now() + 10_000
+        while (probe.count < target && Date.now() < until && !fibers.every((f) => f.pollUnsafe() !== undefined)) {
+          const next = Deferred.makeUnsafe<void>()
+          probe.waiters.push(() => Deferred.doneUnsafe(next, Exit.void))
+          yield* Deferred.await(next).pipe(Effect.timeoutOption(Duration.millis(50)))
+        }
         const mine = yield* here
         const replies = yield* Effect.all(fibers.map(Fiber.join), { concurrency: "unbounded" })
         return [mine, replies] as const
@@ -192,6 +198,34 @@ export const connect = (
   })
 
 /**
+ * Requests written to the runners' sockets so far (a count, and who waits
+ * for the next): a fan-out starts the trainer's own shard only once its
+ * jobs are out.
+ *
+ * @since 0.8.0
+ */
+export class SendProbe extends Context.Service<SendProbe, { count: number; readonly waiters: Array<() => void> }>()("sharpen/cluster/SendProbe") {}
+
+/** The socket client protocol, counting the requests written (`SendProbe`). */
+const probedClientProtocol = Layer.effectContext(Effect.gen(function*() {
+  const inner = yield* Runners.RpcClientProtocol
+  const probe: SendProbe["Service"] = { count: 0, waiters: [] }
+  const sent = () => {
+    probe.count++
+    for (const resume of probe.waiters.splice(0)) resume()
+  }
+  const protocol = Runners.RpcClientProtocol.of({
+    codecFor: inner.codecFor,
+    make: (address) =>
+      Effect.map(inner.make(address), (p) => ({
+        ...p,
+        send: (clientId, request, transferables) => (request._tag === "Request" ? Effect.tap(p.send(clientId, request, transferables), () => Effect.sync(sent)) : p.send(clientId, request, transferables))
+      }))
+  })
+  return Context.make(Runners.RpcClientProtocol, protocol).pipe(Context.add(SendProbe, probe))
+})).pipe(Layer.provide(NodeClusterSocket.layerClientProtocol))
+
+/**
  * The trainer's cluster client of `storage`: client-only sharding over TCP
  * sockets, its storage's SQL client.
  *
@@ -199,7 +233,7 @@ export const connect = (
  */
 export const client = (storage: string) =>
   SocketRunner.layerClientOnly.pipe(
-    Layer.provide(NodeClusterSocket.layerClientProtocol),
+    Layer.provideMerge(probedClientProtocol),
     Layer.provide(RpcSerialization.layerSchemaBinary({ maxFrameSize: maxMessageBytes })),
     // Volatile messages only: nothing is stored by the trainer.
     Layer.provideMerge(MessageStorage.layerNoop),
