@@ -7,7 +7,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { beforeAll } from "vitest"
 import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
-import { JobEntity } from "../../src/cluster/JobEntity.ts"
+import { JobEntity, secretHeader } from "../../src/cluster/JobEntity.ts"
 import * as Schedule from "../../src/diffusion/Schedule.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
 import * as GenerationPool from "../../src/parallel/GenerationPool.ts"
@@ -170,7 +170,7 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
       assert.isBelow(Date.now() - start, 15_000)
     }).pipe(Effect.scoped), 60_000)
 
-  it.live("a runner with a shared secret refuses a trainer without it or with another (typed), and serves one with it; the secret is never printed", () =>
+  it.live("a runner with a shared secret refuses a trainer without it or with another (typed), and serves one with it; the secret is never printed; another package version is refused", () =>
     Effect.gen(function*() {
       const storage = storageIn("cluster-secret-")
       const secret = "s3cret-" + Math.random().toString(36).slice(2)
@@ -200,6 +200,10 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
       const job = failure(yield* Effect.exit(bare.Sample({ params, prompts: ["a red square"], xT: xT.slice(0, per), steps: 2, cfg: 2 })))
       assert.strictEqual(job?._tag, "JobFailed")
       assert.include((job as { message: string }).message, "refused")
+      // A trainer of another package version: refused, naming both versions.
+      const other = failure(yield* Effect.exit(bare.Hello({ config: tiny32, version: "0.0.0-other" }, { headers: { [secretHeader]: secret } })))
+      assert.strictEqual(other?._tag, "RunnerRefused")
+      assert.include((other as { reason: string }).reason, "0.0.0-other")
       Denoiser.dispose(m)
       assert.notInclude(r.output(), secret)
     }).pipe(Effect.scoped), 180_000)
