@@ -15,12 +15,15 @@
  * computes it) gives to that runner, so that job k goes to runner k. It
  * then says `Hello` to each (the model config, the package version, the
  * shared secret), and fails with `RunnerRefused` if one refuses, or
- * `ClusterUnavailable` naming the storage if none answers in time.
+ * `ClusterUnavailable` naming the storage if none answers in time. With a
+ * `jobTimeout`, a runner that does not answer a job in time (hung) is
+ * dropped and its job sent to the next runner left.
  *
- * Not yet (docs/scaling.md): runners joining or leaving during a run, jobs
- * resent when a runner dies (a dead runner fails the iteration with
- * `GenerationWorkerFailed`), weights sent once per version, per-job
- * timeouts.
+ * A runner killed mid-job: its shards move to the others, and
+ * `effect/cluster` sends its unanswered jobs there (jobs are pure, so the
+ * result is unchanged). Not yet (docs/scaling.md): runners joining during
+ * a run (the set is fixed when the trainer connects), weights sent once per
+ * version.
  *
  * @since 0.8.0
  */
@@ -57,6 +60,12 @@ export interface Options {
   readonly connectTimeout?: Duration.Input | undefined
   /** The shared secret (default: `SHARPEN_CLUSTER_SECRET`). */
   readonly secret?: string | undefined
+  /**
+   * A job not answered within this is taken from its runner, which is
+   * dropped from the run (reported in a warning and by `dropped`), and sent
+   * to the next runner left (default: no timeout).
+   */
+  readonly jobTimeout?: Duration.Input | undefined
 }
 
 /** The transport over runners, and who they are. */
@@ -64,6 +73,8 @@ export interface Runners extends JobThreads.Threads {
   readonly runners: ReadonlyArray<RunnerInfo>
   /** The entity id that reaches each runner (job k + 1 goes to `entities[k]`). */
   readonly entities: ReadonlyArray<string>
+  /** Runners dropped so far for a job that timed out (their jobs went to the others). */
+  readonly dropped: () => ReadonlyArray<string>
 }
 
 type EntityClient = ReturnType<Effect.Success<typeof JobEntity.client>>
@@ -164,10 +175,34 @@ export const connect = (
       e._tag === "WasmHeapExhausted"
         ? (e as WasmHeap.WasmHeapExhausted)
         : new GenerationWorkerFailed({ thread, message: `runner ${infos[thread - 1].runner} ${e._tag === "JobFailed" ? `failed: ${(e as unknown as { message: string }).message}` : messageOf(e)}` })
+    // Runners dropped for a job that timed out (0-based); their jobs go to the next runner left.
+    const dropped = new Set<number>()
+    const jobTimeout = options.jobTimeout === undefined ? undefined : Duration.fromInputUnsafe(options.jobTimeout)
+    const substitute = (k: number): number | undefined => {
+      for (let i = 0; i < jobClients.length; i++) if (!dropped.has((k + i) % jobClients.length)) return (k + i) % jobClients.length
+      return undefined
+    }
+    const attempt = <A>(k: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> => {
+      const run = job(jobClients[k]).pipe(Effect.mapError(fail(k + 1)))
+      if (jobTimeout === undefined) return run
+      return Effect.gen(function*() {
+        const fiber = yield* Effect.forkChild(run, { startImmediately: true })
+        const done = yield* Fiber.await(fiber).pipe(Effect.timeoutOption(jobTimeout))
+        if (done._tag === "Some") return yield* done.value
+        // Hung: stop waiting for it (its interrupt is sent on the side), drop it, send the job on.
+        yield* Effect.forkDetach(Fiber.interrupt(fiber))
+        dropped.add(k)
+        const next = substitute(k)
+        const what = `runner ${infos[k].runner} did not answer a job within ${Duration.format(jobTimeout)}`
+        if (next === undefined) return yield* new GenerationWorkerFailed({ thread: k + 1, message: `${what}, and no runner is left` })
+        yield* Effect.logWarning(`${what}: dropped from the run; its job goes to runner ${infos[next].runner}`)
+        return yield* attempt(next, job)
+      })
+    }
     const call = <A>(thread: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> =>
       thread < 1 || thread > jobClients.length
         ? Effect.die(new RangeError(`no runner ${thread} of ${jobClients.length}`))
-        : job(jobClients[thread - 1]).pipe(Effect.mapError(fail(thread)))
+        : Effect.suspend(() => attempt(substitute(thread - 1) ?? thread - 1, job))
     const fanOut = <H, E, A>(remote: ReadonlyArray<JobThreads.Job<A>>, here: Effect.Effect<H, E>) => {
       if (remote.length > jobClients.length) return Effect.die(new RangeError(`${remote.length} jobs for ${jobClients.length} runners`))
       const fibers: Array<Fiber.Fiber<A, GenerationError>> = []
@@ -193,7 +228,8 @@ export const connect = (
       fanOut,
       liveThreads: () => jobClients.length,
       runners: infos,
-      entities: reachable.map((r) => r.id)
+      entities: reachable.map((r) => r.id),
+      dropped: () => [...dropped].map((k) => infos[k].runner)
     } satisfies Runners
   })
 

@@ -240,4 +240,31 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
       x0.dispose()
       Denoiser.dispose(m)
     }).pipe(Effect.scoped), 300_000)
+
+  it.live("a hung runner (SIGSTOP) is dropped after the job timeout and reported; its job goes to the other runner, the result unchanged", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("cluster-hung-")
+      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      const transport = yield* connect(storage, { runners: 2, jobTimeout: "5 seconds" })
+      const pool = GenerationPool.fromThreads(transport)
+      const hung = transport.runners[0].runner === a.address ? a : b
+      yield* Effect.addFinalizer(() => Effect.sync(() => hung.process.kill("SIGCONT")))
+      const m = model()
+      const xT = Rng.fromSeed(3).normals(prompts.length * per)
+      const one = yield* GenerationPool.inline.sample(m, prompts, xT, { steps: 3, cfg: 2 })
+      hung.process.kill("SIGSTOP")
+      const start = Date.now()
+      const three = yield* pool.sample(m, prompts, xT, { steps: 3, cfg: 2 }).pipe(Effect.timeout("120 seconds"))
+      const took = Date.now() - start
+      assert.isBelow(maxAbsDiff(one.dataSync(), three.dataSync()), 1e-5)
+      assert.isAtLeast(took, 5_000, "the hung runner's job waited for the timeout")
+      assert.deepStrictEqual(transport.dropped(), [hung.address])
+      // The next call does not wait for it again.
+      const start2 = Date.now()
+      const again = yield* pool.sample(m, prompts, xT, { steps: 3, cfg: 2 }).pipe(Effect.timeout("120 seconds"))
+      assert.isBelow(maxAbsDiff(one.dataSync(), again.dataSync()), 1e-5)
+      console.log(`hung-runner test: ${(took / 1000).toFixed(1)} s with a 5 s job timeout, then ${((Date.now() - start2) / 1000).toFixed(1)} s`)
+      tf.dispose([one, three, again])
+      Denoiser.dispose(m)
+    }).pipe(Effect.scoped), 240_000)
 })
