@@ -10,9 +10,12 @@ import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
 import { JobEntity, secretHeader } from "../../src/cluster/JobEntity.ts"
 import * as Schedule from "../../src/diffusion/Schedule.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
+import * as DataParallel from "../../src/parallel/DataParallel.ts"
+import { flatten } from "../../src/parallel/DataParallel.ts"
 import * as GenerationPool from "../../src/parallel/GenerationPool.ts"
 import * as JobHandlers from "../../src/parallel/JobHandlers.ts"
 import { Rng } from "../../src/tensor/Random.ts"
+import * as Generate from "../../src/trajectory/Generate.ts"
 import * as Trajectory from "../../src/trajectory/Trajectory.ts"
 import * as TrajectoryShards from "../../src/trajectory/TrajectoryShards.ts"
 import { useWasm } from "../helpers.ts"
@@ -98,7 +101,7 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
     await useWasm()
   })
 
-  it.live("give the one-thread online samples, trajectories, reference errors and gradients", () =>
+  it.live("give the one-thread online samples, trajectories, reference errors and gradients (and pretraining shards, evaluation images)", () =>
     Effect.gen(function*() {
       const storage = storageIn("cluster-jobs-")
       const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
@@ -145,6 +148,17 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
         assert.isBelow(maxAbsDiff(g.remote[k].grads, local.grads), 1e-5)
         assert.deepStrictEqual(g.remote[k].present, local.present)
       }
+      // The jobs no sharpening stage sends yet, on runner 2: a pretraining shard and evaluation images.
+      const params = yield* flatten(m.params)
+      const shard = { batch: 2, images: rng.normals(2 * per), prompts: ["a red square", ""], t: [120, 870], noise: rng.normals(2 * per) }
+      const pretrain = yield* transport.call(2, (client) => client.PretrainShard({ params, shard }))
+      const pretrainHere = yield* DataParallel.shardGrads(m, shard)
+      assert.isBelow(Math.abs(pretrain.loss - pretrainHere.loss), 1e-5)
+      assert.isBelow(maxAbsDiff(pretrain.grads, pretrainHere.grads), 1e-5)
+      const sampler = { steps: 2, cfg: 2, eta: 0, seed: 5, batchSize: 2 }
+      const images = yield* transport.call(2, (client) => client.Images({ params, prompts: prompts.slice(0, 2), firstIndex: 3, sampler }))
+      const imagesHere = yield* Generate.generate(m, prompts.slice(0, 2), sampler, undefined, 3)
+      images.forEach((x, k) => assert.isBelow(maxAbsDiff(x, imagesHere[k]), 1e-5))
       // Weights changed between calls reach the runners (each job carries them).
       tf.tidy(() => m.params[Object.keys(m.params)[0]].assign(tf.mul(m.params[Object.keys(m.params)[0]], 1.5)))
       const t5 = yield* GenerationPool.inline.trajectories(m, one, prompts, draws, options)
