@@ -184,7 +184,7 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
       assert.isBelow(Date.now() - start, 15_000)
     }).pipe(Effect.scoped), 60_000)
 
-  it.live("a runner with a shared secret refuses a trainer without it or with another (typed), and serves one with it; the secret is never printed; another package version is refused", () =>
+  it.live("a runner with a shared secret refuses a trainer without it or with another (typed), and serves one with it; the secret is never printed; another package version is refused; SIGTERM stops it", () =>
     Effect.gen(function*() {
       const storage = storageIn("cluster-secret-")
       const secret = "s3cret-" + Math.random().toString(36).slice(2)
@@ -219,6 +219,16 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
       assert.strictEqual(other?._tag, "RunnerRefused")
       assert.include((other as { reason: string }).reason, "0.0.0-other")
       Denoiser.dispose(m)
+      // SIGTERM stops the runner cleanly (it unregisters, Main.run's exit code 143), within 10 s.
+      const stopped = Date.now()
+      r.process.kill("SIGTERM")
+      const code = yield* Effect.callback<number | null>((resume) => {
+        if (r.process.exitCode !== null) return resume(Effect.succeed(r.process.exitCode))
+        r.process.once("exit", (c) => resume(Effect.succeed(c)))
+      }).pipe(Effect.timeout("10 seconds"))
+      assert.strictEqual(code, 143)
+      assert.isBelow(Date.now() - stopped, 10_000)
+      assert.include(r.output(), `runner ${r.address} stopping`)
       assert.notInclude(r.output(), secret)
     }).pipe(Effect.scoped), 180_000)
 
