@@ -60,6 +60,8 @@ const settingFlags = Object.fromEntries(
       ? Flag.Finite(name)
       : f.flag === "literal"
       ? Flag.Literals(name, [...(f.schema as unknown as { readonly literals: ReadonlyArray<string> }).literals, ...Object.keys(f.aliases ?? {})])
+      : f.flag === "string"
+      ? Flag.String(name)
       : undefined
     return flag === undefined ? [] : [[key, flag.pipe(Flag.withDescription(describe(key, f)), Flag.optional)]]
   })

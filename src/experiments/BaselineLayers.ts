@@ -32,6 +32,7 @@ import * as StandardFinetune from "../objective/StandardFinetune.ts"
 import { Optimizer } from "../optim/Optimizer.ts"
 import { StatTracker, StatTrackerOptions } from "../reward/Combinators.ts"
 import { Decoder } from "../reward/Decoder.ts"
+import * as Registry from "../reward/Registry.ts"
 import { Backend } from "../tensor/Backend.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
 import * as NoisedSamples from "../trajectory/NoisedSamples.ts"
@@ -186,7 +187,7 @@ export const diffusionDpo = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>, settin
   const s = Schema.decodeUnknownSync(DiffusionDpoSettings)({ ...diffusionDpoDefaults, ...settings })
   return stack(c, w, "diffusion-dpo", {
     generator: PreferencePairs.generatorLayer({ steps: c.onlineSteps, cfg: c.cfg }),
-    scorer: TrajectoryScorer.layer(sampleAggregation(c)).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
+    scorer: TrajectoryScorer.layer(sampleAggregation(c)).pipe(Layer.provide(Layer.merge(Registry.withGuard(c.guard)(w.reward), w.decoder ?? Decoder.layer))),
     objective: DiffusionDpo.objective(s),
     source: PreferencePairs.promptSource(c.split),
     extra: referenceLayer(w.model),
@@ -205,7 +206,7 @@ export const ddpo = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>, settings: Part
   const s = Schema.decodeUnknownSync(DdpoSettings)({ ...ddpoDefaults, ...settings })
   return stack(c, w, "ddpo", {
     generator: PolicyRollout.generatorLayer({ n: c.n, steps: c.onlineSteps, cfg: c.cfg, eta: s.eta, clipSample: 1 }),
-    scorer: TrajectoryScorer.layer(sampleAggregation(c)).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer))),
+    scorer: TrajectoryScorer.layer(sampleAggregation(c)).pipe(Layer.provide(Layer.merge(Registry.withGuard(c.guard)(w.reward), w.decoder ?? Decoder.layer))),
     objective: Ddpo.objective(s),
     source: PreferencePairs.promptSource(c.split),
     extra: StatTracker.layer(s.tracker),

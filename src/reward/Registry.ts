@@ -227,3 +227,28 @@ export const layer = (spec: RewardSpec): Layer.Layer<Reward, BuildError, BuildCo
  */
 export const layerNode = (spec: RewardSpec): Layer.Layer<Reward, BuildError, FileSystem.FileSystem | Path.Path> =>
   layer(spec).pipe(Layer.provide(FetchHttpClient.layer))
+
+/**
+ * A reward layer plus a guard: `reward + guard`, where the guard is a reward
+ * expression (e.g. `aesthetic`, `0.5*aesthetic-0.2*incompressibility`) built
+ * as {@link make} builds one. Training ranks and scores paths with the sum, so
+ * that a gain the guard does not share (a colour drift, speckle that games a
+ * detector) stops being the best path; evaluation keeps the reward alone.
+ * An empty guard returns the layer unchanged.
+ *
+ * @since 0.8.0
+ */
+export const withGuard = (guard: string) =>
+<E, R>(reward: Layer.Layer<Reward, E, R>): Layer.Layer<Reward, E | BuildError, R | FileSystem.FileSystem | Path.Path> =>
+  guard.replace(/\s+/g, "") === ""
+    ? reward
+    : Layer.effect(
+      Reward,
+      Effect.gen(function*() {
+        const primary = yield* Reward
+        const extra = yield* make({ reward: guard })
+        return weightedSum([{ reward: primary, weight: 1 }, { reward: extra, weight: 1 }], {
+          name: `${primary.metadata.name}+guard(${guard.replace(/\s+/g, "")})`
+        })
+      })
+    ).pipe(Layer.provide(Layer.merge(reward, FetchHttpClient.layer)))

@@ -7,6 +7,7 @@
  */
 import { Result, Schema, SchemaIssue } from "effect"
 import * as Losses from "../objective/Losses.ts"
+import * as Registry from "../reward/Registry.ts"
 import * as Aggregate from "../trajectory/Aggregate.ts"
 import { Estimator, TimestepChoice } from "../trajectory/Trajectory.ts"
 
@@ -22,8 +23,8 @@ const num = (min: number, max: number) => Schema.Finite.check(Schema.isGreaterTh
 export const Group = Schema.Literals(["algorithm", "optimizer", "evaluation", "run"])
 export type Group = typeof Group.Type
 
-/** How a field is given on the command line: a number, one of its literals, or a flag of its own (`custom`). */
-export type FlagKind = "int" | "number" | "literal" | "custom"
+/** How a field is given on the command line: a number, one of its literals, a string, or a flag of its own (`custom`). */
+export type FlagKind = "int" | "number" | "literal" | "string" | "custom"
 
 /**
  * One setting, listed once: its schema, group, flag kind and help text.
@@ -80,6 +81,12 @@ export const fields = {
   stepsPerBatch: field("algorithm", "int", int(1, 1024), "image-level objectives: optimiser steps per generated batch, each with fresh noise and t (docs/method.md)"),
   winnerSft: field("algorithm", "number", num(0, 1e9), "image-level RLHF: weight of the winners' denoising loss added to the DPO loss (0 = pure DPO)"),
   minLossTimestep: field("algorithm", "int", int(0, 999), "image-level RLHF: lowest timestep of the DPO noise (0: U[0, T) as Diffusion-DPO)"),
+  guard: field(
+    "algorithm",
+    "string",
+    Schema.String.check(Schema.makeFilter((g: string) => g === "" || Result.isSuccess(Registry.parseExpression(g)) || "\"\" (off) or a reward expression such as 0.5*aesthetic")),
+    "reward guard: a reward expression added to the trained reward when paths are ranked and scored (e.g. aesthetic), to hold reward hacking; evaluation still reports the trained reward alone (\"\" = off; docs/rewards.md)"
+  ),
   // optimizer: how the update is made
   lr: field("optimizer", "number", num(0, 1), "learning rate (paper: 5e-6 for SDXL)"),
   beta1: field("optimizer", "number", num(0, 0.999999), "AdamW beta1 (paper: 0)"),
@@ -162,6 +169,7 @@ export const defaults: SharpenConfig = {
   stepsPerBatch: 1,
   winnerSft: 0,
   minLossTimestep: 0,
+  guard: "",
   ema: 0,
   trainingNfe: 0,
   keepCheckpoints: 2

@@ -17,6 +17,7 @@ import { Objective } from "../objective/Objective.ts"
 import { Ema } from "../optim/Ema.ts"
 import { Optimizer } from "../optim/Optimizer.ts"
 import { Decoder } from "../reward/Decoder.ts"
+import * as Registry from "../reward/Registry.ts"
 import type { Reward } from "../reward/Reward.ts"
 import { Backend } from "../tensor/Backend.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
@@ -123,9 +124,9 @@ export const assemble = <RE, RR, SE, SR>(c: SharpenConfig, w: Wiring<RE, RR>, st
 /** The services of one iteration's stages (docs/architecture.md). */
 export type Stages = BatchSource | TrajectoryGenerator | TrajectoryScorer | PathSelector | Objective | Optimizer
 
-/** The reward of each path: the wiring's reward on the decoded samples. */
+/** The reward of each path: the wiring's reward (plus the config's guard, if any) on the decoded samples. */
 export const scorer = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) =>
-  TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(w.reward, w.decoder ?? Decoder.layer)))
+  TrajectoryScorer.layer(c.aggregation).pipe(Layer.provide(Layer.merge(Registry.withGuard(c.guard)(w.reward), w.decoder ?? Decoder.layer)))
 
 /** SFT: the denoising loss on the best path's final image (image-level), or Eq. 9 along the best path (paper). */
 export const sftObjective = (c: SharpenConfig) =>

@@ -118,3 +118,13 @@ const ok2 = <A>(r: Result.Result<A, SharpenConfig.ConfigError>): A => {
   if (Result.isFailure(r)) throw new Error(r.failure.message)
   return r.success
 }
+
+describe("SharpenConfig guard", () => {
+  it("off by default; a reward expression decodes; anything else names the field", () => {
+    assert.strictEqual(SharpenConfig.defaults.guard, "")
+    assert.strictEqual(ok(SharpenConfig.resolve("rlhf", [{ guard: "0.5*aesthetic" }])).guard, "0.5*aesthetic")
+    const bad = failureOf(SharpenConfig.resolve("rlhf", [{ guard: "beauty" }], { file: "g.json" }))
+    assert.strictEqual(bad.field, "guard")
+    assert.match(bad.message, /reward expression/)
+  })
+})
