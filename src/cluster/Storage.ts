@@ -1,14 +1,16 @@
 /**
  * Runner storage named by a URL (`--runners`): where runners register and
  * where the cluster's shard locks and messages live, as `effect/cluster`'s
- * SQL runner and message storage. `sqlite:PATH` (one host; `@effect/sql-sqlite-node`,
- * Node's built-in `node:sqlite`) is built; `postgres://...` (several
- * machines) is named but not built yet, and fails with a typed error.
+ * SQL runner and message storage. `sqlite:PATH` (one host;
+ * `@effect/sql-sqlite-node`, Node's built-in `node:sqlite`) and
+ * `postgres://...` (several machines; `@effect/sql-pg`, its own wire
+ * protocol, no native code).
  *
  * @since 0.8.0
  */
+import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Cause, Duration, Effect, Layer, Schema } from "effect"
+import { Cause, Duration, Effect, Layer, Redacted, Schema } from "effect"
 import type { SqlClient } from "effect/sql"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -58,7 +60,10 @@ export const sqlClient = (url: string): Layer.Layer<SqlClient.SqlClient, Storage
   Layer.unwrap(Effect.gen(function*() {
     const storage = yield* parse(url)
     if (storage._tag === "Postgres") {
-      return yield* new StorageUnsupported({ url: redact(url), message: "PostgreSQL runner storage is not built yet (docs/scaling.md); use sqlite:PATH on one host" })
+      return PgClient.layer({ url: Redacted.make(storage.url) }).pipe(
+        Layer.catchCause((cause): Layer.Layer<SqlClient.SqlClient, StorageUnsupported> =>
+          Layer.unwrap(Effect.fail(new StorageUnsupported({ url: redact(url), message: `could not connect: ${Cause.pretty(cause).split("\n")[0]}` }))))
+      )
     }
     fs.mkdirSync(path.dirname(storage.file), { recursive: true })
     return SqliteClient.layer({ filename: storage.file, busyTimeout: Duration.seconds(10) }).pipe(
