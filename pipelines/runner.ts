@@ -5,6 +5,7 @@
  * SIGTERM.
  *
  *   npx tsx pipelines/runner.ts --listen 127.0.0.1:0 --runners sqlite:runs/runners.db
+ *   npx tsx pipelines/runner.ts --listen 10.0.0.5:7001 --runners postgres://sharpen:PASSWORD@10.0.0.2:5432/sharpen
  *
  * SHARPEN_CLUSTER_SECRET (the same for the trainer and every runner) is
  * required on a non-loopback address; it is never printed.
@@ -31,7 +32,7 @@ const command = Command.make(
   "runner",
   {
     listen: Flag.String("listen").pipe(Flag.withDescription("HOST:PORT to listen on (port 0: a free one; loopback unless told otherwise)"), Flag.withDefault("127.0.0.1:0")),
-    runners: Flag.String("runners").pipe(Flag.withDescription("runner storage: sqlite:PATH (one host); postgres://... is not built yet")),
+    runners: Flag.String("runners").pipe(Flag.withDescription("runner storage: sqlite:PATH (one host) or postgres://USER:PASSWORD@HOST:PORT/DB (several machines)")),
     advertise: Flag.String("advertise").pipe(Flag.withDescription("host the trainer and the other runners reach this runner at (default: the --listen host)"), Flag.optional),
     backend: Setup.backendFlag
   },

@@ -16,7 +16,8 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 
 /**
- * A `--runners` URL that names no storage this build has.
+ * A `--runners` URL that names no storage this build has, or storage that
+ * could not be opened.
  *
  * @since 0.8.0
  */
