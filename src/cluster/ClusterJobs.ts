@@ -29,7 +29,7 @@
  */
 import { NodeClusterSocket } from "@effect/platform-node"
 import { Context, Deferred, Duration, Effect, Equal, Exit, Fiber, HashRing, Layer, Option, Schema, type Scope } from "effect"
-import { EntityId, MessageStorage, Runners, RunnerStorage, Sharding, ShardingConfig, SocketRunner, SqlRunnerStorage } from "effect/cluster"
+import { EntityId, MessageStorage, type Runner, type RunnerAddress, Runners, RunnerStorage, Sharding, ShardingConfig, SocketRunner, SqlRunnerStorage } from "effect/cluster"
 import { RpcSerialization } from "effect/rpc"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as GenerationPool from "../parallel/GenerationPool.ts"
@@ -116,7 +116,7 @@ export const connect = (
 
     // 1. Runners registered and healthy in the storage.
     let seen = "none registered"
-    let healthy: Array<(typeof runnerStorage.getRunners extends Effect.Effect<infer A, any, any> ? A : never)[number][0]> = []
+    let healthy: Array<Runner.Runner> = []
     while (true) {
       const listed = yield* Effect.result(runnerStorage.getRunners)
       if (listed._tag === "Success") {
@@ -132,7 +132,7 @@ export const connect = (
 
     // 2. One entity id per runner, from the cluster's own shard assignment.
     const group = JobEntity.getShardGroup(EntityId.make("job"))
-    const ring = HashRing.make<(typeof healthy)[number]["address"]>()
+    const ring = HashRing.make<RunnerAddress.RunnerAddress>()
     for (const r of healthy) if (r.groups.includes(group)) HashRing.add(ring, r.address, { weight: r.weight })
     const assigned = HashRing.getShards(ring, shardingConfig.shardsPerGroup) ?? []
     const ids = healthy.map((r) => {
@@ -226,7 +226,7 @@ export const connect = (
       threads: jobClients.length + 1,
       call,
       fanOut,
-      liveThreads: () => jobClients.length,
+      liveThreads: () => jobClients.length - dropped.size,
       runners: infos,
       entities: reachable.map((r) => r.id),
       dropped: () => [...dropped].map((k) => infos[k].runner)

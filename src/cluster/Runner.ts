@@ -22,7 +22,6 @@ import * as crypto from "node:crypto"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as Denoiser from "../model/Denoiser.ts"
-import { assignFlat } from "../parallel/DataParallel.ts"
 import * as DataParallel from "../parallel/DataParallel.ts"
 import * as JobHandlers from "../parallel/JobHandlers.ts"
 import { JobFailed } from "../parallel/JobProtocol.ts"
@@ -120,7 +119,7 @@ export const handlers = (address: string, secret: string | undefined) =>
           if (refused !== undefined) return Effect.fail(new JobFailed({ message: `runner ${address} refused the job: ${refused}` }))
           if (replica === undefined) return Effect.fail(new JobFailed({ message: `runner ${address} has no model: the trainer said no Hello` }))
           if (params.length !== replica.size) return Effect.fail(new JobFailed({ message: `weights of ${params.length} values for a replica of ${replica.size}` }))
-          assignFlat(replica.model.params, params)
+          DataParallel.assignFlat(replica.model.params, params)
           return f(replica.model)
         }).pipe(
           Effect.catchCause((cause): Effect.Effect<never, WasmHeap.WasmHeapExhausted | JobFailed> => {
