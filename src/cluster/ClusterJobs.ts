@@ -37,7 +37,7 @@ import * as JobThreads from "../parallel/JobThreads.ts"
 import type * as WasmHeap from "../tensor/WasmHeap.ts"
 import { type GenerationError, GenerationWorkerFailed } from "../trajectory/GenerationJobs.ts"
 import { JobEntity, packageVersion, type RunnerInfo, RunnerRefused, secretHeader } from "./JobEntity.ts"
-import { maxMessageBytes, secretFromEnv, shardingTiming } from "./Runner.ts"
+import { maxMessageBytes, noModel, secretFromEnv, shardingTiming } from "./Runner.ts"
 import * as Storage from "./Storage.ts"
 
 /**
@@ -174,6 +174,8 @@ export const connect = (
     const fail = (thread: number) => (e: WasmHeap.WasmHeapExhausted | { readonly _tag: string }): GenerationError =>
       e._tag === "WasmHeapExhausted"
         ? (e as WasmHeap.WasmHeapExhausted)
+        : e instanceof GenerationWorkerFailed
+        ? e
         : new GenerationWorkerFailed({ thread, message: `runner ${infos[thread - 1].runner} ${e._tag === "JobFailed" ? `failed: ${(e as unknown as { message: string }).message}` : messageOf(e)}` })
     // Runners dropped for a job that timed out (0-based); their jobs go to the next runner left.
     const dropped = new Set<number>()
@@ -182,8 +184,23 @@ export const connect = (
       for (let i = 0; i < jobClients.length; i++) if (!dropped.has((k + i) % jobClients.length)) return (k + i) % jobClients.length
       return undefined
     }
+    // A job that reached a runner without a replica (one that joined, or came back, and took
+    // this entity's shard): say Hello to it through the same entity id, and send the job again.
+    const helloAgain = (k: number) =>
+      clients[k].Hello({ config, version: packageVersion }, secret === undefined ? {} : { headers: { [secretHeader]: secret } }).pipe(
+        Effect.tap((info) => Effect.logInfo(`runner ${info.runner} joined the run (for runner ${infos[k].runner}'s jobs)`)),
+        Effect.mapError((e) => new GenerationWorkerFailed({ thread: k + 1, message: `runner for ${infos[k].runner}'s jobs refused Hello: ${messageOf(e)}` }))
+      )
+    const once = <A>(k: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> =>
+      job(jobClients[k]).pipe(
+        Effect.catchIf(
+          (e): boolean => e._tag === "JobFailed" && (e as unknown as { message: string }).message.endsWith(noModel),
+          () => Effect.andThen(helloAgain(k), job(jobClients[k]))
+        ),
+        Effect.mapError(fail(k + 1))
+      )
     const attempt = <A>(k: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> => {
-      const run = job(jobClients[k]).pipe(Effect.mapError(fail(k + 1)))
+      const run = once(k, job)
       if (jobTimeout === undefined) return run
       return Effect.gen(function*() {
         const fiber = yield* Effect.forkChild(run, { startImmediately: true })

@@ -117,7 +117,7 @@ export const handlers = (address: string, secret: string | undefined) =>
         Effect.suspend((): Effect.Effect<A, E | JobFailed> => {
           const refused = allowed(envelope.headers)
           if (refused !== undefined) return Effect.fail(new JobFailed({ message: `runner ${address} refused the job: ${refused}` }))
-          if (replica === undefined) return Effect.fail(new JobFailed({ message: `runner ${address} has no model: the trainer said no Hello` }))
+          if (replica === undefined) return Effect.fail(new JobFailed({ message: `runner ${address} ${noModel}` }))
           if (params.length !== replica.size) return Effect.fail(new JobFailed({ message: `weights of ${params.length} values for a replica of ${replica.size}` }))
           DataParallel.assignFlat(replica.model.params, params)
           return f(replica.model)
@@ -148,6 +148,7 @@ export const handlers = (address: string, secret: string | undefined) =>
               if (replica !== undefined) Denoiser.dispose(replica.model)
               const model = Denoiser.init(envelope.payload.config, 0, true)
               replica = { key, model, size: Object.values(model.params).reduce((a, p) => a + p.size, 0) }
+              console.log(`runner ${address}: a trainer said Hello; replica of ${replica.size} parameters`)
             }
             return Effect.succeed({ runner: address, backend: backend.name, device, pid: process.pid, version: packageVersion })
           }).pipe(lock.withPermits(1)),
@@ -161,6 +162,9 @@ export const handlers = (address: string, secret: string | undefined) =>
       return JobEntity.toLayer(served, { concurrency: 1 })
     })
   )
+
+/** How a job fails on a runner that has had no `Hello` (a new runner, or one that came back): the trainer says it and resends. */
+export const noModel = "has no model: the trainer said no Hello"
 
 /** Largest message (bytes): weights of large models, a batch's trajectories. */
 export const maxMessageBytes = 512 * 1024 * 1024

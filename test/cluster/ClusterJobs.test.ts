@@ -111,4 +111,33 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
       tf.dispose([one, three, again])
       Denoiser.dispose(m)
     }).pipe(Effect.scoped), 240_000)
+
+  it.live("a runner that comes back at its address after kill -9 gets its jobs again: the trainer says Hello to it, the result unchanged", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("cluster-back-")
+      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      const [transport, context] = yield* connectWith(storage, { runners: 2 })
+      const pool = GenerationPool.fromThreads(transport)
+      const victim = transport.runners[0].runner === a.address ? a : b
+      const m = model()
+      const xT = Rng.fromSeed(4).normals(prompts.length * per)
+      const one = yield* GenerationPool.inline.sample(m, prompts, xT, { steps: 3, cfg: 2 })
+      victim.process.kill("SIGKILL")
+      const back = yield* runner(storage, {}, 90_000, victim.address)
+      // Wait (at most 60 s) until the victim's entity id reaches the new process: a bare job finds no model there.
+      const bare = (yield* Effect.provideContext(JobEntity.client, context))(transport.entities[0])
+      const until = Date.now() + 60_000
+      let reached = false
+      while (!reached && Date.now() < until) {
+        const e = failure(yield* Effect.exit(bare.Sample({ params: new Float32Array(1), prompts: ["a"], xT: new Float32Array(per), steps: 1, cfg: 1 }).pipe(Effect.timeout("10 seconds"))))
+        reached = e?._tag === "JobFailed" && (e as { message: string }).message.includes(`${victim.address} has no model`)
+        if (!reached) yield* Effect.sleep("500 millis")
+      }
+      assert.isTrue(reached, "the victim's shards went back to its address")
+      const three = yield* pool.sample(m, prompts, xT, { steps: 3, cfg: 2 }).pipe(Effect.timeout("120 seconds"))
+      assert.isBelow(maxAbsDiff(one.dataSync(), three.dataSync()), 1e-5)
+      assert.include(back.output(), "a trainer said Hello")
+      tf.dispose([one, three])
+      Denoiser.dispose(m)
+    }).pipe(Effect.scoped), 300_000)
 })

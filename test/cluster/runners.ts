@@ -48,14 +48,15 @@ export const stop = (p: ChildProcess) =>
 
 /**
  * A runner of `storage` (a `--runners` URL) with `env` added to this
- * process's (`SHARPEN_CLUSTER_SECRET` removed unless given), ready once it
- * printed its address (within `timeoutMs`). Stopped with the scope.
+ * process's (`SHARPEN_CLUSTER_SECRET` removed unless given), on `listen`,
+ * ready once it printed its address (within `timeoutMs`). Stopped with the
+ * scope.
  */
-export const runner = (storage: string, env: Record<string, string> = {}, timeoutMs = 90_000) =>
+export const runner = (storage: string, env: Record<string, string> = {}, timeoutMs = 90_000, listen = "127.0.0.1:0") =>
   Effect.acquireRelease(
     Effect.callback<RunnerProcess, RunnerDidNotStart>((resume) => {
       const { SHARPEN_CLUSTER_SECRET: _, ...base } = process.env
-      const p = spawn(process.execPath, ["--import", "tsx", "pipelines/runner.ts", "--listen", "127.0.0.1:0", "--runners", storage, "--backend", "wasm"], {
+      const p = spawn(process.execPath, ["--import", "tsx", "pipelines/runner.ts", "--listen", listen, "--runners", storage, "--backend", "wasm"], {
         cwd: root,
         env: { ...base, ...env, SHARPEN_CHILD: "1" },
         stdio: ["ignore", "pipe", "pipe"]
