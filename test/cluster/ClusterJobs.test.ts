@@ -1,11 +1,14 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, Exit } from "effect"
+import { Effect, Exit, Layer } from "effect"
 import { beforeAll } from "vitest"
+import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
 import { JobEntity, secretHeader } from "../../src/cluster/JobEntity.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
 import * as GenerationPool from "../../src/parallel/GenerationPool.ts"
+import * as GradientJobs from "../../src/objective/GradientJobs.ts"
 import { Rng } from "../../src/tensor/Random.ts"
+import * as GenerationJobs from "../../src/trajectory/GenerationJobs.ts"
 import { useWasm } from "../helpers.ts"
 import { tiny32 } from "../sharpen-helpers.ts"
 import { runner } from "./runners.ts"
@@ -140,4 +143,26 @@ describe("jobs on effect/cluster runners (2 runner processes on loopback, SQLite
       tf.dispose([one, three])
       Denoiser.dispose(m)
     }).pipe(Effect.scoped), 300_000)
+
+  it.live("ClusterJobs.layer provides GenerationJobs and GradientJobs over the runners (for the Denoiser's model) and names them", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("cluster-layer-")
+      const r = yield* runner(storage)
+      const m = model()
+      const xT = Rng.fromSeed(6).normals(2 * per)
+      const one = yield* GenerationPool.inline.sample(m, prompts.slice(0, 2), xT, { steps: 2, cfg: 2 })
+      yield* Effect.gen(function*() {
+        const jobs = yield* GenerationJobs.GenerationJobs
+        const gradients = yield* GradientJobs.GradientJobs
+        const runners = yield* ClusterJobs.ClusterRunners
+        assert.deepStrictEqual(runners.map((x) => x.runner), [r.address])
+        assert.strictEqual(jobs.threads, 2)
+        assert.strictEqual(gradients.threads, 2)
+        const two = yield* jobs.sample(m, prompts.slice(0, 2), xT, { steps: 2, cfg: 2 })
+        assert.isBelow(maxAbsDiff(one.dataSync(), two.dataSync()), 1e-5)
+        two.dispose()
+      }).pipe(Effect.provide(ClusterJobs.layer({ storage, connectTimeout: "90 seconds" }).pipe(Layer.provide(Layer.succeed(Denoiser.Denoiser, Denoiser.Denoiser.of({ model: m }))))))
+      one.dispose()
+      Denoiser.dispose(m)
+    }).pipe(Effect.scoped), 180_000)
 })
