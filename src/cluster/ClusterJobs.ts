@@ -21,9 +21,10 @@
  *
  * A runner killed mid-job: its shards move to the others, and
  * `effect/cluster` sends its unanswered jobs there (jobs are pure, so the
- * result is unchanged). Not yet (docs/scaling.md): runners joining during
- * a run (the set is fixed when the trainer connects), weights sent once per
- * version.
+ * result is unchanged). The weights go to a runner once per version (a
+ * content hash; the runner caches a few). Not yet (docs/scaling.md): the
+ * split growing when runners join (the set is fixed when the trainer
+ * connects).
  *
  * @since 0.8.0
  */
@@ -36,7 +37,7 @@ import * as GenerationPool from "../parallel/GenerationPool.ts"
 import * as JobThreads from "../parallel/JobThreads.ts"
 import type * as WasmHeap from "../tensor/WasmHeap.ts"
 import { type GenerationError, GenerationWorkerFailed } from "../trajectory/GenerationJobs.ts"
-import { JobEntity, packageVersion, type RunnerInfo, RunnerRefused, secretHeader } from "./JobEntity.ts"
+import { JobEntity, packageVersion, type RunnerInfo, RunnerRefused, secretHeader, weightsDigest, weightsHeader, weightsNotCached } from "./JobEntity.ts"
 import { maxMessageBytes, noModel, secretFromEnv, shardingTiming } from "./Runner.ts"
 import * as Storage from "./Storage.ts"
 
@@ -75,16 +76,49 @@ export interface Runners extends JobThreads.Threads {
   readonly entities: ReadonlyArray<string>
   /** Runners dropped so far for a job that timed out (their jobs went to the others). */
   readonly dropped: () => ReadonlyArray<string>
+  /** Jobs that carried the weights, per runner (the others named them by hash). */
+  readonly weightsSent: () => ReadonlyArray<number>
 }
 
 type EntityClient = ReturnType<Effect.Success<typeof JobEntity.client>>
 
 /** The entity client of one runner as a client of the job protocol, every call with the shared secret. */
-const asJobClient = (client: EntityClient, secret: string | undefined): JobThreads.Client => {
-  const options = secret === undefined ? {} : { headers: { [secretHeader]: secret } }
-  return new Proxy({}, {
-    get: (_, tag) => typeof tag === "string" ? (payload: unknown) => (client as unknown as Record<string, (p: unknown, o: unknown) => unknown>)[tag](payload, options) : undefined
-  }) as JobThreads.Client
+/** Each array's content hash, computed once (a fan-out sends one weights array to every runner). */
+const digests = new WeakMap<Float32Array, string>()
+const digestOf = (params: Float32Array): string => {
+  let d = digests.get(params)
+  if (d === undefined) digests.set(params, d = weightsDigest(params))
+  return d
+}
+
+/**
+ * The entity client of one runner as a client of the job protocol, every
+ * call with the shared secret. The weights go once per version: a job
+ * names them by content hash, and carries them only when the runner has
+ * not got them yet (or says it has not). `sent` counts the sends.
+ */
+const asJobClient = (client: EntityClient, secret: string | undefined, sent: { full: number }): JobThreads.Client => {
+  const base: Record<string, string> = secret === undefined ? {} : { [secretHeader]: secret }
+  const known = new Set<string>()
+  const send = (tag: string, payload: unknown, headers: Record<string, string>) =>
+    (client as unknown as Record<string, (p: unknown, o: unknown) => Effect.Effect<unknown, { readonly _tag: string }>>)[tag](payload, { headers })
+  const call = (tag: string) => (payload: { readonly params?: unknown }) => {
+    if (!(payload.params instanceof Float32Array) || payload.params.length === 0) return send(tag, payload, base)
+    const hash = digestOf(payload.params)
+    const headers = { ...base, [weightsHeader]: hash }
+    const full = Effect.suspend(() => {
+      sent.full++
+      return send(tag, payload, headers)
+    }).pipe(Effect.tap(() => Effect.sync(() => known.add(hash))))
+    if (!known.has(hash)) return full
+    return send(tag, { ...payload, params: new Float32Array(0) }, headers).pipe(
+      Effect.catchIf(
+        (e): boolean => e._tag === "JobFailed" && (e as unknown as { message: string }).message.includes(weightsNotCached),
+        () => Effect.andThen(Effect.sync(() => known.delete(hash)), full)
+      )
+    )
+  }
+  return new Proxy({}, { get: (_, tag) => (typeof tag === "string" ? call(tag) : undefined) }) as JobThreads.Client
 }
 
 const messageOf = (e: unknown): string =>
@@ -169,7 +203,8 @@ export const connect = (
         return yield* unavailable(`runner ${reachable[k].address} did not answer within ${Duration.format(timeout)}: ${last}`)
       })
     const infos = yield* Effect.forEach(reachable, (_, k) => hello(k), { concurrency: "unbounded" })
-    const jobClients = clients.map((c) => asJobClient(c, secret))
+    const sent = clients.map(() => ({ full: 0 }))
+    const jobClients = clients.map((c, k) => asJobClient(c, secret, sent[k]))
 
     const fail = (thread: number) => (e: WasmHeap.WasmHeapExhausted | { readonly _tag: string }): GenerationError =>
       e._tag === "WasmHeapExhausted"
@@ -246,7 +281,8 @@ export const connect = (
       liveThreads: () => jobClients.length - dropped.size,
       runners: infos,
       entities: reachable.map((r) => r.id),
-      dropped: () => [...dropped].map((k) => infos[k].runner)
+      dropped: () => [...dropped].map((k) => infos[k].runner),
+      weightsSent: () => sent.map((s) => s.full)
     } satisfies Runners
   })
 

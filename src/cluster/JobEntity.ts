@@ -20,6 +20,7 @@
 import { Schema, SchemaTransformation } from "effect"
 import { Entity } from "effect/cluster"
 import { Rpc, RpcGroup } from "effect/rpc"
+import * as crypto from "node:crypto"
 import * as Weights from "../model/Weights.ts"
 import { Floats, JobRpcs, MovedFloats } from "../parallel/JobProtocol.ts"
 
@@ -64,6 +65,20 @@ export const packageVersion = "0.1.0"
 
 /** The header that carries the shared secret (`SHARPEN_CLUSTER_SECRET`). */
 export const secretHeader = "x-sharpen-cluster-secret"
+
+/**
+ * The header that names a job's weights by content hash ({@link weightsDigest}).
+ * A job with it and empty `params` asks the runner for the weights it cached
+ * under that hash; a job with it and the weights has the runner cache them.
+ */
+export const weightsHeader = "x-sharpen-weights"
+
+/** How a job fails when its runner has not cached the weights it names: the trainer sends them. */
+export const weightsNotCached = "has not cached the weights"
+
+/** The content hash of a flat weight array (SHA-256 of its bytes, hex). */
+export const weightsDigest = (params: Float32Array): string =>
+  crypto.createHash("sha256").update(new Uint8Array(params.buffer, params.byteOffset, params.byteLength)).digest("hex")
 
 /**
  * A runner refused a trainer: no or a wrong shared secret, another package

@@ -29,7 +29,7 @@ import { Backend } from "../tensor/Backend.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as WebGpu from "../tensor/WebGpu.ts"
 import * as Generate from "../trajectory/Generate.ts"
-import { JobEntity, packageVersion, RunnerRefused, secretHeader } from "./JobEntity.ts"
+import { JobEntity, packageVersion, RunnerRefused, secretHeader, weightsDigest, weightsHeader, weightsNotCached } from "./JobEntity.ts"
 import * as Storage from "./Storage.ts"
 
 /** The environment variable that holds the shared secret. */
@@ -109,6 +109,21 @@ export const handlers = (address: string, secret: string | undefined) =>
       let replica: { readonly key: string; readonly model: Denoiser.Model; readonly size: number } | undefined
       const allowed = (headers: Readonly<Record<string, string | undefined>>): string | undefined =>
         secret === undefined || secretMatches(secret, headers[secretHeader]) ? undefined : `no or a wrong shared secret (${secretHeader}; the runner's ${secretEnv})`
+      // Weights by content hash: a trainer sends a version once, then names it (a few versions kept:
+      // the policy's and the frozen reference's).
+      const cached = new Map<string, Float32Array>()
+      const weightsOf = (headers: Readonly<Record<string, string | undefined>>, params: Float32Array): Float32Array | string => {
+        const hash = headers[weightsHeader]
+        if (hash === undefined) return params
+        const known = cached.get(hash)
+        if (params.length === 0 && known === undefined) return `${weightsNotCached} ${hash.slice(0, 12)}`
+        if (params.length > 0 && known === undefined && weightsDigest(params) !== hash) return `got weights that do not match their hash ${hash.slice(0, 12)}`
+        const weights = known ?? params
+        cached.delete(hash)
+        cached.set(hash, weights)
+        for (const old of cached.keys()) if (cached.size > 4) cached.delete(old)
+        return weights
+      }
       const job = <A, E>(
         envelope: { readonly headers: Readonly<Record<string, string | undefined>> },
         params: Float32Array,
@@ -118,8 +133,10 @@ export const handlers = (address: string, secret: string | undefined) =>
           const refused = allowed(envelope.headers)
           if (refused !== undefined) return Effect.fail(new JobFailed({ message: `runner ${address} refused the job: ${refused}` }))
           if (replica === undefined) return Effect.fail(new JobFailed({ message: `runner ${address} ${noModel}` }))
-          if (params.length !== replica.size) return Effect.fail(new JobFailed({ message: `weights of ${params.length} values for a replica of ${replica.size}` }))
-          DataParallel.assignFlat(replica.model.params, params)
+          const weights = weightsOf(envelope.headers, params)
+          if (typeof weights === "string") return Effect.fail(new JobFailed({ message: `runner ${address} ${weights}` }))
+          if (weights.length !== replica.size) return Effect.fail(new JobFailed({ message: `weights of ${weights.length} values for a replica of ${replica.size}` }))
+          DataParallel.assignFlat(replica.model.params, weights)
           return f(replica.model)
         }).pipe(
           Effect.catchCause((cause): Effect.Effect<never, WasmHeap.WasmHeapExhausted | JobFailed> => {

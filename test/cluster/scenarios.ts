@@ -159,6 +159,8 @@ export const jobsEqualOneThread = (storage: string) =>
       const t6 = yield* pool.trajectories(m, one, prompts, draws, options)
       assert.isBelow(yield* trajectoryDiff(t5, t6), 1e-5)
       assert.isAbove(yield* trajectoryDiff(t1, t6), 1e-4)
+      // The weights went to each runner once per version (two versions); every other job named them by hash.
+      assert.deepStrictEqual(transport.weightsSent(), [2, 2])
 
       for (const t of [t1, t3, t4, t5, t6]) Trajectory.dispose(t)
       tf.dispose([one, three])
