@@ -54,7 +54,7 @@ const program = Effect.gen(function*() {
   }
   const median = (a: Array<number>) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]
   console.log(`online samples of ${prompts.length} prompts, DDIM ${o.steps}, CFG ${o.cfg}, ${reps} rep(s), interleaved; 1-min load average ${os.loadavg()[0].toFixed(1)} on ${os.availableParallelism()} cores`)
-  console.log(`a job sends the weights: ${size} floats = ${(size * 4 / 2 ** 20).toFixed(2)} MiB, plus its shard's noise ${(prompts.length / 2 * 32 * 32 * 3 * 4 / 1024).toFixed(0)} KiB; the reply is the shard's samples`)
+  console.log(`weights: ${size} floats = ${(size * 4 / 2 ** 20).toFixed(2)} MiB, sent to the runner with its first job only (later jobs name them by hash); a job's shard: ${(prompts.length / 2 * 32 * 32 * 3 * 4 / 1024).toFixed(0)} KiB of noise; the reply is the shard's samples`)
   console.log("| transport | s (median) | all |\n|---|---|---|")
   for (const [name, s] of Object.entries(rows)) console.log(`| ${name} | ${median(s).toFixed(2)} | ${s.map((x) => x.toFixed(2)).join(", ")} |`)
 }).pipe(Effect.scoped, Effect.provide(Denoiser.Denoiser.fromDir("models/shapeworld-base", false).pipe(Layer.provideMerge(Backend.make("wasm")), Layer.provideMerge(NodeServices.layer))))
