@@ -16,7 +16,7 @@ import { Effect, FileSystem, Path, Schema } from "effect"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as Weights from "../model/Weights.ts"
 import { Ema } from "../optim/Ema.ts"
-import { Metrics, trainingNfe } from "../sharpen/Metrics.ts"
+import { Metrics, trainingNfe } from "../optim/Metrics.ts"
 import { IterationSampler } from "../sharpen/Sharpen.ts"
 import type { SharpenConfig } from "../sharpen/SharpenConfig.ts"
 

@@ -29,14 +29,21 @@ import * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import { Reference } from "../model/Reference.ts"
 import { RandomSource } from "../tensor/RandomSource.ts"
+import * as HostRead from "../tensor/HostRead.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import * as NoisedSamples from "../trajectory/NoisedSamples.ts"
 import * as ImageLevel from "./ImageLevel.ts"
+import * as GradientJobs from "./GradientJobs.ts"
+import * as GroupLosses from "./GroupLosses.ts"
+import type { WeightedPair } from "./GroupLosses.ts"
 import * as Losses from "./Losses.ts"
 import { Objective } from "./Objective.ts"
+import * as PortablePart from "./PortablePart.ts"
 
 /** Added to a group's std before dividing (DiffusionNFT's and Flow-GRPO's 1e-4). */
 export const ADVANTAGE_EPS = 1e-4
+
+export type { WeightedPair } from "./GroupLosses.ts"
 
 /**
  * Group-normalised advantages: `scores[i][b]` is the reward of image i of
@@ -59,17 +66,6 @@ export const groupAdvantages = (scores: ReadonlyArray<ReadonlyArray<number>>): A
     for (let i = 0; i < n; i++) out[i][j] = (scores[i][j] - mean) / (std + ADVANTAGE_EPS)
   }
   return out
-}
-
-/**
- * One weighted preference pair of a prompt: image `w` preferred to image `l`.
- *
- * @since 0.7.0
- */
-export interface WeightedPair {
-  readonly w: number
-  readonly l: number
-  readonly weight: number
 }
 
 /**
@@ -127,51 +123,11 @@ export type GroupOptions = typeof GroupOptions.Type
 export const itemRows = (n: number, batch: number, items: ReadonlyArray<number>): Array<number> =>
   Array.from({ length: n }, (_, i) => items.map((b) => i * batch + b)).flat()
 
-/**
- * One part of the pairs form: `policy` and `reference` are the errors of
- * the part's rows ([n * k], image-major over its k items), `pairs[j]` the
- * weighted pairs of its j-th item and `margin[j]` their reward margins.
- * Each item's weighted DPO loss, summed and divided by the batch size
- * (the part's share of the batch mean).
- *
- * @since 0.7.0
- */
-export const pairsPart = (
-  policy: tf.Tensor1D,
-  reference: tf.Tensor1D,
-  pairs: ReadonlyArray<ReadonlyArray<WeightedPair & { readonly margin: number }>>,
-  beta: number,
-  placement: Losses.MarginPlacement,
-  batch: number
-): tf.Scalar =>
-  tf.tidy(() => {
-    const k = pairs.length
-    const flat = pairs.flatMap((ps, j) => ps.map((p) => ({ ...p, w: p.w * k + j, l: p.l * k + j })))
-    if (flat.length === 0) return tf.mul(tf.sum(policy), 0) as tf.Scalar
-    // e_w - e_l of every pair as one product with a +1/-1 matrix: tf.gather's gradient
-    // (UnsortedSegmentSum) has no wasm kernel.
-    const signs = new Float32Array(flat.length * policy.shape[0])
-    flat.forEach((p, q) => {
-      signs[q * policy.shape[0] + p.w] = 1
-      signs[q * policy.shape[0] + p.l] = -1
-    })
-    const gap = (x: tf.Tensor1D) => tf.reshape(tf.matMul(tf.tensor2d(signs, [flat.length, policy.shape[0]]), tf.reshape(x, [-1, 1])), [-1])
-    const logits = tf.sub(gap(reference), gap(policy))
-    const dr = tf.tensor1d(flat.map((p) => p.margin))
-    // -log sigmoid(z) = softplus(-z), as Losses.dpoFromTerms (and for the same reason).
-    const nls = (z: tf.Tensor) => tf.softplus(tf.neg(z))
-    const perPair = placement === "inside" ? nls(tf.sub(tf.mul(logits, beta), dr)) : tf.add(nls(tf.mul(logits, beta)), dr)
-    return tf.div(tf.sum(tf.mul(perPair, tf.tensor1d(flat.map((p) => p.weight)))), batch) as tf.Scalar
-  })
+/** One part of the pairs form (`GroupLosses.pairsPart`). */
+export const pairsPart = GroupLosses.pairsPart
 
-/**
- * One part of the awr form: the part's errors ([n * k], image-major) times
- * their weights, summed and divided by the batch size.
- *
- * @since 0.7.0
- */
-export const awrPart = (policy: tf.Tensor1D, weights: ReadonlyArray<number>, batch: number): tf.Scalar =>
-  tf.tidy(() => tf.div(tf.sum(tf.mul(policy, tf.tensor1d(weights as Array<number>))), batch) as tf.Scalar)
+/** One part of the awr form (`GroupLosses.awrPart`). */
+export const awrPart = GroupLosses.awrPart
 
 /**
  * The group-relative objective on the paths' final images (paths continued
@@ -187,6 +143,8 @@ export const objective = (o: GroupOptions): Layer.Layer<Objective, never, Denois
       const reference = (yield* Reference).model
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
+      // With a pool of several threads the parts are split so each thread gets some.
+      const threads = (yield* GradientJobs.current).threads
       return Objective.of({
         name: `group-${o.form}`,
         prepare: (t, _selection, scores) =>
@@ -195,7 +153,8 @@ export const objective = (o: GroupOptions): Layer.Layer<Objective, never, Denois
             const n = t.n
             const adv = groupAdvantages(scores.trajectory)
             const column = (j: number) => adv.map((row) => row[j])
-            const parts = Losses.microBatchesByRows(b, (o.form === "pairs" ? 2 : 1) * n, o.microBatchRows ?? Losses.defaultMicroBatchRows())
+            const rowsPerItem = (o.form === "pairs" ? 2 : 1) * n
+            const parts = Losses.microBatchesByRows(b, rowsPerItem, PortablePart.rowsForThreads(o.microBatchRows ?? Losses.defaultMicroBatchRows(), b, rowsPerItem, threads))
             // All n images of an item share one eps and t (image i is "role" i of noisedFinals).
             const everyImage = Array.from({ length: n }, (_, i) => new Array<number>(b).fill(i))
             const samples = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
@@ -210,7 +169,14 @@ export const objective = (o: GroupOptions): Layer.Layer<Objective, never, Denois
                       const pairs = items.map((j) =>
                         weightedPairs(column(j)).map((q) => ({ ...q, margin: scores.trajectory[q.w][j] - scores.trajectory[q.l][j] }))
                       )
-                      return () => tf.tidy(() => pairsPart(NoisedSamples.rowErrors(model, s, itemRows(n, b, items)), refs[p], pairs, o.beta / 2, o.margin, b))
+                      return PortablePart.withPortable(
+                        () => tf.tidy(() => pairsPart(NoisedSamples.rowErrors(model, s, itemRows(n, b, items)), refs[p], pairs, o.beta / 2, o.margin, b)),
+                        () =>
+                          Effect.map(
+                            Effect.all([PortablePart.samplesRows(s, itemRows(n, b, items)), HostRead.values(refs[p])], { concurrency: "unbounded" }),
+                            ([rows, ref]) => ({ ...rows, share: 1, group: { pairs, ref: Array.from(ref), beta: o.beta / 2, placement: o.margin, batch: b } })
+                          )
+                      )
                     })
                 ))
               : samples.map((s) =>
@@ -218,7 +184,15 @@ export const objective = (o: GroupOptions): Layer.Layer<Objective, never, Denois
                   const per = items.map((j) => awrWeights(column(j), o.beta))
                   // Image-major, as the rows.
                   const weights = Array.from({ length: n }, (_, i) => per.map((w) => w[i])).flat()
-                  return () => tf.tidy(() => awrPart(NoisedSamples.rowErrors(model, s, itemRows(n, b, items)), weights, b))
+                  return PortablePart.withPortable(
+                    () => tf.tidy(() => awrPart(NoisedSamples.rowErrors(model, s, itemRows(n, b, items)), weights, b)),
+                    () =>
+                      Effect.map(PortablePart.samplesRows(s, itemRows(n, b, items)), (rows) => ({
+                        ...rows,
+                        share: 1,
+                        group: { weights, beta: o.beta, placement: o.margin, batch: b }
+                      }))
+                  )
                 })
               )
             return {

@@ -44,12 +44,16 @@ import * as Scoped from "../tensor/Scoped.ts"
 import * as Generate from "../trajectory/Generate.ts"
 import * as NoisedSamples from "../trajectory/NoisedSamples.ts"
 import type { Trajectories } from "../trajectory/Trajectory.ts"
+import * as HostRead from "../tensor/HostRead.ts"
+import * as GradientJobs from "./GradientJobs.ts"
+import * as GroupLosses from "./GroupLosses.ts"
 import { groupAdvantages, itemRows } from "./GroupRelative.ts"
 import * as Losses from "./Losses.ts"
 import { Objective } from "./Objective.ts"
+import * as PortablePart from "./PortablePart.ts"
 
 /** Floor of the adaptive weight (the paper's code: 1e-5). */
-export const WEIGHT_FLOOR = 1e-5
+export const WEIGHT_FLOOR = GroupLosses.WEIGHT_FLOOR
 
 export const NftWeighting = Schema.Literals(["x0", "eps"])
 export type NftWeighting = typeof NftWeighting.Type
@@ -91,43 +95,8 @@ export const defaults: NftOptions = { beta: 1, advClip: 5, kl: 0, oldDecay: 0, w
  */
 export const optimality = (advantage: number, clip: number): number => Math.min(1, Math.max(0, Math.max(-clip, Math.min(clip, advantage)) / (2 * clip) + 0.5))
 
-/** Identity whose gradient is zero: the adaptive weight is a constant of the step (torch.no_grad in the paper's code). */
-const stopGradient = tf.customGrad(((x: tf.Tensor) => ({
-  value: tf.clone(x),
-  gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy)
-})) as never) as unknown as (x: tf.Tensor) => tf.Tensor
-
-/**
- * Per-row NFT loss ([rows]) from the trained prediction `epsTheta`, the old
- * policy's `epsOld` (a constant), the true noise, each row's x0 scale
- * (sigma/alpha, or 1 for the eps form) and optimality weight r:
- * (c / beta) (r L+ + (1 - r) L-). Pure; call inside a gradient function.
- *
- * @since 0.7.0
- */
-export const rowLosses = (
-  epsTheta: tf.Tensor,
-  epsOld: tf.Tensor,
-  noise: tf.Tensor,
-  scale: ReadonlyArray<number>,
-  r: ReadonlyArray<number>,
-  beta: number,
-  clip: number
-): tf.Tensor1D =>
-  tf.tidy(() => {
-    const rows = scale.length
-    const flat = (x: tf.Tensor) => tf.reshape(x, [rows, -1])
-    const s = tf.tensor2d(scale as Array<number>, [rows, 1])
-    const dTheta = tf.sub(flat(epsTheta), flat(noise))
-    const dOld = tf.sub(flat(epsOld), flat(noise))
-    // x0 errors of the implicit policies (sign dropped: only squares and magnitudes enter).
-    const positive = tf.mul(s, tf.add(tf.mul(dOld, 1 - beta), tf.mul(dTheta, beta)))
-    const negative = tf.mul(s, tf.sub(tf.mul(dOld, 1 + beta), tf.mul(dTheta, beta)))
-    const normalised = (d: tf.Tensor) => tf.div(tf.mean(tf.square(d), 1), stopGradient(tf.maximum(tf.mean(tf.abs(d), 1), WEIGHT_FLOOR)))
-    const rt = tf.tensor1d(r as Array<number>)
-    const mixed = tf.add(tf.mul(rt, normalised(positive)), tf.mul(tf.sub(1, rt), normalised(negative)))
-    return tf.mul(mixed, clip / beta) as tf.Tensor1D
-  })
+/** Per-row NFT loss (`GroupLosses.nftRowLosses`). */
+export const rowLosses = GroupLosses.nftRowLosses
 
 /** The final images noised by the forward process, t ~ U[0, T): per image, or per prompt (`NftNoise`). */
 interface NoisedRows {
@@ -166,6 +135,8 @@ export const objective = (o: NftOptions): Layer.Layer<Objective, never, Denoiser
       const reference = (yield* Reference).model
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
+      // With a pool of several threads the parts are split so each thread gets some.
+      const threads = (yield* GradientJobs.current).threads
       // oldDecay 0: the policy itself, read before any step of the batch (its weights sampled the batch).
       const old = o.oldDecay > 0 ? yield* Denoiser.cloneScoped(model) : model
       const fold = Effect.sync(() => {
@@ -197,11 +168,37 @@ export const objective = (o: NftOptions): Layer.Layer<Objective, never, Denoiser
                   ref: o.kl > 0 ? Denoiser.eps(reference, s.xt, s.t, prompts) : undefined
                 }
               }, (s) => tf.dispose([s.xt, s.noise, s.old, ...(s.ref === undefined ? [] : [s.ref])])))
-            const parts = Losses.microBatchesByRows(b, n, o.microBatchRows ?? Losses.defaultMicroBatchRows())
+            const parts = Losses.microBatchesByRows(b, n, PortablePart.rowsForThreads(o.microBatchRows ?? Losses.defaultMicroBatchRows(), b, n, threads))
             const losses = steps.map((s) =>
               parts.map((items) => {
                 const rows = itemRows(n, b, items)
-                return () =>
+                const take = (x: tf.Tensor) => HostRead.consumeFloat32(() => tf.gather(x, tf.tensor1d(rows, "int32")))
+                // The same rows and kernels on any thread (PortablePart.loss).
+                const portable = () =>
+                  Effect.map(
+                    Effect.all([take(s.xt), take(s.noise), take(s.old), s.ref === undefined ? Effect.succeed(undefined) : take(s.ref)], { concurrency: "unbounded" }),
+                    ([x, target, oldEps, refEps]): PortablePart.PortablePart => {
+                      const ts = rows.map((row) => s.t[row])
+                      return {
+                        x,
+                        target,
+                        t: ts,
+                        prompts: rows.map((row) => prompts[row]),
+                        share: 1,
+                        nft: {
+                          old: oldEps,
+                          ...(refEps === undefined ? {} : { ref: refEps }),
+                          scale: ts.map(xScale),
+                          r: rows.map((row) => r[row]),
+                          beta: o.beta,
+                          clip: o.advClip,
+                          kl: o.kl,
+                          count: n * b
+                        }
+                      }
+                    }
+                  )
+                return PortablePart.withPortable(() =>
                   tf.tidy(() => {
                     const take = (x: tf.Tensor) => tf.gather(x, tf.tensor1d(rows, "int32"))
                     const ts = rows.map((row) => s.t[row])
@@ -210,7 +207,7 @@ export const objective = (o: NftOptions): Layer.Layer<Objective, never, Denoiser
                     const kl = s.ref === undefined ? tf.scalar(0) : tf.mul(tf.sum(tf.mean(tf.reshape(tf.squaredDifference(eps, take(s.ref)), [rows.length, -1]), 1)), o.kl)
                     // The part's share of the mean over all n*B images.
                     return tf.div(tf.add(policy, kl), n * b) as tf.Scalar
-                  })
+                  }), portable)
               })
             )
             return {

@@ -1,6 +1,6 @@
 /**
- * A loss part that another thread can compute: the image-level objectives'
- * micro-batch parts as plain data (the noisy inputs, targets, timesteps and
+ * A loss part that another thread can compute: the image-level, group and
+ * DiffusionNFT objectives' micro-batch parts as plain data (the noisy inputs, targets, timesteps and
  * prompts of its rows, and for DPO the reference's errors and the reward
  * margins), so that `Optimizer.step` can differentiate parts on the
  * `GenerationPool`'s threads and sum their gradients. {@link loss} is the
@@ -15,6 +15,7 @@ import { Effect } from "effect"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import type { NoisedSamples } from "../trajectory/NoisedSamples.ts"
+import * as GroupLosses from "./GroupLosses.ts"
 import * as Losses from "./Losses.ts"
 
 export interface PortablePart {
@@ -34,6 +35,34 @@ export interface PortablePart {
     readonly beta: number
     readonly placement: Losses.MarginPlacement
     readonly winnerSft?: number
+  }
+  /**
+   * Group-relative (pairs or awr): rows are the part's n images of k items,
+   * image-major; the weighted pairs of each item and the reference's errors
+   * (pairs), or each row's weight (awr); the loss is divided by `batch`.
+   */
+  readonly group?: {
+    readonly pairs?: ReadonlyArray<ReadonlyArray<GroupLosses.WeightedPair & { readonly margin: number }>>
+    readonly ref?: ReadonlyArray<number>
+    readonly weights?: ReadonlyArray<number>
+    readonly beta: number
+    readonly placement: Losses.MarginPlacement
+    readonly batch: number
+  }
+  /**
+   * DiffusionNFT: the old policy's (and, with a KL, the reference's)
+   * prediction on every row, each row's x0 scale and optimality weight;
+   * the loss is divided by `count` (all n*B images).
+   */
+  readonly nft?: {
+    readonly old: Float32Array
+    readonly ref?: Float32Array
+    readonly scale: ReadonlyArray<number>
+    readonly r: ReadonlyArray<number>
+    readonly beta: number
+    readonly clip: number
+    readonly kl: number
+    readonly count: number
   }
 }
 
@@ -113,7 +142,26 @@ export const errorsOf = (model: Denoiser.Model, p: RowInputs): Effect.Effect<Flo
 export const loss = (model: Denoiser.Model, p: PortablePart): tf.Scalar =>
   tf.tidy(() => {
     const shape = [p.t.length, ...Denoiser.sampleShape(model.config)]
-    const errors = rowErrors(model, tf.tensor(p.x, shape, "float32"), tf.tensor(p.target, shape, "float32"), p.t, p.prompts)
+    const x = tf.tensor(p.x, shape, "float32")
+    const target = tf.tensor(p.target, shape, "float32")
+    // The group forms' parts carry share 1 (times 1/accumulate): the same numbers as their closures when it is 1.
+    const shared = (loss: tf.Scalar) => (p.share === 1 ? loss : tf.mul(loss, p.share) as tf.Scalar)
+    if (p.nft !== undefined) {
+      const f = p.nft
+      const eps = Denoiser.eps(model, x, p.t, p.prompts)
+      const policy = tf.sum(GroupLosses.nftRowLosses(eps, tf.tensor(f.old, shape, "float32"), target, f.scale, f.r, f.beta, f.clip))
+      const kl = f.ref === undefined ? tf.scalar(0) : tf.mul(tf.sum(tf.mean(tf.reshape(tf.squaredDifference(eps, tf.tensor(f.ref, shape, "float32")), [p.t.length, -1]), 1)), f.kl)
+      return shared(tf.div(tf.add(policy, kl), f.count) as tf.Scalar)
+    }
+    const errors = rowErrors(model, x, target, p.t, p.prompts)
+    if (p.group !== undefined) {
+      const g = p.group
+      return shared(
+        g.pairs !== undefined
+          ? GroupLosses.pairsPart(errors, tf.tensor1d((g.ref ?? []) as Array<number>), g.pairs, g.beta, g.placement, g.batch)
+          : GroupLosses.awrPart(errors, g.weights ?? [], g.batch)
+      )
+    }
     if (p.dpo === undefined) return tf.mul(tf.mean(errors), p.share) as tf.Scalar
     const reference = { w: tf.tensor1d(p.dpo.refW as Array<number>), l: tf.tensor1d(p.dpo.refL as Array<number>) }
     return Losses.dpoPart(errors, reference, p.dpo.margin, p.dpo.beta, p.dpo.placement, p.share, p.dpo.winnerSft ?? 0)

@@ -102,6 +102,24 @@ export const PortablePart = Schema.Struct({
     beta: Schema.Number,
     placement: Losses.MarginPlacement,
     winnerSft: Schema.optionalKey(Schema.Number)
+  })),
+  group: Schema.optionalKey(Schema.Struct({
+    pairs: Schema.optionalKey(Schema.Array(Schema.Array(Schema.Struct({ w: Schema.Int, l: Schema.Int, weight: Schema.Number, margin: Schema.Number })))),
+    ref: Schema.optionalKey(Numbers),
+    weights: Schema.optionalKey(Numbers),
+    beta: Schema.Number,
+    placement: Losses.MarginPlacement,
+    batch: Schema.Number
+  })),
+  nft: Schema.optionalKey(Schema.Struct({
+    old: Floats,
+    ref: Schema.optionalKey(Floats),
+    scale: Numbers,
+    r: Numbers,
+    beta: Schema.Number,
+    clip: Schema.Number,
+    kl: Schema.Number,
+    count: Schema.Number
   }))
 })
 

@@ -3,6 +3,8 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { beforeAll } from "vitest"
 import * as Denoiser from "../../src/model/Denoiser.ts"
+import * as MethodLayers from "../../src/experiments/MethodLayers.ts"
+import { objectiveDefaults } from "../../src/experiments/MethodSettings.ts"
 import { flatten } from "../../src/parallel/DataParallel.ts"
 import { Metrics } from "../../src/optim/Metrics.ts"
 import * as Sharpen from "../../src/sharpen/Sharpen.ts"
@@ -18,15 +20,27 @@ const redness = Reward.fromFunction((image: Float32Array) => {
   return s / (image.length / 3)
 }, { name: "redness", range: [0, 1] })
 
+type Algorithm = "sft" | "rlhf" | "nft" | "group-pairs" | "group-awr"
+
 /** A run's metrics and final policy weights (one flat array). */
-const run = (algorithm: "sft" | "rlhf", model: string, threads: number, config = smallConfig({ iterations: 2, batchSize: 3 })) => {
+const run = (algorithm: Algorithm, model: string, threads: number, config = smallConfig({ iterations: 2, batchSize: 3 })) => {
   const wiring = { model, runDir: tmpDir(`threads-${threads}-`), reward: redness, backend: Backend.make("wasm"), metrics: Metrics.memory, threads }
+  // The group methods: two optimiser steps per batch, so NFT's beta and the old policy count.
+  const stack = algorithm === "sft"
+    ? SharpenLayers.sft(config, wiring)
+    : algorithm === "rlhf"
+    ? SharpenLayers.rlhf(config, wiring)
+    : MethodLayers.layers(algorithm === "nft" ? "nft" : "group", { ...config, stepsPerBatch: 2 }, wiring, undefined, {
+      ...objectiveDefaults,
+      groupForm: algorithm === "group-awr" ? "awr" : "pairs",
+      groupBeta: algorithm === "group-awr" ? 1 : 5
+    })
   return Effect.gen(function*() {
-    yield* algorithm === "sft" ? Sharpen.sft(config) : Sharpen.rlhf(config)
+    yield* algorithm === "sft" ? Sharpen.sft(config) : Sharpen.rlhf(algorithm === "rlhf" ? config : { ...config, stepsPerBatch: 2 })
     const records = yield* (yield* Metrics).records
     return { records, weights: yield* flatten((yield* Denoiser.Denoiser).model.params) }
   }).pipe(
-    Effect.provide((algorithm === "sft" ? SharpenLayers.sft : SharpenLayers.rlhf)(config, wiring)),
+    Effect.provide(stack),
     Effect.scoped,
     Effect.provide(NodeServices.layer)
   )
@@ -45,7 +59,7 @@ describe("Sharpen on several threads", () => {
     model = await savedTinyModel(3)
   })
 
-  for (const algorithm of ["rlhf", "sft"] as const) {
+  for (const algorithm of ["rlhf", "sft", "nft", "group-pairs"] as const) {
     it.effect(`${algorithm}: 2 iterations on 2 threads (generation and gradient parts shared) give one thread's metrics and weights; no tensor leaks across iterations`, () =>
       Effect.gen(function*() {
         const one = yield* run(algorithm, model, 1)
@@ -63,6 +77,6 @@ describe("Sharpen on several threads", () => {
         // The comparison can fail: a run of another seed ends elsewhere.
         const other = yield* run(algorithm, model, 2, smallConfig({ iterations: 2, batchSize: 3, seed: 1 }))
         assert.isAbove(maxAbsDiff(other.weights, one.weights), lr)
-      }), 180_000)
+      }), 600_000)
   }
 })
