@@ -1,12 +1,15 @@
 /**
  * The set-up every pipeline script shares: the `--backend` and `--model`
- * flags, the tensor backend layer, the denoiser on it, and the clip model
- * (reward and evaluation), loaded for the caller's scope.
+ * flags, the tensor backend layer, the denoiser on it, the clip model
+ * (reward and evaluation), loaded for the caller's scope, and the
+ * `--runners` flags (a run's jobs on effect/cluster runners).
  *
  * @since 0.6.0
  */
-import { Effect, Layer } from "effect"
+import { Context, Duration, Effect, Layer, Option } from "effect"
 import { Flag } from "effect/cli"
+import * as ClusterJobs from "../cluster/ClusterJobs.ts"
+import * as Storage from "../cluster/Storage.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as ClipModel from "../reward/ClipModel.ts"
 import { Backend, BackendName } from "../tensor/Backend.ts"
@@ -59,3 +62,98 @@ export const denoiser = (model: string, flag: BackendName) => Denoiser.Denoiser.
  */
 export const clip = (dir: string) =>
   Effect.flatMap(ClipModel.loadFiles(dir), (c) => Scoped.acquireWith(() => ClipModel.fromStored(c.config, c.weights, false), ClipModel.dispose))
+
+/**
+ * `--runners STORAGE`, `--runner-count N`, `--connect-timeout S`,
+ * `--job-timeout S`: the iterations' jobs on effect/cluster runners
+ * (`pipelines/runner.ts`, docs/scaling.md) instead of worker threads.
+ *
+ * @since 0.8.0
+ */
+export const runnersFlags = {
+  runners: Flag.String("runners").pipe(
+    Flag.withDescription(
+      "send each iteration's jobs (online samples, paths, gradient parts, reference errors) to the runners registered in this runner storage instead of worker threads: sqlite:PATH (one host) or postgres://USER:PASSWORD@HOST:PORT/DB (several machines), as given to pipelines/runner.ts; this process computes one share too, every random draw stays here (the one-thread result up to float summation order); shared secret from SHARPEN_CLUSTER_SECRET; recorded in run.json (password masked); docs/scaling.md. Config file: {\"run\": {\"runners\": ...}}"
+    ),
+    Flag.optional
+  ),
+  runnerCount: Flag.Int("runner-count").pipe(Flag.withDescription("with --runners: wait for this many runners, and use those up at start (default 1)"), Flag.optional),
+  connectTimeout: Flag.Finite("connect-timeout").pipe(Flag.withDescription("with --runners: seconds to wait for the runners and their handshake before failing with ClusterUnavailable (default 30)"), Flag.optional),
+  jobTimeout: Flag.Finite("job-timeout").pipe(Flag.withDescription("with --runners: seconds after which a runner that has not answered a job is dropped from the run (reported) and its job sent to another (default: no timeout)"), Flag.optional)
+}
+
+/**
+ * Where a run's jobs went: the runner storage (a password masked), and the
+ * runners' addresses.
+ *
+ * @since 0.8.0
+ */
+export interface RunnersUsed {
+  readonly storage: string
+  readonly count: number
+  readonly addresses: ReadonlyArray<string>
+}
+
+/** The runner options of the flags (or a config file's `run.runners` / `run.runnerCount`), checked. */
+export interface RunnersOptions {
+  readonly storage: string
+  readonly runners?: number | undefined
+  readonly connectTimeout?: number | undefined
+  readonly jobTimeout?: number | undefined
+}
+
+/**
+ * The runner options of the `--runners` flags, or undefined when not given
+ * (neither by flag nor by `file`, a config file's `run` entries). Fails
+ * with `StorageUnsupported` for a URL of another form.
+ *
+ * @since 0.8.0
+ */
+export const runnersOptions = (
+  f: { readonly [K in keyof typeof runnersFlags]: Option.Option<K extends "runners" ? string : number> },
+  file: { readonly runners?: string | undefined; readonly runnerCount?: number | undefined } = {}
+) =>
+  Effect.gen(function*() {
+    const storage = Option.getOrUndefined(f.runners) ?? file.runners
+    if (storage === undefined) return undefined
+    yield* Storage.parse(storage).pipe(Effect.mapError((e) => new Storage.StorageUnsupported({ url: Storage.redact(e.url), message: e.message })))
+    const runners = Option.getOrUndefined(f.runnerCount) ?? file.runnerCount
+    const positive = (name: string, v: number | undefined) =>
+      v !== undefined && !(v > 0) ? Effect.fail(new Storage.StorageUnsupported({ url: Storage.redact(storage), message: `${name} must be positive, got ${v}` })) : Effect.void
+    yield* positive("--runner-count", runners)
+    yield* positive("--connect-timeout", Option.getOrUndefined(f.connectTimeout))
+    yield* positive("--job-timeout", Option.getOrUndefined(f.jobTimeout))
+    const options: RunnersOptions = {
+      storage,
+      runners: runners === undefined ? undefined : Math.floor(runners),
+      connectTimeout: Option.getOrUndefined(f.connectTimeout),
+      jobTimeout: Option.getOrUndefined(f.jobTimeout)
+    }
+    return options
+  })
+
+/**
+ * `GenerationJobs` and `GradientJobs` over the runners of `options.storage`
+ * (`ClusterJobs.layer`, for the `Denoiser`'s model; the shared secret from
+ * `SHARPEN_CLUSTER_SECRET`), and who they turned out to be once the layer
+ * is built (`used`), logged then.
+ *
+ * @since 0.8.0
+ */
+export const clusterJobs = (options: RunnersOptions) => {
+  let used: RunnersUsed | undefined
+  const storage = Storage.redact(options.storage)
+  const layer = ClusterJobs.layer({
+    storage: options.storage,
+    runners: options.runners,
+    connectTimeout: options.connectTimeout === undefined ? undefined : Duration.millis(options.connectTimeout * 1000),
+    jobTimeout: options.jobTimeout === undefined ? undefined : Duration.millis(options.jobTimeout * 1000)
+  }).pipe(Layer.tap((context) =>
+    Effect.gen(function*() {
+      const runners = Context.get(context, ClusterJobs.ClusterRunners)
+      used = { storage, count: runners.length, addresses: runners.map((r) => r.runner) }
+      yield* Effect.logInfo(`jobs on ${runners.length} runner(s) of ${storage} and this process: ${used.addresses.join(", ")}`)
+    })
+  ))
+  return { layer, used: (): RunnersUsed | undefined => used }
+}

@@ -5,7 +5,8 @@
  *
  *   out/LOCK            the owner's pid while a process works in out/ (RunLock)
  *   out/run/            checkpoints (atomic, the last keepCheckpoints), metrics.jsonl,
- *                       run.json (what defines the run; checked by --resume)
+ *                       run.json (what defines the run; checked by --resume; and,
+ *                       informational, the runners of --runners)
  *   out/model/          the sharpened model (loadable by sample.ts)
  *   out/plots/          reward.svg|png, loss.svg|png
  *   out/samples/        before-/after- contact sheets of the eval prompts, and
@@ -18,7 +19,7 @@
  *
  * @since 0.1.0
  */
-import { Console, Effect, FileSystem, Layer, Logger, Option, Path } from "effect"
+import { Console, Effect, FileSystem, Layer, Logger, Option, Path, Result } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as Registry from "../reward/Registry.ts"
@@ -83,6 +84,7 @@ const flags = {
   aggregation: Flag.Literals("aggregation", ["sum", "mean", "last", "final"]).pipe(Flag.withDescription(describe("aggregation", SharpenConfig.fields.aggregation)), Flag.optional),
   timestepRange: Flag.String("timestep-range").pipe(Flag.withDescription(describe("timestep", SharpenConfig.fields.timestep)), Flag.optional),
   backend: Setup.backendFlag,
+  ...Setup.runnersFlags,
   threads: Flag.Int("threads").pipe(
     Flag.withDescription("threads of each iteration: generation (online samples, paths, continuations) and the image-level objectives' gradient parts, this one included; 1 = no worker threads; the same result up to float summation order (default: one per core, at most 4, or SHARPEN_WORKERS, on wasm and cpu; 1 on a GPU, where threads would fight over the device)"),
     Flag.optional
@@ -129,6 +131,7 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags, algori
   let file: string | undefined
   let rewardEntry: unknown
   let filePreset: SharpenConfig.Preset | undefined
+  let runnersEntry: { runners?: string; runnerCount?: number } = {}
   if (Option.isSome(f.config)) {
     file = f.config.value
     const text = yield* fs.readFileString(file).pipe(Effect.mapError(() => new SharpenConfig.ConfigError({ file, message: "cannot read the config file" })))
@@ -137,8 +140,12 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags, algori
       return yield* new SharpenConfig.ConfigError({ file, message: "the config file must hold a JSON object of settings" })
     }
     // The reward and its options are not settings of the algorithm (RewardFlags).
-    const { reward, ...rest } = json as Record<string, unknown>
+    const { reward, ...withRunners } = json as Record<string, unknown>
     rewardEntry = reward
+    // Nor are the runners (where the jobs run): "run": {"runners", "runnerCount"}, or flat.
+    const taken = yield* Effect.fromResult(takeRunners(withRunners, file))
+    const rest = taken.rest
+    runnersEntry = taken.runners
     const { preset, settings } = yield* Effect.fromResult(SharpenConfig.fromFile(rest, file))
     filePreset = preset
     layers.push(settings)
@@ -151,8 +158,43 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags, algori
   const preset = SharpenConfig.presetFor(layers, named)
   const config = yield* Effect.fromResult(SharpenConfig.resolve(algorithm, layers, { preset, file }))
   const reward = yield* Effect.fromResult(RewardFlags.spec(f, rewardEntry, file))
-  return { config, reward, preset }
+  return { config, reward, preset, runners: runnersEntry }
 })
+
+/**
+ * A config file's runner entries (`"run": {"runners": "sqlite:...",
+ * "runnerCount": 2}`, or flat), taken out of its settings: they say where
+ * the jobs run, not what is trained (`--runners`, `--runner-count`).
+ */
+const takeRunners = (json: Record<string, unknown>, file: string): Result.Result<{ rest: Record<string, unknown>; runners: { runners?: string; runnerCount?: number } }, SharpenConfig.ConfigError> => {
+  const rest = { ...json }
+  const found: Record<string, unknown> = {}
+  const take = (from: Record<string, unknown>, prefix: string) => {
+    for (const key of ["runners", "runnerCount"]) {
+      if (key in from) {
+        found[key] = from[key]
+        found[`${key}@`] = prefix + key
+        delete from[key]
+      }
+    }
+  }
+  take(rest, "")
+  if (rest.run !== null && typeof rest.run === "object" && !Array.isArray(rest.run)) {
+    const run = { ...(rest.run as Record<string, unknown>) }
+    take(run, "run.")
+    rest.run = run
+  }
+  if (found.runners !== undefined && typeof found.runners !== "string") {
+    return Result.fail(new SharpenConfig.ConfigError({ file, field: String(found["runners@"]), message: "the runner storage is a string: sqlite:PATH or postgres://..." }))
+  }
+  if (found.runnerCount !== undefined && !(Number.isInteger(found.runnerCount) && (found.runnerCount as number) >= 1)) {
+    return Result.fail(new SharpenConfig.ConfigError({ file, field: String(found["runnerCount@"]), message: "the runner count is a whole number of at least 1" }))
+  }
+  return Result.succeed({
+    rest,
+    runners: { ...(found.runners === undefined ? {} : { runners: found.runners as string }), ...(found.runnerCount === undefined ? {} : { runnerCount: found.runnerCount as number }) }
+  })
+}
 
 /**
  * What a pipeline file chooses: the algorithm (`Sharpen.sft` or
@@ -187,7 +229,11 @@ export const command = <E, R>(pipeline: Pipeline<E, R>) => {
     Effect.fn(function*(f) {
       const fs = yield* FileSystem.FileSystem
       const path = yield* Path.Path
-      const { config, reward: rewardSpec, preset } = yield* loadConfig(f, algorithm)
+      const { config, reward: rewardSpec, preset, runners: runnersEntry } = yield* loadConfig(f, algorithm)
+      const runnersOptions = yield* Setup.runnersOptions(f, runnersEntry)
+      if (runnersOptions !== undefined && Option.isSome(f.threads)) {
+        return yield* new SharpenConfig.ConfigError({ field: "threads", message: "--threads and --runners: the runners take the place of the worker threads (this process computes one share); give one of them" })
+      }
       const out = Option.getOrElse(f.out, () => path.join("out", algorithm))
       const run = yield* RunDirectory.open({ out, resume: f.resume, resumeIfPresent: f.resumeIfPresent })
 
@@ -195,14 +241,15 @@ export const command = <E, R>(pipeline: Pipeline<E, R>) => {
       if (threads !== "auto" && threads < 1) return yield* new SharpenConfig.ConfigError({ field: "threads", message: `--threads must be at least 1, got ${threads}` })
       const backend = Backend.fromFlag(f.backend)
       const reward = Registry.layerNode(rewardSpec).pipe(Layer.provide(backend)) as Layer.Layer<Reward, unknown>
-      const layers = pipeline.layers(config, { model: f.model, runDir: run.runDir, reward, backend, label: algorithm, threads })
+      const cluster = runnersOptions === undefined ? undefined : Setup.clusterJobs(runnersOptions)
+      const layers = pipeline.layers(config, { model: f.model, runDir: run.runDir, reward, backend, label: algorithm, threads, ...(cluster === undefined ? {} : { jobs: cluster.layer }) })
       const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL
       const sets = yield* Report.loadEvalSets(config.evalPrompts)
 
       // Runs once the layers are built: the model and the reward are valid.
       const program = Effect.gen(function*() {
         const { model } = yield* Denoiser.Denoiser
-        const record = yield* RunRecord.make({ algorithm, config, preset, reward: rewardSpec, model: f.model })
+        const record = yield* RunRecord.make({ algorithm, config, preset, reward: rewardSpec, model: f.model, runners: cluster?.used() })
         const previous = yield* run.begin(record, SharpenConfig.toFile(config, preset))
         const clip = (yield* fs.exists(clipModel)) ? yield* Setup.clip(clipModel) : undefined
         const evaluation: RunDirectory.Evaluation = { sets, sampler: { steps: config.evalSteps, cfg: config.cfg, eta: 0, seed: config.seed + 1_000_003, batchSize: 16 }, clip }

@@ -5,7 +5,9 @@
  * hash, and the library version. A resume compares the current invocation
  * with it and refuses any difference that changes the training, naming
  * each; the settings in `MAY_CHANGE` (and the reward's transport options)
- * may differ, and the record is then rewritten with the new values. A
+ * may differ, and the record is then rewritten with the new values. Where
+ * the jobs ran (`runners`: the runner storage and addresses) is recorded
+ * for information and never compared. A
  * value's deprecated spelling (`SharpenConfig.normalise`: `preference:
  * "paper"`, `margin: "paper"` / `"reference-code"` in records made before
  * the rename) equals its current one, so such a run still resumes and its
@@ -58,7 +60,17 @@ export const RunRecord = Schema.Struct({
   reward: Schema.Record(Schema.String, Schema.Unknown),
   baseModel: Model,
   /** The clip model directory of a reward that names clip. */
-  rewardModel: Schema.optionalKey(Model)
+  rewardModel: Schema.optionalKey(Model),
+  /**
+   * Where the iterations' jobs ran, when not on this process's threads
+   * (informational: a resume may change it; `differences` ignores it).
+   */
+  runners: Schema.optionalKey(Schema.Struct({
+    /** The runner storage URL, a password in it masked. */
+    storage: Schema.String,
+    count: Schema.Number,
+    addresses: Schema.Array(Schema.String)
+  }))
 })
 export type RunRecord = typeof RunRecord.Type
 
@@ -85,6 +97,8 @@ export const make = Effect.fn("RunRecord.make")(function*(options: {
   readonly extra?: Readonly<Record<string, unknown>>
   readonly reward: Registry.RewardSpec
   readonly model: string
+  /** The runners the jobs go to (informational; the storage URL already masked). */
+  readonly runners?: { readonly storage: string; readonly count: number; readonly addresses: ReadonlyArray<string> } | undefined
 }) {
   const terms = yield* Effect.fromResult(Registry.parseExpression(options.reward.reward))
   const clip = Registry.needsBackend(terms) && options.reward.modelDir !== undefined ? options.reward.modelDir : undefined
@@ -96,7 +110,8 @@ export const make = Effect.fn("RunRecord.make")(function*(options: {
     settings: { ...(Schema.encodeSync(SharpenConfig.SharpenConfig)(options.config) as Record<string, unknown>), ...options.extra },
     reward: { ...options.reward },
     baseModel: { path: options.model, sha256: yield* ModelDir.contentHash(options.model) },
-    ...(clip === undefined ? {} : { rewardModel: { path: clip, sha256: yield* ModelDir.contentHash(clip) } })
+    ...(clip === undefined ? {} : { rewardModel: { path: clip, sha256: yield* ModelDir.contentHash(clip) } }),
+    ...(options.runners === undefined ? {} : { runners: { storage: options.runners.storage, count: options.runners.count, addresses: [...options.runners.addresses] } })
   }
   return record
 })
@@ -111,7 +126,8 @@ const short = (sha: string) => sha.slice(0, 12)
 
 /**
  * The differences between a run's record and a resume's that change the
- * training, one phrase each (empty: the resume may proceed).
+ * training, one phrase each (empty: the resume may proceed). `runners` is
+ * not compared (the same draws give the same result on any transport).
  *
  * @since 0.1.0
  */

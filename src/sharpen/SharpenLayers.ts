@@ -26,6 +26,8 @@ import { TrajectoryGenerator } from "../trajectory/TrajectoryGenerator.ts"
 import { TrajectoryScorer } from "../trajectory/TrajectoryScorer.ts"
 import { Checkpointer } from "../optim/Checkpointer.ts"
 import { GenerationPool } from "../parallel/GenerationPool.ts"
+import type { GradientJobs } from "../objective/GradientJobs.ts"
+import type { GenerationJobs } from "../trajectory/GenerationJobs.ts"
 import { Metrics } from "../optim/Metrics.ts"
 import type { SharpenConfig } from "./SharpenConfig.ts"
 import * as PreferencePairs from "./PreferencePairs.ts"
@@ -60,6 +62,16 @@ export interface Wiring<RE, RR> {
    * See `GenerationPool`.
    */
   readonly threads?: number | "auto"
+  /**
+   * The iterations' jobs (online samples, trajectories, gradient parts,
+   * reference errors) on another transport: a layer providing
+   * `GenerationJobs` and `GradientJobs` for the `Denoiser`'s model, built
+   * with the run's policy (the CLI's `--runners` gives `ClusterJobs.layer`,
+   * jobs on effect/cluster runners). It replaces the worker threads
+   * (`threads` is then unused). Every random draw stays in this process, so
+   * the result is the one-thread result up to the order of float sums.
+   */
+  readonly jobs?: Layer.Layer<GenerationJobs | GradientJobs, unknown, Denoiser.Denoiser | Backend>
 }
 
 export const trajectoryOptions = (c: SharpenConfig) => ({
@@ -91,14 +103,15 @@ export const emaLayer = (c: SharpenConfig) => Ema.layer(c.ema)
 
 /**
  * What every run needs besides its stages: the policy, the run's random
- * generator, the threads, the backend, metrics, the weight average and
+ * generator, the threads (or the wiring's `jobs`), the backend, metrics, the weight average and
  * checkpoints.
  *
  * @since 0.6.0
  */
 export const runLayers = <RE, RR>(c: SharpenConfig, w: Wiring<RE, RR>) => {
   const backend = w.backend ?? Backend.layer
-  const base = GenerationPool.layer(w.threads ?? 1).pipe(
+  const jobs: Layer.Layer<GenerationJobs | GradientJobs, unknown, Denoiser.Denoiser | Backend> = w.jobs ?? GenerationPool.layer(w.threads ?? 1)
+  const base = jobs.pipe(
     Layer.provideMerge(Layer.mergeAll(Denoiser.Denoiser.fromDir(w.model, true), RandomSource.fromSeed(c.seed))),
     Layer.provideMerge(backend)
   )

@@ -44,6 +44,25 @@ describe("RunRecord", () => {
     assert.match(RunRecord.differences(cosine, record({ lrSchedule: "cosine", iterations: 99 }))[0], new RegExp(`^iterations ${SharpenConfig.defaults.iterations} -> 99`))
   })
 
+  it.effect("the runners of a run (--runners) are informational: a resume on other runners, or on threads, proceeds and records the new ones", () =>
+    Effect.gen(function*() {
+      const dir = tmpDir("record-runners-")
+      const runners = { storage: "postgres://sharpen:***@10.0.0.2:5432/sharpen", count: 2, addresses: ["10.0.0.5:7001", "10.0.0.6:7001"] }
+      const run = { ...record(), runners }
+      assert.deepStrictEqual(RunRecord.differences(run, record()), [])
+      assert.deepStrictEqual(RunRecord.differences(record(), run), [])
+      assert.deepStrictEqual(RunRecord.differences(run, { ...record(), runners: { storage: "sqlite:/tmp/r.db", count: 1, addresses: ["127.0.0.1:4000"] } }), [])
+      yield* RunRecord.check(dir, run, false)
+      const written = JSON.parse(fs.readFileSync(path.join(dir, RunRecord.FILE), "utf8"))
+      assert.deepStrictEqual(written.runners, runners)
+      assert.isTrue(Result.isSuccess(Schema.decodeUnknownResult(RunRecord.RunRecord)(written)))
+      // Resumed on threads: the record no longer names runners.
+      yield* RunRecord.check(dir, record(), true)
+      assert.isUndefined(JSON.parse(fs.readFileSync(path.join(dir, RunRecord.FILE), "utf8")).runners)
+      // The check can fail: a setting that trains differently still refuses.
+      assert.isTrue(Exit.isFailure(yield* Effect.exit(RunRecord.check(dir, { ...record({ n: SharpenConfig.defaults.n + 1 }), runners }, true))))
+    }).pipe(Effect.provide(NodeServices.layer)))
+
   it("a setting absent from an older record counts as its default", () => {
     const run = record()
     const { dpoBeta: _, ...older } = run.settings
