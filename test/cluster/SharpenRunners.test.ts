@@ -1,0 +1,104 @@
+/**
+ * A sharpening run over effect/cluster runners (#24 item 2): the wiring's
+ * `jobs` (what `--runners` gives) in place of the worker threads, with 2
+ * real runner processes on loopback and SQLite storage in a temp dir.
+ */
+import { NodeServices } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Option } from "effect"
+import { beforeAll } from "vitest"
+import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
+import * as Setup from "../../src/cli/Setup.ts"
+import * as Denoiser from "../../src/model/Denoiser.ts"
+import { Metrics } from "../../src/optim/Metrics.ts"
+import { flatten } from "../../src/parallel/DataParallel.ts"
+import { Reward } from "../../src/reward/Reward.ts"
+import * as Sharpen from "../../src/sharpen/Sharpen.ts"
+import * as SharpenLayers from "../../src/sharpen/SharpenLayers.ts"
+import { Backend } from "../../src/tensor/Backend.ts"
+import { savedTinyModel, smallConfig, tmpDir } from "../sharpen-helpers.ts"
+import { runner } from "./runners.ts"
+import { maxAbsDiff, storageIn } from "./scenarios.ts"
+
+// A mock reward: mean brightness of the red channel (as test/parallel/SharpenThreads.test.ts).
+const redness = Reward.fromFunction((image: Float32Array) => {
+  let s = 0
+  for (let k = 0; k < image.length; k += 3) s += image[k]
+  return s / (image.length / 3)
+}, { name: "redness", range: [0, 1] })
+
+/** An RLHF run's metrics and final policy weights, on `threads` threads or with the given jobs layer. */
+const run = (model: string, jobs: SharpenLayers.Wiring<never, never>["jobs"], config = smallConfig({ iterations: 2, batchSize: 3 }), threads = 1) => {
+  const wiring = { model, runDir: tmpDir("runners-run-"), reward: redness, backend: Backend.make("wasm"), metrics: Metrics.memory, threads, ...(jobs === undefined ? {} : { jobs }) }
+  return Effect.gen(function*() {
+    yield* Sharpen.rlhf(config)
+    const records = yield* (yield* Metrics).records
+    return { records, weights: yield* flatten((yield* Denoiser.Denoiser).model.params) }
+  }).pipe(Effect.provide(SharpenLayers.rlhf(config, wiring)), Effect.scoped, Effect.provide(NodeServices.layer))
+}
+
+describe("a sharpening run over effect/cluster runners (2 runner processes on loopback, SQLite storage)", () => {
+  let model = ""
+  beforeAll(async () => {
+    // The trainer's secret is given per test, never taken from this process's environment.
+    delete process.env.SHARPEN_CLUSTER_SECRET
+    model = await savedTinyModel(3)
+  })
+
+  it.live("RLHF, 2 iterations, batch 3, with the wiring's jobs on 2 runners: one thread's metrics and weights (3 worker threads' exactly); another seed differs; the runners are named", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("sharpen-runners-")
+      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      const one = yield* run(model, undefined)
+      // What --runners sqlite:... --runner-count 2 builds (Setup.clusterJobs over ClusterJobs.layer).
+      const options = yield* Setup.runnersOptions({ runners: Option.some(storage), runnerCount: Option.some(2), connectTimeout: Option.some(90), jobTimeout: Option.none() })
+      const cluster = Setup.clusterJobs(options!)
+      const start = Date.now()
+      const three = yield* run(model, cluster.layer)
+      console.log(`RLHF over 2 runners: ${((Date.now() - start) / 1000).toFixed(1)} s for 2 iterations (connect included)`)
+      assert.deepStrictEqual([...(cluster.used()?.addresses ?? [])].sort(), [a.address, b.address].sort())
+      assert.strictEqual(cluster.used()?.count, 2)
+      assert.strictEqual(cluster.used()?.storage, storage)
+      assert.strictEqual(three.records.length, 2)
+      // The runners computed jobs (each said Hello and got weights).
+      for (const r of [a, b]) assert.include(r.output(), "a trainer said Hello")
+      // One thread's metrics at 1e-5. Iteration 2's gradient norm is the exception: it is taken
+      // at weights one AdamW step moved, where summation-order noise in a near-zero gradient
+      // element moves a weight by a fraction of lr; the batch split in 3 (this process and 2
+      // runners) gives 1.2e-4 relative here, and so do 3 worker threads (compared below).
+      for (const key of ["loss", "rewardMean", "rewardBest", "rewardWorst", "gradNorm", "nfe"] as const) {
+        three.records.forEach((r, i) => {
+          const tolerance = key === "gradNorm" && i > 0 ? 1e-3 : 1e-5
+          assert.approximately(r[key], one.records[i][key], tolerance * (1 + Math.abs(one.records[i][key])), `${key} of iteration ${i + 1}`)
+        })
+      }
+      // The same split on 3 worker threads of this process: the same metrics and weights (measured: equal bit for bit).
+      const threads = yield* run(model, undefined, smallConfig({ iterations: 2, batchSize: 3 }), 3)
+      for (const key of ["loss", "rewardMean", "rewardBest", "rewardWorst", "gradNorm", "nfe"] as const) {
+        three.records.forEach((r, i) => assert.approximately(r[key], threads.records[i][key], 1e-6 * (1 + Math.abs(threads.records[i][key])), `${key} of iteration ${i + 1} against 3 threads`))
+      }
+      assert.isBelow(maxAbsDiff(three.weights, threads.weights), 1e-6)
+      // As SharpenThreads: AdamW's summation-order noise reaches the weights at a fraction of lr.
+      const lr = smallConfig().lr
+      const diff = maxAbsDiff(three.weights, one.weights)
+      console.log(`max |weights over runners - one thread| = ${diff.toExponential(2)} (lr ${lr})`)
+      assert.isBelow(diff, 0.05 * lr)
+      // The comparison can fail: a run of another seed over the runners ends elsewhere.
+      const other = yield* run(model, ClusterJobs.layer({ storage, runners: 2, connectTimeout: "90 seconds" }), smallConfig({ iterations: 2, batchSize: 3, seed: 1 }))
+      assert.isAbove(maxAbsDiff(other.weights, one.weights), lr)
+    }).pipe(Effect.scoped), 600_000)
+
+  it.effect("--runners options: a URL of another form is refused before anything starts, the password masked", () =>
+    Effect.gen(function*() {
+      const none = Option.none()
+      const bad = yield* Effect.flip(Setup.runnersOptions({ runners: Option.some("mysql://u:hunter2@h/db"), runnerCount: none, connectTimeout: none, jobTimeout: none }))
+      assert.strictEqual(bad._tag, "StorageUnsupported")
+      assert.notInclude(JSON.stringify(bad), "hunter2")
+      assert.isUndefined(yield* Setup.runnersOptions({ runners: none, runnerCount: none, connectTimeout: none, jobTimeout: none }))
+      // From a config file's run entries, the flags first.
+      const fromFile = yield* Setup.runnersOptions({ runners: none, runnerCount: none, connectTimeout: none, jobTimeout: none }, { runners: "sqlite:/tmp/x.db", runnerCount: 3 })
+      assert.deepStrictEqual([fromFile?.storage, fromFile?.runners], ["sqlite:/tmp/x.db", 3])
+      const zero = yield* Effect.flip(Setup.runnersOptions({ runners: Option.some("sqlite:/tmp/x.db"), runnerCount: Option.some(0), connectTimeout: none, jobTimeout: none }))
+      assert.include(zero.message, "--runner-count")
+    }))
+})
