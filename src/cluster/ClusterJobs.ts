@@ -29,7 +29,7 @@
  * @since 0.8.0
  */
 import { NodeClusterSocket } from "@effect/platform-node"
-import { Context, Deferred, Duration, Effect, Equal, Exit, Fiber, HashRing, Layer, Option, Schema, type Scope } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Equal, Exit, Fiber, HashRing, Layer, Option, Schema, type Scope } from "effect"
 import { EntityId, MessageStorage, type Runner, type RunnerAddress, Runners, RunnerStorage, Sharding, ShardingConfig, SocketRunner, SqlRunnerStorage } from "effect/cluster"
 import { RpcSerialization } from "effect/rpc"
 import * as Denoiser from "../model/Denoiser.ts"
@@ -40,6 +40,7 @@ import { type GenerationError, GenerationWorkerFailed } from "../trajectory/Gene
 import { JobEntity, packageVersion, type RunnerInfo, RunnerRefused, secretHeader, weightsDigest, weightsHeader, weightsNotCached } from "./JobEntity.ts"
 import { maxMessageBytes, noModel, secretFromEnv, shardingTiming } from "./Runner.ts"
 import * as Storage from "./Storage.ts"
+import type { StorageUnsupported } from "./Storage.ts"
 
 /**
  * No runner could be reached: none registered (and healthy) in the storage,
@@ -146,7 +147,7 @@ export const connect = (
     const shardingConfig = yield* ShardingConfig.ShardingConfig
     const probe = Option.getOrElse(yield* Effect.serviceOption(SendProbe), (): SendProbe["Service"] => ({ count: Number.POSITIVE_INFINITY, waiters: [] }))
     const deadline = Date.now() + Duration.toMillis(timeout)
-    const unavailable = (message: string) => new ClusterUnavailable({ storage, message })
+    const unavailable = (message: string) => new ClusterUnavailable({ storage, message: `runner storage ${storage}: ${message}` })
 
     // 1. Runners registered and healthy in the storage.
     let seen = "none registered"
@@ -350,6 +351,17 @@ export const layer = (options: Options) => {
     const { model } = yield* Denoiser.Denoiser
     const runners = yield* connect(model.config, options)
     return Context.make(JobThreads.JobThreads, runners).pipe(Context.add(ClusterRunners, runners.runners))
-  })).pipe(Layer.provide(client(options.storage)))
+  })).pipe(
+    Layer.provide(client(options.storage)),
+    // A storage that cannot be opened or read (a PostgreSQL server down, a bad SQLite file) fails
+    // inside the cluster's layers (a defect there): named here, the URL's password masked.
+    Layer.catchCause((cause) => {
+      type E = ClusterUnavailable | RunnerRefused | StorageUnsupported
+      const fail = (c: Cause.Cause<E>) => Layer.effectContext<JobThreads.JobThreads | ClusterRunners, E, never>(Effect.failCause(c))
+      if (Cause.hasInterruptsOnly(cause) || cause.reasons.some((r) => r._tag === "Fail")) return fail(cause)
+      const storage = Storage.redact(options.storage)
+      return fail(Cause.fail(new ClusterUnavailable({ storage, message: `runner storage ${storage} could not be used: ${Storage.redact(messageOf(Cause.squash(cause)).split("\n")[0])}` })))
+    })
+  )
   return GenerationPool.GenerationPool.fromTransport.pipe(Layer.provideMerge(transport))
 }

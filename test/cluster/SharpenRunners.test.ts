@@ -6,6 +6,9 @@
 import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
+import { spawn } from "node:child_process"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { beforeAll } from "vitest"
 import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
 import * as Setup from "../../src/cli/Setup.ts"
@@ -37,6 +40,32 @@ const run = (model: string, jobs: SharpenLayers.Wiring<never, never>["jobs"], co
   }).pipe(Effect.provide(SharpenLayers.rlhf(config, wiring)), Effect.scoped, Effect.provide(NodeServices.layer))
 }
 
+const root = path.resolve(import.meta.dirname, "../..")
+
+/** `pipelines/rlhf.ts` with `args` and `env` added, its exit code and output; killed (SIGKILL) after `timeoutMs` or when the scope closes. */
+const rlhfCli = (args: ReadonlyArray<string>, env: Record<string, string>, timeoutMs: number) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const { SHARPEN_CLUSTER_SECRET: _, ...base } = process.env
+      const p = spawn(process.execPath, ["--import", "tsx", "pipelines/rlhf.ts", ...args], { cwd: root, env: { ...base, ...env, SHARPEN_CHILD: "1" }, stdio: ["ignore", "pipe", "pipe"] })
+      let out = ""
+      p.stdout!.on("data", (c: Buffer) => out += c.toString())
+      p.stderr!.on("data", (c: Buffer) => out += c.toString())
+      return { p, output: () => out }
+    }),
+    ({ p }) => Effect.sync(() => p.exitCode === null && p.signalCode === null && p.kill("SIGKILL"))
+  ).pipe(Effect.flatMap(({ p, output }) =>
+    Effect.callback<{ code: number | null; output: string }>((resume) => {
+      const timer = setTimeout(() => p.kill("SIGKILL"), timeoutMs)
+      const done = () => {
+        clearTimeout(timer)
+        resume(Effect.succeed({ code: p.exitCode, output: output() }))
+      }
+      if (p.exitCode !== null || p.signalCode !== null) return done()
+      p.once("exit", done)
+    })
+  ))
+
 describe("a sharpening run over effect/cluster runners (2 runner processes on loopback, SQLite storage)", () => {
   let model = ""
   beforeAll(async () => {
@@ -45,10 +74,14 @@ describe("a sharpening run over effect/cluster runners (2 runner processes on lo
     model = await savedTinyModel(3)
   })
 
-  it.live("RLHF, 2 iterations, batch 3, with the wiring's jobs on 2 runners: one thread's metrics and weights (3 worker threads' exactly); another seed differs; the runners are named", () =>
+  it.live("RLHF, 2 iterations, batch 3, with the wiring's jobs on 2 runners: one thread's metrics and weights (3 worker threads' exactly); another seed differs; the runners are named; rlhf.ts --runners finishes with them in run.json, the secret printed nowhere", () =>
     Effect.gen(function*() {
       const storage = storageIn("sharpen-runners-")
-      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      // Runners that require the shared secret; the trainer takes it from SHARPEN_CLUSTER_SECRET, as the CLI does.
+      const secret = "s3cret-" + Math.random().toString(36).slice(2)
+      const [a, b] = yield* Effect.all([runner(storage, { SHARPEN_CLUSTER_SECRET: secret }), runner(storage, { SHARPEN_CLUSTER_SECRET: secret })], { concurrency: "unbounded" })
+      process.env.SHARPEN_CLUSTER_SECRET = secret
+      yield* Effect.addFinalizer(() => Effect.sync(() => delete process.env.SHARPEN_CLUSTER_SECRET))
       const one = yield* run(model, undefined)
       // What --runners sqlite:... --runner-count 2 builds (Setup.clusterJobs over ClusterJobs.layer).
       const options = yield* Setup.runnersOptions({ runners: Option.some(storage), runnerCount: Option.some(2), connectTimeout: Option.some(90), jobTimeout: Option.none() })
@@ -86,6 +119,20 @@ describe("a sharpening run over effect/cluster runners (2 runner processes on lo
       // The comparison can fail: a run of another seed over the runners ends elsewhere.
       const other = yield* run(model, ClusterJobs.layer({ storage, runners: 2, connectTimeout: "90 seconds" }), smallConfig({ iterations: 2, batchSize: 3, seed: 1 }))
       assert.isAbove(maxAbsDiff(other.weights, one.weights), lr)
+
+      // The command line: rlhf.ts --runners STORAGE --runner-count 2 finishes, run.json names the
+      // runners, and the secret is printed nowhere.
+      const out = path.join(tmpDir("runners-cli-"), "out")
+      const cli = yield* rlhfCli(
+        ["--model", model, "--runners", storage, "--runner-count", "2", "--connect-timeout", "90", "--iterations", "1", "--batch-size", "2", "--eval-prompts", "2", "--eval-steps", "2", "--backend", "wasm", "--out", out],
+        { SHARPEN_CLUSTER_SECRET: secret },
+        300_000
+      )
+      assert.strictEqual(cli.code, 0, cli.output.slice(-2000))
+      assert.include(cli.output, "jobs on 2 runner(s) of " + storage)
+      const record = JSON.parse(fs.readFileSync(path.join(out, "run", "run.json"), "utf8"))
+      assert.deepStrictEqual({ ...record.runners, addresses: [...record.runners.addresses].sort() }, { storage, count: 2, addresses: [a.address, b.address].sort() })
+      for (const text of [cli.output, a.output(), b.output(), fs.readFileSync(path.join(out, "run", "run.json"), "utf8")]) assert.notInclude(text, secret)
     }).pipe(Effect.scoped), 600_000)
 
   it.effect("--runners options: a URL of another form is refused before anything starts, the password masked", () =>
