@@ -3,6 +3,7 @@
  *
  *   npx tsx pipelines/pretrain.ts --max-minutes 88 --run-dir runs/pretrain2
  *   npx tsx pipelines/pretrain.ts --resume          # continue the last run
+ *   npx tsx pipelines/pretrain.ts --runners sqlite:runs/runners.db --runner-count 2   # gradient shards on runners (pipelines/runner.ts)
  *
  * --architecture FILE overrides fields of the default UNet architecture (JSON);
  * --resume refuses a checkpoint trained with another one.
@@ -10,8 +11,12 @@
  * Checkpoints go to --run-dir (atomic, every --checkpoint-every steps and on
  * Ctrl-C; the layout of a sharpening run's), with metrics.jsonl (one line per
  * step); the EMA weights are written to --out when training ends.
+ *
+ * --runners STORAGE sends the gradient shards to effect/cluster runners
+ * (docs/scaling.md) in place of --workers' threads; this process computes
+ * one shard, and every draw stays here.
  */
-import { Console, Effect, Option } from "effect"
+import { Console, Effect, Layer, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Main from "../src/cli/Main.ts"
 import * as Setup from "../src/cli/Setup.ts"
@@ -47,12 +52,17 @@ const command = Command.make(
       Flag.withDescription("JSON file of UNet architecture fields that override the default, e.g. {\"baseChannels\": 48}"),
       Flag.optional
     ),
-    backend: Setup.backendFlag
+    backend: Setup.backendFlag,
+    ...Setup.runnersFlags("each step's gradient shards", "; replaces --workers")
   },
   Effect.fn(function*(flags) {
-    const { architecture, backend, ...rest } = flags
+    const { architecture, backend, runners: _r, runnerCount: _c, connectTimeout: _t, jobTimeout: _j, ...rest } = flags
     const config = Option.isSome(architecture) ? yield* Pretrain.configWith(architecture.value) : defaultConfig
+    const runners = yield* Setup.runnersOptions(flags)
+    // --runners: the gradient shards go to the runners (a JobThreads transport in the context) instead of --workers' threads.
+    const transport = runners === undefined ? Layer.empty : Setup.clusterTransport(config, runners).layer
     const result = yield* Pretrain.run({ ...rest, config }).pipe(
+      Effect.provide(transport),
       Effect.provide(Setup.backend(backend))
     )
     yield* Console.log(

@@ -70,17 +70,17 @@ export const clip = (dir: string) =>
  *
  * @since 0.8.0
  */
-export const runnersFlags = {
+export const runnersFlags = (jobs: string, extra = "") => ({
   runners: Flag.String("runners").pipe(
     Flag.withDescription(
-      "send each iteration's jobs (online samples, paths, gradient parts, reference errors) to the runners registered in this runner storage instead of worker threads: sqlite:PATH (one host) or postgres://USER:PASSWORD@HOST:PORT/DB (several machines), as given to pipelines/runner.ts; this process computes one share too, every random draw stays here (the one-thread result up to float summation order); shared secret from SHARPEN_CLUSTER_SECRET; recorded in run.json (password masked); docs/scaling.md. Config file: {\"run\": {\"runners\": ...}}"
+      `send ${jobs} to the runners registered in this runner storage instead of worker threads: sqlite:PATH (one host) or postgres://USER:PASSWORD@HOST:PORT/DB (several machines), as given to pipelines/runner.ts; this process computes one share too, and every random draw stays here (the one-thread result up to float summation order); shared secret from SHARPEN_CLUSTER_SECRET; docs/scaling.md${extra}`
     ),
     Flag.optional
   ),
   runnerCount: Flag.Int("runner-count").pipe(Flag.withDescription("with --runners: wait for this many runners, and use those up at start (default 1)"), Flag.optional),
   connectTimeout: Flag.Finite("connect-timeout").pipe(Flag.withDescription("with --runners: seconds to wait for the runners and their handshake before failing with ClusterUnavailable (default 30)"), Flag.optional),
   jobTimeout: Flag.Finite("job-timeout").pipe(Flag.withDescription("with --runners: seconds after which a runner that has not answered a job is dropped from the run (reported) and its job sent to another (default: no timeout)"), Flag.optional)
-}
+})
 
 /**
  * Where a run's jobs went: the runner storage (a password masked), and the
@@ -110,7 +110,7 @@ export interface RunnersOptions {
  * @since 0.8.0
  */
 export const runnersOptions = (
-  f: { readonly [K in keyof typeof runnersFlags]: Option.Option<K extends "runners" ? string : number> },
+  f: { readonly [K in keyof ReturnType<typeof runnersFlags>]: Option.Option<K extends "runners" ? string : number> },
   file: { readonly runners?: string | undefined; readonly runnerCount?: number | undefined } = {}
 ) =>
   Effect.gen(function*() {
@@ -132,6 +132,27 @@ export const runnersOptions = (
     return options
   })
 
+const clusterOptions = (options: RunnersOptions): ClusterJobs.Options => ({
+  storage: options.storage,
+  runners: options.runners,
+  connectTimeout: options.connectTimeout === undefined ? undefined : Duration.millis(options.connectTimeout * 1000),
+  jobTimeout: options.jobTimeout === undefined ? undefined : Duration.millis(options.jobTimeout * 1000)
+})
+
+/** Note who the runners are once `layer` is built (`used`), and log them. */
+const noting = <L extends Layer.Layer<ClusterJobs.ClusterRunners, unknown, unknown>>(options: RunnersOptions, layer: L) => {
+  let used: RunnersUsed | undefined
+  const storage = Storage.redact(options.storage)
+  const noted = (layer as Layer.Layer<ClusterJobs.ClusterRunners, unknown, unknown>).pipe(Layer.tap((context) =>
+    Effect.gen(function*() {
+      const runners = Context.get(context, ClusterJobs.ClusterRunners)
+      used = { storage, count: runners.length, addresses: runners.map((r) => r.runner) }
+      yield* Effect.logInfo(`jobs on ${runners.length} runner(s) of ${storage} and this process: ${used.addresses.join(", ")}`)
+    })
+  ))
+  return { layer: noted as unknown as L, used: (): RunnersUsed | undefined => used }
+}
+
 /**
  * `GenerationJobs` and `GradientJobs` over the runners of `options.storage`
  * (`ClusterJobs.layer`, for the `Denoiser`'s model; the shared secret from
@@ -140,20 +161,13 @@ export const runnersOptions = (
  *
  * @since 0.8.0
  */
-export const clusterJobs = (options: RunnersOptions) => {
-  let used: RunnersUsed | undefined
-  const storage = Storage.redact(options.storage)
-  const layer = ClusterJobs.layer({
-    storage: options.storage,
-    runners: options.runners,
-    connectTimeout: options.connectTimeout === undefined ? undefined : Duration.millis(options.connectTimeout * 1000),
-    jobTimeout: options.jobTimeout === undefined ? undefined : Duration.millis(options.jobTimeout * 1000)
-  }).pipe(Layer.tap((context) =>
-    Effect.gen(function*() {
-      const runners = Context.get(context, ClusterJobs.ClusterRunners)
-      used = { storage, count: runners.length, addresses: runners.map((r) => r.runner) }
-      yield* Effect.logInfo(`jobs on ${runners.length} runner(s) of ${storage} and this process: ${used.addresses.join(", ")}`)
-    })
-  ))
-  return { layer, used: (): RunnersUsed | undefined => used }
-}
+export const clusterJobs = (options: RunnersOptions) => noting(options, ClusterJobs.layer(clusterOptions(options)))
+
+/**
+ * The job protocol's transport over the runners of `options.storage` for a
+ * model of `config` (`ClusterJobs.transportLayer`: pretraining's gradient
+ * shards), and who they turned out to be (`used`), logged.
+ *
+ * @since 0.8.0
+ */
+export const clusterTransport = (config: Denoiser.ModelConfig, options: RunnersOptions) => noting(options, ClusterJobs.transportLayer(config, clusterOptions(options)))

@@ -84,7 +84,10 @@ const flags = {
   aggregation: Flag.Literals("aggregation", ["sum", "mean", "last", "final"]).pipe(Flag.withDescription(describe("aggregation", SharpenConfig.fields.aggregation)), Flag.optional),
   timestepRange: Flag.String("timestep-range").pipe(Flag.withDescription(describe("timestep", SharpenConfig.fields.timestep)), Flag.optional),
   backend: Setup.backendFlag,
-  ...Setup.runnersFlags,
+  ...Setup.runnersFlags(
+    "each iteration's jobs (online samples, paths, gradient parts, reference errors)",
+    "; recorded in run.json (a password masked), where a resume may change it; replaces --threads; config file: {\"run\": {\"runners\": \"sqlite:...\", \"runnerCount\": 2}}"
+  ),
   threads: Flag.Int("threads").pipe(
     Flag.withDescription("threads of each iteration: generation (online samples, paths, continuations) and the image-level objectives' gradient parts, this one included; 1 = no worker threads; the same result up to float summation order (default: one per core, at most 4, or SHARPEN_WORKERS, on wasm and cpu; 1 on a GPU, where threads would fight over the device)"),
     Flag.optional

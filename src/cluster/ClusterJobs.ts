@@ -340,18 +340,19 @@ export const client = (storage: string) =>
 export class ClusterRunners extends Context.Service<ClusterRunners, ReadonlyArray<RunnerInfo>>()("sharpen/cluster/ClusterRunners") {}
 
 /**
- * `GenerationJobs` and `GradientJobs` (and `GenerationPool`) over the
- * runners of `options.storage`, for the `Denoiser`'s model: the same
- * services as `GenerationPool.layer(threads)`, sent to other processes.
+ * The job protocol's transport (`JobThreads`) over the runners of
+ * `options.storage` for a model of `config`, and who they are
+ * (`ClusterRunners`): what pretraining's `DataParallel` takes in place of
+ * worker threads. A storage that cannot be used (a PostgreSQL server down)
+ * is a `ClusterUnavailable` naming it, its password masked.
  *
  * @since 0.8.0
  */
-export const layer = (options: Options) => {
-  const transport = Layer.effectContext(Effect.gen(function*() {
-    const { model } = yield* Denoiser.Denoiser
-    const runners = yield* connect(model.config, options)
-    return Context.make(JobThreads.JobThreads, runners).pipe(Context.add(ClusterRunners, runners.runners))
-  })).pipe(
+export const transportLayer = (config: Denoiser.ModelConfig, options: Options) =>
+  withClient(options, Effect.map(connect(config, options), (runners) => Context.make(JobThreads.JobThreads, runners).pipe(Context.add(ClusterRunners, runners.runners))))
+
+const withClient = <R>(options: Options, build: Effect.Effect<Context.Context<JobThreads.JobThreads | ClusterRunners>, ClusterUnavailable | RunnerRefused, R>) =>
+  Layer.effectContext(build).pipe(
     Layer.provide(client(options.storage)),
     // A storage that cannot be opened or read (a PostgreSQL server down, a bad SQLite file) fails
     // inside the cluster's layers (a defect there): named here, the URL's password masked.
@@ -363,5 +364,19 @@ export const layer = (options: Options) => {
       return fail(Cause.fail(new ClusterUnavailable({ storage, message: `runner storage ${storage} could not be used: ${Storage.redact(messageOf(Cause.squash(cause)).split("\n")[0])}` })))
     })
   )
+
+/**
+ * `GenerationJobs` and `GradientJobs` (and `GenerationPool`) over the
+ * runners of `options.storage`, for the `Denoiser`'s model: the same
+ * services as `GenerationPool.layer(threads)`, sent to other processes.
+ *
+ * @since 0.8.0
+ */
+export const layer = (options: Options) => {
+  const transport = withClient(options, Effect.gen(function*() {
+    const { model } = yield* Denoiser.Denoiser
+    const runners = yield* connect(model.config, options)
+    return Context.make(JobThreads.JobThreads, runners).pipe(Context.add(ClusterRunners, runners.runners))
+  }))
   return GenerationPool.GenerationPool.fromTransport.pipe(Layer.provideMerge(transport))
 }

@@ -168,33 +168,42 @@ export interface Pool {
  * @since 0.2.0
  */
 export const make = (model: Denoiser.Model, workers: number, backend: string): Effect.Effect<Pool, never, Scope.Scope> =>
-  Effect.gen(function*() {
-    const threads = workers > 1 && usesWorkerThreads(backend)
-      ? yield* JobThreads.make({ backend: backend as Init["backend"], config: model.config }, workers - 1)
-      : JobThreads.inline
-    return {
-      workers: threads.threads,
-      lossAndGrads: (m, whole) =>
-        Effect.gen(function*() {
-          const parts = shards(whole, threads.threads)
-          if (parts.length === 1) return yield* lossAndGrads(m, whole)
-          const params = yield* flatten(m.params)
-          // The main thread's shard runs while the workers run theirs.
-          const [mine, others] = yield* threads.fanOut(
-            parts.slice(1).map((shard) => (client) => client.PretrainShard({ params, shard })),
-            shardGrads(m, parts[0])
-          ).pipe(Effect.catchTag("GenerationWorkerFailed", (e) => Effect.die(e)))
-          const weights = parts.map((s) => s.batch / whole.batch)
-          // Weighted mean over shards on the flat arrays: one pass, no tensor ops
-          // (per-parameter tensor ops cost ~1,000 kernel calls a step on wasm).
-          const grads = mine.grads
-          for (let i = 0; i < grads.length; i++) {
-            let g = grads[i] * weights[0]
-            for (let j = 0; j < others.length; j++) g += others[j].grads[i] * weights[j + 1]
-            grads[i] = g
-          }
-          const loss = mine.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
-          return { loss, grads }
-        })
-    }
-  })
+  Effect.map(
+    workers > 1 && usesWorkerThreads(backend)
+      ? JobThreads.make({ backend: backend as Init["backend"], config: model.config }, workers - 1)
+      : Effect.succeed(JobThreads.inline),
+    fromThreads
+  )
+
+/**
+ * The pool over a transport of the job protocol: worker threads, or
+ * another process's (effect/cluster runners, `ClusterJobs`); each of its
+ * threads but this one computes a shard's `PretrainShard` job.
+ *
+ * @since 0.8.0
+ */
+export const fromThreads = (threads: JobThreads.Threads): Pool => ({
+  workers: threads.threads,
+  lossAndGrads: (m, whole) =>
+    Effect.gen(function*() {
+      const parts = shards(whole, threads.threads)
+      if (parts.length === 1) return yield* lossAndGrads(m, whole)
+      const params = yield* flatten(m.params)
+      // The main thread's shard runs while the workers run theirs.
+      const [mine, others] = yield* threads.fanOut(
+        parts.slice(1).map((shard) => (client) => client.PretrainShard({ params, shard })),
+        shardGrads(m, parts[0])
+      ).pipe(Effect.catchTag("GenerationWorkerFailed", (e) => Effect.die(e)))
+      const weights = parts.map((s) => s.batch / whole.batch)
+      // Weighted mean over shards on the flat arrays: one pass, no tensor ops
+      // (per-parameter tensor ops cost ~1,000 kernel calls a step on wasm).
+      const grads = mine.grads
+      for (let i = 0; i < grads.length; i++) {
+        let g = grads[i] * weights[0]
+        for (let j = 0; j < others.length; j++) g += others[j].grads[i] * weights[j + 1]
+        grads[i] = g
+      }
+      const loss = mine.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
+      return { loss, grads }
+    })
+})

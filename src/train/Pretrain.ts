@@ -8,7 +8,7 @@
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
-import { Effect, FileSystem, Layer, Path, Schema } from "effect"
+import { Effect, FileSystem, Layer, Option, Path, Schema } from "effect"
 import * as Dataset from "../data/Dataset.ts"
 import * as Schedule from "../diffusion/Schedule.ts"
 import * as Plot from "../eval/Plot.ts"
@@ -28,6 +28,7 @@ import { Backend, usesWorkerThreads } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
 import type { WasmHeapExhausted } from "../tensor/WasmHeap.ts"
 import * as DataParallel from "../parallel/DataParallel.ts"
+import * as JobThreads from "../parallel/JobThreads.ts"
 import * as LrSchedule from "../optim/LrSchedule.ts"
 import * as TrainingLoop from "./TrainingLoop.ts"
 
@@ -195,7 +196,10 @@ const canonical = (a: object) => JSON.stringify(a, Object.keys(a).sort())
  * Pretrain on the services of a training run (`TrainingLoop.supervised`):
  * the `Optimizer`, the `Ema` with its warm-up (the released model), the
  * `Checkpointer` in `runDir` (refusing a checkpoint of another
- * architecture) and `StepMetrics` (`runDir/metrics.jsonl`).
+ * architecture) and `StepMetrics` (`runDir/metrics.jsonl`). The gradient
+ * shards go to `workers - 1` worker threads, or, when the context holds a
+ * `JobThreads` transport (pipelines/pretrain.ts --runners: effect/cluster
+ * runners), over it; every draw stays here either way.
  *
  * @since 0.1.0
  */
@@ -205,9 +209,11 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
   const backend = yield* Backend
   const schedule = Schedule.make(o.config.schedule)
   const model = yield* Scoped.acquireWith(() => Denoiser.init(o.config, o.seed), Denoiser.dispose)
-  // Threads only help the single-threaded JS backends.
-  const workers = !usesWorkerThreads(backend.name) ? 1 : Math.min(o.workers, o.batchSize)
-  const pool = yield* DataParallel.make(model, workers, backend.name)
+  // A transport in the context (pretrain.ts --runners: effect/cluster runners) takes the place of
+  // the worker threads. Threads only help the single-threaded JS backends.
+  const transport = yield* Effect.serviceOption(JobThreads.JobThreads)
+  const workers = Option.isSome(transport) ? transport.value.threads : !usesWorkerThreads(backend.name) ? 1 : Math.min(o.workers, o.batchSize)
+  const pool = Option.isSome(transport) ? DataParallel.fromThreads(transport.value) : yield* DataParallel.make(model, workers, backend.name)
   yield* fs.makeDirectory(o.runDir, { recursive: true })
   const config = optimizerConfig(o)
   const services = Checkpointer.steps(o.runDir, {

@@ -12,6 +12,8 @@ import * as path from "node:path"
 import { beforeAll } from "vitest"
 import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
 import * as Setup from "../../src/cli/Setup.ts"
+import * as Weights from "../../src/model/Weights.ts"
+import * as Pretrain from "../../src/train/Pretrain.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
 import { Metrics } from "../../src/optim/Metrics.ts"
 import { flatten } from "../../src/parallel/DataParallel.ts"
@@ -19,7 +21,7 @@ import { Reward } from "../../src/reward/Reward.ts"
 import * as Sharpen from "../../src/sharpen/Sharpen.ts"
 import * as SharpenLayers from "../../src/sharpen/SharpenLayers.ts"
 import { Backend } from "../../src/tensor/Backend.ts"
-import { savedTinyModel, smallConfig, tmpDir } from "../sharpen-helpers.ts"
+import { savedTinyModel, smallConfig, tiny32, tmpDir } from "../sharpen-helpers.ts"
 import { runner } from "./runners.ts"
 import { maxAbsDiff, storageIn } from "./scenarios.ts"
 
@@ -39,6 +41,41 @@ const run = (model: string, jobs: SharpenLayers.Wiring<never, never>["jobs"], co
     return { records, weights: yield* flatten((yield* Denoiser.Denoiser).model.params) }
   }).pipe(Effect.provide(SharpenLayers.rlhf(config, wiring)), Effect.scoped, Effect.provide(NodeServices.layer))
 }
+
+/** A tiny pretraining (as test/train/Pretrain.test.ts), on `workers` threads or over the transport provided; its losses and released weights. */
+const pretrain = (workers: number) =>
+  Effect.gen(function*() {
+    const dir = tmpDir("runners-pretrain-")
+    const o: Pretrain.PretrainOptions = {
+      steps: 3,
+      batchSize: 3,
+      lr: 1e-3,
+      warmupSteps: 2,
+      emaDecay: 0.9,
+      nullPromptFraction: 0.2,
+      seed: 11,
+      checkpointEvery: 2,
+      lrSchedule: "cosine",
+      minLr: 1e-4,
+      workers,
+      maxMinutes: 0,
+      runDir: path.join(dir, "run"),
+      out: path.join(dir, "model"),
+      resume: false,
+      config: tiny32
+    }
+    yield* Effect.scoped(Pretrain.run(o))
+    const losses: Array<number> = JSON.parse(fs.readFileSync(path.join(dir, "run", "losses.json"), "utf8")).losses
+    const files = yield* Weights.load(o.out)
+    const names = Object.keys(files.weights).sort()
+    const weights = new Float32Array(names.reduce((a, k) => a + files.weights[k].data.length, 0))
+    let at = 0
+    for (const k of names) {
+      weights.set(files.weights[k].data, at)
+      at += files.weights[k].data.length
+    }
+    return { losses, weights, workers: files.metadata.workers }
+  }).pipe(Effect.provide(Backend.make("wasm")), Effect.provide(NodeServices.layer))
 
 const root = path.resolve(import.meta.dirname, "../..")
 
@@ -134,6 +171,30 @@ describe("a sharpening run over effect/cluster runners (2 runner processes on lo
       assert.deepStrictEqual({ ...record.runners, addresses: [...record.runners.addresses].sort() }, { storage, count: 2, addresses: [a.address, b.address].sort() })
       for (const text of [cli.output, a.output(), b.output(), fs.readFileSync(path.join(out, "run", "run.json"), "utf8")]) assert.notInclude(text, secret)
     }).pipe(Effect.scoped), 600_000)
+
+  it.live("pretraining's gradient shards over 2 runners (what pretrain.ts --runners builds): one thread's losses, 3 worker threads' losses and weights", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("pretrain-runners-")
+      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      const one = yield* pretrain(1)
+      const threads = yield* pretrain(3)
+      const none = Option.none()
+      const options = yield* Setup.runnersOptions({ runners: Option.some(storage), runnerCount: Option.some(2), connectTimeout: Option.some(90), jobTimeout: none })
+      const cluster = Setup.clusterTransport(tiny32, options!)
+      const over = yield* pretrain(1).pipe(Effect.provide(cluster.layer))
+      assert.deepStrictEqual([...(cluster.used()?.addresses ?? [])].sort(), [a.address, b.address].sort())
+      assert.strictEqual(over.workers, "3")
+      assert.strictEqual(over.losses.length, 3)
+      // As test/train/Pretrain.test.ts: the losses of one thread up to float summation order.
+      one.losses.forEach((l, i) => assert.approximately(over.losses[i], l, 1e-4 * Math.abs(l), `step ${i + 1}`))
+      assert.notStrictEqual(one.losses[1], one.losses[0])
+      // The same split on 3 worker threads: the same losses and weights.
+      threads.losses.forEach((l, i) => assert.approximately(over.losses[i], l, 1e-6 * Math.abs(l), `step ${i + 1} against 3 threads`))
+      const diff = maxAbsDiff(over.weights, threads.weights)
+      console.log(`pretraining over 2 runners: max |weights - 3 threads'| = ${diff.toExponential(2)}, - one thread's = ${maxAbsDiff(over.weights, one.weights).toExponential(2)}`)
+      assert.isBelow(diff, 1e-6)
+      for (const r of [a, b]) assert.include(r.output(), "a trainer said Hello")
+    }).pipe(Effect.scoped), 300_000)
 
   it.effect("--runners options: a URL of another form is refused before anything starts, the password masked", () =>
     Effect.gen(function*() {
