@@ -196,6 +196,29 @@ describe("a sharpening run over effect/cluster runners (2 runner processes on lo
       for (const r of [a, b]) assert.include(r.output(), "a trainer said Hello")
     }).pipe(Effect.scoped), 300_000)
 
+  it.live("rlhf.ts takes the runners from a config file's run entry (checked; the URL's password never printed)", () =>
+    Effect.gen(function*() {
+      const dir = tmpDir("runners-config-")
+      const config = (run: Record<string, unknown>) => {
+        const file = path.join(dir, `config-${Math.random().toString(36).slice(2)}.json`)
+        fs.writeFileSync(file, JSON.stringify({ run: { iterations: 1, ...run } }))
+        return file
+      }
+      const args = (file: string) => ["--config", file, "--connect-timeout", "2", "--backend", "wasm", "--out", path.join(dir, "out")]
+      // The entry is used: no runner in its storage, so ClusterUnavailable naming it.
+      const storage = storageIn("runners-config-none-")
+      const none = yield* rlhfCli(args(config({ runners: storage })), {}, 120_000)
+      assert.strictEqual(none.code, 1, none.output.slice(-1000))
+      assert.include(none.output, `ClusterUnavailable: runner storage ${storage}: 0 of 1 runner(s) up within 2s`)
+      const other = yield* rlhfCli(args(config({ runners: "mysql://u:hunter2@h/db", runnerCount: 2 })), {}, 120_000)
+      assert.strictEqual(other.code, 1)
+      assert.include(other.output, "StorageUnsupported")
+      assert.notInclude(other.output, "hunter2")
+      const zero = yield* rlhfCli(args(config({ runners: storage, runnerCount: 0 })), {}, 120_000)
+      assert.strictEqual(zero.code, 1)
+      assert.include(zero.output, "run.runnerCount")
+    }).pipe(Effect.scoped), 400_000)
+
   it.effect("--runners options: a URL of another form is refused before anything starts, the password masked", () =>
     Effect.gen(function*() {
       const none = Option.none()
