@@ -13,6 +13,7 @@
  *   npx tsx pipelines/rlhf.ts                       # models/shapeworld-base, clip reward, about 10 minutes on 2 cores
  *   npx tsx pipelines/rlhf.ts --reward compositional-dense --iterations 50 --out out/rlhf-dense
  *   npx tsx pipelines/rlhf.ts --out out/rlhf --resume # continue after Ctrl-C
+ *   npx tsx pipelines/rlhf.ts --runners sqlite:runs/runners.db --runner-count 2   # jobs on runners (pipelines/runner.ts, docs/scaling.md)
  *   npx tsx pipelines/rlhf.ts --help
  */
 import { Layer } from "effect"

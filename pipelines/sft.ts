@@ -11,6 +11,7 @@
  *   npx tsx pipelines/sft.ts                        # models/shapeworld-base, clip reward
  *   npx tsx pipelines/sft.ts --reward compositional --iterations 50 --out out/sft
  *   npx tsx pipelines/sft.ts --out out/sft --resume  # continue after Ctrl-C
+ *   npx tsx pipelines/sft.ts --runners sqlite:runs/runners.db --runner-count 2    # jobs on runners (pipelines/runner.ts, docs/scaling.md)
  *   npx tsx pipelines/sft.ts --help
  */
 import { Layer } from "effect"
