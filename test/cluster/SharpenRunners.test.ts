@@ -32,14 +32,14 @@ const redness = Reward.fromFunction((image: Float32Array) => {
   return s / (image.length / 3)
 }, { name: "redness", range: [0, 1] })
 
-/** An RLHF run's metrics and final policy weights, on `threads` threads or with the given jobs layer. */
-const run = (model: string, jobs: SharpenLayers.Wiring<never, never>["jobs"], config = smallConfig({ iterations: 2, batchSize: 3 }), threads = 1) => {
+/** An RLHF (or SFT) run's metrics and final policy weights, on `threads` threads or with the given jobs layer. */
+const run = (model: string, jobs: SharpenLayers.Wiring<never, never>["jobs"], config = smallConfig({ iterations: 2, batchSize: 3 }), threads = 1, algorithm: "rlhf" | "sft" = "rlhf") => {
   const wiring = { model, runDir: tmpDir("runners-run-"), reward: redness, backend: Backend.make("wasm"), metrics: Metrics.memory, threads, ...(jobs === undefined ? {} : { jobs }) }
   return Effect.gen(function*() {
-    yield* Sharpen.rlhf(config)
+    yield* algorithm === "sft" ? Sharpen.sft(config) : Sharpen.rlhf(config)
     const records = yield* (yield* Metrics).records
     return { records, weights: yield* flatten((yield* Denoiser.Denoiser).model.params) }
-  }).pipe(Effect.provide(SharpenLayers.rlhf(config, wiring)), Effect.scoped, Effect.provide(NodeServices.layer))
+  }).pipe(Effect.provide(algorithm === "sft" ? SharpenLayers.sft(config, wiring) : SharpenLayers.rlhf(config, wiring)), Effect.scoped, Effect.provide(NodeServices.layer))
 }
 
 /** A tiny pretraining (as test/train/Pretrain.test.ts), on `workers` threads or over the transport provided; its losses and released weights. */
@@ -111,7 +111,7 @@ describe("a sharpening run over effect/cluster runners (2 runner processes on lo
     model = await savedTinyModel(3)
   })
 
-  it.live("RLHF, 2 iterations, batch 3, with the wiring's jobs on 2 runners: one thread's metrics and weights (3 worker threads' exactly); another seed differs; the runners are named; rlhf.ts --runners finishes with them in run.json, the secret printed nowhere", () =>
+  it.live("RLHF, 2 iterations, batch 3, with the wiring's jobs on 2 runners: one thread's metrics and weights (3 worker threads' exactly); another seed differs; the runners are named; SFT too; rlhf.ts --runners finishes with them in run.json, the secret printed nowhere", () =>
     Effect.gen(function*() {
       const storage = storageIn("sharpen-runners-")
       // Runners that require the shared secret; the trainer takes it from SHARPEN_CLUSTER_SECRET, as the CLI does.
@@ -156,6 +156,18 @@ describe("a sharpening run over effect/cluster runners (2 runner processes on lo
       // The comparison can fail: a run of another seed over the runners ends elsewhere.
       const other = yield* run(model, ClusterJobs.layer({ storage, runners: 2, connectTimeout: "90 seconds" }), smallConfig({ iterations: 2, batchSize: 3, seed: 1 }))
       assert.isAbove(maxAbsDiff(other.weights, one.weights), lr)
+
+      // SFT (what sft.ts --runners builds): the same tolerances against one thread.
+      const sftOne = yield* run(model, undefined, smallConfig({ iterations: 2, batchSize: 3 }), 1, "sft")
+      const sftOver = yield* run(model, ClusterJobs.layer({ storage, runners: 2, connectTimeout: "90 seconds" }), smallConfig({ iterations: 2, batchSize: 3 }), 1, "sft")
+      for (const key of ["loss", "rewardMean", "rewardBest", "gradNorm", "nfe"] as const) {
+        sftOver.records.forEach((r, i) => {
+          const tolerance = key === "gradNorm" && i > 0 ? 1e-3 : 1e-5
+          assert.approximately(r[key], sftOne.records[i][key], tolerance * (1 + Math.abs(sftOne.records[i][key])), `SFT ${key} of iteration ${i + 1}`)
+        })
+      }
+      console.log(`SFT over 2 runners: max |weights - one thread's| = ${maxAbsDiff(sftOver.weights, sftOne.weights).toExponential(2)}`)
+      assert.isBelow(maxAbsDiff(sftOver.weights, sftOne.weights), 0.05 * lr)
 
       // The command line: rlhf.ts --runners STORAGE --runner-count 2 finishes, run.json names the
       // runners, and the secret is printed nowhere.
