@@ -5,7 +5,7 @@
  */
 import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Option } from "effect"
+import { Effect, Layer, Option } from "effect"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -230,6 +230,21 @@ describe("a sharpening run over effect/cluster runners (2 runner processes on lo
       assert.strictEqual(zero.code, 1)
       assert.include(zero.output, "run.runnerCount")
     }).pipe(Effect.scoped), 400_000)
+
+  it.live("a runner storage that cannot be used (no PostgreSQL server there) is ClusterUnavailable naming it, the password masked", () =>
+    Effect.gen(function*() {
+      const url = "postgres://sharpen:hunter2@127.0.0.1:1/sharpen"
+      const options = { storage: url, connectTimeout: "5 seconds" as const }
+      for (const layer of [ClusterJobs.layer(options).pipe(Layer.provide(Layer.succeed(Denoiser.Denoiser, Denoiser.Denoiser.of({ model: {} as never })))), ClusterJobs.transportLayer(tiny32, options)]) {
+        const e = yield* Effect.flip(Layer.build(layer).pipe(Effect.scoped, Effect.timeout("60 seconds")))
+        assert.strictEqual(e._tag, "ClusterUnavailable", String(e))
+        if (e._tag === "ClusterUnavailable") {
+          assert.strictEqual(e.storage, "postgres://sharpen:***@127.0.0.1:1/sharpen")
+          assert.include(e.message, "could not be used")
+          assert.notInclude(JSON.stringify(e) + e.message, "hunter2")
+        }
+      }
+    }), 120_000)
 
   it.effect("--runners options: a URL of another form is refused before anything starts, the password masked", () =>
     Effect.gen(function*() {
