@@ -2,8 +2,9 @@
 # Installs PostgreSQL's server from Debian's packages, so that the cluster
 # tests on PostgreSQL runner storage (test/cluster/Postgres.test.ts) run
 # instead of being skipped. The tests start their own throwaway server
-# (initdb into a temp folder, loopback, trust authentication) and find the
-# binaries in /usr/lib/postgresql/<version>/bin; nothing is started here.
+# (initdb into a temp folder, loopback, trust authentication) and look for
+# initdb on the PATH: put /usr/lib/postgresql/<version>/bin first. Nothing is
+# started here.
 #
 # Idempotent: exits at once when initdb is there.
 #

@@ -2,8 +2,7 @@
  * A throwaway PostgreSQL server for the cluster tests: `initdb` into a temp
  * folder, started on a free loopback port with trust authentication,
  * stopped and removed with the scope. Needs PostgreSQL's server binaries on
- * the PATH or in Debian's /usr/lib/postgresql/<version>/bin
- * (`scripts/install-postgres.sh`); as root they run as the
+ * the PATH (Debian: `apt-get install postgresql`); as root they run as the
  * `postgres` user. `available` says whether they are here.
  */
 import { Effect } from "effect"
@@ -15,20 +14,8 @@ import { freePort } from "../../src/cluster/Runner.ts"
 
 const asRoot = process.getuid?.() === 0
 
-// Debian keeps the server binaries off the PATH, in /usr/lib/postgresql/<version>/bin.
-const debianBin = (() => {
-  try {
-    const versions = fs.readdirSync("/usr/lib/postgresql").sort((a, b) => Number(b) - Number(a))
-    return versions.map((v) => path.join("/usr/lib/postgresql", v, "bin")).find((d) => fs.existsSync(path.join(d, "initdb")))
-  } catch {
-    return undefined
-  }
-})()
-const binary = (bin: string) => (debianBin === undefined ? bin : path.join(debianBin, bin))
-
 /** The command line of a PostgreSQL binary, as the `postgres` user when this is root. */
-const as = (bin: string, args: Array<string>): [string, Array<string>] =>
-  asRoot ? ["runuser", ["-u", "postgres", "--", binary(bin), ...args]] : [binary(bin), args]
+const as = (bin: string, args: Array<string>): [string, Array<string>] => (asRoot ? ["runuser", ["-u", "postgres", "--", bin, ...args]] : [bin, args])
 
 const runs = (bin: string, args: Array<string>) => {
   const [cmd, argv] = as(bin, args)
