@@ -305,7 +305,9 @@ export const seedsSection = (trained: MainResults["trained"], base: Compare.Eval
     "",
     ...verdicts,
     "",
-    "Reward: the reward every method optimised, the mean over the set's prompts, minus the base model's. The interval is Student's t over seeds (3 seeds: t = 4.30), the seeds' spread only: the prompts are the same for every seed.",
+    `Reward: the reward every method optimised, the mean over the set's prompts, minus the base model's. The interval is Student's t over seeds (${
+      [...new Set(methods.map((m) => trained.filter((t) => t.method === m).length))].sort((a, b) => a - b).map((n) => `${n} seeds: t = ${Stats.t975(n - 1).toFixed(2)}`).join("; ")
+    }), the seeds' spread only: the prompts are the same for every seed.`,
     ""
   ]
 }

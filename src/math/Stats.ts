@@ -116,6 +116,13 @@ const T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.
 export const tInterval95 = (xs: ArrayLike<number>): { readonly mean: number; readonly half: number } => {
   const { mean: m, std } = meanSampleStd(xs)
   if (xs.length < 2) return { mean: m, half: Infinity }
-  const t = xs.length - 1 <= T975.length ? T975[xs.length - 2] : 1.96
-  return { mean: m, half: (t * std) / Math.sqrt(xs.length) }
+  return { mean: m, half: (t975(xs.length - 1) * std) / Math.sqrt(xs.length) }
 }
+
+/**
+ * The two-sided 95% quantile of Student's t with `df` degrees of freedom
+ * (df 1..30 tabulated; above, the normal 1.96).
+ *
+ * @since 0.8.0
+ */
+export const t975 = (df: number): number => (df <= T975.length ? T975[Math.max(1, df) - 1] : 1.96)

@@ -73,4 +73,11 @@ describe("Stats.tInterval95", () => {
     assert.approximately(r.half, (4.303 * 1) / Math.sqrt(3), 1e-12)
     assert.strictEqual(Stats.tInterval95([5]).half, Infinity)
   })
+
+  it("t975: 2 seeds (df 1) 12.706, 3 seeds 4.303, large df the normal 1.96", () => {
+    assert.strictEqual(Stats.t975(1), 12.706)
+    assert.strictEqual(Stats.t975(2), 4.303)
+    assert.strictEqual(Stats.t975(100), 1.96)
+    assert.approximately(Stats.tInterval95([1, 3]).half, (12.706 * Math.SQRT2) / Math.SQRT2, 1e-12)
+  })
 })
