@@ -84,7 +84,8 @@ export const runnersFlags = (jobs: string, extra = "") => ({
 
 /**
  * Where a run's jobs went: the runner storage (a password masked), and the
- * runners' addresses.
+ * addresses of every runner used (also those that joined or left during
+ * the run).
  *
  * @since 0.8.0
  */
@@ -139,18 +140,19 @@ const clusterOptions = (options: RunnersOptions): ClusterJobs.Options => ({
   jobTimeout: options.jobTimeout === undefined ? undefined : Duration.millis(options.jobTimeout * 1000)
 })
 
-/** Note who the runners are once `layer` is built (`used`), and log them. */
+/** Note who the runners are once `layer` is built (`used`: every runner used so far), and log them. */
 const noting = <L extends Layer.Layer<ClusterJobs.ClusterRunners, unknown, unknown>>(options: RunnersOptions, layer: L) => {
-  let used: RunnersUsed | undefined
+  // The transport's list of the runners used: it grows as runners join.
+  let runners: ReadonlyArray<{ readonly runner: string }> | undefined
   const storage = Storage.redact(options.storage)
   const noted = (layer as Layer.Layer<ClusterJobs.ClusterRunners, unknown, unknown>).pipe(Layer.tap((context) =>
     Effect.gen(function*() {
-      const runners = Context.get(context, ClusterJobs.ClusterRunners)
-      used = { storage, count: runners.length, addresses: runners.map((r) => r.runner) }
-      yield* Effect.logInfo(`jobs on ${runners.length} runner(s) of ${storage} and this process: ${used.addresses.join(", ")}`)
+      runners = Context.get(context, ClusterJobs.ClusterRunners)
+      yield* Effect.logInfo(`jobs on ${runners.length} runner(s) of ${storage} and this process: ${runners.map((r) => r.runner).join(", ")}`)
     })
   ))
-  return { layer: noted as unknown as L, used: (): RunnersUsed | undefined => used }
+  const used = (): RunnersUsed | undefined => runners === undefined ? undefined : { storage, count: runners.length, addresses: runners.map((r) => r.runner) }
+  return { layer: noted as unknown as L, used }
 }
 
 /**

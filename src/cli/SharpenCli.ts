@@ -260,6 +260,9 @@ export const command = <E, R>(pipeline: Pipeline<E, R>) => {
         // Grids and the saved model: the weight average when the run keeps one (--ema), else the policy.
         const ema = yield* Ema
         const done = yield* pipeline.run(config).pipe(Effect.provideService(Sharpen.IterationSampler, run.grids(() => ema.model(), evaluation)))
+        // Runners that joined during the run: run.json names every runner used.
+        const runners = cluster?.used()
+        if (runners !== undefined && runners.count !== record.runners?.count) yield* RunRecord.write(run.runDir, { ...record, runners: { ...runners, addresses: [...runners.addresses] } })
         yield* run.finish({
           title: `${algorithm.toUpperCase()}-Diffusion-Sharpening of ${f.model} with reward ${rewardSpec.reward}`,
           trained: ema.model(),

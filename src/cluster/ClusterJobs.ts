@@ -19,17 +19,29 @@
  * `jobTimeout`, a runner that does not answer a job in time (hung) is
  * dropped and its job sent to the next runner left.
  *
+ * The runner set may change between iterations: `refresh` (called by the
+ * training loop before each iteration, `Sharpen.loop`) re-reads the
+ * storage, says `Hello` to runners that appeared (waiting `joinWait` for a
+ * first answer, then leaving it in the background for a later refresh),
+ * reports and never uses one that refuses, drops runners gone from the
+ * storage (or dropped for a timeout), and recomputes the entity ids for
+ * the new ring. `threads` changes there and nowhere else, so each call of
+ * an iteration sees one split; a fan-out keeps the split it started with.
+ * As every draw stays in the trainer, a changed split changes only the
+ * order of float sums. `used` (the `ClusterRunners` service) lists every
+ * runner used.
+ *
  * A runner killed mid-job: its shards move to the others, and
  * `effect/cluster` sends its unanswered jobs there (jobs are pure, so the
- * result is unchanged). The weights go to a runner once per version (a
- * content hash; the runner caches a few). Not yet (docs/scaling.md): the
- * split growing when runners join (the set is fixed when the trainer
- * connects).
+ * result is unchanged); it leaves the split at the next refresh after its
+ * heartbeat lapsed. A runner that takes over an entity id mid-iteration
+ * without a replica gets `Hello` through that id. The weights go to a
+ * runner once per version (a content hash; the runner caches a few).
  *
  * @since 0.8.0
  */
 import { NodeClusterSocket } from "@effect/platform-node"
-import { Cause, Context, Deferred, Duration, Effect, Equal, Exit, Fiber, HashRing, Layer, Option, Schema, type Scope } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, HashRing, Layer, Option, Schema, type Scope } from "effect"
 import { EntityId, MessageStorage, type Runner, type RunnerAddress, Runners, RunnerStorage, Sharding, ShardingConfig, SocketRunner, SqlRunnerStorage } from "effect/cluster"
 import { RpcSerialization } from "effect/rpc"
 import * as Denoiser from "../model/Denoiser.ts"
@@ -72,18 +84,36 @@ export interface Options {
 
 /** The transport over runners, and who they are. */
 export interface Runners extends JobThreads.Threads {
+  /** The runners of the split now (job k + 1 goes to `runners[k]`); it changes only in `refresh`. */
   readonly runners: ReadonlyArray<RunnerInfo>
   /** The entity id that reaches each runner (job k + 1 goes to `entities[k]`). */
   readonly entities: ReadonlyArray<string>
   /** Runners dropped so far for a job that timed out (their jobs went to the others). */
   readonly dropped: () => ReadonlyArray<string>
-  /** Jobs that carried the weights, per runner (the others named them by hash). */
+  /** Jobs that carried the weights, per runner of `runners` (the others named them by hash). */
   readonly weightsSent: () => ReadonlyArray<number>
+  /** Every runner the run has used, in the order they joined (the list grows; `ClusterRunners`). */
+  readonly used: ReadonlyArray<RunnerInfo>
+  /** Jobs answered so far through each runner's entity id, by address (every runner used). */
+  readonly jobsDone: () => ReadonlyMap<string, number>
+  /** Jobs out now (sent, not answered) through each runner's entity id, by address. */
+  readonly inFlight: () => ReadonlyMap<string, number>
+  /** The changes of the runner set so far: who joined, left or refused, at which iteration. */
+  readonly changes: () => ReadonlyArray<Change>
+  /** Re-read the runner storage and change the split (see the module comment); never fails. */
+  readonly refresh: (iteration: number) => Effect.Effect<void>
+}
+
+/** A change of the runner set at a refresh. */
+export interface Change {
+  readonly iteration: number
+  readonly runner: string
+  readonly change: "joined" | "left" | "refused" | "no answer"
+  readonly detail: string
 }
 
 type EntityClient = ReturnType<Effect.Success<typeof JobEntity.client>>
 
-/** The entity client of one runner as a client of the job protocol, every call with the shared secret. */
 /** Each array's content hash, computed once (a fan-out sends one weights array to every runner). */
 const digests = new WeakMap<Float32Array, string>()
 const digestOf = (params: Float32Array): string => {
@@ -92,15 +122,29 @@ const digestOf = (params: Float32Array): string => {
   return d
 }
 
+/** What the trainer keeps of one runner across changes of its entity id. */
+interface Tally {
+  /** Jobs that carried the weights. */
+  full: number
+  /** Jobs answered. */
+  done: number
+  /** Jobs out. */
+  out: number
+  /** The weight versions it has (by content hash). */
+  readonly known: Set<string>
+}
+
+const tally = (): Tally => ({ full: 0, done: 0, out: 0, known: new Set() })
+
 /**
  * The entity client of one runner as a client of the job protocol, every
  * call with the shared secret. The weights go once per version: a job
  * names them by content hash, and carries them only when the runner has
- * not got them yet (or says it has not). `sent` counts the sends.
+ * not got them yet (or says it has not). `t` counts the sends.
  */
-const asJobClient = (client: EntityClient, secret: string | undefined, sent: { full: number }): JobThreads.Client => {
+const asJobClient = (client: EntityClient, secret: string | undefined, t: Tally): JobThreads.Client => {
   const base: Record<string, string> = secret === undefined ? {} : { [secretHeader]: secret }
-  const known = new Set<string>()
+  const known = t.known
   const send = (tag: string, payload: unknown, headers: Record<string, string>) =>
     (client as unknown as Record<string, (p: unknown, o: unknown) => Effect.Effect<unknown, { readonly _tag: string }>>)[tag](payload, { headers })
   const call = (tag: string) => (payload: { readonly params?: unknown }) => {
@@ -108,7 +152,7 @@ const asJobClient = (client: EntityClient, secret: string | undefined, sent: { f
     const hash = digestOf(payload.params)
     const headers = { ...base, [weightsHeader]: hash }
     const full = Effect.suspend(() => {
-      sent.full++
+      t.full++
       return send(tag, payload, headers)
     }).pipe(Effect.tap(() => Effect.sync(() => known.add(hash))))
     if (!known.has(hash)) return full
@@ -127,6 +171,21 @@ const messageOf = (e: unknown): string =>
     ? `${"_tag" in e ? String(e._tag) : "error"}${"message" in e && e.message !== "" ? `: ${String(e.message)}` : ""}`
     : String(e)
 
+const addressOf = (r: Runner.Runner) => `${r.address.host}:${r.address.port}`
+
+/** One runner of the split: who it is, the entity id that reaches it now, its job client. */
+interface Member {
+  readonly info: RunnerInfo
+  readonly address: string
+  readonly id: string
+  readonly client: EntityClient
+  readonly jobs: JobThreads.Client
+  readonly tally: Tally
+}
+
+/** How long a refresh waits for the `Hello` of runners that joined (it goes on in the background after). */
+const joinWait = Duration.seconds(10)
+
 /**
  * Connect to the runners of `options.storage` for a model of `config`
  * (see the module comment). The transport lives as long as the scope.
@@ -142,22 +201,75 @@ export const connect = (
     const wanted = options.runners ?? 1
     const timeout = Duration.fromInputUnsafe(options.connectTimeout ?? Duration.seconds(30))
     const secret = options.secret ?? secretFromEnv()
+    const headers = secret === undefined ? {} : { headers: { [secretHeader]: secret } }
     const runnerStorage = yield* RunnerStorage.RunnerStorage
     const sharding = yield* Sharding.Sharding
     const shardingConfig = yield* ShardingConfig.ShardingConfig
+    const scope = yield* Effect.scope
     const probe = Option.getOrElse(yield* Effect.serviceOption(SendProbe), (): SendProbe["Service"] => ({ count: Number.POSITIVE_INFINITY, waiters: [] }))
-    const deadline = Date.now() + Duration.toMillis(timeout)
     const unavailable = (message: string) => new ClusterUnavailable({ storage, message: `runner storage ${storage}: ${message}` })
 
+    // The runners registered and healthy in the storage (by address), and what it lists, in words.
+    const listed = Effect.map(runnerStorage.getRunners, (all) => ({
+      healthy: all.filter(([, ok]) => ok).map(([r]) => r).sort((a, b) => addressOf(a).localeCompare(addressOf(b))),
+      seen: all.length === 0 ? "none registered" : all.map(([r, ok]) => `${addressOf(r)}${ok ? "" : " (unhealthy)"}`).join(", ")
+    }))
+
+    // One entity id per runner, from the cluster's own shard assignment over all the healthy runners.
+    const group = JobEntity.getShardGroup(EntityId.make("job"))
+    const idsFor = (healthy: ReadonlyArray<Runner.Runner>): Map<string, string> => {
+      const ring = HashRing.make<RunnerAddress.RunnerAddress>()
+      for (const r of healthy) if (r.groups.includes(group)) HashRing.add(ring, r.address, { weight: r.weight })
+      const assigned = HashRing.getShards(ring, shardingConfig.shardsPerGroup) ?? []
+      const ids = new Map<string, string>()
+      for (let i = 0; i < 100_000 && ids.size < healthy.length; i++) {
+        const id = `job-${i}`
+        const owner = assigned[sharding.getShardId(EntityId.make(id), group).id - 1]
+        if (owner === undefined) continue
+        const address = `${owner.host}:${owner.port}`
+        if (!ids.has(address)) ids.set(address, id)
+      }
+      return ids
+    }
+    const clientFor = yield* JobEntity.client
+
+    // Hello until the runner answers as itself (the trainer's view of the shards may lag a moment).
+    const greet = (address: string, id: string, within: Duration.Duration): Effect.Effect<RunnerInfo, ClusterUnavailable | RunnerRefused> =>
+      Effect.gen(function*() {
+        const deadline = Date.now() + Duration.toMillis(within)
+        const client = clientFor(id)
+        let last = "no answer"
+        while (Date.now() <= deadline) {
+          const left = Math.max(1, deadline - Date.now())
+          const reply = yield* client.Hello({ config, version: packageVersion }, headers).pipe(Effect.timeoutOption(Duration.millis(Math.min(left, 5_000))), Effect.result)
+          if (reply._tag === "Failure") {
+            if (reply.failure._tag === "RunnerRefused") return yield* reply.failure
+            last = messageOf(reply.failure)
+          } else if (reply.success._tag === "Some") {
+            if (reply.success.value.runner === address) return reply.success.value
+            last = `answered by ${reply.success.value.runner}`
+          } else last = "no answer"
+          yield* Effect.sleep(Duration.millis(200))
+        }
+        return yield* unavailable(`runner ${address} did not answer within ${Duration.format(within)}: ${last}`)
+      })
+
+    const tallies = new Map<string, Tally>()
+    const member = (info: RunnerInfo, address: string, id: string): Member => {
+      let t = tallies.get(address)
+      if (t === undefined) tallies.set(address, t = tally())
+      const client = clientFor(id)
+      return { info, address, id, client, jobs: asJobClient(client, secret, t), tally: t }
+    }
+
     // 1. Runners registered and healthy in the storage.
+    const deadline = Date.now() + Duration.toMillis(timeout)
     let seen = "none registered"
-    let healthy: Array<Runner.Runner> = []
+    let healthy: ReadonlyArray<Runner.Runner> = []
     while (true) {
-      const listed = yield* Effect.result(runnerStorage.getRunners)
-      if (listed._tag === "Success") {
-        healthy = listed.success.filter(([, ok]) => ok).map(([r]) => r).sort((a, b) => a.address.toString().localeCompare(b.address.toString()))
-        seen = listed.success.length === 0 ? "none registered" : listed.success.map(([r, ok]) => `${r.address.host}:${r.address.port}${ok ? "" : " (unhealthy)"}`).join(", ")
-      } else seen = `storage unreadable: ${messageOf(listed.failure)}`
+      const found = yield* Effect.result(listed)
+      if (found._tag === "Success") ({ healthy, seen } = found.success)
+      else seen = `storage unreadable: ${messageOf(found.failure)}`
       if (healthy.length >= wanted) break
       if (Date.now() > deadline) {
         return yield* unavailable(`${healthy.length} of ${wanted} runner(s) up within ${Duration.format(timeout)} (runners in the storage: ${seen})`)
@@ -165,78 +277,62 @@ export const connect = (
       yield* Effect.sleep(Duration.millis(250))
     }
 
-    // 2. One entity id per runner, from the cluster's own shard assignment.
-    const group = JobEntity.getShardGroup(EntityId.make("job"))
-    const ring = HashRing.make<RunnerAddress.RunnerAddress>()
-    for (const r of healthy) if (r.groups.includes(group)) HashRing.add(ring, r.address, { weight: r.weight })
-    const assigned = HashRing.getShards(ring, shardingConfig.shardsPerGroup) ?? []
-    const ids = healthy.map((r) => {
-      for (let i = 0; i < 100_000; i++) {
-        const id = `job-${i}`
-        const shard = sharding.getShardId(EntityId.make(id), group)
-        const owner = assigned[shard.id - 1]
-        if (owner !== undefined && Equal.equals(owner, r.address)) return id
-      }
-      return undefined
+    // 2. One entity id per runner, so that job k goes to runner k.
+    const firstIds = idsFor(healthy)
+    const reachable = healthy.flatMap((r) => {
+      const id = firstIds.get(addressOf(r))
+      return id === undefined ? [] : [{ address: addressOf(r), id }]
     })
-    const reachable = healthy.flatMap((r, k) => (ids[k] === undefined ? [] : [{ address: `${r.address.host}:${r.address.port}`, id: ids[k]! }]))
     if (reachable.length === 0) return yield* unavailable(`no shard of group ${group} is assigned to the runners ${seen}`)
 
-    // 3. Hello: until each runner answers as itself (the trainer's view of the shards may lag a moment).
-    const clientFor = yield* JobEntity.client
-    const clients = reachable.map((r) => clientFor(r.id))
-    const hello = (k: number): Effect.Effect<RunnerInfo, ClusterUnavailable | RunnerRefused> =>
-      Effect.gen(function*() {
-        const options = secret === undefined ? {} : { headers: { [secretHeader]: secret } }
-        let last = "no answer"
-        while (Date.now() <= deadline) {
-          const left = Math.max(1, deadline - Date.now())
-          const reply = yield* clients[k].Hello({ config, version: packageVersion }, options).pipe(Effect.timeoutOption(Duration.millis(Math.min(left, 5_000))), Effect.result)
-          if (reply._tag === "Failure") {
-            if (reply.failure._tag === "RunnerRefused") return yield* reply.failure
-            last = messageOf(reply.failure)
-          } else if (reply.success._tag === "Some") {
-            if (reply.success.value.runner === reachable[k].address) return reply.success.value
-            last = `answered by ${reply.success.value.runner}`
-          } else last = "no answer"
-          yield* Effect.sleep(Duration.millis(200))
-        }
-        return yield* unavailable(`runner ${reachable[k].address} did not answer within ${Duration.format(timeout)}: ${last}`)
-      })
-    const infos = yield* Effect.forEach(reachable, (_, k) => hello(k), { concurrency: "unbounded" })
-    const sent = clients.map(() => ({ full: 0 }))
-    const jobClients = clients.map((c, k) => asJobClient(c, secret, sent[k]))
+    // 3. Hello to each.
+    const infos = yield* Effect.forEach(reachable, (r) => greet(r.address, r.id, Duration.millis(Math.max(1, deadline - Date.now()))), { concurrency: "unbounded" })
+    // The split now; replaced (never changed in place) by `refresh`, between iterations.
+    let members: ReadonlyArray<Member> = reachable.map((r, k) => member(infos[k], r.address, r.id))
+    const used: Array<RunnerInfo> = [...infos]
+    const changes: Array<Change> = []
+    // Runners dropped for a job that timed out, and runners that refused a Hello: not used again.
+    const dropped = new Set<string>()
+    const refused = new Set<string>()
+    // Hellos of joining runners still going on (a refresh waits for them a while, then leaves them).
+    const greetings = new Map<string, Fiber.Fiber<RunnerInfo, ClusterUnavailable | RunnerRefused>>()
+    const tried = new Set<string>(reachable.map((r) => r.address))
+    const answeredIn = new Map<string, number>()
 
-    const fail = (thread: number) => (e: WasmHeap.WasmHeapExhausted | { readonly _tag: string }): GenerationError =>
+    const fail = (m: Member, thread: number) => (e: WasmHeap.WasmHeapExhausted | { readonly _tag: string }): GenerationError =>
       e._tag === "WasmHeapExhausted"
         ? (e as WasmHeap.WasmHeapExhausted)
         : e instanceof GenerationWorkerFailed
         ? e
-        : new GenerationWorkerFailed({ thread, message: `runner ${infos[thread - 1].runner} ${e._tag === "JobFailed" ? `failed: ${(e as unknown as { message: string }).message}` : messageOf(e)}` })
-    // Runners dropped for a job that timed out (0-based); their jobs go to the next runner left.
-    const dropped = new Set<number>()
+        : new GenerationWorkerFailed({ thread, message: `runner ${m.info.runner} ${e._tag === "JobFailed" ? `failed: ${(e as unknown as { message: string }).message}` : messageOf(e)}` })
     const jobTimeout = options.jobTimeout === undefined ? undefined : Duration.fromInputUnsafe(options.jobTimeout)
-    const substitute = (k: number): number | undefined => {
-      for (let i = 0; i < jobClients.length; i++) if (!dropped.has((k + i) % jobClients.length)) return (k + i) % jobClients.length
+    // The runner that takes job k of a split: runner k, or the next one not dropped.
+    const substitute = (split: ReadonlyArray<Member>, k: number): number | undefined => {
+      for (let i = 0; i < split.length; i++) if (!dropped.has(split[(k + i) % split.length].address)) return (k + i) % split.length
       return undefined
     }
     // A job that reached a runner without a replica (one that joined, or came back, and took
     // this entity's shard): say Hello to it through the same entity id, and send the job again.
-    const helloAgain = (k: number) =>
-      clients[k].Hello({ config, version: packageVersion }, secret === undefined ? {} : { headers: { [secretHeader]: secret } }).pipe(
-        Effect.tap((info) => Effect.logInfo(`runner ${info.runner} joined the run (for runner ${infos[k].runner}'s jobs)`)),
-        Effect.mapError((e) => new GenerationWorkerFailed({ thread: k + 1, message: `runner for ${infos[k].runner}'s jobs refused Hello: ${messageOf(e)}` }))
+    const helloAgain = (m: Member, thread: number) =>
+      m.client.Hello({ config, version: packageVersion }, headers).pipe(
+        Effect.tap((info) => Effect.logInfo(`runner ${info.runner} joined the run (for runner ${m.info.runner}'s jobs)`)),
+        Effect.mapError((e) => new GenerationWorkerFailed({ thread, message: `runner for ${m.info.runner}'s jobs refused Hello: ${messageOf(e)}` }))
       )
-    const once = <A>(k: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> =>
-      job(jobClients[k]).pipe(
+    const once = <A>(m: Member, thread: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> =>
+      Effect.suspend(() => {
+        m.tally.out++
+        return job(m.jobs)
+      }).pipe(
         Effect.catchIf(
           (e): boolean => e._tag === "JobFailed" && (e as unknown as { message: string }).message.endsWith(noModel),
-          () => Effect.andThen(helloAgain(k), job(jobClients[k]))
+          () => Effect.andThen(helloAgain(m, thread), job(m.jobs))
         ),
-        Effect.mapError(fail(k + 1))
+        Effect.tap(() => Effect.sync(() => m.tally.done++)),
+        Effect.ensuring(Effect.sync(() => m.tally.out--)),
+        Effect.mapError(fail(m, thread))
       )
-    const attempt = <A>(k: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> => {
-      const run = once(k, job)
+    const attempt = <A>(split: ReadonlyArray<Member>, k: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> => {
+      const run = once(split[k], k + 1, job)
       if (jobTimeout === undefined) return run
       return Effect.gen(function*() {
         const fiber = yield* Effect.forkChild(run, { startImmediately: true })
@@ -244,24 +340,26 @@ export const connect = (
         if (done._tag === "Some") return yield* done.value
         // Hung: stop waiting for it (its interrupt is sent on the side), drop it, send the job on.
         yield* Effect.forkDetach(Fiber.interrupt(fiber))
-        dropped.add(k)
-        const next = substitute(k)
-        const what = `runner ${infos[k].runner} did not answer a job within ${Duration.format(jobTimeout)}`
+        dropped.add(split[k].address)
+        const next = substitute(split, k)
+        const what = `runner ${split[k].info.runner} did not answer a job within ${Duration.format(jobTimeout)}`
         if (next === undefined) return yield* new GenerationWorkerFailed({ thread: k + 1, message: `${what}, and no runner is left` })
-        yield* Effect.logWarning(`${what}: dropped from the run; its job goes to runner ${infos[next].runner}`)
-        return yield* attempt(next, job)
+        yield* Effect.logWarning(`${what}: dropped from the run; its job goes to runner ${split[next].info.runner}`)
+        return yield* attempt(split, next, job)
       })
     }
-    const call = <A>(thread: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> =>
-      thread < 1 || thread > jobClients.length
-        ? Effect.die(new RangeError(`no runner ${thread} of ${jobClients.length}`))
-        : Effect.suspend(() => attempt(substitute(thread - 1) ?? thread - 1, job))
+    const callIn = <A>(split: ReadonlyArray<Member>, thread: number, job: JobThreads.Job<A>): Effect.Effect<A, GenerationError> =>
+      thread < 1 || thread > split.length
+        ? Effect.die(new RangeError(`no runner ${thread} of ${split.length}`))
+        : Effect.suspend(() => attempt(split, substitute(split, thread - 1) ?? thread - 1, job))
     const fanOut = <H, E, A>(remote: ReadonlyArray<JobThreads.Job<A>>, here: Effect.Effect<H, E>) => {
-      if (remote.length > jobClients.length) return Effect.die(new RangeError(`${remote.length} jobs for ${jobClients.length} runners`))
+      // The split of this call, whatever a refresh does meanwhile.
+      const split = members
+      if (remote.length > split.length) return Effect.die(new RangeError(`${remote.length} jobs for ${split.length} runners`))
       const fibers: Array<Fiber.Fiber<A, GenerationError>> = []
       return Effect.gen(function*() {
         const target = probe.count + remote.length
-        for (const [k, job] of remote.entries()) fibers.push(yield* Effect.forkChild(call(k + 1, job), { startImmediately: true }))
+        for (const [k, job] of remote.entries()) fibers.push(yield* Effect.forkChild(callIn(split, k + 1, job), { startImmediately: true }))
         // `here` holds this thread (synchronous kernels): wait until the requests are written
         // to their sockets first (at most 10 s), or the runners would wait for it.
         const until = Date.now() + 10_000
@@ -275,15 +373,94 @@ export const connect = (
         return [mine, replies] as const
       }).pipe(Effect.onError(() => Effect.forEach(fibers, Fiber.interrupt)))
     }
+
+    // Between iterations: the runners healthy in the storage now (less the dropped and the
+    // refused) become the split. A joining runner gets Hello first (in the background past
+    // `joinWait`, joining at a later refresh); the ids are recomputed for the new ring.
+    const refresh = Effect.fn("ClusterJobs.refresh")(function*(iteration: number) {
+      const found = yield* Effect.result(listed)
+      if (found._tag === "Failure") {
+        yield* Effect.logWarning(`runner storage ${storage} unreadable before iteration ${iteration}; the runners stay as they were: ${messageOf(found.failure)}`)
+        return
+      }
+      const healthy = found.success.healthy
+      const usable = healthy.filter((r) => !dropped.has(addressOf(r)) && !refused.has(addressOf(r)))
+      const current = new Set(members.map((m) => m.address))
+      const ids = idsFor(healthy)
+      const joining = usable.filter((r) => !current.has(addressOf(r)) && ids.has(addressOf(r)))
+      const fresh: Array<Fiber.Fiber<RunnerInfo, ClusterUnavailable | RunnerRefused>> = []
+      for (const r of joining) {
+        const address = addressOf(r)
+        if (greetings.has(address)) continue
+        const started = Date.now()
+        const fiber = yield* Effect.forkIn(greet(address, ids.get(address)!, timeout).pipe(Effect.tap(() => Effect.sync(() => answeredIn.set(address, Date.now() - started)))), scope)
+        greetings.set(address, fiber)
+        // A runner's first Hello is waited for a while; one that did not answer before is not.
+        if (!tried.has(address)) fresh.push(fiber)
+        tried.add(address)
+      }
+      if (fresh.length > 0) yield* Effect.forEach(fresh, Fiber.await, { concurrency: "unbounded", discard: true }).pipe(Effect.timeoutOption(joinWait))
+      const greeted = new Map<string, RunnerInfo>()
+      for (const [address, fiber] of [...greetings]) {
+        const exit = fiber.pollUnsafe()
+        if (exit === undefined) continue
+        greetings.delete(address)
+        if (Exit.isSuccess(exit)) greeted.set(address, exit.value)
+        else {
+          const e = Cause.squash(exit.cause)
+          const refusal = e instanceof RunnerRefused
+          if (refusal) refused.add(address)
+          const detail = refusal ? `refused: ${e.reason}; not used` : `${messageOf(e)}; tried again at the next iteration`
+          changes.push({ iteration, runner: address, change: refusal ? "refused" : "no answer", detail })
+          yield* Effect.logWarning(`runner ${address} did not join the run at iteration ${iteration}: ${detail}`)
+        }
+      }
+      const next = usable.flatMap((r) => {
+        const address = addressOf(r)
+        const id = ids.get(address)
+        const info = members.find((m) => m.address === address)?.info ?? greeted.get(address)
+        return id === undefined || info === undefined ? [] : [member(info, address, id)]
+      })
+      const left = members.filter((m) => !next.some((n) => n.address === m.address))
+      const joined = next.filter((n) => !current.has(n.address))
+      const same = left.length === 0 && joined.length === 0 && next.every((n, k) => n.id === members[k].id)
+      if (same) return
+      members = next
+      const split = `the batch is split over ${next.length + 1} (this process and ${next.length} runner(s))`
+      for (const m of left) {
+        const why = dropped.has(m.address) ? "dropped for a job timeout" : "gone from the runner storage"
+        changes.push({ iteration, runner: m.info.runner, change: "left", detail: why })
+        yield* Effect.logInfo(`runner ${m.info.runner} left the run at iteration ${iteration} (${why}); ${split}`)
+      }
+      for (const m of joined) {
+        if (!used.some((u) => u.runner === m.info.runner)) used.push(m.info)
+        const hello = answeredIn.get(m.address)
+        changes.push({ iteration, runner: m.info.runner, change: "joined", detail: `${m.info.backend}, pid ${m.info.pid}${hello === undefined ? "" : `, Hello answered in ${(hello / 1000).toFixed(1)} s`}` })
+        yield* Effect.logInfo(`runner ${m.info.runner} joined the run at iteration ${iteration}; ${split}`)
+      }
+    })
+
+    const byAddress = (f: (t: Tally) => number) => () => new Map([...tallies].map(([a, t]) => [a, f(t)] as const))
     return {
-      threads: jobClients.length + 1,
-      call,
+      get threads() {
+        return members.length + 1
+      },
+      call: (thread, job) => callIn(members, thread, job),
       fanOut,
-      liveThreads: () => jobClients.length - dropped.size,
-      runners: infos,
-      entities: reachable.map((r) => r.id),
-      dropped: () => [...dropped].map((k) => infos[k].runner),
-      weightsSent: () => sent.map((s) => s.full)
+      liveThreads: () => members.filter((m) => !dropped.has(m.address)).length,
+      get runners() {
+        return members.map((m) => m.info)
+      },
+      get entities() {
+        return members.map((m) => m.id)
+      },
+      dropped: () => [...dropped],
+      weightsSent: () => members.map((m) => m.tally.full),
+      used,
+      jobsDone: byAddress((t) => t.done),
+      inFlight: byAddress((t) => t.out),
+      changes: () => [...changes],
+      refresh
     } satisfies Runners
   })
 
@@ -333,7 +510,8 @@ export const client = (storage: string) =>
   )
 
 /**
- * The runners a run uses (its record names them).
+ * Every runner a run has used so far, in the order they joined: a list that
+ * grows as runners join between iterations (its record names them).
  *
  * @since 0.8.0
  */
@@ -349,7 +527,7 @@ export class ClusterRunners extends Context.Service<ClusterRunners, ReadonlyArra
  * @since 0.8.0
  */
 export const transportLayer = (config: Denoiser.ModelConfig, options: Options) =>
-  withClient(options, Effect.map(connect(config, options), (runners) => Context.make(JobThreads.JobThreads, runners).pipe(Context.add(ClusterRunners, runners.runners))))
+  withClient(options, Effect.map(connect(config, options), (runners) => Context.make(JobThreads.JobThreads, runners).pipe(Context.add(ClusterRunners, runners.used))))
 
 const withClient = <R>(options: Options, build: Effect.Effect<Context.Context<JobThreads.JobThreads | ClusterRunners>, ClusterUnavailable | RunnerRefused, R>) =>
   Layer.effectContext(build).pipe(
@@ -376,7 +554,7 @@ export const layer = (options: Options) => {
   const transport = withClient(options, Effect.gen(function*() {
     const { model } = yield* Denoiser.Denoiser
     const runners = yield* connect(model.config, options)
-    return Context.make(JobThreads.JobThreads, runners).pipe(Context.add(ClusterRunners, runners.runners))
+    return Context.make(JobThreads.JobThreads, runners).pipe(Context.add(ClusterRunners, runners.used))
   }))
   return GenerationPool.GenerationPool.fromTransport.pipe(Layer.provideMerge(transport))
 }

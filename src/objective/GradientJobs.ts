@@ -20,8 +20,10 @@ export interface RemoteGradients {
  * @since 0.5.0
  */
 export interface Jobs {
-  /** Threads the work is spread over (1: this thread only). */
+  /** Threads the work is spread over (1: this thread only); it changes only in `refresh`. */
   readonly threads: number
+  /** Change the threads to those available now, before iteration `iteration` (`JobThreads.Threads.refresh`); absent: fixed. */
+  readonly refresh?: ((iteration: number) => Effect.Effect<void>) | undefined
   /**
    * Gradients of loss parts: group i on worker thread i + 1, while `here`
    * (this thread's share) runs. Each result is the group's summed loss and

@@ -143,8 +143,9 @@ export const objective = (o: GroupOptions): Layer.Layer<Objective, never, Denois
       const reference = (yield* Reference).model
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
-      // With a pool of several threads the parts are split so each thread gets some.
-      const threads = (yield* GradientJobs.current).threads
+      // With a pool of several threads the parts are split so each thread gets some
+      // (its threads read per batch: they may change between iterations).
+      const pool = yield* GradientJobs.current
       return Objective.of({
         name: `group-${o.form}`,
         prepare: (t, _selection, scores) =>
@@ -154,7 +155,7 @@ export const objective = (o: GroupOptions): Layer.Layer<Objective, never, Denois
             const adv = groupAdvantages(scores.trajectory)
             const column = (j: number) => adv.map((row) => row[j])
             const rowsPerItem = (o.form === "pairs" ? 2 : 1) * n
-            const parts = Losses.microBatchesByRows(b, rowsPerItem, PortablePart.rowsForThreads(o.microBatchRows ?? Losses.defaultMicroBatchRows(), b, rowsPerItem, threads))
+            const parts = Losses.microBatchesByRows(b, rowsPerItem, PortablePart.rowsForThreads(o.microBatchRows ?? Losses.defaultMicroBatchRows(), b, rowsPerItem, pool.threads))
             // All n images of an item share one eps and t (image i is "role" i of noisedFinals).
             const everyImage = Array.from({ length: n }, (_, i) => new Array<number>(b).fill(i))
             const samples = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>

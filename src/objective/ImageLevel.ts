@@ -101,8 +101,8 @@ export const noisedFinals = (
   return NoisedSamples.make(schedule, { clean, noise, itemTimesteps, prompts: t.prompts, n: paths.length, nfe: 0 })
 }
 
-// With a pool of several threads the parts are split so each thread gets some (PortablePart).
-const poolThreads = Effect.map(GradientJobs.current, (p) => p.threads)
+// With a pool of several threads the parts are split so each thread gets some (PortablePart);
+// its threads are read per batch, since they may change between iterations.
 
 const margins = (selection: Selection, scores: { readonly trajectory: ReadonlyArray<ReadonlyArray<number>> }, b: number) =>
   Array.from({ length: b }, (_, i) => scores.trajectory[selection.best[i]][i] - scores.trajectory[selection.worst[i]][i])
@@ -120,13 +120,13 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
       const reference = (yield* Reference).model
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
-      const threads = yield* poolThreads
       const pool = yield* GradientJobs.current
       return Objective.of({
         name: "rlhf-image",
         prepare: (t, selection, scores) =>
           Effect.gen(function*() {
             const b = t.batch
+            const threads = pool.threads
             const margin = margins(selection, scores, b)
             // Winner rows are 0..B-1 of the pair samples, losers B..2B-1.
             const rowsOf = (items: ReadonlyArray<number>) => [...items, ...items.map((i) => i + b)]
@@ -208,12 +208,13 @@ export const sft = (o: ImageSftOptions): Layer.Layer<Objective, never, Denoiser.
       const { model } = yield* Denoiser.Denoiser
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
-      const threads = yield* poolThreads
+      const pool = yield* GradientJobs.current
       return Objective.of({
         name: "sft-image",
         prepare: (t, selection) =>
           Effect.gen(function*() {
             const b = t.batch
+            const threads = pool.threads
             const steps = yield* Effect.forEach(Array.from({ length: o.stepsPerBatch ?? 1 }), () =>
               Effect.map(
                 Scoped.acquireWith(() => noisedFinals(schedule, t, [selection.best], rng), NoisedSamples.dispose),

@@ -135,8 +135,9 @@ export const objective = (o: NftOptions): Layer.Layer<Objective, never, Denoiser
       const reference = (yield* Reference).model
       const { rng } = yield* RandomSource
       const schedule = Schedule.make(model.config.schedule)
-      // With a pool of several threads the parts are split so each thread gets some.
-      const threads = (yield* GradientJobs.current).threads
+      // With a pool of several threads the parts are split so each thread gets some
+      // (its threads read per batch: they may change between iterations).
+      const pool = yield* GradientJobs.current
       // oldDecay 0: the policy itself, read before any step of the batch (its weights sampled the batch).
       const old = o.oldDecay > 0 ? yield* Denoiser.cloneScoped(model) : model
       const fold = Effect.sync(() => {
@@ -168,7 +169,7 @@ export const objective = (o: NftOptions): Layer.Layer<Objective, never, Denoiser
                   ref: o.kl > 0 ? Denoiser.eps(reference, s.xt, s.t, prompts) : undefined
                 }
               }, (s) => tf.dispose([s.xt, s.noise, s.old, ...(s.ref === undefined ? [] : [s.ref])])))
-            const parts = Losses.microBatchesByRows(b, n, PortablePart.rowsForThreads(o.microBatchRows ?? Losses.defaultMicroBatchRows(), b, n, threads))
+            const parts = Losses.microBatchesByRows(b, n, PortablePart.rowsForThreads(o.microBatchRows ?? Losses.defaultMicroBatchRows(), b, n, pool.threads))
             const losses = steps.map((s) =>
               parts.map((items) => {
                 const rows = itemRows(n, b, items)

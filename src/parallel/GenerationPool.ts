@@ -64,13 +64,17 @@ export const inline: Pool = {
  * @since 0.7.0
  */
 export const fromThreads = (transport: JobThreads.Threads): Pool => {
-  const threads = transport.threads
-  if (threads <= 1) return inline
+  if (transport.threads <= 1 && transport.refresh === undefined) return inline
   return {
-    threads,
+    // Read per call: a transport's threads may change between iterations (`refresh`).
+    get threads() {
+      return transport.threads
+    },
     liveThreads: transport.liveThreads,
+    refresh: transport.refresh,
     sample: (model, prompts, xT, o) =>
       Effect.gen(function*() {
+        const threads = transport.threads
         const per = xT.length / prompts.length
         // Every row costs the same: contiguous shards of near-equal size.
         const count = Math.min(threads, prompts.length)
@@ -93,6 +97,7 @@ export const fromThreads = (transport: JobThreads.Threads): Pool => {
       }),
     trajectories: (model, x0, prompts, draws, o) =>
       Effect.gen(function*() {
+        const threads = transport.threads
         const schedule = Schedule.make(model.config.schedule)
         const items = TrajectoryShards.partition(draws.itemT0, threads, o, schedule.trainSteps)
         if (items.length <= 1) return yield* inline.trajectories(model, x0, prompts, draws, o)
@@ -119,6 +124,7 @@ export const fromThreads = (transport: JobThreads.Threads): Pool => {
       }),
     errors: (model, inputs) =>
       Effect.gen(function*() {
+        const threads = transport.threads
         // Set k on thread k mod threads (thread 0 is this one).
         const shards = Array.from({ length: Math.min(threads, inputs.length) }, (_, s) => inputs.flatMap((p, k) => (k % threads === s ? [{ p, k }] : [])))
         if (shards.length <= 1) return yield* inline.errors(model, inputs)

@@ -67,6 +67,13 @@ export interface Threads {
   readonly fanOut: <H, E, A>(remote: ReadonlyArray<Job<A>>, here: Effect.Effect<H, E>) => Effect.Effect<readonly [H, Array<A>], E | GenerationError>
   /** Worker threads running now (0 once the scope closed). */
   readonly liveThreads: () => number
+  /**
+   * A transport whose threads can change (effect/cluster runners joining or
+   * leaving) changes `threads` here and nowhere else. The training loop
+   * calls it before each iteration (iteration `iteration`, 1-based), so that
+   * every call of an iteration sees one split. Absent: the threads are fixed.
+   */
+  readonly refresh?: ((iteration: number) => Effect.Effect<void>) | undefined
 }
 
 /**

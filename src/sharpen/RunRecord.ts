@@ -184,6 +184,17 @@ export const check = Effect.fn("RunRecord.check")(function*(runDir: string, now:
   return previous === "unreadable" ? undefined : previous
 })
 
+/**
+ * Write a run's record again, unchecked (the runners used, once runners
+ * joined during the run).
+ *
+ * @since 0.8.0
+ */
+export const write = Effect.fn("RunRecord.write")(function*(runDir: string, record: RunRecord) {
+  const path = yield* Path.Path
+  yield* AtomicFile.writeText(path.join(runDir, FILE), JSON.stringify(record, null, 2) + "\n")
+})
+
 /** A run's record: absent, unreadable, or the record. */
 const read = Effect.fn("RunRecord.read")(function*(runDir: string) {
   const fs = yield* FileSystem.FileSystem

@@ -20,6 +20,7 @@
 import * as tf from "@tensorflow/tfjs-core"
 import { Context, Effect, Option } from "effect"
 import * as Stats from "../math/Stats.ts"
+import * as GradientJobs from "../objective/GradientJobs.ts"
 import { Objective } from "../objective/Objective.ts"
 import * as PortablePart from "../objective/PortablePart.ts"
 import { Ema } from "../optim/Ema.ts"
@@ -159,6 +160,7 @@ export const loop = Effect.fn("Sharpen.loop")(function*(config: SharpenConfig) {
   const metrics = yield* Metrics
   const checkpointer = yield* Checkpointer
   const sampler = yield* Effect.serviceOption(IterationSampler)
+  const jobs = yield* GradientJobs.current
   const start = yield* checkpointer.resume
   yield* checkpointer.mark
   const budget = config.trainingNfe ?? 0
@@ -171,6 +173,9 @@ export const loop = Effect.fn("Sharpen.loop")(function*(config: SharpenConfig) {
     // metrics line, checkpoint) it completes.
     step: (index, restore) =>
       Effect.gen(function*() {
+        // A transport whose threads can change (runners joining or leaving) changes them
+        // here, before the iteration's first job: all its calls see one split.
+        if (jobs.refresh !== undefined) yield* restore(jobs.refresh(index + 1))
         const record = yield* iteration(config, index + 1, restore)
         yield* metrics.log(record)
         spent += record.nfe + (record.lossNfe ?? 0)

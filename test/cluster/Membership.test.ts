@@ -1,0 +1,209 @@
+/**
+ * Runners joining and leaving a sharpening run (#24 item 3): the split of
+ * an iteration is the runners healthy in the storage at its start
+ * (`ClusterJobs` refresh), with real runner processes on loopback and
+ * SQLite storage in a temp dir. Every random draw stays in the trainer, so
+ * a run whose split changes ends at one thread's weights up to the order
+ * of float sums.
+ */
+import { NodeServices } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Layer, Option, Scope } from "effect"
+import { DatabaseSync } from "node:sqlite"
+import { beforeAll } from "vitest"
+import * as Setup from "../../src/cli/Setup.ts"
+import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
+import * as Denoiser from "../../src/model/Denoiser.ts"
+import { Metrics } from "../../src/optim/Metrics.ts"
+import { flatten } from "../../src/parallel/DataParallel.ts"
+import * as JobThreads from "../../src/parallel/JobThreads.ts"
+import { Reward } from "../../src/reward/Reward.ts"
+import * as Sharpen from "../../src/sharpen/Sharpen.ts"
+import * as SharpenLayers from "../../src/sharpen/SharpenLayers.ts"
+import { Backend } from "../../src/tensor/Backend.ts"
+import { savedTinyModel, smallConfig, tmpDir } from "../sharpen-helpers.ts"
+import { runner, type RunnerProcess } from "./runners.ts"
+import { maxAbsDiff, storageIn } from "./scenarios.ts"
+
+// A mock reward: mean brightness of the red channel (as SharpenRunners.test.ts).
+const redness = Reward.fromFunction((image: Float32Array) => {
+  let s = 0
+  for (let k = 0; k < image.length; k += 3) s += image[k]
+  return s / (image.length / 3)
+}, { name: "redness", range: [0, 1] })
+
+// sampleEvery 1: the test's hook runs between iterations (it draws nothing from the run's RNG).
+const config = smallConfig({ iterations: 3, batchSize: 3, sampleEvery: 1 })
+const lr = config.lr
+
+/**
+ * An RLHF run's metrics, initial and final policy weights: on one thread, or
+ * with its jobs over runners (what `--runners STORAGE --runner-count N`
+ * builds; the transport kept), with `between(done, transport)` run after
+ * each iteration but the last.
+ */
+const run = (
+  model: string,
+  cluster?: { readonly jobs: ReturnType<typeof Setup.clusterJobs>["layer"]; readonly between: (done: number, transport: ClusterJobs.Runners) => Effect.Effect<void> }
+) => {
+  let transport: ClusterJobs.Runners | undefined
+  const jobs = cluster?.jobs.pipe(Layer.tap((context) => Effect.sync(() => (transport = Context.get(context, JobThreads.JobThreads) as ClusterJobs.Runners))))
+  const wiring = { model, runDir: tmpDir("membership-run-"), reward: redness, backend: Backend.make("wasm"), metrics: Metrics.memory, threads: 1, ...(jobs === undefined ? {} : { jobs }) }
+  return Effect.gen(function*() {
+    const { model: policy } = yield* Denoiser.Denoiser
+    const initial = yield* flatten(policy.params)
+    const sampler = Sharpen.IterationSampler.of({ sample: (done) => cluster === undefined || transport === undefined ? Effect.void : cluster.between(done, transport) })
+    yield* Sharpen.rlhf(config).pipe(Effect.provideService(Sharpen.IterationSampler, sampler))
+    const records = yield* (yield* Metrics).records
+    return { records, initial, weights: yield* flatten(policy.params), transport }
+  }).pipe(Effect.provide(SharpenLayers.rlhf(config, wiring)), Effect.scoped, Effect.provide(NodeServices.layer))
+}
+
+type Outcome = Effect.Success<ReturnType<typeof run>>
+
+/** Metrics of one thread's (iteration 2 on's gradient norm at 1e-3, as SharpenRunners.test.ts), weights within 0.05 lr. */
+const sameAsOneThread = (over: Outcome, one: Outcome, what: string) => {
+  assert.strictEqual(over.records.length, config.iterations)
+  for (const key of ["loss", "rewardMean", "rewardBest", "rewardWorst", "gradNorm", "nfe"] as const) {
+    over.records.forEach((r, i) => {
+      const tolerance = key === "gradNorm" && i > 0 ? 1e-3 : 1e-5
+      assert.approximately(r[key], one.records[i][key], tolerance * (1 + Math.abs(one.records[i][key])), `${what}: ${key} of iteration ${i + 1}`)
+    })
+  }
+  const diff = maxAbsDiff(over.weights, one.weights)
+  const wall = (o: Outcome) => o.records.map((r) => (r.wallMs / 1000).toFixed(1)).join(", ")
+  console.log(`${what}: max |weights - one thread's| = ${diff.toExponential(2)} (lr ${lr}); training moved them ${maxAbsDiff(one.weights, one.initial).toExponential(2)}; iterations' s ${wall(over)} (one thread ${wall(one)})`)
+  assert.isBelow(diff, 0.05 * lr)
+}
+
+/** Whether the storage lists `address` as a healthy runner (read directly, as any client could). */
+const registered = (storage: string, address: string): boolean => {
+  const db = new DatabaseSync(storage.slice("sqlite:".length), { readOnly: true })
+  try {
+    const rows = db.prepare("SELECT address, healthy FROM cluster_runners").all() as Array<{ address: unknown; healthy: unknown }>
+    return rows.some((r) => String(r.address) === address && Number(r.healthy) === 1)
+  } catch {
+    return false
+  } finally {
+    db.close()
+  }
+}
+
+/** What `--runners STORAGE --runner-count N` builds (`Setup.clusterJobs`), and who was used. */
+const clusterJobs = (storage: string, runners: number) =>
+  Effect.map(
+    Setup.runnersOptions({ runners: Option.some(storage), runnerCount: Option.some(runners), connectTimeout: Option.some(90), jobTimeout: Option.none() }),
+    (options) => Setup.clusterJobs(options!)
+  )
+
+/** Wait (at most `ms`) until `ok`; whether it came. */
+const until = (ok: () => boolean, ms: number, every = 50) =>
+  Effect.gen(function*() {
+    const end = Date.now() + ms
+    while (!ok()) {
+      if (Date.now() > end) return false
+      yield* Effect.sleep(`${every} millis`)
+    }
+    return true
+  })
+
+describe("runners joining and leaving a run (SQLite storage, runner processes on loopback)", () => {
+  let model = ""
+  let one: Outcome | undefined
+  // One thread's run, the reference of both tests (computed once).
+  const oneThread = Effect.suspend(() => one !== undefined ? Effect.succeed(one) : Effect.map(run(model), (r) => (one = r)))
+  beforeAll(async () => {
+    delete process.env.SHARPEN_CLUSTER_SECRET
+    model = await savedTinyModel(3)
+  })
+
+  it.live("a runner started during the run is used from the next iteration (Hello first), one that refuses the Hello is reported and not used, and the run ends at one thread's weights", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("membership-join-")
+      const scope = yield* Effect.scope
+      const a = yield* runner(storage)
+      let b: RunnerProcess | undefined
+      let refusing: RunnerProcess | undefined
+      let registeredAfter = 0
+      const cluster = yield* clusterJobs(storage, 1)
+      const over = yield* run(model, {
+        jobs: cluster.layer,
+        between: (done, transport) =>
+          done !== 1 ? Effect.void : Effect.gen(function*() {
+            assert.deepStrictEqual(transport.runners.map((r) => r.runner), [a.address])
+            assert.strictEqual(transport.threads, 2)
+            // Two more runners come up after iteration 1, one requiring a secret this trainer does
+            // not have; the next iteration starts once the storage lists both.
+            const started = Date.now()
+            ;[b, refusing] = yield* Effect.all([runner(storage), runner(storage, { SHARPEN_CLUSTER_SECRET: "not-the-trainers" })], { concurrency: "unbounded" }).pipe(
+              Scope.provide(scope),
+              Effect.orDie
+            )
+            const listed = yield* until(() => registered(storage, b!.address) && registered(storage, refusing!.address), 60_000)
+            registeredAfter = (Date.now() - started) / 1000
+            assert.isTrue(listed, `runners ${b.address}, ${refusing.address} not healthy in the storage within 60 s`)
+          })
+      })
+      const t = over.transport!
+      assert.isDefined(b)
+      assert.isDefined(refusing)
+      console.log(`runners ${b!.address} and ${refusing!.address} (refusing) up and in the storage ${registeredAfter.toFixed(1)} s after iteration 1; changes: ${JSON.stringify(t.changes())}; jobs answered: ${JSON.stringify([...t.jobsDone()])}`)
+      // Used from iteration 2, the first after it registered: Hello first, then jobs.
+      assert.deepStrictEqual(t.changes().filter((c) => c.change === "joined").map((c) => [c.runner, c.iteration]), [[b!.address, 2]])
+      assert.include(b!.output(), "a trainer said Hello")
+      assert.isAbove(t.jobsDone().get(b!.address) ?? 0, 0)
+      assert.isAbove(t.jobsDone().get(a.address) ?? 0, 0)
+      assert.strictEqual(t.threads, 3)
+      assert.deepStrictEqual(t.runners.map((r) => r.runner).sort(), [a.address, b!.address].sort())
+      // The refusing runner: reported once, with its reason, never used.
+      const refusals = t.changes().filter((c) => c.change === "refused")
+      assert.deepStrictEqual(refusals.map((c) => [c.runner, c.iteration]), [[refusing!.address, 2]])
+      assert.include(refusals[0].detail, "shared secret")
+      assert.isUndefined(t.jobsDone().get(refusing!.address))
+      assert.notInclude(refusing!.output(), "a trainer said Hello")
+      // Every runner used is named (what run.json records), the refusing one not.
+      assert.deepStrictEqual(t.used.map((r) => r.runner), [a.address, b!.address])
+      assert.deepStrictEqual(cluster.used()?.addresses, [a.address, b!.address])
+      assert.strictEqual(cluster.used()?.count, 2)
+      sameAsOneThread(over, yield* oneThread, "1 runner, then 2 from iteration 2")
+      // The comparison can fail: training moved the weights by far more than the tolerance.
+      assert.isAbove(maxAbsDiff(over.weights, over.initial), 20 * 0.05 * lr)
+    }).pipe(Effect.scoped), 600_000)
+
+  it.live("kill -9 of a runner with a job of the run in flight: its job goes to the other, it leaves the split at the next iteration, the run ends at one thread's weights", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("membership-kill-")
+      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      let killedAt = 0
+      let inFlightAtKill = 0
+      const over = yield* run(model, {
+        jobs: (yield* clusterJobs(storage, 2)).layer,
+        between: (done, transport) =>
+          done !== 1 ? Effect.void : Effect.gen(function*() {
+            assert.strictEqual(transport.threads, 3)
+            // Stop the victim now and kill it once a job of iteration 2 is out to it: the job is
+            // in its socket, unanswered, when it dies.
+            b.process.kill("SIGSTOP")
+            yield* Effect.forkDetach(Effect.gen(function*() {
+              const out = yield* until(() => (transport.inFlight().get(b.address) ?? 0) > 0, 120_000, 20)
+              inFlightAtKill = transport.inFlight().get(b.address) ?? 0
+              yield* Effect.sleep("1 second")
+              killedAt = Date.now()
+              b.process.kill("SIGKILL")
+              if (!out) console.log("no job reached the victim within 120 s")
+            }))
+          })
+      })
+      const t = over.transport!
+      console.log(`victim ${b.address} killed with ${inFlightAtKill} job(s) in flight; changes: ${JSON.stringify(t.changes())}; jobs answered: ${JSON.stringify([...t.jobsDone()])}`)
+      assert.isAbove(killedAt, 0)
+      assert.isAbove(inFlightAtKill, 0)
+      assert.strictEqual(b.process.signalCode, "SIGKILL")
+      // It left at iteration 3, the first after its heartbeat lapsed; the survivor took its jobs.
+      assert.deepStrictEqual(t.changes().map((c) => [c.runner, c.change, c.iteration]), [[b.address, "left", 3]])
+      assert.deepStrictEqual(t.runners.map((r) => r.runner), [a.address])
+      assert.strictEqual(t.threads, 2)
+      assert.deepStrictEqual(t.used.map((r) => r.runner).sort(), [a.address, b.address].sort())
+      sameAsOneThread(over, yield* oneThread, "2 runners, one killed in iteration 2")
+    }).pipe(Effect.scoped), 600_000)
+})
