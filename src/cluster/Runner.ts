@@ -13,6 +13,12 @@
  * a job with `JobFailed`. A runner without a secret accepts any trainer
  * and may therefore listen only on a loopback address.
  *
+ * A job computes in steps (`Steps.run`: a denoising step, a micro-batch)
+ * with a turn of the event loop between them, so that the trainer's
+ * interrupt (its Ctrl-C, a job timeout) stops it at the next step instead
+ * of after the whole job; the runner says so on its output and serves the
+ * next job as usual.
+ *
  * @since 0.8.0
  */
 import { NodeClusterSocket } from "@effect/platform-node"
@@ -26,6 +32,7 @@ import * as DataParallel from "../parallel/DataParallel.ts"
 import * as JobHandlers from "../parallel/JobHandlers.ts"
 import { JobFailed } from "../parallel/JobProtocol.ts"
 import { Backend } from "../tensor/Backend.ts"
+import * as Steps from "../tensor/Steps.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as WebGpu from "../tensor/WebGpu.ts"
 import * as Generate from "../trajectory/Generate.ts"
@@ -125,7 +132,7 @@ export const handlers = (address: string, secret: string | undefined) =>
         return weights
       }
       const job = <A, E>(
-        envelope: { readonly headers: Readonly<Record<string, string | undefined>> },
+        envelope: { readonly headers: Readonly<Record<string, string | undefined>>; readonly tag: string },
         params: Float32Array,
         f: (model: Denoiser.Model) => Effect.Effect<A, E>
       ): Effect.Effect<A, WasmHeap.WasmHeapExhausted | JobFailed> =>
@@ -137,7 +144,7 @@ export const handlers = (address: string, secret: string | undefined) =>
           if (typeof weights === "string") return Effect.fail(new JobFailed({ message: `runner ${address} ${weights}` }))
           if (weights.length !== replica.size) return Effect.fail(new JobFailed({ message: `weights of ${weights.length} values for a replica of ${replica.size}` }))
           DataParallel.assignFlat(replica.model.params, weights)
-          return f(replica.model)
+          return interruptible(envelope.tag, f(replica.model))
         }).pipe(
           Effect.catchCause((cause): Effect.Effect<never, WasmHeap.WasmHeapExhausted | JobFailed> => {
             const e = cause.reasons.find((r) => r._tag === "Fail" || r._tag === "Die")
@@ -152,6 +159,26 @@ export const handlers = (address: string, secret: string | undefined) =>
           }),
           lock.withPermits(1)
         )
+      // The handlers compute in steps with a turn of the event loop between them (`Steps.run`):
+      // the trainer's interrupt (its Ctrl-C) is read at the next step boundary and stops the job
+      // there. Said on the runner's output, with the longest step: the most the interrupt can have
+      // waited after it arrived.
+      const interruptible = <A, E>(tag: string, computation: Effect.Effect<A, E>): Effect.Effect<A, E> => {
+        const watch = { longestMs: 0 }
+        const started = Date.now()
+        return computation.pipe(
+          Effect.provideService(Steps.StepWatch, watch),
+          Effect.onInterrupt(() =>
+            Effect.sync(() => {
+              const now = new Date()
+              console.log(
+                `runner ${address}: job ${tag} interrupted: stopped ${((now.getTime() - started) / 1000).toFixed(2)} s into it, ` +
+                  `at most ${(watch.longestMs / 1000).toFixed(2)} s after the interrupt arrived (its longest step), at ${now.toISOString()}`
+              )
+            })
+          )
+        )
+      }
       const served = JobEntity.of({
         Hello: (envelope) =>
           Effect.suspend(() => {

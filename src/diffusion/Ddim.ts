@@ -13,6 +13,7 @@ import { attempt, checkFloat32, checkNumber, checkShape, type DiffusionError, In
 import type { Effect } from "effect"
 import { checkTimesteps, coefficient, type NoiseSource, type Timesteps } from "./Noise.ts"
 import type * as Schedule from "./Schedule.ts"
+import * as Steps from "../tensor/Steps.ts"
 
 // ---------------------------------------------------------------------------
 // Timestep grids
@@ -419,7 +420,15 @@ export interface SampleOptions {
  *
  * @since 0.1.0
  */
-export const sample = (options: SampleOptions): tf.Tensor => {
+export const sample = (options: SampleOptions): tf.Tensor => Steps.drain(sampleSteps(options))
+
+/**
+ * {@link sample} as steps: the generator yields after each DDIM step (at
+ * which point it may be abandoned: `Steps.run`).
+ *
+ * @since 0.8.0
+ */
+export function* sampleSteps(options: SampleOptions): Steps.Steps<tf.Tensor> {
   const { clipSample, denoise, inferenceSteps, noise, onStep, schedule, xT } = options
   const eta = checkNumber("eta", options.eta ?? 0, (v) => v >= 0, "a finite number >= 0")
   if (eta > 0 && noise === undefined) {
@@ -464,6 +473,7 @@ export const sample = (options: SampleOptions): tf.Tensor => {
       }
       if (x !== xT) x.dispose()
       x = next
+      if (i + 1 < grid.length) yield
     }
   } catch (e) {
     if (x !== xT) x.dispose()

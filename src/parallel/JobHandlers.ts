@@ -3,7 +3,10 @@
  * in and out. The main thread calls them directly on the policy for its own
  * share of a batch; a worker thread serves them ({@link layer}) on a replica
  * that takes each job's weights first. Either way the same inputs meet the
- * same kernels, so a shard's rows are those of one thread.
+ * same kernels, so a shard's rows are those of one thread. They compute in
+ * steps with a turn of the event loop between them (`Steps.run`, between
+ * denoising steps, gradient parts and row sets), so an interruption stops a
+ * job at the next step; the steps' math is that of the one-shot functions.
  *
  * @since 0.7.0
  */
@@ -16,6 +19,7 @@ import * as PortablePart from "../objective/PortablePart.ts"
 import { initialise } from "../tensor/Backend.ts"
 import { paramGrads } from "../tensor/Grad.ts"
 import * as HostRead from "../tensor/HostRead.ts"
+import * as Steps from "../tensor/Steps.ts"
 import * as WasmHeap from "../tensor/WasmHeap.ts"
 import * as Generate from "../trajectory/Generate.ts"
 import * as Trajectory from "../trajectory/Trajectory.ts"
@@ -36,9 +40,10 @@ export const sample = (
   p: { readonly prompts: ReadonlyArray<string>; readonly xT: Float32Array; readonly steps: number; readonly cfg: number }
 ): Effect.Effect<Float32Array, WasmHeap.WasmHeapExhausted> => {
   const shape = [p.prompts.length, ...Denoiser.sampleShape(model.config)]
-  return Effect.flatMap(
-    WasmHeap.guarded("online samples", p.prompts.length, () => tf.tidy(() => Generate.fromNoise(model, p.prompts, tf.tensor(p.xT, shape, "float32"), p)), (x) => x.dispose()),
-    consume
+  return Effect.acquireUseRelease(
+    Effect.sync(() => tf.tensor(p.xT, shape, "float32")),
+    (xT) => Effect.flatMap(Steps.run("online samples", p.prompts.length, () => Generate.fromNoiseSteps(model, p.prompts, xT, p), (x) => x.dispose()), consume),
+    (xT) => Effect.sync(() => xT.dispose())
   )
 }
 
@@ -53,16 +58,14 @@ export const trajectories = (
 ): Effect.Effect<TrajectoryShards.TrajectoryData, WasmHeap.WasmHeapExhausted> => {
   const batch = p.prompts.length
   return Effect.acquireUseRelease(
-    WasmHeap.guarded("trajectories", batch * p.options.n, () => {
-      const x0 = tf.tensor(p.x0, [batch, ...Denoiser.sampleShape(model.config)], "float32")
-      try {
-        return Trajectory.fromDraws(model, Schedule.make(model.config.schedule), x0, p.prompts, p.draws, p.options)
-      } finally {
-        x0.dispose()
-      }
-    }, Trajectory.dispose),
-    TrajectoryShards.toData,
-    (t) => Effect.sync(() => Trajectory.dispose(t))
+    Effect.sync(() => tf.tensor(p.x0, [batch, ...Denoiser.sampleShape(model.config)], "float32")),
+    (x0) =>
+      Effect.acquireUseRelease(
+        Steps.run("trajectories", batch * p.options.n, () => Trajectory.fromDrawsSteps(model, Schedule.make(model.config.schedule), x0, p.prompts, p.draws, p.options), Trajectory.dispose),
+        TrajectoryShards.toData,
+        (t) => Effect.sync(() => Trajectory.dispose(t))
+      ),
+    (x0) => Effect.sync(() => x0.dispose())
   )
 }
 
@@ -80,7 +83,9 @@ export const gradients = (model: Denoiser.Model, parts: ReadonlyArray<PortablePa
     const grads = new Float32Array(end)
     const present = keys.map(() => false)
     let value = 0
-    for (const part of parts) {
+    for (const [k, part] of parts.entries()) {
+      // A turn of the event loop between parts: an interrupt (a job timeout) lands here.
+      if (k > 0) yield* Steps.between
       const r = yield* WasmHeap.guarded("loss gradients", part.t.length, () => paramGrads(() => PortablePart.loss(model, part), model.params), (g) =>
         tf.dispose([g.value, ...Object.values(g.grads)]))
       // The part's loss and gradients in one read: [loss, each present gradient in parameter order].
@@ -107,13 +112,14 @@ export const gradients = (model: Denoiser.Model, parts: ReadonlyArray<PortablePa
  * @since 0.7.0
  */
 export const errors = (model: Denoiser.Model, inputs: ReadonlyArray<PortablePart.RowInputs>): Effect.Effect<Array<Float32Array>, WasmHeap.WasmHeapExhausted> =>
-  Effect.forEach(inputs, (p) => {
+  Effect.forEach(inputs, (p, k) => {
     const shape = [p.t.length, ...Denoiser.sampleShape(model.config)]
-    return Effect.flatMap(
+    // A turn of the event loop between row sets: an interrupt (Ctrl-C on the trainer) lands here.
+    return Effect.flatMap(k > 0 ? Steps.between : Effect.void, () => Effect.flatMap(
       WasmHeap.guarded("reference errors", p.t.length, () =>
         tf.tidy(() => PortablePart.rowErrors(model, tf.tensor(p.x, shape, "float32"), tf.tensor(p.target, shape, "float32"), p.t, p.prompts)), (x) => x.dispose()),
       consume
-    )
+    ))
   })
 
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e))

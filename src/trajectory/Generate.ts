@@ -17,6 +17,7 @@ import * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import { Rng } from "../tensor/Random.ts"
+import * as Steps from "../tensor/Steps.ts"
 
 export const SamplerOptions = Schema.Struct({
   steps: Schema.Int.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1000)),
@@ -56,7 +57,16 @@ export const normalTensor = (rng: Rng, shape: ReadonlyArray<number>): tf.Tensor 
  * @since 0.5.0
  */
 export const fromNoise = (model: Denoiser.Model, prompts: ReadonlyArray<string>, xT: tf.Tensor, o: { readonly steps: number; readonly cfg: number }): tf.Tensor =>
-  Ddim.sample({
+  Steps.drain(fromNoiseSteps(model, prompts, xT, o))
+
+/**
+ * {@link fromNoise} as steps (one per DDIM step), for a job that must stop
+ * between them when interrupted (`Steps.run`).
+ *
+ * @since 0.8.0
+ */
+export const fromNoiseSteps = (model: Denoiser.Model, prompts: ReadonlyArray<string>, xT: tf.Tensor, o: { readonly steps: number; readonly cfg: number }): Steps.Steps<tf.Tensor> =>
+  Ddim.sampleSteps({
     schedule: Schedule.make(model.config.schedule),
     denoise: (x, t) => Denoiser.guidedEps(model, x, t, prompts, o.cfg),
     xT,

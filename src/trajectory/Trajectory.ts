@@ -22,6 +22,7 @@ import * as Noise from "../diffusion/Noise.ts"
 import type * as Schedule from "../diffusion/Schedule.ts"
 import * as Denoiser from "../model/Denoiser.ts"
 import type { Rng } from "../tensor/Random.ts"
+import * as Steps from "../tensor/Steps.ts"
 
 export const Estimator = Schema.Union([
   Schema.Struct({ kind: Schema.Literal("tweedie") }),
@@ -198,7 +199,23 @@ export const fromDraws = (
   prompts: ReadonlyArray<string>,
   draws: Draws,
   o: TrajectoryOptions
-): Trajectories => {
+): Trajectories => Steps.drain(fromDrawsSteps(model, schedule, x0, prompts, draws, o))
+
+/**
+ * {@link fromDraws} as steps (one per denoising step of the paths and of
+ * their continuation), for a job that must stop between them when
+ * interrupted (`Steps.run`). `x0` must live until the steps end.
+ *
+ * @since 0.8.0
+ */
+export function* fromDrawsSteps(
+  model: Denoiser.Model,
+  schedule: Schedule.Schedule,
+  x0: tf.Tensor,
+  prompts: ReadonlyArray<string>,
+  draws: Draws,
+  o: TrajectoryOptions
+): Steps.Steps<Trajectories> {
   const b = x0.shape[0]
   if (prompts.length !== b) throw new RangeError(`${prompts.length} prompts for a batch of ${b}`)
   const ratio = stride(schedule.trainSteps, o.inferenceSteps)
@@ -232,9 +249,10 @@ export const fromDraws = (
         tf.dispose([r.x0Pred, r.mean])
         x = r.prevSample
         rowT = rowT.map(down)
+        yield
       }
     }
-    if (o.continuation === true) final = continueToZero(schedule, steps[steps.length - 1], rowT, allPrompts, down, denoise)
+    if (o.continuation === true) final = yield* continueToZero(schedule, steps[steps.length - 1], rowT, allPrompts, down, denoise)
   } catch (e) {
     for (const s of steps) tf.dispose([s.xt, s.eps, s.x0])
     if (!steps.some((s) => s.xt === x)) x.dispose()
@@ -249,14 +267,14 @@ export const fromDraws = (
  * own grid; rows that reach t = 0 sooner (a lower start) wait for the others.
  * Returns the final samples (clipped to [-1, 1] by the last step).
  */
-const continueToZero = (
+function* continueToZero(
   schedule: Schedule.Schedule,
   last: Step,
   start: ReadonlyArray<number>,
   prompts: ReadonlyArray<string>,
   down: (t: number) => number,
   denoise: (x: tf.Tensor, t: number | ReadonlyArray<number>, p: ReadonlyArray<string>) => tf.Tensor
-): tf.Tensor => {
+): Steps.Steps<tf.Tensor> {
   let rowT = start.slice()
   let x = last.xt.clone()
   let eps: tf.Tensor | undefined = last.eps.clone()
@@ -288,6 +306,7 @@ const continueToZero = (
       const sub = tf.tidy(() => (active.length === rowT.length ? x.clone() : tf.gather(x, tf.tensor1d(active, "int32"))))
       eps = denoise(sub, asArg(active.map((r) => rowT[r])), active.map((r) => prompts[r]))
       sub.dispose()
+      yield
     }
     return x
   } catch (e) {
