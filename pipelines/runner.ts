@@ -34,15 +34,24 @@ const command = Command.make(
     listen: Flag.String("listen").pipe(Flag.withDescription("HOST:PORT to listen on (port 0: a free one; loopback unless told otherwise)"), Flag.withDefault("127.0.0.1:0")),
     runners: Flag.String("runners").pipe(Flag.withDescription("runner storage: sqlite:PATH (one host) or postgres://USER:PASSWORD@HOST:PORT/DB (several machines)")),
     advertise: Flag.String("advertise").pipe(Flag.withDescription("host the trainer and the other runners reach this runner at (default: the --listen host)"), Flag.optional),
+    health: Flag.Literals("health", ["ping", "k8s"] as const).pipe(
+      Flag.withDescription("how runners judge each other alive: ping over their sockets, or k8s (Kubernetes pod readiness: the pod's service account lists pods; advertise the pod IP)"),
+      Flag.withDefault("ping")
+    ),
+    healthNamespace: Flag.String("health-namespace").pipe(Flag.withDescription("with --health k8s: the namespace of the runners' pods (default: all the account may list)"), Flag.optional),
+    healthSelector: Flag.String("health-selector").pipe(Flag.withDescription("with --health k8s: a label selector of the runners' pods, e.g. app=sharpen-runner"), Flag.optional),
     backend: Setup.backendFlag
   },
   Effect.fn(function*(f) {
     const listen = yield* parseListen(f.listen)
-    const runner = yield* Runner.make({ ...listen, advertise: Option.getOrUndefined(f.advertise), storage: f.runners })
+    const health: Runner.Health = f.health === "k8s"
+      ? { kind: "k8s", namespace: Option.getOrUndefined(f.healthNamespace), labelSelector: Option.getOrUndefined(f.healthSelector) }
+      : { kind: "ping" }
+    const runner = yield* Runner.make({ ...listen, advertise: Option.getOrUndefined(f.advertise), storage: f.runners, health })
     yield* Effect.gen(function*() {
       const backend = yield* Backend
       yield* Console.log(
-        `runner listening on ${runner.address}; backend ${backend.name}; device ${Runner.deviceOf(backend)}; storage ${Storage.redact(f.runners)}; shared secret ${runner.secret ? "required" : `none (${Runner.secretEnv} unset: loopback only)`}; pid ${process.pid}`
+        `runner listening on ${runner.address}; health ${f.health}; backend ${backend.name}; device ${Runner.deviceOf(backend)}; storage ${Storage.redact(f.runners)}; shared secret ${runner.secret ? "required" : `none (${Runner.secretEnv} unset: loopback only)`}; pid ${process.pid}`
       )
       yield* Effect.addFinalizer(() => Console.log(`runner ${runner.address} stopping`))
       return yield* Effect.never

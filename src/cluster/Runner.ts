@@ -74,7 +74,19 @@ export interface Options {
   readonly storage: string
   /** The shared secret (default: `SHARPEN_CLUSTER_SECRET`). */
   readonly secret?: string | undefined
+  /**
+   * How runners judge each other alive (default ping): `k8s` asks the
+   * Kubernetes API whether a runner's pod is ready (`RunnerHealth.layerK8s`;
+   * the pod's service account must list pods, and each runner advertises its
+   * pod IP).
+   */
+  readonly health?: Health | undefined
 }
+
+/** Runner health: pings over the runners' sockets, or Kubernetes pod readiness. */
+export type Health =
+  | { readonly kind: "ping" }
+  | { readonly kind: "k8s"; readonly namespace?: string | undefined; readonly labelSelector?: string | undefined }
 
 const loopback = (host: string) => host === "localhost" || host === "::1" || /^127\./.test(host)
 
@@ -245,8 +257,11 @@ export const make = (options: Options) =>
     }
     const port = options.port === 0 ? yield* freePort(options.host) : options.port
     const address = `${advertise}:${port}`
+    const health = options.health ?? { kind: "ping" }
     const sharding = NodeClusterSocket.layer({
       serializationMaxBufferSize: maxMessageBytes,
+      runnerHealth: health.kind,
+      ...(health.kind === "k8s" ? { runnerHealthK8s: { namespace: health.namespace, labelSelector: health.labelSelector } } : {}),
       shardingConfig: {
         runnerAddress: Option.some(RunnerAddress.make(advertise, port)),
         runnerListenAddress: Option.some(RunnerAddress.make(options.host, port)),

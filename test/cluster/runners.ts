@@ -49,14 +49,14 @@ export const stop = (p: ChildProcess) =>
 /**
  * A runner of `storage` (a `--runners` URL) with `env` added to this
  * process's (`SHARPEN_CLUSTER_SECRET` removed unless given), on `listen`,
- * ready once it printed its address (within `timeoutMs`). Stopped with the
- * scope.
+ * ready once it printed its address (within `timeoutMs`), with `args` added
+ * to its command line. Stopped with the scope.
  */
-export const runner = (storage: string, env: Record<string, string> = {}, timeoutMs = 90_000, listen = "127.0.0.1:0") =>
+export const runner = (storage: string, env: Record<string, string> = {}, timeoutMs = 90_000, listen = "127.0.0.1:0", args: ReadonlyArray<string> = []) =>
   Effect.acquireRelease(
     Effect.callback<RunnerProcess, RunnerDidNotStart>((resume) => {
       const { SHARPEN_CLUSTER_SECRET: _, ...base } = process.env
-      const p = spawn(process.execPath, ["--import", "tsx", "pipelines/runner.ts", "--listen", listen, "--runners", storage, "--backend", "wasm"], {
+      const p = spawn(process.execPath, ["--import", "tsx", "pipelines/runner.ts", "--listen", listen, "--runners", storage, "--backend", "wasm", ...args], {
         cwd: root,
         env: { ...base, ...env, SHARPEN_CHILD: "1" },
         stdio: ["ignore", "pipe", "pipe"]
