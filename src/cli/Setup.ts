@@ -11,6 +11,7 @@ import { Flag } from "effect/cli"
 import * as ClusterJobs from "../cluster/ClusterJobs.ts"
 import * as Storage from "../cluster/Storage.ts"
 import * as Denoiser from "../model/Denoiser.ts"
+import * as JobThreads from "../parallel/JobThreads.ts"
 import * as ClipModel from "../reward/ClipModel.ts"
 import { Backend, BackendName } from "../tensor/Backend.ts"
 import * as Scoped from "../tensor/Scoped.ts"
@@ -140,26 +141,33 @@ const clusterOptions = (options: RunnersOptions): ClusterJobs.Options => ({
   jobTimeout: options.jobTimeout === undefined ? undefined : Duration.millis(options.jobTimeout * 1000)
 })
 
-/** Note who the runners are once `layer` is built (`used`: every runner used so far), and log them. */
-const noting = <L extends Layer.Layer<ClusterJobs.ClusterRunners, unknown, unknown>>(options: RunnersOptions, layer: L) => {
+/**
+ * Note who the runners are once `layer` is built (`used`: every runner used
+ * so far), and log them; `transport`: the transport over them (for the
+ * run's evaluation images), once built.
+ */
+const noting = <L extends Layer.Layer<ClusterJobs.ClusterRunners | JobThreads.JobThreads, unknown, unknown>>(options: RunnersOptions, layer: L) => {
   // The transport's list of the runners used: it grows as runners join.
   let runners: ReadonlyArray<{ readonly runner: string }> | undefined
+  let threads: JobThreads.Threads | undefined
   const storage = Storage.redact(options.storage)
-  const noted = (layer as Layer.Layer<ClusterJobs.ClusterRunners, unknown, unknown>).pipe(Layer.tap((context) =>
+  const noted = (layer as Layer.Layer<ClusterJobs.ClusterRunners | JobThreads.JobThreads, unknown, unknown>).pipe(Layer.tap((context) =>
     Effect.gen(function*() {
       runners = Context.get(context, ClusterJobs.ClusterRunners)
+      threads = Context.get(context, JobThreads.JobThreads)
       yield* Effect.logInfo(`jobs on ${runners.length} runner(s) of ${storage} and this process: ${runners.map((r) => r.runner).join(", ")}`)
     })
   ))
   const used = (): RunnersUsed | undefined => runners === undefined ? undefined : { storage, count: runners.length, addresses: runners.map((r) => r.runner) }
-  return { layer: noted as unknown as L, used }
+  return { layer: noted as unknown as L, used, transport: () => threads }
 }
 
 /**
  * `GenerationJobs` and `GradientJobs` over the runners of `options.storage`
  * (`ClusterJobs.layer`, for the `Denoiser`'s model; the shared secret from
  * `SHARPEN_CLUSTER_SECRET`), and who they turned out to be once the layer
- * is built (`used`), logged then.
+ * is built (`used`), logged then; `transport()`, the same runners for the
+ * run's evaluation images.
  *
  * @since 0.8.0
  */

@@ -85,7 +85,7 @@ const flags = {
   timestepRange: Flag.String("timestep-range").pipe(Flag.withDescription(describe("timestep", SharpenConfig.fields.timestep)), Flag.optional),
   backend: Setup.backendFlag,
   ...Setup.runnersFlags(
-    "each iteration's jobs (online samples, paths, gradient parts, reference errors)",
+    "each iteration's jobs (online samples, paths, gradient parts, reference errors) and the evaluation images (before, after, sample grids)",
     "; recorded in run.json (a password masked), where a resume may change it; replaces --threads; config file: {\"run\": {\"runners\": \"sqlite:...\", \"runnerCount\": 2}}"
   ),
   threads: Flag.Int("threads").pipe(
@@ -255,7 +255,8 @@ export const command = <E, R>(pipeline: Pipeline<E, R>) => {
         const record = yield* RunRecord.make({ algorithm, config, preset, reward: rewardSpec, model: f.model, runners: cluster?.used() })
         const previous = yield* run.begin(record, SharpenConfig.toFile(config, preset))
         const clip = (yield* fs.exists(clipModel)) ? yield* Setup.clip(clipModel) : undefined
-        const evaluation: RunDirectory.Evaluation = { sets, sampler: { steps: config.evalSteps, cfg: config.cfg, eta: 0, seed: config.seed + 1_000_003, batchSize: 16 }, clip }
+        // With --runners the evaluation images go to the runners too (the same images as threads give).
+        const evaluation: RunDirectory.Evaluation = { sets, sampler: { steps: config.evalSteps, cfg: config.cfg, eta: 0, seed: config.seed + 1_000_003, batchSize: 16 }, clip, transport: cluster?.transport() }
         const before = yield* run.before(model, evaluation, previous, record)
         // Grids and the saved model: the weight average when the run keeps one (--ema), else the policy.
         const ema = yield* Ema

@@ -8,12 +8,18 @@
  * Every image's noise is seeded by (seed, index), so the result is identical
  * to `Generate.generate` whatever the number of workers (tested).
  *
+ * `onTransport` sends the same jobs over another transport of the job
+ * protocol (a sharpening run's effect/cluster runners, `--runners`), this
+ * process computing one batch of each round.
+ *
  * @since 0.1.0
  */
 import * as tf from "@tensorflow/tfjs-core"
 import { Cause, Effect, Exit } from "effect"
+import type { DiffusionError } from "../diffusion/DiffusionError.ts"
 import type * as Denoiser from "../model/Denoiser.ts"
 import { usesWorkerThreads } from "../tensor/Backend.ts"
+import type { GenerationError } from "../trajectory/GenerationJobs.ts"
 import * as Generate from "../trajectory/Generate.ts"
 import { flatten } from "./DataParallel.ts"
 import type { Init } from "./JobProtocol.ts"
@@ -61,6 +67,55 @@ export const onThreads = (
       }), { concurrency: "unbounded", discard: true })
     return results.flat()
   }).pipe(Effect.scoped)
+
+/** The sampler batches of `prompts`, each a job: its prompts and the index of its first. */
+const batches = (prompts: ReadonlyArray<string>, batchSize: number) => {
+  const jobs: Array<{ readonly prompts: ReadonlyArray<string>; readonly firstIndex: number }> = []
+  for (let start = 0; start < prompts.length; start += batchSize) jobs.push({ prompts: prompts.slice(start, start + batchSize), firstIndex: start })
+  return jobs
+}
+
+/**
+ * The images of `prompts` over `transport` (e.g. effect/cluster runners,
+ * `ClusterJobs`), in prompt order; `onImages(done)` after each round. The
+ * batches are those of the worker threads (one sampler batch per `Images`
+ * job, each image from its (seed, index) generator), so the images are
+ * theirs. They go in rounds of one batch per thread: this process computes
+ * the first of a round (`fanOut` writes the others to their runners
+ * before that synchronous work starts), the transport's threads the rest.
+ * The threads are read per round; a failed job fails as the transport's
+ * jobs fail (`GenerationWorkerFailed`).
+ *
+ * @since 0.8.0
+ */
+export const onTransport = (
+  transport: JobThreads.Threads,
+  model: Denoiser.Model,
+  prompts: ReadonlyArray<string>,
+  sampler: Generate.SamplerOptions,
+  onImages?: (done: number) => void
+): Effect.Effect<Array<Float32Array>, GenerationError | DiffusionError> =>
+  Effect.gen(function*() {
+    const jobs = batches(prompts, sampler.batchSize)
+    if (transport.threads <= 1 || jobs.length <= 1) return yield* Generate.generate(model, prompts, sampler, (done) => onImages?.(done))
+    const params = yield* flatten(model.params)
+    const results: Array<ReadonlyArray<Float32Array>> = []
+    let done = 0
+    for (let next = 0; next < jobs.length;) {
+      const round = jobs.slice(next, next + Math.max(1, transport.threads))
+      const [mine, theirs] = yield* transport.fanOut(
+        round.slice(1).map((job) => (client) => client.Images({ ...job, params, sampler })),
+        Generate.generate(model, round[0].prompts, sampler, undefined, round[0].firstIndex)
+      )
+      for (const images of [mine, ...theirs]) {
+        results.push(images)
+        done += images.length
+      }
+      next += round.length
+      onImages?.(done)
+    }
+    return results.flat()
+  })
 
 /**
  * Generate one image per prompt on `workers` threads ([0,1] HWC images, in

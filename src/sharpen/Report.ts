@@ -13,6 +13,7 @@ import * as Png from "../data/Png.ts"
 import * as Evaluate from "../eval/Evaluate.ts"
 import * as Wilson from "../eval/Wilson.ts"
 import * as Generate from "../trajectory/Generate.ts"
+import type * as JobThreads from "../parallel/JobThreads.ts"
 import * as ParallelGenerate from "../parallel/ParallelGenerate.ts"
 import * as Plot from "../eval/Plot.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
@@ -37,19 +38,27 @@ export const loadEvalSets = Effect.fn("Report.loadEvalSets")(function*(count: nu
   return sets
 })
 
-/** Evaluate and write a contact sheet per set (`<dir>/<label>-<set>.png`). */
+/**
+ * Evaluate and write a contact sheet per set (`<dir>/<label>-<set>.png`).
+ * The images are sampled over `transport` when given (a run's runners),
+ * else on this process's worker threads; the same images either way.
+ */
 export const evaluateWithGrids = Effect.fn("Report.evaluateWithGrids")(function*(
   model: Denoiser.Model,
   sets: ReadonlyArray<Evaluate.PromptSet>,
   sampler: Generate.SamplerOptions,
   clip: ClipModel.Model | undefined,
   dir: string,
-  label: string
+  label: string,
+  transport?: JobThreads.Threads
 ) {
   const path = yield* Path.Path
   const reports: Array<Evaluate.SetReport> = []
   for (const set of sets) {
-    const images = yield* Effect.promise((signal) => ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler, { signal }))
+    const prompts = set.prompts.map((p) => p.text)
+    const images = transport === undefined
+      ? yield* Effect.promise((signal) => ParallelGenerate.generate(model, prompts, sampler, { signal }))
+      : yield* ParallelGenerate.onTransport(transport, model, prompts, sampler)
     const r = yield* Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
     reports.push(r)
     const labels = r.samples.map((s) => `${s.pass ? "ok" : "x"} ${s.prompt}`)

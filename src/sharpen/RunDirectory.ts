@@ -23,6 +23,7 @@ import * as CheckpointDir from "../io/CheckpointDir.ts"
 import * as Inputs from "../io/Inputs.ts"
 import * as RunLock from "../io/RunLock.ts"
 import * as Denoiser from "../model/Denoiser.ts"
+import type * as JobThreads from "../parallel/JobThreads.ts"
 import type * as ClipModel from "../reward/ClipModel.ts"
 import type * as Generate from "../trajectory/Generate.ts"
 import { type IterationRecord, trainingNfe } from "../optim/Metrics.ts"
@@ -65,6 +66,13 @@ export interface Evaluation {
   readonly sets: ReadonlyArray<Evaluate.PromptSet>
   readonly sampler: Generate.SamplerOptions
   readonly clip: ClipModel.Model | undefined
+  /**
+   * Where the images are sampled: the run's transport of the job protocol
+   * when its jobs go to effect/cluster runners (`--runners`; the same
+   * images), else absent: worker threads of this process
+   * (`ParallelGenerate`).
+   */
+  readonly transport?: JobThreads.Threads | undefined
 }
 
 /** What the report of a finished run says besides the evaluation. */
@@ -81,6 +89,9 @@ export interface Outcome {
   /** Extra fields of report.json. */
   readonly json: Readonly<Record<string, unknown>>
 }
+
+/** Where an evaluation samples, when not on this process's worker threads. */
+const where = (e: Evaluation) => e.transport === undefined ? "" : ` on this process and ${e.transport.threads - 1} runner(s)`
 
 /** Prompts in each mid-run sample grid (`sampleEvery`): two rows of the grid. */
 const GRID_PROMPTS = 16
@@ -135,8 +146,8 @@ export const open = Effect.fn("RunDirectory.open")(function*(options: Options) {
         if ((yield* fs.exists(beforeFile)) && RunRecord.sameEvaluation(previous, record)) {
           return JSON.parse(yield* fs.readFileString(beforeFile)) as Array<Evaluate.SetReport>
         }
-        yield* Console.error(`evaluating the base model on ${e.sets.map((s) => `${s.prompts.length} ${s.name}`).join(" + ")} prompts ...`)
-        const before = yield* Report.evaluateWithGrids(model, e.sets, e.sampler, e.clip, samplesDir, "before")
+        yield* Console.error(`evaluating the base model on ${e.sets.map((s) => `${s.prompts.length} ${s.name}`).join(" + ")} prompts${where(e)} ...`)
+        const before = yield* Report.evaluateWithGrids(model, e.sets, e.sampler, e.clip, samplesDir, "before", e.transport)
         yield* AtomicFile.writeText(beforeFile, JSON.stringify(before))
         return before
       })),
@@ -146,7 +157,7 @@ export const open = Effect.fn("RunDirectory.open")(function*(options: Options) {
       const gridSet = e.sets.slice(0, 1).map((s) => ({ ...s, prompts: s.prompts.slice(0, GRID_PROMPTS) }))
       return IterationSampler.of({
         sample: (iteration) =>
-          services(Report.evaluateWithGrids(model(), gridSet, e.sampler, undefined, samplesDir, `iter-${String(iteration).padStart(7, "0")}`)).pipe(
+          services(Report.evaluateWithGrids(model(), gridSet, e.sampler, undefined, samplesDir, `iter-${String(iteration).padStart(7, "0")}`, e.transport)).pipe(
             Effect.asVoid,
             Effect.catch((err) => Effect.logWarning(`sample grid of iteration ${iteration} not written: ${err.message}`))
           )
@@ -157,8 +168,8 @@ export const open = Effect.fn("RunDirectory.open")(function*(options: Options) {
       services(Effect.gen(function*() {
         yield* Denoiser.save(path.join(out, "model"), o.trained, o.metadata)
         yield* Report.curves(o.records, path.join(out, "plots"), o.title)
-        yield* Console.error("evaluating the sharpened model ...")
-        const after = yield* Report.evaluateWithGrids(o.trained, e.sets, e.sampler, e.clip, samplesDir, "after")
+        yield* Console.error(`evaluating the sharpened model${where(e)} ...`)
+        const after = yield* Report.evaluateWithGrids(o.trained, e.sets, e.sampler, e.clip, samplesDir, "after", e.transport)
         const table = Report.comparison(before, after)
         // Training NFE as the docs define it (sampling plus the objective's model evaluations).
         const sampling = o.records.reduce((a, r) => a + r.nfe, 0)
