@@ -9,6 +9,7 @@
  *   npx tsx pipelines/compare.ts --iterations 40 --results docs/results.md
  *   npx tsx pipelines/compare.ts --ablations --seeds 0,1,2 ...          # resumable: rerun to continue
  *   npx tsx pipelines/compare.ts --training-nfe 60000 --method-settings pipelines/configs/compare-lab.json --curve-evals 4
+ *   npx tsx pipelines/compare.ts --quick --runners sqlite:runs/runners.db --runner-count 2   # jobs and evaluation images on runners (pipelines/runner.ts)
  *
  * Every stage writes its JSON under --out and is skipped when it exists.
  * The plan is src/experiments/ComparePlan.ts, the stages CompareStages.ts,
@@ -25,6 +26,7 @@ import * as CompareReport from "../src/experiments/CompareReport.ts"
 import * as CompareStages from "../src/experiments/CompareStages.ts"
 import * as MethodSettings from "../src/experiments/MethodSettings.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
+import * as Weights from "../src/model/Weights.ts"
 import * as Inputs from "../src/io/Inputs.ts"
 import * as RunLock from "../src/io/RunLock.ts"
 import * as Registry from "../src/reward/Registry.ts"
@@ -88,6 +90,10 @@ const command = Command.make(
     threads: Flag.Int("threads").pipe(
       Flag.withDescription("threads of the sharpening and RAFT stages (generation and image-level gradient parts), this one included (1 beside another training process; the result is the same; default: one per core, at most 4, or SHARPEN_WORKERS, on wasm and cpu; 1 on a GPU)"),
       Flag.optional
+    ),
+    ...Setup.runnersFlags(
+      "the sharpening and RAFT stages' iteration jobs (online samples, paths, gradient parts, reference errors) and the evaluation images of every model",
+      "; one connection for the whole comparison; each stage's run.json names the runners; standard fine-tuning, Diffusion-DPO, DDPO and the inference-time rows compute here; replaces --threads"
     )
   },
   Effect.fn(function*(f) {
@@ -120,6 +126,13 @@ const command = Command.make(
       yield* Effect.fromResult(objectiveOf(m))
     }
 
+    // --runners: one transport over the runners for every stage (connected once the program starts).
+    const runners = yield* Setup.runnersOptions(f)
+    if (runners !== undefined && Option.isSome(f.threads)) {
+      return yield* new SharpenConfig.ConfigError({ field: "threads", message: "--threads and --runners: the runners take the place of the worker threads (this process computes one share); give one of them" })
+    }
+    const cluster = runners === undefined ? undefined : Setup.clusterTransport((yield* Weights.load(f.model)).config, runners)
+
     const backend = Backend.fromFlag(f.backend)
     const clipModel = rewardSpec.modelDir ?? RewardFlags.DEFAULT_CLIP_MODEL
     const hasClip = yield* fs.exists(clipModel)
@@ -135,7 +148,14 @@ const command = Command.make(
         modelsDir: Option.getOrUndefined(f.modelsDir),
         rewardName: rewardSpec.reward,
         reward,
-        wiring: { model: f.model, reward, backend, rewardSpec, threads: Option.match(f.threads, { onNone: () => "auto" as const, onSome: (n) => Math.max(1, n) }) },
+        wiring: {
+          model: f.model,
+          reward,
+          backend,
+          rewardSpec,
+          threads: Option.match(f.threads, { onNone: () => "auto" as const, onSome: (n) => Math.max(1, n) }),
+          ...(cluster === undefined ? {} : { runners: { transport: cluster.transport()!, used: cluster.used } })
+        },
         configFor,
         objectiveFor,
         sampler,
@@ -166,7 +186,7 @@ const command = Command.make(
         hackingGrid: CompareStages.hackingFiles(ctx).grid
       }, results, ablations)
     })
-    yield* program.pipe(Effect.provide(reward), Effect.provide(backend), Effect.scoped)
+    yield* program.pipe(Effect.provide(reward), Effect.provide(backend), cluster === undefined ? (e) => e : Effect.provide(cluster.layer), Effect.scoped)
   }, (effect) => effect.pipe(Effect.scoped, Effect.provideService(Logger.LogToStderr, true)))
 ).pipe(Command.withDescription(
     "Train every fine-tuning method (the paper's rows, image-level sharpening, RAFT) from the base model with one reward, for the same iterations or the same training-NFE budget (--training-nfe), each with its own settings if given (--method-settings); run every inference-time method; write the paper's tables and plots, and reward / accuracy against training NFE."

@@ -4,9 +4,11 @@
  * stage swapped. This is the file docs/getting-started.md walks through.
  *
  *   npx tsx pipelines/custom.ts --iterations 4
+ *   npx tsx pipelines/custom.ts --iterations 4 --runners sqlite:runs/runners.db --runner-count 2   # jobs on runners (docs/scaling.md)
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Console, Effect, Result } from "effect"
+import * as Setup from "../src/cli/Setup.ts"
 import { Metrics } from "../src/optim/Metrics.ts"
 import * as Sharpen from "../src/sharpen/Sharpen.ts"
 import * as SharpenConfig from "../src/sharpen/SharpenConfig.ts"
@@ -29,7 +31,8 @@ export const redness = Reward.fromFunction((image) => {
 }, { name: "redness", range: [-1, 1] })
 
 // 2. The run's settings: the paper's defaults, a few overridden.
-const iterations = Number(process.argv[process.argv.indexOf("--iterations") + 1] ?? 4) || 4
+const arg = (name: string) => process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined
+const iterations = Number(arg("--iterations") ?? 4) || 4
 // A setting out of range throws its ConfigError, naming the field.
 const config = Result.getOrThrow(SharpenConfig.decode([{ iterations, batchSize: 4, onlineSteps: 20, checkpointEvery: 2 }]))
 
@@ -40,11 +43,16 @@ const program = Effect.gen(function*() {
   yield* Console.log(`${done} iterations; reward ${records[0].rewardMean.toFixed(3)} -> ${records.at(-1)!.rewardMean.toFixed(3)}`)
 })
 
+// Optional: the iterations' jobs on effect/cluster runners (pipelines/runner.ts) instead of this process alone.
+const storage = arg("--runners")
+const jobs = storage === undefined ? {} : { jobs: Setup.clusterJobs({ storage, runners: Number(arg("--runner-count") ?? 1) || 1 }).layer }
+
 const layers = SharpenLayers.rlhf(config, {
   model: "models/shapeworld-base",
   runDir: "out/custom/run",
   reward: redness, // swap the reward stage
-  backend: Backend.make("wasm")
+  backend: Backend.make("wasm"),
+  ...jobs
 })
 
 NodeRuntime.runMain(program.pipe(Effect.provide(layers), Effect.scoped, Effect.provide(NodeServices.layer)))

@@ -24,7 +24,11 @@ import * as BestOfN from "../eval/BestOfN.ts"
 import * as Evaluate from "../eval/Evaluate.ts"
 import * as Generate from "../trajectory/Generate.ts"
 import * as InferenceMethod from "../eval/InferenceMethod.ts"
+import * as GenerationPool from "../parallel/GenerationPool.ts"
+import * as JobThreads from "../parallel/JobThreads.ts"
 import * as ParallelGenerate from "../parallel/ParallelGenerate.ts"
+import type { DiffusionError } from "../diffusion/DiffusionError.ts"
+import type { GenerationError } from "../trajectory/GenerationJobs.ts"
 import * as StepSearch from "../eval/StepSearch.ts"
 import * as Wilson from "../eval/Wilson.ts"
 import * as AtomicFile from "../io/AtomicFile.ts"
@@ -192,6 +196,18 @@ export interface TrainWiring {
    * default 1). Diffusion-DPO and DDPO generate on one thread.
    */
   readonly threads?: number | "auto"
+  /**
+   * The stages' jobs on effect/cluster runners (`--runners`), in place of
+   * `threads`: the transport over them (one connection for every stage;
+   * the sharpening and RAFT stages' iteration jobs, and the trained
+   * models' evaluation images), and who they are, for each stage's
+   * run.json. Standard fine-tuning, Diffusion-DPO and DDPO compute here,
+   * as with threads.
+   */
+  readonly runners?: {
+    readonly transport: JobThreads.Threads
+    readonly used: () => RunRecord.RunRecord["runners"]
+  }
 }
 
 /** Options of a training stage. */
@@ -215,13 +231,15 @@ export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string
     const path = yield* Path.Path
     const fs = yield* FileSystem.FileSystem
     yield* fs.makeDirectory(path.join(dir, "run"), { recursive: true })
-    const wiring = { model: w.model, runDir: path.join(dir, "run"), reward: w.reward, backend: w.backend, label: method, threads: w.threads ?? 1 }
+    // The runners take the threads' place (the pool over their transport, which outlives the stage).
+    const jobs = w.runners === undefined ? {} : { jobs: GenerationPool.GenerationPool.fromTransport.pipe(Layer.provide(Layer.succeed(JobThreads.JobThreads, w.runners.transport))) }
+    const wiring = { model: w.model, runDir: path.join(dir, "run"), reward: w.reward, backend: w.backend, label: method, threads: w.threads ?? 1, ...jobs }
     const snapshots = options.snapshots ?? 0
     const curveDir = path.join(dir, "curve")
     const algorithm = METHODS[method].algorithm
     // The objective's own settings count as settings only for the methods that use them.
     const objective = algorithm === "nft" || algorithm === "group" ? options.objective ?? MethodSettings.objectiveDefaults : undefined
-    const record = w.rewardSpec === undefined ? undefined : RunRecord.make({ algorithm: method, config, reward: w.rewardSpec, model: w.model, extra: objective })
+    const record = w.rewardSpec === undefined ? undefined : RunRecord.make({ algorithm: method, config, reward: w.rewardSpec, model: w.model, extra: objective, runners: w.runners?.used() })
     const program = Effect.gen(function*() {
       if (record !== undefined) {
         // A stage resumed with other settings, reward or base model would mix two runs.
@@ -232,6 +250,9 @@ export const train = (method: FinetuneMethod, config: SharpenConfig, dir: string
       const done = yield* (snapshots > 1
         ? Effect.flatMap(Snapshots.sampler(curveDir, snapshots, config), (s) => Effect.provideService(loop, Sharpen.IterationSampler, s))
         : loop)
+      // Runners that joined during the stage: its run.json names every runner used (as sharpen's CLI does).
+      const used = w.runners?.used()
+      if (record !== undefined && used !== undefined) yield* RunRecord.write(wiring.runDir, { ...(yield* record), runners: used })
       // The weight average when the run keeps one (`ema`), else the policy.
       const model = (yield* Ema).model()
       yield* Denoiser.save(path.join(dir, "model"), model, { method, iterations: String(done), base: w.model, seed: String(config.seed) })
@@ -357,9 +378,15 @@ export const evaluateRow = <E, R, E2 = never, R2 = never>(
     return { row, family, nfePerImage, sets: out } satisfies EvalSummary
   })
 
-/** A trained (or the base) model's images with the plain sampler, on all cores. */
-export const samplerGenerator = (model: Denoiser.Model, sampler: Generate.SamplerOptions): Generator<never, never> => (prompts) =>
-  Effect.promise((signal) => ParallelGenerate.generate(model, prompts, sampler, { backend: tf.getBackend(), signal }))
+/**
+ * A trained (or the base) model's images with the plain sampler, on all
+ * cores, or over `transport` when given (the runners of `--runners`; the
+ * same images).
+ */
+export const samplerGenerator = (model: Denoiser.Model, sampler: Generate.SamplerOptions, transport?: JobThreads.Threads): Generator<GenerationError | DiffusionError, never> => (prompts) =>
+  transport === undefined
+    ? Effect.promise((signal) => ParallelGenerate.generate(model, prompts, sampler, { backend: tf.getBackend(), signal }))
+    : ParallelGenerate.onTransport(transport, model, prompts, sampler)
 
 /** An inference-time method's images on the base model. */
 export const methodGenerator = <E, R>(m: InferenceMethod.InferenceMethod<E, R>, model: Denoiser.Model): Generator<E, R> => (prompts) =>

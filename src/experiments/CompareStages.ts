@@ -76,7 +76,7 @@ const evalModel = <E = never, R = never>(
     return yield* Compare.cached(path.join(ctx.out, "eval", `${row}.json`), Compare.EvalSummary, Effect.scoped(Effect.gen(function*() {
       yield* Console.error(`evaluating ${row} ...`)
       const model = yield* Compare.loadModel(dir)
-      return yield* Compare.evaluateRow(row, family, Generate.nfePerImage(ctx.sampler), Compare.samplerGenerator(model, ctx.sampler), promptSets, ctx.clip, onSet)
+      return yield* Compare.evaluateRow(row, family, Generate.nfePerImage(ctx.sampler), Compare.samplerGenerator(model, ctx.sampler, ctx.wiring.runners?.transport), promptSets, ctx.clip, onSet)
     })))
   })
 
@@ -174,7 +174,7 @@ export const main = (ctx: Context) =>
         yield* Console.error("reward hacking: clip vs verifier on the RLHF-sharpened samples ...")
         const model = yield* Compare.loadModel(path.join(ctx.out, "train", hacking.row, "model"))
         const set = sets[0]
-        const images = yield* Compare.samplerGenerator(model, ctx.sampler)(set.prompts.map((p) => p.text))
+        const images = yield* Compare.samplerGenerator(model, ctx.sampler, ctx.wiring.runners?.transport)(set.prompts.map((p) => p.text))
         return yield* keepHacking(ctx, images, yield* Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(ctx.sampler), clip))
       })))
       : undefined
