@@ -101,9 +101,6 @@ export const noisedFinals = (
   return NoisedSamples.make(schedule, { clean, noise, itemTimesteps, prompts: t.prompts, n: paths.length, nfe: 0 })
 }
 
-// With a pool of several threads the parts are split so each thread gets some (PortablePart);
-// its threads are read per batch, since they may change between iterations.
-
 const margins = (selection: Selection, scores: { readonly trajectory: ReadonlyArray<ReadonlyArray<number>> }, b: number) =>
   Array.from({ length: b }, (_, i) => scores.trajectory[selection.best[i]][i] - scores.trajectory[selection.worst[i]][i])
 
@@ -126,6 +123,8 @@ export const rlhf = (o: ImageRlhfOptions): Layer.Layer<Objective, never, Denoise
         prepare: (t, selection, scores) =>
           Effect.gen(function*() {
             const b = t.batch
+            // With several threads the parts are split so each gets some (PortablePart); read per
+            // batch, since a transport's threads may change between iterations.
             const threads = pool.threads
             const margin = margins(selection, scores, b)
             // Winner rows are 0..B-1 of the pair samples, losers B..2B-1.
