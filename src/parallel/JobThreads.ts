@@ -12,9 +12,10 @@
  * A thread that fails its job or dies fails the call with
  * `GenerationWorkerFailed` (`WasmHeapExhausted` when its heap ran out),
  * never a hang, and a fresh thread takes the next job. A call interrupted
- * while its thread computes (Ctrl-C) terminates that thread at once: a job
- * is synchronous wasm work that no message can stop. The threads belong to
- * the scope that made them.
+ * while its thread computes (Ctrl-C) terminates that thread at once,
+ * rather than wait for the job's next step (`tensor/Steps`), which is how a
+ * runner process, that cannot be terminated from here, stops. The threads
+ * belong to the scope that made them.
  *
  * @since 0.7.0
  */
