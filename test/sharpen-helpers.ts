@@ -3,6 +3,7 @@
  * model directory, and layers with mock rewards on the cpu backend.
  */
 import { NodeServices } from "@effect/platform-node"
+import * as tf from "@tensorflow/tfjs-core"
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -10,10 +11,35 @@ import * as path from "node:path"
 import * as Denoiser from "../src/model/Denoiser.ts"
 import { defaultConfig, type UNetConfig } from "../src/model/UNetConfig.ts"
 import * as SharpenConfig from "../src/sharpen/SharpenConfig.ts"
+import type * as Trajectory from "../src/trajectory/Trajectory.ts"
 
 export const tiny32: UNetConfig = {
   ...defaultConfig,
   architecture: { ...defaultConfig.architecture, baseChannels: 8, channelMult: [1, 2], attentionResolutions: [16], heads: 2, groups: 4, textDim: 16, textLayers: 1 }
+}
+
+/**
+ * The tiny model in memory with perturbed weights (so every layer matters):
+ * the model of the equality tests of threads, steps and runners.
+ */
+export const perturbedTiny32 = (): Denoiser.Model => {
+  const m = Denoiser.init(tiny32, 4)
+  tf.tidy(() => {
+    for (const v of Object.values(m.params)) v.assign(tf.add(v, tf.randomNormal(v.shape, 0, 0.02, "float32", 5)))
+  })
+  return m
+}
+
+/** Trajectories of those tests: 3 paths of 2 steps on a DDIM-10 grid, each continued to t = 0. */
+export const continuedPaths: Trajectory.TrajectoryOptions = {
+  n: 3,
+  m: 2,
+  inferenceSteps: 10,
+  cfg: 2,
+  estimator: { kind: "tweedie" },
+  timestep: { kind: "range", min: 200, max: 980 },
+  perPrompt: true,
+  continuation: true
 }
 
 export const tmpDir = (prefix: string) => fs.mkdtempSync(path.join(os.tmpdir(), prefix))
@@ -22,7 +48,6 @@ export const tmpDir = (prefix: string) => fs.mkdtempSync(path.join(os.tmpdir(), 
 export const savedTinyModel = async (seed = 0): Promise<string> => {
   const dir = path.join(tmpDir("tiny-model-"), "model")
   const m = Denoiser.init(tiny32, seed)
-  const tf = await import("@tensorflow/tfjs-core")
   tf.tidy(() => {
     for (const v of Object.values(m.params)) v.assign(tf.add(v, tf.randomNormal(v.shape, 0, 0.02, "float32", seed + 1)))
   })

@@ -20,29 +20,14 @@ import { Rng } from "../../src/tensor/Random.ts"
 import * as Generate from "../../src/trajectory/Generate.ts"
 import * as Trajectory from "../../src/trajectory/Trajectory.ts"
 import * as TrajectoryShards from "../../src/trajectory/TrajectoryShards.ts"
-import { tiny32 } from "../sharpen-helpers.ts"
+import { continuedPaths, perturbedTiny32, tiny32 } from "../sharpen-helpers.ts"
 import { runner } from "./runners.ts"
 
-export const options: Trajectory.TrajectoryOptions = {
-  n: 3,
-  m: 2,
-  inferenceSteps: 10,
-  cfg: 2,
-  estimator: { kind: "tweedie" },
-  timestep: { kind: "range", min: 200, max: 980 },
-  perPrompt: true,
-  continuation: true
-}
+export const options = continuedPaths
 export const prompts = ["a red square", "two blue circles", "a green triangle above a white square"]
 export const per = 32 * 32 * 3
 
-export const model = () => {
-  const m = Denoiser.init(tiny32, 4)
-  tf.tidy(() => {
-    for (const v of Object.values(m.params)) v.assign(tf.add(v, tf.randomNormal(v.shape, 0, 0.02, "float32", 5)))
-  })
-  return m
-}
+export const model = perturbedTiny32
 
 export const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
   assert.strictEqual(a.length, b.length)

@@ -17,27 +17,12 @@ import * as Generate from "../../src/trajectory/Generate.ts"
 import * as Trajectory from "../../src/trajectory/Trajectory.ts"
 import * as TrajectoryShards from "../../src/trajectory/TrajectoryShards.ts"
 import { useWasm } from "../helpers.ts"
-import { tiny32 } from "../sharpen-helpers.ts"
+import { continuedPaths, perturbedTiny32 } from "../sharpen-helpers.ts"
 
 const prompts = ["a red square", "two blue circles"]
-const options: Trajectory.TrajectoryOptions = {
-  n: 3,
-  m: 2,
-  inferenceSteps: 10,
-  cfg: 2,
-  estimator: { kind: "tweedie" },
-  timestep: { kind: "range", min: 200, max: 980 },
-  perPrompt: true,
-  continuation: true
-}
+const options = continuedPaths
 
-const model = () => {
-  const m = Denoiser.init(tiny32, 4)
-  tf.tidy(() => {
-    for (const v of Object.values(m.params)) v.assign(tf.add(v, tf.randomNormal(v.shape, 0, 0.02, "float32", 5)))
-  })
-  return m
-}
+const model = perturbedTiny32
 
 const same = (a: Float32Array, b: Float32Array) => a.length === b.length && a.every((v, i) => Object.is(v, b[i]))
 
