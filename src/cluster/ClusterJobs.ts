@@ -243,8 +243,10 @@ export const connect = (
           const left = Math.max(1, deadline - Date.now())
           const reply = yield* client.Hello({ config, version: packageVersion }, headers).pipe(Effect.timeoutOption(Duration.millis(Math.min(left, 5_000))), Effect.result)
           if (reply._tag === "Failure") {
-            if (reply.failure._tag === "RunnerRefused") return yield* reply.failure
-            last = messageOf(reply.failure)
+            // Believed only from the runner addressed: while the trainer's view of the shards lags a
+            // joining runner, its Hello can reach another runner, which may refuse for itself.
+            if (reply.failure._tag === "RunnerRefused" && reply.failure.runner === address) return yield* reply.failure
+            last = reply.failure._tag === "RunnerRefused" ? `refused by ${reply.failure.runner}, not by it` : messageOf(reply.failure)
           } else if (reply.success._tag === "Some") {
             if (reply.success.value.runner === address) return reply.success.value
             last = `answered by ${reply.success.value.runner}`
