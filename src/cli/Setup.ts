@@ -66,7 +66,7 @@ export const clip = (dir: string) =>
 
 /**
  * `--runners STORAGE`, `--runner-count N`, `--connect-timeout S`,
- * `--job-timeout S`: the iterations' jobs on effect/cluster runners
+ * `--job-timeout S`, `--coordinate`: the iterations' jobs on effect/cluster runners
  * (`pipelines/runner.ts`, docs/scaling.md) instead of worker threads.
  *
  * @since 0.8.0
@@ -74,13 +74,17 @@ export const clip = (dir: string) =>
 export const runnersFlags = (jobs: string, extra = "") => ({
   runners: Flag.String("runners").pipe(
     Flag.withDescription(
-      `send ${jobs} to the runners registered in this runner storage instead of worker threads: sqlite:PATH (one host) or postgres://USER:PASSWORD@HOST:PORT/DB (several machines), as given to pipelines/runner.ts; this process computes one share too, and every random draw stays here (the one-thread result up to float summation order); shared secret from SHARPEN_CLUSTER_SECRET; docs/scaling.md${extra}`
+      `send ${jobs} to the runners registered in this runner storage instead of worker threads: sqlite:PATH (one host) or postgres://USER:PASSWORD@HOST:PORT/DB (several machines), as given to pipelines/runner.ts; this process computes one share too (unless --coordinate), and every random draw stays here (the one-thread result up to float summation order); shared secret from SHARPEN_CLUSTER_SECRET; docs/scaling.md${extra}`
     ),
     Flag.optional
   ),
   runnerCount: Flag.Int("runner-count").pipe(Flag.withDescription("with --runners: wait for this many runners, and use those up at start (default 1)"), Flag.optional),
   connectTimeout: Flag.Finite("connect-timeout").pipe(Flag.withDescription("with --runners: seconds to wait for the runners and their handshake before failing with ClusterUnavailable (default 30)"), Flag.optional),
-  jobTimeout: Flag.Finite("job-timeout").pipe(Flag.withDescription("with --runners: seconds after which a runner that has not answered a job is dropped from the run (reported) and its job sent to another (default: no timeout)"), Flag.optional)
+  jobTimeout: Flag.Finite("job-timeout").pipe(Flag.withDescription("with --runners: seconds after which a runner that has not answered a job is dropped from the run (reported) and its job sent to another (default: no timeout)"), Flag.optional),
+  coordinate: Flag.Boolean("coordinate").pipe(
+    Flag.withDescription("with --runners: this process computes no share of the jobs, the runners all of them (for a trainer that shares its cores with runners, or should not compute); it still draws, sums and updates; with every runner gone it computes alone"),
+    Flag.withDefault(false)
+  )
 })
 
 /**
@@ -94,14 +98,18 @@ export interface RunnersUsed {
   readonly storage: string
   readonly count: number
   readonly addresses: ReadonlyArray<string>
+  /** This process computed no share (`--coordinate`). */
+  readonly coordinate?: boolean | undefined
 }
 
-/** The runner options of the flags (or a config file's `run.runners` / `run.runnerCount`), checked. */
+/** The runner options of the flags (or a config file's `run.runners` / `run.runnerCount` / `run.coordinate`), checked. */
 export interface RunnersOptions {
   readonly storage: string
   readonly runners?: number | undefined
   readonly connectTimeout?: number | undefined
   readonly jobTimeout?: number | undefined
+  /** This process computes no share (`--coordinate`). */
+  readonly coordinate?: boolean | undefined
 }
 
 /**
@@ -112,8 +120,14 @@ export interface RunnersOptions {
  * @since 0.8.0
  */
 export const runnersOptions = (
-  f: { readonly [K in keyof ReturnType<typeof runnersFlags>]: Option.Option<K extends "runners" ? string : number> },
-  file: { readonly runners?: string | undefined; readonly runnerCount?: number | undefined } = {}
+  f: {
+    readonly runners: Option.Option<string>
+    readonly runnerCount: Option.Option<number>
+    readonly connectTimeout: Option.Option<number>
+    readonly jobTimeout: Option.Option<number>
+    readonly coordinate?: boolean | undefined
+  },
+  file: { readonly runners?: string | undefined; readonly runnerCount?: number | undefined; readonly coordinate?: boolean | undefined } = {}
 ) =>
   Effect.gen(function*() {
     const storage = Option.getOrUndefined(f.runners) ?? file.runners
@@ -129,7 +143,8 @@ export const runnersOptions = (
       storage,
       runners: runners === undefined ? undefined : Math.floor(runners),
       connectTimeout: Option.getOrUndefined(f.connectTimeout),
-      jobTimeout: Option.getOrUndefined(f.jobTimeout)
+      jobTimeout: Option.getOrUndefined(f.jobTimeout),
+      coordinate: f.coordinate === true || file.coordinate === true
     }
     return options
   })
@@ -138,7 +153,8 @@ const clusterOptions = (options: RunnersOptions): ClusterJobs.Options => ({
   storage: options.storage,
   runners: options.runners,
   connectTimeout: options.connectTimeout === undefined ? undefined : Duration.millis(options.connectTimeout * 1000),
-  jobTimeout: options.jobTimeout === undefined ? undefined : Duration.millis(options.jobTimeout * 1000)
+  jobTimeout: options.jobTimeout === undefined ? undefined : Duration.millis(options.jobTimeout * 1000),
+  coordinate: options.coordinate
 })
 
 /**
@@ -155,10 +171,10 @@ const noting = <L extends Layer.Layer<ClusterJobs.ClusterRunners | JobThreads.Jo
     Effect.gen(function*() {
       runners = Context.get(context, ClusterJobs.ClusterRunners)
       threads = Context.get(context, JobThreads.JobThreads)
-      yield* Effect.logInfo(`jobs on ${runners.length} runner(s) of ${storage} and this process: ${runners.map((r) => r.runner).join(", ")}`)
+      yield* Effect.logInfo(`jobs on ${runners.length} runner(s) of ${storage}${options.coordinate === true ? " (this process coordinates)" : " and this process"}: ${runners.map((r) => r.runner).join(", ")}`)
     })
   ))
-  const used = (): RunnersUsed | undefined => runners === undefined ? undefined : { storage, count: runners.length, addresses: runners.map((r) => r.runner) }
+  const used = (): RunnersUsed | undefined => runners === undefined ? undefined : { storage, count: runners.length, addresses: runners.map((r) => r.runner), ...(options.coordinate === true ? { coordinate: true } : {}) }
   return { layer: noted as unknown as L, used, transport: () => threads }
 }
 

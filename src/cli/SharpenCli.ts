@@ -86,7 +86,7 @@ const flags = {
   backend: Setup.backendFlag,
   ...Setup.runnersFlags(
     "each iteration's jobs (online samples, paths, gradient parts, reference errors) and the evaluation images (before, after, sample grids)",
-    "; recorded in run.json (a password masked), where a resume may change it; replaces --threads; config file: {\"run\": {\"runners\": \"sqlite:...\", \"runnerCount\": 2}}"
+    "; recorded in run.json (a password masked), where a resume may change it; replaces --threads; config file: {\"run\": {\"runners\": \"sqlite:...\", \"runnerCount\": 2, \"coordinate\": false}}"
   ),
   threads: Flag.Int("threads").pipe(
     Flag.withDescription("threads of each iteration: generation (online samples, paths, continuations) and the image-level objectives' gradient parts, this one included; 1 = no worker threads; the same result up to float summation order (default: one per core, at most 4, or SHARPEN_WORKERS, on wasm and cpu; 1 on a GPU, where threads would fight over the device)"),
@@ -134,7 +134,7 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags, algori
   let file: string | undefined
   let rewardEntry: unknown
   let filePreset: SharpenConfig.Preset | undefined
-  let runnersEntry: { runners?: string; runnerCount?: number } = {}
+  let runnersEntry: { runners?: string; runnerCount?: number; coordinate?: boolean } = {}
   if (Option.isSome(f.config)) {
     file = f.config.value
     const text = yield* fs.readFileString(file).pipe(Effect.mapError(() => new SharpenConfig.ConfigError({ file, message: "cannot read the config file" })))
@@ -145,7 +145,7 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags, algori
     // The reward and its options are not settings of the algorithm (RewardFlags).
     const { reward, ...withRunners } = json as Record<string, unknown>
     rewardEntry = reward
-    // Nor are the runners (where the jobs run): "run": {"runners", "runnerCount"}, or flat.
+    // Nor are the runners (where the jobs run): "run": {"runners", "runnerCount", "coordinate"}, or flat.
     const taken = yield* Effect.fromResult(takeRunners(withRunners, file))
     const rest = taken.rest
     runnersEntry = taken.runners
@@ -166,14 +166,18 @@ const loadConfig = Effect.fn("SharpenCli.loadConfig")(function*(f: Flags, algori
 
 /**
  * A config file's runner entries (`"run": {"runners": "sqlite:...",
- * "runnerCount": 2}`, or flat), taken out of its settings: they say where
- * the jobs run, not what is trained (`--runners`, `--runner-count`).
+ * "runnerCount": 2, "coordinate": false}`, or flat), taken out of its
+ * settings: they say where the jobs run, not what is trained (`--runners`,
+ * `--runner-count`, `--coordinate`).
  */
-const takeRunners = (json: Record<string, unknown>, file: string): Result.Result<{ rest: Record<string, unknown>; runners: { runners?: string; runnerCount?: number } }, SharpenConfig.ConfigError> => {
+const takeRunners = (
+  json: Record<string, unknown>,
+  file: string
+): Result.Result<{ rest: Record<string, unknown>; runners: { runners?: string; runnerCount?: number; coordinate?: boolean } }, SharpenConfig.ConfigError> => {
   const rest = { ...json }
   const found: Record<string, unknown> = {}
   const take = (from: Record<string, unknown>, prefix: string) => {
-    for (const key of ["runners", "runnerCount"]) {
+    for (const key of ["runners", "runnerCount", "coordinate"]) {
       if (key in from) {
         found[key] = from[key]
         found[`${key}@`] = prefix + key
@@ -193,9 +197,16 @@ const takeRunners = (json: Record<string, unknown>, file: string): Result.Result
   if (found.runnerCount !== undefined && !(Number.isInteger(found.runnerCount) && (found.runnerCount as number) >= 1)) {
     return Result.fail(new SharpenConfig.ConfigError({ file, field: String(found["runnerCount@"]), message: "the runner count is a whole number of at least 1" }))
   }
+  if (found.coordinate !== undefined && typeof found.coordinate !== "boolean") {
+    return Result.fail(new SharpenConfig.ConfigError({ file, field: String(found["coordinate@"]), message: "coordinate is true or false" }))
+  }
   return Result.succeed({
     rest,
-    runners: { ...(found.runners === undefined ? {} : { runners: found.runners as string }), ...(found.runnerCount === undefined ? {} : { runnerCount: found.runnerCount as number }) }
+    runners: {
+      ...(found.runners === undefined ? {} : { runners: found.runners as string }),
+      ...(found.runnerCount === undefined ? {} : { runnerCount: found.runnerCount as number }),
+      ...(found.coordinate === undefined ? {} : { coordinate: found.coordinate as boolean })
+    }
   })
 }
 
@@ -235,7 +246,7 @@ export const command = <E, R>(pipeline: Pipeline<E, R>) => {
       const { config, reward: rewardSpec, preset, runners: runnersEntry } = yield* loadConfig(f, algorithm)
       const runnersOptions = yield* Setup.runnersOptions(f, runnersEntry)
       if (runnersOptions !== undefined && Option.isSome(f.threads)) {
-        return yield* new SharpenConfig.ConfigError({ field: "threads", message: "--threads and --runners: the runners take the place of the worker threads (this process computes one share); give one of them" })
+        return yield* new SharpenConfig.ConfigError({ field: "threads", message: "--threads and --runners: the runners take the place of the worker threads (this process computes one share, or none with --coordinate); give one of them" })
       }
       const out = Option.getOrElse(f.out, () => path.join("out", algorithm))
       const run = yield* RunDirectory.open({ out, resume: f.resume, resumeIfPresent: f.resumeIfPresent })

@@ -4,7 +4,9 @@
  * `GenerationPool.fromThreads` / `fromTransport` provide `GenerationJobs`
  * and `GradientJobs` over them exactly as over worker threads. The trainer
  * counts as one (it computes its own shard while the runners compute
- * theirs), and every random draw stays in it: the jobs carry the weights
+ * theirs), unless it only coordinates (`coordinate`: every shard goes to a
+ * runner, for a trainer on a machine that should not compute, or that
+ * shares its cores with runners), and every random draw stays in it: the jobs carry the weights
  * and the draws, so a run over N runners gives the one-thread result up to
  * the order of float sums.
  *
@@ -80,6 +82,12 @@ export interface Options {
    * to the next runner left (default: no timeout).
    */
   readonly jobTimeout?: Duration.Input | undefined
+  /**
+   * The trainer computes no share: each iteration's generation, gradient
+   * parts and reference errors are split over the runners alone (default:
+   * the trainer computes one share beside them).
+   */
+  readonly coordinate?: boolean | undefined
 }
 
 /** The transport over runners, and who they are. */
@@ -199,6 +207,7 @@ export const connect = (
   Effect.gen(function*() {
     const storage = Storage.redact(options.storage)
     const wanted = options.runners ?? 1
+    const coordinate = options.coordinate === true
     const timeout = Duration.fromInputUnsafe(options.connectTimeout ?? Duration.seconds(30))
     const secret = options.secret ?? secretFromEnv()
     const headers = secret === undefined ? {} : { headers: { [secretHeader]: secret } }
@@ -428,7 +437,9 @@ export const connect = (
       const same = left.length === 0 && joined.length === 0 && next.every((n, k) => n.id === members[k].id)
       if (same) return
       members = next
-      const split = `the batch is split over ${next.length + 1} (this process and ${next.length} runner(s))`
+      const split = coordinate
+        ? `the batch is split over ${next.length} runner(s) (this process coordinates)`
+        : `the batch is split over ${next.length + 1} (this process and ${next.length} runner(s))`
       for (const m of left) {
         const why = dropped.has(m.address) ? "dropped for a job timeout" : "gone from the runner storage"
         changes.push({ iteration, runner: m.info.runner, change: "left", detail: why })
@@ -444,8 +455,12 @@ export const connect = (
 
     const byAddress = (f: (t: Tally) => number) => () => new Map([...tallies].map(([a, t]) => [a, f(t)] as const))
     return {
+      // A coordinating trainer left with no runner computes the iteration itself rather than nothing.
       get threads() {
-        return members.length + 1
+        return coordinate && members.length > 0 ? members.length : members.length + 1
+      },
+      get computesHere() {
+        return !coordinate || members.length === 0
       },
       call: (thread, job) => callIn(members, thread, job),
       fanOut,

@@ -20,13 +20,15 @@ export interface RemoteGradients {
  * @since 0.5.0
  */
 export interface Jobs {
-  /** Threads the work is spread over (1: this thread only); it changes only in `refresh`. */
+  /** Shares the work is spread over (1: this thread only); it changes only in `refresh`. */
   readonly threads: number
+  /** Whether this thread computes a share (absent: it does); false: every group is a job, `here` computes nothing. */
+  readonly computesHere?: boolean | undefined
   /** Change the threads to those available now, before iteration `iteration` (`JobThreads.Threads.refresh`); absent: fixed. */
   readonly refresh?: ((iteration: number) => Effect.Effect<void>) | undefined
   /**
    * Gradients of loss parts: group i on worker thread i + 1, while `here`
-   * (this thread's share) runs. Each result is the group's summed loss and
+   * (this thread's share; nothing where this thread computes none) runs. Each result is the group's summed loss and
    * gradient (flat, parameter order) and which parameters have a gradient.
    */
   readonly gradients: <A>(

@@ -117,8 +117,9 @@ export const accumulatedGrads = (
   params: Readonly<Record<string, tf.Variable>>
 ): Effect.Effect<{ value: number; grads: Record<string, tf.Tensor> }> => Effect.suspend(() => withValue(accumulate(loss, params)))
 
-const isPortable = (parts: ReadonlyArray<() => tf.Scalar>): parts is ReadonlyArray<PortablePart.Part & { readonly portable: () => Effect.Effect<PortablePart.PortablePart> }> =>
-  parts.length > 1 && parts.every((p) => (p as PortablePart.Part).portable !== undefined)
+/** Parts that can be sent: more than one, or any where this thread computes no share. */
+const isPortable = (parts: ReadonlyArray<() => tf.Scalar>, pool: GradientJobs.Jobs): parts is ReadonlyArray<PortablePart.Part & { readonly portable: () => Effect.Effect<PortablePart.PortablePart> }> =>
+  parts.length > (pool.computesHere === false ? 0 : 1) && parts.every((p) => (p as PortablePart.Part).portable !== undefined)
 
 /**
  * {@link accumulatedGrads} with the parts split over the pool's threads
@@ -139,8 +140,11 @@ const sharded = (
       const start = k * size + Math.min(k, extra)
       return parts.slice(start, start + size + (k < extra ? 1 : 0))
     })
-    const portables = yield* Effect.forEach(groups.slice(1), (g) => Effect.forEach(g, (p) => p.portable()))
+    // Where this thread computes no share (a coordinating trainer), every group is a job.
+    const local = pool.computesHere !== false
+    const portables = yield* Effect.forEach(groups.slice(local ? 1 : 0), (g) => Effect.forEach(g, (p) => p.portable()))
     const { here, remote } = yield* pool.gradients(model, portables, () => {
+      if (!local) return undefined
       try {
         return WasmHeap.guard(what, undefined, () => accumulate(groups[0], model.params), Scoped.disposeAll)
       } catch (e) {
@@ -149,7 +153,7 @@ const sharded = (
       }
     })
     if (here instanceof WasmHeap.WasmHeapExhausted) return yield* here
-    const mine = yield* withValue(here)
+    const mine = here === undefined ? { value: 0, grads: {} as Record<string, tf.Tensor> } : yield* withValue(here)
     // Sum into one flat array per parameter; a parameter no part reaches keeps no gradient (as on one thread).
     // One parameter read at a time, as before: at most one extra copy in memory.
     const grads: Record<string, tf.Tensor> = {}
@@ -238,7 +242,7 @@ const make = (
       const lr = learningRate(c, adam.step)
       const parts = typeof loss === "function" ? 1 : loss.length
       const what = `the gradients of iteration ${iteration} (${parts} part${parts === 1 ? "" : "s"})`
-      const { value: l, grads } = threads !== undefined && threads.pool.threads > 1 && typeof loss !== "function" && isPortable(loss)
+      const { value: l, grads } = threads !== undefined && (threads.pool.threads > 1 || threads.pool.computesHere === false) && typeof loss !== "function" && isPortable(loss, threads.pool)
         ? yield* sharded(threads.pool, threads.model, loss, what)
         : yield* Effect.flatMap(WasmHeap.guarded(what, undefined, () => accumulate(loss, params), Scoped.disposeAll), withValue)
       const gradNorm = yield* (Number.isFinite(l) ? AdamW.step(params, grads, adam, lr, c) : Effect.succeed(NaN)).pipe(

@@ -187,23 +187,26 @@ export const fromThreads = (threads: JobThreads.Threads): Pool => ({
   lossAndGrads: (m, whole) =>
     Effect.gen(function*() {
       const parts = shards(whole, threads.threads)
-      if (parts.length === 1) return yield* lossAndGrads(m, whole)
+      if (parts.length === 1 && threads.computesHere !== false) return yield* lossAndGrads(m, whole)
       const params = yield* flatten(m.params)
       // The main thread's shard runs while the workers run theirs.
-      const [mine, others] = yield* threads.fanOut(
-        parts.slice(1).map((shard) => (client) => client.PretrainShard({ params, shard })),
-        shardGrads(m, parts[0])
+      const results = yield* JobThreads.shares(
+        threads,
+        parts,
+        (shard) => (client) => client.PretrainShard({ params, shard }),
+        (shard) => shardGrads(m, shard)
       ).pipe(Effect.catchTag("GenerationWorkerFailed", (e) => Effect.die(e)))
       const weights = parts.map((s) => s.batch / whole.batch)
       // Weighted mean over shards on the flat arrays: one pass, no tensor ops
       // (per-parameter tensor ops cost ~1,000 kernel calls a step on wasm).
-      const grads = mine.grads
+      const [first, ...others] = results
+      const grads = first.grads
       for (let i = 0; i < grads.length; i++) {
         let g = grads[i] * weights[0]
         for (let j = 0; j < others.length; j++) g += others[j].grads[i] * weights[j + 1]
         grads[i] = g
       }
-      const loss = mine.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
+      const loss = first.loss * weights[0] + others.reduce((a, o, i) => a + o.loss * weights[i + 1], 0)
       return { loss, grads }
     })
 })

@@ -64,7 +64,9 @@ export const inline: Pool = {
  * @since 0.7.0
  */
 export const fromThreads = (transport: JobThreads.Threads): Pool => {
-  if (transport.threads <= 1 && transport.refresh === undefined) return inline
+  if (transport.threads <= 1 && transport.refresh === undefined && transport.computesHere !== false) return inline
+  // One share computed here alone, as on one thread (a coordinating transport sends even one away).
+  const alone = (shares: number) => shares <= 1 && transport.computesHere !== false
   return {
     // Read per call: a transport's threads may change between iterations (`refresh`).
     get threads() {
@@ -72,6 +74,9 @@ export const fromThreads = (transport: JobThreads.Threads): Pool => {
     },
     liveThreads: transport.liveThreads,
     refresh: transport.refresh,
+    get computesHere() {
+      return transport.computesHere
+    },
     sample: (model, prompts, xT, o) =>
       Effect.gen(function*() {
         const threads = transport.threads
@@ -84,15 +89,17 @@ export const fromThreads = (transport: JobThreads.Threads): Pool => {
           const start = k * size + Math.min(k, extra)
           return { start, end: start + size + (k < extra ? 1 : 0) }
         })
-        if (parts.length <= 1) return yield* inline.sample(model, prompts, xT, o)
+        if (alone(parts.length)) return yield* inline.sample(model, prompts, xT, o)
         const params = yield* flatten(model.params)
         const job = (s: { start: number; end: number }) => ({ prompts: prompts.slice(s.start, s.end), steps: o.steps, cfg: o.cfg })
-        const [mine, theirs] = yield* transport.fanOut(
-          parts.slice(1).map((s) => (client) => client.Sample({ ...job(s), params, xT: xT.slice(s.start * per, s.end * per) })),
-          JobHandlers.sample(model, { ...job(parts[0]), xT: xT.subarray(parts[0].start * per, parts[0].end * per) })
+        const images = yield* JobThreads.shares(
+          transport,
+          parts,
+          (s) => (client) => client.Sample({ ...job(s), params, xT: xT.slice(s.start * per, s.end * per) }),
+          (s) => JobHandlers.sample(model, { ...job(s), xT: xT.subarray(s.start * per, s.end * per) })
         )
         const out = new Float32Array(xT.length)
-        ;[mine, ...theirs].forEach((a, k) => out.set(a, parts[k].start * per))
+        images.forEach((a, k) => out.set(a, parts[k].start * per))
         return tf.tensor(out, [prompts.length, ...Denoiser.sampleShape(model.config)], "float32")
       }),
     trajectories: (model, x0, prompts, draws, o) =>
@@ -100,17 +107,18 @@ export const fromThreads = (transport: JobThreads.Threads): Pool => {
         const threads = transport.threads
         const schedule = Schedule.make(model.config.schedule)
         const items = TrajectoryShards.partition(draws.itemT0, threads, o, schedule.trainSteps)
-        if (items.length <= 1) return yield* inline.trajectories(model, x0, prompts, draws, o)
+        if (alone(items.length)) return yield* inline.trajectories(model, x0, prompts, draws, o)
         const [whole, params] = yield* Effect.all([
           Effect.map(HostRead.float32(x0), (data) => ({ x0: data, prompts, draws })),
           flatten(model.params)
         ], { concurrency: "unbounded" })
         const shards = items.map((its) => TrajectoryShards.shard(whole, its, o.n))
-        const [mine, theirs] = yield* transport.fanOut(
-          shards.slice(1).map((s) => (client) => client.Trajectories({ ...s, params, options: o })),
-          JobHandlers.trajectories(model, { ...shards[0], options: o })
+        const data = yield* JobThreads.shares(
+          transport,
+          shards,
+          (s) => (client) => client.Trajectories({ ...s, params, options: o }),
+          (s) => JobHandlers.trajectories(model, { ...s, options: o })
         )
-        const data = [mine, ...theirs]
         return TrajectoryShards.fromData(TrajectoryShards.merge(data.map((d, k) => ({ items: items[k], data: d })), prompts.length))
       }),
     gradients: (model, groups, here) =>
@@ -125,16 +133,18 @@ export const fromThreads = (transport: JobThreads.Threads): Pool => {
     errors: (model, inputs) =>
       Effect.gen(function*() {
         const threads = transport.threads
-        // Set k on thread k mod threads (thread 0 is this one).
+        // Set k in share k mod threads (share 0 is this thread's, where it computes one).
         const shards = Array.from({ length: Math.min(threads, inputs.length) }, (_, s) => inputs.flatMap((p, k) => (k % threads === s ? [{ p, k }] : [])))
-        if (shards.length <= 1) return yield* inline.errors(model, inputs)
+        if (alone(shards.length)) return yield* inline.errors(model, inputs)
         const params = yield* flatten(model.params)
-        const [mine, theirs] = yield* transport.fanOut(
-          shards.slice(1).map((s) => (client) => client.Errors({ params, inputs: s.map((e) => e.p) })),
-          JobHandlers.errors(model, shards[0].map((e) => e.p))
+        const results = yield* JobThreads.shares(
+          transport,
+          shards,
+          (s) => (client) => client.Errors({ params, inputs: s.map((e) => e.p) }),
+          (s) => JobHandlers.errors(model, s.map((e) => e.p))
         )
         const out = new Array<Float32Array>(inputs.length)
-        ;[mine, ...theirs].forEach((arrays, s) => shards[s].forEach((e, j) => (out[e.k] = arrays[j])))
+        results.forEach((arrays, s) => shards[s].forEach((e, j) => (out[e.k] = arrays[j])))
         return out
       })
   }

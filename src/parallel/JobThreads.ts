@@ -55,9 +55,19 @@ export type Job<A> = (client: Client) => Effect.Effect<A, WasmHeap.WasmHeapExhau
  * @since 0.7.0
  */
 export interface Threads {
-  /** Threads the work is spread over, this one included (1: this thread only). */
+  /**
+   * Shares the work is spread over: this thread's and one per worker (1:
+   * this thread only), or, where this thread computes none
+   * (`computesHere` false), one per worker.
+   */
   readonly threads: number
-  /** Run a job on worker thread `thread` (1 to threads - 1). */
+  /**
+   * Whether this thread computes a share; absent: it does. A coordinating
+   * transport (a trainer that only draws, sums and updates, its jobs on
+   * runners) says false: every share of a call is then a job ({@link shares}).
+   */
+  readonly computesHere?: boolean | undefined
+  /** Run a job on worker thread `thread` (1 to the workers' count). */
   readonly call: <A>(thread: number, job: Job<A>) => Effect.Effect<A, GenerationError>
   /**
    * Send `remote[k]` to worker thread k + 1, then run `here` on this thread
@@ -88,6 +98,25 @@ export const inline: Threads = {
   fanOut: (remote, here) =>
     remote.length > 0 ? Effect.die(new RangeError(`${remote.length} jobs for the inline transport's 0 worker threads`)) : Effect.map(here, (h) => [h, []] as const),
   liveThreads: () => 0
+}
+
+/**
+ * One result per share, in share order: share 0 computed here by `here`
+ * while share k goes to worker thread k as `job(share, k)`, or, on a
+ * transport that computes nothing here, share k to worker k + 1. One share
+ * on a transport that computes here is computed here alone.
+ *
+ * @since 0.8.0
+ */
+export const shares = <S, A, E>(
+  transport: Threads,
+  items: ReadonlyArray<S>,
+  job: (share: S) => Job<A>,
+  here: (share: S) => Effect.Effect<A, E>
+): Effect.Effect<Array<A>, E | GenerationError> => {
+  if (transport.computesHere === false) return Effect.map(transport.fanOut(items.map(job), Effect.void), ([, theirs]) => theirs)
+  if (items.length <= 1) return Effect.map(Effect.forEach(items, here), (a) => a)
+  return Effect.map(transport.fanOut(items.slice(1).map(job), here(items[0])), ([mine, theirs]) => [mine, ...theirs])
 }
 
 /** A job on its way to a thread (not the protocol's own messages). */

@@ -82,7 +82,8 @@ const batches = (prompts: ReadonlyArray<string>, batchSize: number) => {
  * job, each image from its (seed, index) generator), so the images are
  * theirs. They go in rounds of one batch per thread: this process computes
  * the first of a round (`fanOut` writes the others to their runners
- * before that synchronous work starts), the transport's threads the rest.
+ * before that synchronous work starts), the transport's threads the rest
+ * (all of them where it computes nothing here).
  * The threads are read per round; a failed job fails as the transport's
  * jobs fail (`GenerationWorkerFailed`).
  *
@@ -97,17 +98,19 @@ export const onTransport = (
 ): Effect.Effect<Array<Float32Array>, GenerationError | DiffusionError> =>
   Effect.gen(function*() {
     const jobs = batches(prompts, sampler.batchSize)
-    if (transport.threads <= 1 || jobs.length <= 1) return yield* Generate.generate(model, prompts, sampler, (done) => onImages?.(done))
+    if ((transport.threads <= 1 || jobs.length <= 1) && transport.computesHere !== false) return yield* Generate.generate(model, prompts, sampler, (done) => onImages?.(done))
     const params = yield* flatten(model.params)
     const results: Array<ReadonlyArray<Float32Array>> = []
     let done = 0
     for (let next = 0; next < jobs.length;) {
       const round = jobs.slice(next, next + Math.max(1, transport.threads))
-      const [mine, theirs] = yield* transport.fanOut(
-        round.slice(1).map((job) => (client) => client.Images({ ...job, params, sampler })),
-        Generate.generate(model, round[0].prompts, sampler, undefined, round[0].firstIndex)
+      const rounds = yield* JobThreads.shares(
+        transport,
+        round,
+        (job) => (client) => client.Images({ ...job, params, sampler }),
+        (job) => Generate.generate(model, job.prompts, sampler, undefined, job.firstIndex)
       )
-      for (const images of [mine, ...theirs]) {
+      for (const images of rounds) {
         results.push(images)
         done += images.length
       }

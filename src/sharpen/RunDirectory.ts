@@ -91,7 +91,8 @@ export interface Outcome {
 }
 
 /** Where an evaluation samples, when not on this process's worker threads. */
-const where = (e: Evaluation) => e.transport === undefined ? "" : ` on this process and ${e.transport.threads - 1} runner(s)`
+const where = (e: Evaluation) =>
+  e.transport === undefined ? "" : e.transport.computesHere === false ? ` on ${e.transport.threads} runner(s)` : ` on this process and ${e.transport.threads - 1} runner(s)`
 
 /** Prompts in each mid-run sample grid (`sampleEvery`): two rows of the grid. */
 const GRID_PROMPTS = 16

@@ -69,7 +69,9 @@ export const RunRecord = Schema.Struct({
     /** The runner storage URL, a password in it masked. */
     storage: Schema.String,
     count: Schema.Number,
-    addresses: Schema.Array(Schema.String)
+    addresses: Schema.Array(Schema.String),
+    /** This process computed no share (`--coordinate`). */
+    coordinate: Schema.optionalKey(Schema.Boolean)
   }))
 })
 export type RunRecord = typeof RunRecord.Type
@@ -98,7 +100,7 @@ export const make = Effect.fn("RunRecord.make")(function*(options: {
   readonly reward: Registry.RewardSpec
   readonly model: string
   /** The runners the jobs go to (informational; the storage URL already masked). */
-  readonly runners?: { readonly storage: string; readonly count: number; readonly addresses: ReadonlyArray<string> } | undefined
+  readonly runners?: { readonly storage: string; readonly count: number; readonly addresses: ReadonlyArray<string>; readonly coordinate?: boolean | undefined } | undefined
 }) {
   const terms = yield* Effect.fromResult(Registry.parseExpression(options.reward.reward))
   const clip = Registry.needsBackend(terms) && options.reward.modelDir !== undefined ? options.reward.modelDir : undefined
@@ -111,7 +113,14 @@ export const make = Effect.fn("RunRecord.make")(function*(options: {
     reward: { ...options.reward },
     baseModel: { path: options.model, sha256: yield* ModelDir.contentHash(options.model) },
     ...(clip === undefined ? {} : { rewardModel: { path: clip, sha256: yield* ModelDir.contentHash(clip) } }),
-    ...(options.runners === undefined ? {} : { runners: { storage: options.runners.storage, count: options.runners.count, addresses: [...options.runners.addresses] } })
+    ...(options.runners === undefined ? {} : {
+      runners: {
+        storage: options.runners.storage,
+        count: options.runners.count,
+        addresses: [...options.runners.addresses],
+        ...(options.runners.coordinate === true ? { coordinate: true } : {})
+      }
+    })
   }
   return record
 })

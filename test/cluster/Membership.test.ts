@@ -22,7 +22,7 @@ import * as Sharpen from "../../src/sharpen/Sharpen.ts"
 import * as SharpenLayers from "../../src/sharpen/SharpenLayers.ts"
 import { Backend } from "../../src/tensor/Backend.ts"
 import { savedTinyModel, smallConfig, tmpDir } from "../sharpen-helpers.ts"
-import { runner, type RunnerProcess } from "./runners.ts"
+import { runner, type RunnerProcess, stop } from "./runners.ts"
 import { maxAbsDiff, storageIn } from "./scenarios.ts"
 
 // A mock reward: mean brightness of the red channel (as SharpenRunners.test.ts).
@@ -89,10 +89,10 @@ const registered = (storage: string, address: string): boolean => {
   }
 }
 
-/** What `--runners STORAGE --runner-count N` builds (`Setup.clusterJobs`), and who was used. */
-const clusterJobs = (storage: string, runners: number) =>
+/** What `--runners STORAGE --runner-count N [--coordinate]` builds (`Setup.clusterJobs`), and who was used. */
+const clusterJobs = (storage: string, runners: number, coordinate = false) =>
   Effect.map(
-    Setup.runnersOptions({ runners: Option.some(storage), runnerCount: Option.some(runners), connectTimeout: Option.some(90), jobTimeout: Option.none() }),
+    Setup.runnersOptions({ runners: Option.some(storage), runnerCount: Option.some(runners), connectTimeout: Option.some(90), jobTimeout: Option.none(), coordinate }),
     (options) => Setup.clusterJobs(options!)
   )
 
@@ -207,5 +207,37 @@ describe("runners joining and leaving a run (SQLite storage, runner processes on
       assert.strictEqual(t.threads, 2)
       assert.deepStrictEqual(t.used.map((r) => r.runner).sort(), [a.address, b.address].sort())
       sameAsOneThread(over, yield* oneThread, "2 runners, one killed in iteration 2")
+    }).pipe(Effect.scoped), 600_000)
+
+  it.live("--coordinate: 2 runners compute every share (the batch in 2, this process none); when both stop, this process computes alone; the run ends at one thread's weights", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("membership-coordinate-")
+      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      let answeredIn1: ReadonlyArray<number> = []
+      const cluster = yield* clusterJobs(storage, 2, true)
+      const over = yield* run(model, {
+        jobs: cluster.layer,
+        between: (done, transport) =>
+          done !== 1 ? Effect.void : Effect.gen(function*() {
+            // Iteration 1: two shares, both on runners.
+            assert.strictEqual(transport.threads, 2)
+            assert.isFalse(transport.computesHere)
+            answeredIn1 = [a, b].map((r) => transport.jobsDone().get(r.address) ?? 0)
+            // Both stop cleanly (deregistered): the next iteration has no runner.
+            yield* Effect.all([stop(a.process), stop(b.process)], { concurrency: "unbounded" })
+            assert.isTrue(yield* until(() => !registered(storage, a.address) && !registered(storage, b.address), 60_000), "runners still listed 60 s after they stopped")
+          })
+      })
+      const t = over.transport!
+      console.log(`coordinating: jobs answered in iteration 1 ${JSON.stringify(answeredIn1)}; changes: ${JSON.stringify(t.changes())}`)
+      // Each fan-out of iteration 1 gave one job to each runner.
+      assert.isAbove(answeredIn1[0], 0)
+      assert.strictEqual(answeredIn1[0], answeredIn1[1])
+      assert.deepStrictEqual(t.changes().map((c) => [c.runner, c.change, c.iteration]).sort(), [[a.address, "left", 2], [b.address, "left", 2]].sort())
+      assert.strictEqual(t.threads, 1)
+      assert.isTrue(t.computesHere)
+      assert.strictEqual(cluster.used()?.coordinate, true)
+      sameAsOneThread(over, yield* oneThread, "coordinating over 2 runners, then alone")
+      assert.isAbove(maxAbsDiff(over.weights, over.initial), 20 * 0.05 * lr)
     }).pipe(Effect.scoped), 600_000)
 })

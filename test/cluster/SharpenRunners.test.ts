@@ -111,7 +111,7 @@ describe("a sharpening run over effect/cluster runners (2 runner processes on lo
     model = await savedTinyModel(3)
   })
 
-  it.live("RLHF, 2 iterations, batch 3, with the wiring's jobs on 2 runners: one thread's metrics and weights (3 worker threads' exactly); another seed differs; the runners are named; SFT too; rlhf.ts --runners finishes with them in run.json, the secret printed nowhere", () =>
+  it.live("RLHF, 2 iterations, batch 3, with the wiring's jobs on 2 runners: one thread's metrics and weights (3 worker threads' exactly); another seed differs; the runners are named; SFT too; rlhf.ts with the runners in its config file (coordinating) finishes with them in run.json, the secret printed nowhere", () =>
     Effect.gen(function*() {
       const storage = storageIn("sharpen-runners-")
       // Runners that require the shared secret; the trainer takes it from SHARPEN_CLUSTER_SECRET, as the CLI does.
@@ -169,18 +169,28 @@ describe("a sharpening run over effect/cluster runners (2 runner processes on lo
       console.log(`SFT over 2 runners: max |weights - one thread's| = ${maxAbsDiff(sftOver.weights, sftOne.weights).toExponential(2)}`)
       assert.isBelow(maxAbsDiff(sftOver.weights, sftOne.weights), 0.05 * lr)
 
-      // The command line: rlhf.ts --runners STORAGE --runner-count 2 finishes, run.json names the
-      // runners, and the secret is printed nowhere.
-      const out = path.join(tmpDir("runners-cli-"), "out")
+      // The command line: rlhf.ts with the runners in its config file (storage, count, and
+      // "coordinate": this process computes no share) finishes, run.json names the runners, and
+      // the secret is printed nowhere.
+      const dir = tmpDir("runners-cli-")
+      const out = path.join(dir, "out")
+      const config = path.join(dir, "config.json")
+      fs.writeFileSync(config, JSON.stringify({ run: { runners: storage, runnerCount: 2, coordinate: true } }))
       const cli = yield* rlhfCli(
-        ["--model", model, "--runners", storage, "--runner-count", "2", "--connect-timeout", "90", "--iterations", "1", "--batch-size", "2", "--eval-prompts", "2", "--eval-steps", "2", "--backend", "wasm", "--out", out],
+        ["--model", model, "--config", config, "--connect-timeout", "90", "--iterations", "1", "--batch-size", "2", "--eval-prompts", "2", "--eval-steps", "2", "--backend", "wasm", "--out", out],
         { SHARPEN_CLUSTER_SECRET: secret },
         300_000
       )
       assert.strictEqual(cli.code, 0, cli.output.slice(-2000))
-      assert.include(cli.output, "jobs on 2 runner(s) of " + storage)
+      assert.include(cli.output, `jobs on 2 runner(s) of ${storage} (this process coordinates)`)
       const record = JSON.parse(fs.readFileSync(path.join(out, "run", "run.json"), "utf8"))
-      assert.deepStrictEqual({ ...record.runners, addresses: [...record.runners.addresses].sort() }, { storage, count: 2, addresses: [a.address, b.address].sort() })
+      assert.deepStrictEqual({ ...record.runners, addresses: [...record.runners.addresses].sort() }, { storage, count: 2, addresses: [a.address, b.address].sort(), coordinate: true })
+      // A coordinate entry that is not a boolean is refused, naming the field.
+      fs.writeFileSync(config, JSON.stringify({ run: { runners: storage, coordinate: "yes" } }))
+      const bad = yield* rlhfCli(["--model", model, "--config", config, "--out", path.join(dir, "bad")], {}, 120_000)
+      assert.notStrictEqual(bad.code, 0)
+      assert.include(bad.output, "run.coordinate")
+      assert.include(bad.output, "coordinate is true or false")
       for (const text of [cli.output, a.output(), b.output(), fs.readFileSync(path.join(out, "run", "run.json"), "utf8")]) assert.notInclude(text, secret)
     }).pipe(Effect.scoped), 600_000)
 
