@@ -5,10 +5,11 @@
  *   npx tsx pipelines/evaluate.ts --model models/shapeworld-base
  *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --prompts data/eval/prompts-heldout.txt
  *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --against docs/data/eval-shapeworld-base.json
+ *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --rewards aesthetic   # also each image's aesthetic score
  *
  * Prints one markdown table per prompt set and writes them all as JSON.
  */
-import { Console, Effect, FileSystem, Option, Path } from "effect"
+import { Console, Context, Effect, FileSystem, Layer, Option, Path } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Inputs from "../src/io/Inputs.ts"
 import * as Main from "../src/cli/Main.ts"
@@ -23,6 +24,8 @@ import * as Generate from "../src/trajectory/Generate.ts"
 import * as ParallelGenerate from "../src/parallel/ParallelGenerate.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
+import * as Registry from "../src/reward/Registry.ts"
+import { Reward } from "../src/reward/Reward.ts"
 
 export const DEFAULT_PROMPTS = ["data/eval/prompts-seen.txt", "data/eval/prompts-heldout.txt"]
 export const DEFAULT_CLIP = Setup.DEFAULT_CLIP_MODEL
@@ -40,6 +43,10 @@ const command = Command.make(
     batchSize: Flag.Int("batch-size").pipe(Flag.withDefault(16)),
     grids: Flag.String("grids").pipe(Flag.withDescription("also write a labelled contact sheet per prompt set into this directory"), Flag.optional),
     against: Flag.String("against").pipe(Flag.withDescription("an earlier report of this command (same prompts and sampler, e.g. the base model's): also print the before/after table, paired per prompt, with Wilson intervals"), Flag.optional),
+    rewards: Flag.String("rewards").pipe(
+      Flag.withDescription("also score every image under these named rewards (comma-separated, e.g. aesthetic,compressibility; docs/rewards.md): per image in the JSON, the set's mean in the table"),
+      Flag.optional
+    ),
     json: Flag.String("json").pipe(Flag.withDescription("where to write the JSON report (default out/evaluate/<model>.json)"), Flag.optional),
     backend: Setup.backendFlag
   },
@@ -67,6 +74,10 @@ const command = Command.make(
     const useClip = Option.isSome(f.clip) || (yield* fs.exists(clipDir))
     const clip = useClip ? yield* Setup.clip(clipDir) : undefined
     if (!useClip) yield* Console.error(`note: ${clipDir} not found; clip score omitted`)
+    const others = Option.match(f.rewards, { onNone: () => [] as Array<string>, onSome: (r) => r.split(",").map((x) => x.trim()).filter((x) => x.length > 0) })
+    // Built before sampling: an unknown reward name fails now, not after minutes.
+    const scorers = yield* Effect.forEach(others, (name) =>
+      Effect.map(Layer.build(Registry.layerNode({ reward: name })), (context) => ({ name, reward: Context.get(context, Reward) })))
     const total = sets.reduce((a, s) => a + s.prompts.length, 0)
     const bar = Progress.make({ label: "evaluate", total })
     const reports: Array<Evaluate.SetReport> = []
@@ -76,7 +87,13 @@ const command = Command.make(
         ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler, { onImages: (done) => bar.tick(offset + done), signal })
       )
       offset += set.prompts.length
-      const report = yield* Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
+      const judged = yield* Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
+      const texts = set.prompts.map((p) => p.text)
+      const scores = yield* Effect.forEach(scorers, (r) => Effect.map(r.reward.score(images, texts), (xs) => ({ name: r.name, xs })))
+      const report: Evaluate.SetReport = scores.length === 0 ? judged : {
+        ...judged,
+        samples: judged.samples.map((s, i) => ({ ...s, rewards: Object.fromEntries(scores.map((r) => [r.name, r.xs[i]])) }))
+      }
       reports.push(report)
       if (Option.isSome(f.grids)) {
         const labels = report.samples.map((s) => `${s.pass ? "ok" : "x"} ${s.prompt}`)
@@ -89,6 +106,10 @@ const command = Command.make(
       ? reports.map((r) => ({ set: r.name, ...ClipReport.agreement(r.samples.map((s) => s.clip ?? 0), r.samples.map((s) => s.pass)) }))
       : []
     for (const r of reports) yield* Console.log(`\n${Evaluate.markdown(r)}`)
+    for (const name of others) {
+      const means = reports.map((r) => `${r.name} ${(r.samples.reduce((a, s) => a + (s.rewards?.[name] ?? 0), 0) / r.samples.length).toFixed(3)}`)
+      yield* Console.log(`\n${name}, mean per image: ${means.join(", ")}`)
+    }
     for (const a of agreements) {
       yield* Console.log(`\nclip vs verifier on ${a.set}: AUC ${a.auc.toFixed(3)}, correlation ${a.correlation.toFixed(3)}, mean clip ${a.meanScorePass.toFixed(3)} (pass) vs ${a.meanScoreFail.toFixed(3)} (fail)`)
     }

@@ -28,7 +28,9 @@ const SetReport = Schema.Struct({
     category: Category,
     pass: Schema.Boolean,
     partial: Schema.Boolean,
-    clip: Schema.NullOr(Schema.Finite)
+    clip: Schema.NullOr(Schema.Finite),
+    /** Scores under other named rewards (`evaluate.ts --rewards aesthetic`). */
+    rewards: Schema.optionalKey(Schema.Record(Schema.String, Schema.Finite))
   }))
 })
 

@@ -23,7 +23,7 @@ export interface SetReport {
   readonly name: string
   readonly rows: ReadonlyArray<Row>
   readonly nfePerImage: number
-  readonly samples: ReadonlyArray<{ prompt: string; category: Category; pass: boolean; partial: boolean; clip: number | null }>
+  readonly samples: ReadonlyArray<{ prompt: string; category: Category; pass: boolean; partial: boolean; clip: number | null; rewards?: Readonly<Record<string, number>> }>
 }
 
 export interface PromptSet {
