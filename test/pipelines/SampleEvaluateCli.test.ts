@@ -77,5 +77,24 @@ describe("sample.ts and evaluate.ts", () => {
     const report = JSON.parse(fs.readFileSync(json, "utf8"))
     assert.strictEqual(report.reports[0].rows.at(-1).n, 3)
     assert.strictEqual(report.reports[0].nfePerImage, 4)
+    assert.isUndefined(report.reports[0].samples[0].rewards)
+    // --rewards: each image's scores under named rewards, the same images (verdicts unchanged).
+    const scored = path.join(dir, "eval-rewards.json")
+    const r3 = runPipeline("evaluate.ts", ["--model", model, "--prompts", prompts, "--steps", "2", "--json", scored, "--backend", "wasm", "--rewards", "aesthetic,compressibility"], { cwd: dir })
+    assert.strictEqual(r3.status, 0, r3.stderr)
+    assert.match(r3.stdout, /aesthetic, mean per image: \S+ -?\d+\.\d{3}/)
+    const withRewards = JSON.parse(fs.readFileSync(scored, "utf8"))
+    withRewards.reports[0].samples.forEach((s: { pass: boolean; rewards: Record<string, number> }, i: number) => {
+      assert.deepStrictEqual(Object.keys(s.rewards).sort(), ["aesthetic", "compressibility"])
+      for (const v of Object.values(s.rewards)) assert.isTrue(Number.isFinite(v))
+      assert.strictEqual(s.pass, report.reports[0].samples[i].pass)
+    })
+    // Images differ, so their scores do (the scores are per image, not one number copied).
+    assert.isAbove(new Set(withRewards.reports[0].samples.map((s: { rewards: Record<string, number> }) => s.rewards.compressibility)).size, 1)
+    // An unknown reward fails before sampling, naming it.
+    const r4 = run("evaluate.ts", ["--model", model, "--prompts", prompts, "--steps", "2", "--json", path.join(dir, "bad.json"), "--rewards", "nosuch"])
+    assert.strictEqual(r4.code, 1)
+    assert.match(errorLines(r4.stderr)[0], /unknown reward "nosuch"/)
+    assert.isFalse(fs.existsSync(path.join(dir, "bad.json")))
   })
 })
