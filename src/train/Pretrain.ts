@@ -242,6 +242,9 @@ export const run = Effect.fn("Pretrain.run")(function*(o: PretrainOptions) {
       checkpointEvery: o.checkpointEvery,
       step: (index) =>
         Effect.gen(function*() {
+          // A transport whose threads can change (runners joining or leaving) changes them here,
+          // before the step's shards go out; the draws stay here, so only summation order moves.
+          if (Option.isSome(transport) && transport.value.refresh !== undefined) yield* transport.value.refresh(index + 1)
           const batch = Dataset.nextBatch(rng, data)
           const r = yield* optimizer.apply(yield* gradients(pool, model, schedule, batch, rng), index + 1)
           yield* ema.updateAt(index)

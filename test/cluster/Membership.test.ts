@@ -21,9 +21,9 @@ import { Reward } from "../../src/reward/Reward.ts"
 import * as Sharpen from "../../src/sharpen/Sharpen.ts"
 import * as SharpenLayers from "../../src/sharpen/SharpenLayers.ts"
 import { Backend } from "../../src/tensor/Backend.ts"
-import { savedTinyModel, smallConfig, tmpDir } from "../sharpen-helpers.ts"
+import { savedTinyModel, smallConfig, tiny32, tmpDir } from "../sharpen-helpers.ts"
 import { runner, type RunnerProcess, stop } from "./runners.ts"
-import { maxAbsDiff, storageIn } from "./scenarios.ts"
+import { maxAbsDiff, pretrain, storageIn } from "./scenarios.ts"
 
 // A mock reward: mean brightness of the red channel (as SharpenRunners.test.ts).
 const redness = Reward.fromFunction((image: Float32Array) => {
@@ -239,5 +239,52 @@ describe("runners joining and leaving a run (SQLite storage, runner processes on
       assert.strictEqual(cluster.used()?.coordinate, true)
       sameAsOneThread(over, yield* oneThread, "coordinating over 2 runners, then alone")
       assert.isAbove(maxAbsDiff(over.weights, over.initial), 20 * 0.05 * lr)
+    }).pipe(Effect.scoped), 600_000)
+
+  it.live("pretraining over runners: a runner started during the run joins at the next step (pretrain.ts refreshes the runners before each step), and the losses are one thread's", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("membership-pretrain-")
+      const scope = yield* Effect.scope
+      const a = yield* runner(storage)
+      let b: RunnerProcess | undefined
+      let transport: ClusterJobs.Runners | undefined
+      // What pretrain.ts --runners builds, with a hook before step 3's refresh: a second runner
+      // comes up, and the step waits until the storage lists it.
+      const options = yield* Setup.runnersOptions({ runners: Option.some(storage), runnerCount: Option.some(1), connectTimeout: Option.some(90), jobTimeout: Option.none() })
+      const cluster = Setup.clusterTransport(tiny32, options!)
+      const hooked = Layer.effect(
+        JobThreads.JobThreads,
+        Effect.gen(function*() {
+          const t = yield* JobThreads.JobThreads
+          transport = t as ClusterJobs.Runners
+          const hook = Effect.gen(function*() {
+            b = yield* runner(storage).pipe(Scope.provide(scope), Effect.orDie)
+            assert.isTrue(yield* until(() => registered(storage, b!.address), 60_000), "the second runner not in the storage within 60 s")
+          })
+          return {
+            get threads() {
+              return t.threads
+            },
+            get computesHere() {
+              return t.computesHere
+            },
+            call: t.call,
+            fanOut: t.fanOut,
+            liveThreads: t.liveThreads,
+            refresh: (step: number) => Effect.andThen(step === 3 ? hook : Effect.void, t.refresh!(step))
+          } satisfies JobThreads.Threads
+        })
+      ).pipe(Layer.provide(cluster.layer))
+      const one = yield* pretrain(1, 5)
+      const over = yield* pretrain(1, 5).pipe(Effect.provide(hooked))
+      const t = transport!
+      console.log(`pretraining: changes ${JSON.stringify(t.changes())}; jobs answered ${JSON.stringify([...t.jobsDone()])}`)
+      assert.deepStrictEqual(t.changes().map((c) => [c.runner, c.change, c.iteration]), [[b!.address, "joined", 3]])
+      assert.isAbove(t.jobsDone().get(b!.address) ?? 0, 0)
+      assert.isAbove(t.jobsDone().get(a.address) ?? 0, 0)
+      assert.strictEqual(t.threads, 3)
+      // As test/train/Pretrain.test.ts: the losses of one thread up to float summation order.
+      one.losses.forEach((l, i) => assert.approximately(over.losses[i], l, 1e-4 * Math.abs(l), `step ${i + 1}`))
+      assert.notStrictEqual(one.losses[1], one.losses[0])
     }).pipe(Effect.scoped), 600_000)
 })

@@ -12,8 +12,6 @@ import * as path from "node:path"
 import { beforeAll } from "vitest"
 import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
 import * as Setup from "../../src/cli/Setup.ts"
-import * as Weights from "../../src/model/Weights.ts"
-import * as Pretrain from "../../src/train/Pretrain.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
 import { Metrics } from "../../src/optim/Metrics.ts"
 import { flatten } from "../../src/parallel/DataParallel.ts"
@@ -23,7 +21,7 @@ import * as SharpenLayers from "../../src/sharpen/SharpenLayers.ts"
 import { Backend } from "../../src/tensor/Backend.ts"
 import { savedTinyModel, smallConfig, tiny32, tmpDir } from "../sharpen-helpers.ts"
 import { runner } from "./runners.ts"
-import { maxAbsDiff, storageIn } from "./scenarios.ts"
+import { maxAbsDiff, pretrain, storageIn } from "./scenarios.ts"
 
 // A mock reward: mean brightness of the red channel (as test/parallel/SharpenThreads.test.ts).
 const redness = Reward.fromFunction((image: Float32Array) => {
@@ -41,41 +39,6 @@ const run = (model: string, jobs: SharpenLayers.Wiring<never, never>["jobs"], co
     return { records, weights: yield* flatten((yield* Denoiser.Denoiser).model.params) }
   }).pipe(Effect.provide(algorithm === "sft" ? SharpenLayers.sft(config, wiring) : SharpenLayers.rlhf(config, wiring)), Effect.scoped, Effect.provide(NodeServices.layer))
 }
-
-/** A tiny pretraining (as test/train/Pretrain.test.ts), on `workers` threads or over the transport provided; its losses and released weights. */
-const pretrain = (workers: number) =>
-  Effect.gen(function*() {
-    const dir = tmpDir("runners-pretrain-")
-    const o: Pretrain.PretrainOptions = {
-      steps: 3,
-      batchSize: 3,
-      lr: 1e-3,
-      warmupSteps: 2,
-      emaDecay: 0.9,
-      nullPromptFraction: 0.2,
-      seed: 11,
-      checkpointEvery: 2,
-      lrSchedule: "cosine",
-      minLr: 1e-4,
-      workers,
-      maxMinutes: 0,
-      runDir: path.join(dir, "run"),
-      out: path.join(dir, "model"),
-      resume: false,
-      config: tiny32
-    }
-    yield* Effect.scoped(Pretrain.run(o))
-    const losses: Array<number> = JSON.parse(fs.readFileSync(path.join(dir, "run", "losses.json"), "utf8")).losses
-    const files = yield* Weights.load(o.out)
-    const names = Object.keys(files.weights).sort()
-    const weights = new Float32Array(names.reduce((a, k) => a + files.weights[k].data.length, 0))
-    let at = 0
-    for (const k of names) {
-      weights.set(files.weights[k].data, at)
-      at += files.weights[k].data.length
-    }
-    return { losses, weights, workers: files.metadata.workers }
-  }).pipe(Effect.provide(Backend.make("wasm")), Effect.provide(NodeServices.layer))
 
 const root = path.resolve(import.meta.dirname, "../..")
 

@@ -2,6 +2,7 @@
  * The cluster scenarios every runner storage must pass (SQLite in
  * ClusterJobs.test.ts, PostgreSQL in Postgres.test.ts), and their helpers.
  */
+import { NodeServices } from "@effect/platform-node"
 import { assert } from "@effect/vitest"
 import * as tf from "@tensorflow/tfjs-core"
 import { Effect, Exit, Layer } from "effect"
@@ -12,11 +13,14 @@ import * as path from "node:path"
 import * as ClusterJobs from "../../src/cluster/ClusterJobs.ts"
 import * as Schedule from "../../src/diffusion/Schedule.ts"
 import * as Denoiser from "../../src/model/Denoiser.ts"
+import * as Weights from "../../src/model/Weights.ts"
 import * as DataParallel from "../../src/parallel/DataParallel.ts"
 import { flatten } from "../../src/parallel/DataParallel.ts"
 import * as GenerationPool from "../../src/parallel/GenerationPool.ts"
 import * as JobHandlers from "../../src/parallel/JobHandlers.ts"
+import { Backend } from "../../src/tensor/Backend.ts"
 import { Rng } from "../../src/tensor/Random.ts"
+import * as Pretrain from "../../src/train/Pretrain.ts"
 import * as Generate from "../../src/trajectory/Generate.ts"
 import * as Trajectory from "../../src/trajectory/Trajectory.ts"
 import * as TrajectoryShards from "../../src/trajectory/TrajectoryShards.ts"
@@ -185,3 +189,42 @@ export const killNineResends = (storage: string) =>
       x0.dispose()
       Denoiser.dispose(m)
   }).pipe(Effect.scoped)
+
+/**
+ * A tiny pretraining of `steps` steps (as test/train/Pretrain.test.ts), on
+ * `workers` threads or over the transport provided; its losses and
+ * released weights.
+ */
+export const pretrain = (workers: number, steps = 3) =>
+  Effect.gen(function*() {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "runners-pretrain-"))
+    const o: Pretrain.PretrainOptions = {
+      steps,
+      batchSize: 3,
+      lr: 1e-3,
+      warmupSteps: 2,
+      emaDecay: 0.9,
+      nullPromptFraction: 0.2,
+      seed: 11,
+      checkpointEvery: 2,
+      lrSchedule: "cosine",
+      minLr: 1e-4,
+      workers,
+      maxMinutes: 0,
+      runDir: path.join(dir, "run"),
+      out: path.join(dir, "model"),
+      resume: false,
+      config: tiny32
+    }
+    yield* Effect.scoped(Pretrain.run(o))
+    const losses: Array<number> = JSON.parse(fs.readFileSync(path.join(dir, "run", "losses.json"), "utf8")).losses
+    const files = yield* Weights.load(o.out)
+    const names = Object.keys(files.weights).sort()
+    const weights = new Float32Array(names.reduce((a, k) => a + files.weights[k].data.length, 0))
+    let at = 0
+    for (const k of names) {
+      weights.set(files.weights[k].data, at)
+      at += files.weights[k].data.length
+    }
+    return { losses, weights, workers: files.metadata.workers }
+  }).pipe(Effect.provide(Backend.make("wasm")), Effect.provide(NodeServices.layer))
