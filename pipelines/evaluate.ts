@@ -6,6 +6,7 @@
  *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --prompts data/eval/prompts-heldout.txt
  *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --against docs/data/eval-shapeworld-base.json
  *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --rewards aesthetic   # also each image's aesthetic score
+ *   npx tsx pipelines/evaluate.ts --model out/rlhf/model --runners sqlite:runs/runners.db --runner-count 2 --coordinate
  *
  * Prints one markdown table per prompt set and writes them all as JSON.
  */
@@ -21,6 +22,7 @@ import * as EvalFile from "../src/eval/EvalFile.ts"
 import * as Evaluate from "../src/eval/Evaluate.ts"
 import * as Report from "../src/sharpen/Report.ts"
 import * as Generate from "../src/trajectory/Generate.ts"
+import * as JobThreads from "../src/parallel/JobThreads.ts"
 import * as ParallelGenerate from "../src/parallel/ParallelGenerate.ts"
 import * as AtomicFile from "../src/io/AtomicFile.ts"
 import * as Denoiser from "../src/model/Denoiser.ts"
@@ -48,7 +50,8 @@ const command = Command.make(
       Flag.optional
     ),
     json: Flag.String("json").pipe(Flag.withDescription("where to write the JSON report (default out/evaluate/<model>.json)"), Flag.optional),
-    backend: Setup.backendFlag
+    backend: Setup.backendFlag,
+    ...Setup.runnersFlags("the images (sampler batches as Images jobs; the same images as threads give)", "; replaces the worker threads")
   },
   Effect.fn(function*(f) {
     const fs = yield* FileSystem.FileSystem
@@ -68,6 +71,10 @@ const command = Command.make(
       if (why !== undefined) return yield* new EvalFile.EvalFileError({ file: againstFile, message: `cannot be compared with this evaluation: ${why}` })
     }
     const { model } = yield* Denoiser.Denoiser
+    // With --runners the images are sampled there (ParallelGenerate.onTransport), else on worker threads.
+    const runners = yield* Setup.runnersOptions(f)
+    const cluster = runners === undefined ? undefined : Setup.clusterTransport(model.config, runners)
+    const transport = cluster === undefined ? undefined : Context.get(yield* Layer.build(cluster.layer), JobThreads.JobThreads)
     // The default clip model is optional (evaluation still runs without it);
     // an explicitly requested one must load.
     const clipDir = Option.getOrElse(f.clip, () => DEFAULT_CLIP)
@@ -83,12 +90,12 @@ const command = Command.make(
     const reports: Array<Evaluate.SetReport> = []
     let offset = 0
     for (const set of sets) {
-      const images = yield* Effect.promise((signal) =>
-        ParallelGenerate.generate(model, set.prompts.map((p) => p.text), sampler, { onImages: (done) => bar.tick(offset + done), signal })
-      )
+      const texts = set.prompts.map((p) => p.text)
+      const images = transport !== undefined
+        ? yield* ParallelGenerate.onTransport(transport, model, texts, sampler, (done) => bar.tick(offset + done))
+        : yield* Effect.promise((signal) => ParallelGenerate.generate(model, texts, sampler, { onImages: (done) => bar.tick(offset + done), signal }))
       offset += set.prompts.length
       const judged = yield* Evaluate.judge(set.name, set.prompts, images, Generate.nfePerImage(sampler), clip)
-      const texts = set.prompts.map((p) => p.text)
       const scores = yield* Effect.forEach(scorers, (r) => Effect.map(r.reward.score(images, texts), (xs) => ({ name: r.name, xs })))
       const report: Evaluate.SetReport = scores.length === 0 ? judged : {
         ...judged,

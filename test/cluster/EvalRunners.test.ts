@@ -59,7 +59,7 @@ describe("evaluation over effect/cluster runners (runner processes on loopback, 
     await useWasm()
   })
 
-  it.live("evaluation images over 1 and 2 runners: one thread's and 2 worker threads' images bit for bit, the runners computing some; another seed differs", () =>
+  it.live("evaluation images over 1 and 2 runners: one thread's and 2 worker threads' images bit for bit, the runners computing some; another seed differs; evaluate.ts --runners --coordinate writes the report of worker threads", () =>
     Effect.gen(function*() {
       const storage = storageIn("eval-runners-")
       const m = model()
@@ -100,7 +100,20 @@ describe("evaluation over effect/cluster runners (runner processes on loopback, 
       sameImages(overTwo, one, "this process and 2 runners against one thread")
       sameImages(overTwo, threads, "this process and 2 runners against 2 worker threads")
       for (const r of [a, b]) assert.include(r.output(), "a trainer said Hello")
-    }).pipe(Effect.scoped), 300_000)
+
+      // evaluate.ts --runners --coordinate: the report of its worker threads, byte for byte.
+      const tiny = yield* Effect.promise(() => savedTinyModel(3))
+      const dir = tmpDir("eval-runners-evaluate-")
+      const promptsFile = path.join(dir, "prompts.txt")
+      fs.writeFileSync(promptsFile, fs.readFileSync(path.join(root, "data/eval/prompts-seen.txt"), "utf8").split("\n").slice(0, 20).join("\n") + "\n")
+      const common = ["--model", tiny, "--prompts", promptsFile, "--steps", "2", "--backend", "wasm", "--clip", "models/shapeworld-clip"]
+      const evaluated = yield* cli("evaluate.ts", [...common, "--runners", storage, "--runner-count", "2", "--coordinate", "--connect-timeout", "90", "--json", path.join(dir, "runners.json")], {}, 300_000)
+      assert.strictEqual(evaluated.code, 0, evaluated.output.slice(-2000))
+      assert.include(evaluated.output, `jobs on 2 runner(s) of ${storage} (this process coordinates)`)
+      const local = yield* cli("evaluate.ts", [...common, "--json", path.join(dir, "threads.json")], {}, 300_000)
+      assert.strictEqual(local.code, 0, local.output.slice(-2000))
+      assert.strictEqual(fs.readFileSync(path.join(dir, "runners.json"), "utf8"), fs.readFileSync(path.join(dir, "threads.json"), "utf8"))
+    }).pipe(Effect.scoped), 600_000)
 
   it.live("sft.ts --runners: exit 0, its evaluation on the runners with the base model's evaluation of worker threads (before.json equal), run.json names the runners, the secret printed nowhere; --threads with --runners refused", () =>
     Effect.gen(function*() {
