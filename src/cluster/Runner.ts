@@ -212,7 +212,7 @@ export const handlers = (address: string, secret: string | undefined) =>
         Trajectories: (r) => job(r, r.payload.params, (m) => JobHandlers.trajectories(m, r.payload)),
         Gradients: (r) => job(r, r.payload.params, (m) => JobHandlers.gradients(m, r.payload.parts)),
         Errors: (r) => job(r, r.payload.params, (m) => JobHandlers.errors(m, r.payload.inputs)),
-        Images: (r) => job(r, r.payload.params, (m) => Generate.generate(m, r.payload.prompts, r.payload.sampler, undefined, r.payload.firstIndex)),
+        Images: (r) => job(r, r.payload.params, (m) => Generate.generateStepped(m, r.payload.prompts, r.payload.sampler, r.payload.firstIndex)),
         PretrainShard: (r) => job(r, r.payload.params, (m) => DataParallel.shardGrads(m, r.payload.shard))
       })
       return JobEntity.toLayer(served, { concurrency: 1 })

@@ -18,6 +18,7 @@ import * as Denoiser from "../model/Denoiser.ts"
 import * as HostRead from "../tensor/HostRead.ts"
 import { Rng } from "../tensor/Random.ts"
 import * as Steps from "../tensor/Steps.ts"
+import type * as WasmHeap from "../tensor/WasmHeap.ts"
 
 export const SamplerOptions = Schema.Struct({
   steps: Schema.Int.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1000)),
@@ -82,47 +83,79 @@ export const toUnitImages = (x: tf.Tensor): Effect.Effect<Array<Float32Array>> =
   })
 
 /**
- * Generate one image per prompt. `onBatch(done, total)` reports progress.
- * Returns [0, 1] float images (HWC).
+ * One sampler batch as steps (one per DDIM step): its noise from `rngs`,
+ * one generator per image, then DDIM down to clean data (model space; the
+ * caller owns the result).
  *
- * @since 0.1.0
+ * @since 0.8.0
  */
-export const generate = (
+export function* batchSteps(model: Denoiser.Model, batch: ReadonlyArray<string>, rngs: ReadonlyArray<Rng>, o: SamplerOptions): Steps.Steps<tf.Tensor> {
+  const xT = batchNoise(rngs, [batch.length, ...Denoiser.sampleShape(model.config)])
+  try {
+    return yield* Ddim.sampleSteps({
+      schedule: Schedule.make(model.config.schedule),
+      denoise: (x, t) => Denoiser.guidedEps(model, x, t, batch, o.cfg),
+      xT,
+      inferenceSteps: o.steps,
+      eta: o.eta,
+      noise: (s) => batchNoise(rngs, s),
+      clipSample: 1
+    })
+  } finally {
+    xT.dispose()
+  }
+}
+
+/** The images of `prompts` in sampler batches, each sampled by `sampleBatch`. */
+const inBatches = <E>(sampleBatch: (batch: ReadonlyArray<string>, rngs: ReadonlyArray<Rng>) => Effect.Effect<tf.Tensor, E>) =>
+(
   model: Denoiser.Model,
   prompts: ReadonlyArray<string>,
   o: SamplerOptions,
   onBatch?: (done: number, total: number) => void,
   firstIndex = 0
-): Effect.Effect<Array<Float32Array>, DiffusionError> =>
+): Effect.Effect<Array<Float32Array>, E> =>
   Effect.gen(function*() {
-    const schedule = Schedule.make(model.config.schedule)
     const out: Array<Float32Array> = []
     for (let start = 0; start < prompts.length; start += o.batchSize) {
       const batch = prompts.slice(start, start + o.batchSize)
       const rngs = batch.map((_, i) => imageRng(o.seed, firstIndex + start + i))
-      const shape = [batch.length, ...Denoiser.sampleShape(model.config)]
-      const images = yield* Effect.acquireUseRelease(
-        attempt(() => {
-          const xT = batchNoise(rngs, shape) as tf.Tensor
-          try {
-            return Ddim.sample({
-              schedule,
-              denoise: (x, t) => Denoiser.guidedEps(model, x, t, batch, o.cfg),
-              xT,
-              inferenceSteps: o.steps,
-              eta: o.eta,
-              noise: (s) => batchNoise(rngs, s),
-              clipSample: 1
-            })
-          } finally {
-            xT.dispose()
-          }
-        }),
-        toUnitImages,
-        (x0) => Effect.sync(() => x0.dispose())
+      // Not an acquire (uninterruptible): a stepped batch must stay interruptible between its steps.
+      const images = yield* Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(restore(sampleBatch(batch, rngs)), (x0) => Effect.ensuring(toUnitImages(x0), Effect.sync(() => x0.dispose())))
       )
       out.push(...images)
       onBatch?.(Math.min(start + o.batchSize, prompts.length), prompts.length)
     }
     return out
   })
+
+/**
+ * Generate one image per prompt. `onBatch(done, total)` reports progress.
+ * Returns [0, 1] float images (HWC).
+ *
+ * @since 0.1.0
+ */
+export const generate: (
+  model: Denoiser.Model,
+  prompts: ReadonlyArray<string>,
+  o: SamplerOptions,
+  onBatch?: (done: number, total: number) => void,
+  firstIndex?: number
+) => Effect.Effect<Array<Float32Array>, DiffusionError> = (model, prompts, o, onBatch, firstIndex) =>
+  inBatches((batch, rngs) => attempt(() => Steps.drain(batchSteps(model, batch, rngs, o))))(model, prompts, o, onBatch, firstIndex)
+
+/**
+ * {@link generate} with a turn of the event loop between DDIM steps, so that
+ * an interrupt (a trainer's Ctrl-C reaching a runner's `Images` job) stops
+ * it within one step (`Steps.run`); the same images, bit for bit.
+ *
+ * @since 0.8.0
+ */
+export const generateStepped = (
+  model: Denoiser.Model,
+  prompts: ReadonlyArray<string>,
+  o: SamplerOptions,
+  firstIndex = 0
+): Effect.Effect<Array<Float32Array>, WasmHeap.WasmHeapExhausted> =>
+  inBatches((batch, rngs) => Steps.run("evaluation images", batch.length, () => batchSteps(model, batch, rngs, o), (x) => x.dispose()))(model, prompts, o, undefined, firstIndex)

@@ -18,12 +18,12 @@ import { storageIn } from "./scenarios.ts"
 
 const root = path.resolve(import.meta.dirname, "../..")
 
-/** `pipelines/rlhf.ts` with `args` as a child process, its output gathered; killed (SIGKILL) when the scope closes. */
-const rlhf = (args: ReadonlyArray<string>) =>
+/** `pipelines/rlhf.ts` (or `script`) with `args` as a child process, its output gathered; killed (SIGKILL) when the scope closes. */
+const rlhf = (args: ReadonlyArray<string>, script = "rlhf.ts") =>
   Effect.acquireRelease(
     Effect.sync(() => {
       const { SHARPEN_CLUSTER_SECRET: _, ...env } = process.env
-      const p = spawn(process.execPath, ["--import", "tsx", "pipelines/rlhf.ts", ...args], { cwd: root, env: { ...env, SHARPEN_CHILD: "1" }, stdio: ["ignore", "pipe", "pipe"] })
+      const p = spawn(process.execPath, ["--import", "tsx", `pipelines/${script}`, ...args], { cwd: root, env: { ...env, SHARPEN_CHILD: "1" }, stdio: ["ignore", "pipe", "pipe"] })
       let out = ""
       p.stdout!.on("data", (c: Buffer) => out += c.toString())
       p.stderr!.on("data", (c: Buffer) => out += c.toString())
@@ -139,4 +139,38 @@ describe("Ctrl-C on rlhf.ts over 2 runner processes (loopback, SQLite storage)",
       const rng = (out: string) => JSON.parse(fs.readFileSync(path.join(out, "run", "ckpt-0000003", "state.json"), "utf8")).rng
       assert.deepStrictEqual(rng(cut), rng(whole))
     }).pipe(Effect.scoped), 2_400_000)
+
+  it.live("SIGINT during evaluate.ts --runners --coordinate: each runner's Images job stops within 5 s (the sampler's steps), and evaluate.ts exits (130) writing no report", () =>
+    Effect.gen(function*() {
+      const storage = storageIn("interrupt-images-")
+      const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
+      const dir = tmpDir("interrupt-images-")
+      // 32 prompts in 2 sampler batches, one Images job per runner; 1000 DDIM steps make each job long.
+      const prompts = path.join(dir, "prompts.txt")
+      fs.writeFileSync(prompts, fs.readFileSync(path.join(root, "data/eval/prompts-seen.txt"), "utf8").split("\n").slice(0, 32).join("\n") + "\n")
+      const json = path.join(dir, "report.json")
+      const evaluation = yield* rlhf([
+        "--model", model, "--prompts", prompts, "--steps", "1000", "--runners", storage, "--runner-count", "2", "--coordinate",
+        "--connect-timeout", "90", "--backend", "wasm", "--json", json
+      ], "evaluate.ts")
+      assert.isTrue(yield* until(() => evaluation.output().includes("jobs on 2 runner(s)"), 120_000), evaluation.output().slice(-2000))
+      // The clip model loads, then the jobs go out; each runs for tens of seconds.
+      yield* Effect.sleep("10 seconds")
+      const sigint = Date.now()
+      evaluation.p.kill("SIGINT")
+      const code = yield* exitOf(evaluation.p, 120_000)
+      assert.strictEqual(code, 130, `evaluate.ts's exit after SIGINT: ${evaluation.output().slice(-2000)}`)
+      yield* until(() => [a, b].every((r) => interruptions(r.output()).length > 0), 10_000)
+      for (const r of [a, b]) {
+        const stops = interruptions(r.output())
+        assert.isAbove(stops.length, 0, `runner ${r.address} reported no interrupted job: ${r.output().slice(-1500)}; evaluate.ts: ${evaluation.output().slice(-1500)}`)
+        for (const s of stops) {
+          const after = (s.at - sigint) / 1000
+          console.log(`runner ${r.address}: job ${s.job} stopped ${after.toFixed(2)} s after the SIGINT (${s.into.toFixed(2)} s into it; longest step ${s.longest.toFixed(2)} s)`)
+          assert.strictEqual(s.job, "Images")
+          assert.isBelow(after, 5, `runner ${r.address}'s job stopped ${after.toFixed(2)} s after the SIGINT`)
+        }
+      }
+      assert.isFalse(fs.existsSync(json))
+    }).pipe(Effect.scoped), 600_000)
 })
