@@ -145,12 +145,13 @@ describe("Ctrl-C on rlhf.ts over 2 runner processes (loopback, SQLite storage)",
       const storage = storageIn("interrupt-images-")
       const [a, b] = yield* Effect.all([runner(storage), runner(storage)], { concurrency: "unbounded" })
       const dir = tmpDir("interrupt-images-")
-      // 32 prompts in 2 sampler batches, one Images job per runner; 1000 DDIM steps make each job long.
+      // 8 prompts in sampler batches of 4, one Images job per runner a round; 1000 DDIM steps make
+      // each job long, and a small batch each step short.
       const prompts = path.join(dir, "prompts.txt")
-      fs.writeFileSync(prompts, fs.readFileSync(path.join(root, "data/eval/prompts-seen.txt"), "utf8").split("\n").slice(0, 32).join("\n") + "\n")
+      fs.writeFileSync(prompts, fs.readFileSync(path.join(root, "data/eval/prompts-seen.txt"), "utf8").split("\n").slice(0, 8).join("\n") + "\n")
       const json = path.join(dir, "report.json")
       const evaluation = yield* rlhf([
-        "--model", model, "--prompts", prompts, "--steps", "1000", "--runners", storage, "--runner-count", "2", "--coordinate",
+        "--model", model, "--prompts", prompts, "--steps", "1000", "--batch-size", "4", "--runners", storage, "--runner-count", "2", "--coordinate",
         "--connect-timeout", "90", "--backend", "wasm", "--json", json
       ], "evaluate.ts")
       assert.isTrue(yield* until(() => evaluation.output().includes("jobs on 2 runner(s)"), 120_000), evaluation.output().slice(-2000))
