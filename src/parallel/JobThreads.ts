@@ -115,7 +115,7 @@ export const shares = <S, A, E>(
   here: (share: S) => Effect.Effect<A, E>
 ): Effect.Effect<Array<A>, E | GenerationError> => {
   if (transport.computesHere === false) return Effect.map(transport.fanOut(items.map(job), Effect.void), ([, theirs]) => theirs)
-  if (items.length <= 1) return Effect.map(Effect.forEach(items, here), (a) => a)
+  if (items.length <= 1) return Effect.forEach(items, here)
   return Effect.map(transport.fanOut(items.slice(1).map(job), here(items[0])), ([mine, theirs]) => [mine, ...theirs])
 }
 
