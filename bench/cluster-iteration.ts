@@ -20,7 +20,9 @@
  * Runs alternate (threads, runners, threads, ...) so that a shared
  * machine's load falls on both alike. The figure of a run is the median of
  * its iterations after the first (the first sends the weights and warms
- * the kernels). Bytes: what the runner processes read and wrote
+ * the kernels); beside the ratio of the medians it prints each pair's
+ * ratio (runners / threads, run back to back) and their geometric mean,
+ * steadier where the machine's speed drifts between pairs. Bytes: what the runner processes read and wrote
  * (`/proc/PID/io` rchar + wchar, sockets and the SQLite storage) between
  * the ends of iterations, minus the same runners' idle rate measured before
  * (storage heartbeats). Linux only (taskset, /proc).
