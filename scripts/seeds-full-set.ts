@@ -8,7 +8,8 @@
  * accuracy. Over seeds: the mean of each change with its Student-t 95%
  * interval, in how many seeds the reward rose, and the verdict of issue
  * #23's ShapeWorld goal (up in every seed, the seed-mean's interval above
- * zero, verifier, aesthetic and colour accuracy not worse).
+ * zero, verifier, aesthetic and colour accuracy not worse) on the seen set,
+ * then read the same way on each other set.
  *
  *   npx tsx scripts/seeds-full-set.ts --base BASE.json --seed 0=S0.json --seed 1=S1.json --seed 2=S2.json \
  *     [--label TEXT] [--write docs/results.md --block NAME]
@@ -92,24 +93,28 @@ const main = Effect.gen(function*() {
     "Per seed: the paired mean over prompts ± its normal 95% half-width. Mean row: Student's t over seeds (the seeds' spread; the prompts are the same for every seed); accuracy and colour as changes from the base, in points.",
     ""
   ]
-  // The goal, read off the table.
-  const seen = tInterval95(changes.map((c) => c[0].clip.mean))
-  const up = changes.filter((c) => c[0].clip.mean > 0).length
-  const beyond = changes.filter((c) => c[0].clip.mean - c[0].clip.half > 0).length
-  const notWorse = (xs: ReadonlyArray<number>) => tInterval95(xs).mean + tInterval95(xs).half >= 0
-  const verifierOk = notWorse(changes.map((c) => c[0].accChange))
-  const aesOk = notWorse(changes.map((c) => c[0].aes.mean))
-  const colourOk = notWorse(changes.map((c) => c[0].colourChange))
   for (const [j, name] of sets.entries()) {
     const d = tInterval95(changes.map((c) => c[j].clip.mean))
     const k = changes.filter((c) => c[j].clip.mean > 0).length
     const kb = changes.filter((c) => c[j].clip.mean - c[j].clip.half > 0).length
     lines.push(`- clip score on ${name}: up in ${k} of ${runs.length} seeds (${kb} beyond their own interval); seed mean ${interval(d, 3)}${d.mean - d.half > 0 ? ", interval above zero" : d.mean + d.half < 0 ? ", interval below zero" : ", interval contains zero"}.`)
   }
+  // The goal, read off the table: on the seen set (where it was first read), then on each other set with that set's
+  // verifier and aesthetic changes (colour accuracy is the seen set's: the held-out set has too few colour prompts).
+  const notWorse = (xs: ReadonlyArray<number>) => tInterval95(xs).mean + tInterval95(xs).half >= 0
+  const colourOk = notWorse(changes.map((c) => c[0].colourChange))
+  const goal = (j: number) => {
+    const d = tInterval95(changes.map((c) => c[j].clip.mean))
+    const up = changes.filter((c) => c[j].clip.mean > 0).length
+    const beyond = changes.filter((c) => c[j].clip.mean - c[j].clip.half > 0).length
+    const verifierOk = notWorse(changes.map((c) => c[j].accChange))
+    const aesOk = notWorse(changes.map((c) => c[j].aes.mean))
+    const met = up === runs.length && d.mean - d.half > 0 && verifierOk && aesOk && colourOk
+    return `${met ? "**met**" : "**not met**"} (up in ${up} of ${runs.length}, ${beyond} beyond their interval; seed-mean interval ${d.mean - d.half > 0 ? "above zero" : "not above zero"}; verifier ${verifierOk ? "not worse" : "worse"}, aesthetic ${aesOk ? "not worse" : "worse"}, colour accuracy ${colourOk ? "not worse" : "worse"})`
+  }
   lines.push(
-    `- Issue #23's ShapeWorld goal (up in every seed, the seed-mean's interval above zero, verifier accuracy, aesthetic score and colour accuracy not worse, read as their seed-mean change's interval reaching zero or above): ${
-      up === runs.length && seen.mean - seen.half > 0 && verifierOk && aesOk && colourOk ? "**met**" : "**not met**"
-    } (up in ${up} of ${runs.length}, ${beyond} beyond their interval; seed-mean interval ${seen.mean - seen.half > 0 ? "above zero" : "not above zero"}; verifier ${verifierOk ? "not worse" : "worse"}, aesthetic ${aesOk ? "not worse" : "worse"}, colour accuracy ${colourOk ? "not worse" : "worse"}).`
+    `- Issue #23's ShapeWorld goal (up in every seed, the seed-mean's interval above zero, verifier accuracy, aesthetic score and colour accuracy not worse, read as their seed-mean change's interval reaching zero or above), on ${sets[0]}: ${goal(0)}.`,
+    ...sets.slice(1).map((name, i) => `- The same goal read on ${name} (its own verifier and aesthetic changes; colour accuracy from ${sets[0]}): ${goal(i + 1)}.`)
   )
   const text = lines.join("\n")
   console.log(text)
