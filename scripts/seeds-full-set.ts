@@ -93,20 +93,22 @@ const main = Effect.gen(function*() {
     "Per seed: the paired mean over prompts ± its normal 95% half-width. Mean row: Student's t over seeds (the seeds' spread; the prompts are the same for every seed); accuracy and colour as changes from the base, in points.",
     ""
   ]
+  // The trained reward on set j over seeds: the seed mean's interval, seeds up, seeds up beyond their own interval.
+  const clipOver = (j: number) => ({
+    d: tInterval95(changes.map((c) => c[j].clip.mean)),
+    up: changes.filter((c) => c[j].clip.mean > 0).length,
+    beyond: changes.filter((c) => c[j].clip.mean - c[j].clip.half > 0).length
+  })
   for (const [j, name] of sets.entries()) {
-    const d = tInterval95(changes.map((c) => c[j].clip.mean))
-    const k = changes.filter((c) => c[j].clip.mean > 0).length
-    const kb = changes.filter((c) => c[j].clip.mean - c[j].clip.half > 0).length
-    lines.push(`- clip score on ${name}: up in ${k} of ${runs.length} seeds (${kb} beyond their own interval); seed mean ${interval(d, 3)}${d.mean - d.half > 0 ? ", interval above zero" : d.mean + d.half < 0 ? ", interval below zero" : ", interval contains zero"}.`)
+    const { beyond, d, up } = clipOver(j)
+    lines.push(`- clip score on ${name}: up in ${up} of ${runs.length} seeds (${beyond} beyond their own interval); seed mean ${interval(d, 3)}${d.mean - d.half > 0 ? ", interval above zero" : d.mean + d.half < 0 ? ", interval below zero" : ", interval contains zero"}.`)
   }
   // The goal, read off the table: on the seen set (where it was first read), then on each other set with that set's
   // verifier and aesthetic changes (colour accuracy is the seen set's: the held-out set has too few colour prompts).
   const notWorse = (xs: ReadonlyArray<number>) => tInterval95(xs).mean + tInterval95(xs).half >= 0
   const colourOk = notWorse(changes.map((c) => c[0].colourChange))
   const goal = (j: number) => {
-    const d = tInterval95(changes.map((c) => c[j].clip.mean))
-    const up = changes.filter((c) => c[j].clip.mean > 0).length
-    const beyond = changes.filter((c) => c[j].clip.mean - c[j].clip.half > 0).length
+    const { beyond, d, up } = clipOver(j)
     const verifierOk = notWorse(changes.map((c) => c[j].accChange))
     const aesOk = notWorse(changes.map((c) => c[j].aes.mean))
     const met = up === runs.length && d.mean - d.half > 0 && verifierOk && aesOk && colourOk
