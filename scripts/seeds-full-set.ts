@@ -9,10 +9,13 @@
  * interval, in how many seeds the reward rose, and the verdict of issue
  * #23's ShapeWorld goal (up in every seed, the seed-mean's interval above
  * zero, verifier, aesthetic and colour accuracy not worse) on the seen set,
- * then read the same way on each other set.
+ * then read the same way on each other set. With `--versus`, another
+ * method's evaluations of the same seeds (today's default): seed by seed,
+ * the clip score of this method minus that one's, paired per prompt, and in
+ * how many seeds it is higher (the issue's rule for a new default: 3 of 3).
  *
  *   npx tsx scripts/seeds-full-set.ts --base BASE.json --seed 0=S0.json --seed 1=S1.json --seed 2=S2.json \
- *     [--label TEXT] [--write docs/results.md --block NAME]
+ *     [--label TEXT] [--versus 0=D0.json ... --versus-label TEXT] [--write docs/results.md --block NAME]
  */
 import { NodeServices } from "@effect/platform-node"
 import { Effect } from "effect"
@@ -48,19 +51,28 @@ const aesthetic = (s: Sample, file: string) => {
 
 const main = Effect.gen(function*() {
   const baseFile = one("base")
-  const seeds = all("seed").map((s) => {
-    const [seed, file] = s.split("=")
-    return { seed: Number(seed), file }
-  })
+  const seedFiles = (flag: string) =>
+    all(flag).map((s) => {
+      const [seed, file] = s.split("=")
+      if (file === undefined || !Number.isInteger(Number(seed))) throw new Error(`--${flag} ${s}: expected SEED=FILE`)
+      return { seed: Number(seed), file }
+    })
+  const seeds = seedFiles("seed")
   if (baseFile === undefined || seeds.length === 0) throw new Error("usage: --base BASE.json --seed 0=S0.json [--seed 1=S1.json ...]")
   const base = yield* EvalFile.read(baseFile)
-  const runs = yield* Effect.forEach(seeds, (s) =>
-    Effect.gen(function*() {
-      const report = yield* EvalFile.read(s.file)
-      const why = EvalFile.unpairable(base, { sampler: report.sampler, sets: report.reports.map((r) => ({ name: r.name, prompts: r.samples.map((x) => x.prompt) })) })
-      if (why !== undefined) throw new Error(`${s.file} cannot be paired with ${baseFile}: ${why}`)
-      return { ...s, report }
-    }))
+  const paired = (list: ReadonlyArray<{ seed: number; file: string }>) =>
+    Effect.forEach(list, (s) =>
+      Effect.gen(function*() {
+        const report = yield* EvalFile.read(s.file)
+        const why = EvalFile.unpairable(base, { sampler: report.sampler, sets: report.reports.map((r) => ({ name: r.name, prompts: r.samples.map((x) => x.prompt) })) })
+        if (why !== undefined) throw new Error(`${s.file} cannot be paired with ${baseFile}: ${why}`)
+        return { ...s, report }
+      }))
+  const runs = yield* paired(seeds)
+  const versus = yield* paired(seedFiles("versus"))
+  for (const v of versus) {
+    if (!runs.some((r) => r.seed === v.seed)) throw new Error(`--versus ${v.seed}=${v.file}: no --seed ${v.seed} to compare it with`)
+  }
   const sets = base.reports.map((r) => r.name)
   const setOf = (r: EvalFile.EvalFile, name: string) => r.reports.find((x) => x.name === name)!
 
@@ -118,6 +130,21 @@ const main = Effect.gen(function*() {
     `- Issue #23's ShapeWorld goal (up in every seed, the seed-mean's interval above zero, verifier accuracy, aesthetic score and colour accuracy not worse, read as their seed-mean change's interval reaching zero or above), on ${sets[0]}: ${goal(0)}.`,
     ...sets.slice(1).map((name, i) => `- The same goal read on ${name} (its own verifier and aesthetic changes; colour accuracy from ${sets[0]}): ${goal(i + 1)}.`)
   )
+  if (versus.length > 0) {
+    // Seed by seed against the other method: same prompts, sampler and seed, so the clip scores pair per prompt.
+    const vLabel = one("versus-label") ?? versus[0].report.model
+    for (const [j, name] of sets.entries()) {
+      const diffs = versus.map((v) => {
+        const a = setOf(runs.find((r) => r.seed === v.seed)!.report, name).samples
+        const b = setOf(v.report, name).samples
+        return { seed: v.seed, d: pairedDifference(b.map((s) => s.clip ?? NaN), a.map((s) => s.clip ?? NaN)) }
+      })
+      const higher = diffs.filter((x) => x.d.mean > 0).length
+      lines.push(
+        `- Against ${vLabel} (same seeds), clip score on ${name}: higher in ${higher} of ${diffs.length} seeds (${diffs.map((x) => `seed ${x.seed} ${withHalf(x.d, 3)}`).join(", ")}); seed mean ${interval(tInterval95(diffs.map((x) => x.d.mean)), 3)}.`
+      )
+    }
+  }
   const text = lines.join("\n")
   console.log(text)
   const write = one("write")
