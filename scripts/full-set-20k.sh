@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One seed of one 20,000-training-NFE method of docs/results.md's seed
+# comparisons, trained again and evaluated on the full sets (issue #23 item 4).
+#
+# The comparisons (docs/data/compare-seeds, compare-seeds-group) evaluated on
+# 60 + 60 prompts and did not keep their models. This copies the committed
+# stage directory to out/full20k/<method>-s<seed> without its train/ part (so
+# only this stage trains: every evaluation JSON there is reused), retrains the
+# stage with the comparison's command restricted to one method and seed
+# (--curve-evals 0: the snapshots only serve the curve plots), checks that the
+# training curve equals the committed summary.json, then evaluates the model
+# as every full-set figure is evaluated (evaluate.ts: 210 seen + 208 held-out
+# prompts, DDIM 50, CFG 5, --rewards aesthetic). Resumable: a finished step is
+# skipped. Wasm on one thread, so two can run side by side on two cores.
+#
+#   bash scripts/full-set-20k.sh METHOD SEED
+#   # METHOD: rlhf-sharpening-image, diffusion-dpo (docs/data/compare-seeds) or nft, group-pairs (compare-seeds-group)
+#   # writes docs/data/eval-full-seeds/nfe20000/METHOD-sSEED.json and the stage's run record beside the committed summary
+#
+# Then: npx tsx scripts/seeds-full-set.ts --base docs/data/eval-full-seeds/base.json \
+#   --seed 0=docs/data/eval-full-seeds/nfe20000/METHOD-s0.json ... (docs/results.md gives the exact lines)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+method=${1:?usage: full-set-20k.sh METHOD SEED}
+seed=${2:?usage: full-set-20k.sh METHOD SEED}
+case "$method" in
+  rlhf-sharpening-image | diffusion-dpo) src=docs/data/compare-seeds ;;
+  nft | group-pairs) src=docs/data/compare-seeds-group ;;
+  *) echo "full-set-20k.sh: unknown method '$method' (rlhf-sharpening-image, diffusion-dpo, nft, group-pairs)" >&2; exit 2 ;;
+esac
+stage=$method-s$seed-nfe20000
+[ -f "$src/train/$stage/summary.json" ] || { echo "full-set-20k.sh: no committed stage $src/train/$stage" >&2; exit 2; }
+out=out/full20k/$method-s$seed
+evals=docs/data/eval-full-seeds/nfe20000
+result=$evals/$method-s$seed.json
+mkdir -p out/full20k "$evals"
+# The pinned Node 24 (the node package) and tsx, as npm scripts and npx see them.
+export PATH="$PWD/node_modules/.bin:$PATH"
+
+if [ ! -d "$out" ]; then
+  rm -rf "$out.tmp" && cp -r "$src" "$out.tmp" && rm -rf "$out.tmp/train" && mv "$out.tmp" "$out"
+fi
+echo "[$(date +%T)] train $stage"
+tsx pipelines/compare.ts --training-nfe 20000 --method-settings pipelines/configs/compare-shapeworld.json --curve-evals 0 \
+  --curve-prompts 20 --eval-prompts 60 --threads 1 --seeds "$seed" --methods "$method" --out "$out" > "$out.train.log" 2>&1
+
+# The same draws as the committed stage: the training curve must match to the last digit.
+node -e '
+const [a, b] = process.argv.slice(1).map((f) => JSON.parse(require("fs").readFileSync(f, "utf8")))
+const keys = ["iteration", "rewardMean", "rewardBest", "rewardWorst", "loss", "trainingNfe"]
+const same = a.curve.length === b.curve.length && a.curve.every((r, i) => keys.every((k) => r[k] === b.curve[i][k]))
+if (!same) { console.error(`training curve differs from the committed ${process.argv[1]}`); process.exit(1) }
+console.log(`training curve identical to the committed one (${a.curve.length} iterations, ${a.trainingNfe} training NFE)`)
+' "$src/train/$stage/summary.json" "$out/train/$stage/summary.json"
+mkdir -p "$src/train/$stage/run"
+cp "$out/train/$stage/run/run.json" "$out/train/$stage/run/metrics.jsonl" "$src/train/$stage/run/"
+
+if [ ! -f "$result" ]; then
+  echo "[$(date +%T)] evaluate $stage on the full sets"
+  tsx pipelines/evaluate.ts --model "$out/train/$stage/model" --rewards aesthetic --json "$result.tmp" > "$out.eval.log" 2>&1
+  mv "$result.tmp" "$result"
+fi
+echo "[$(date +%T)] done $stage: $result"
