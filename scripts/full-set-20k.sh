@@ -15,7 +15,7 @@
 #
 #   bash scripts/full-set-20k.sh METHOD SEED
 #   # METHOD: rlhf-sharpening-image, diffusion-dpo (docs/data/compare-seeds) or nft, group-pairs (compare-seeds-group)
-#   # writes docs/data/eval-full-seeds/nfe20000/METHOD-sSEED.json and the stage's run record beside the committed summary
+#   # writes docs/data/eval-full-seeds/nfe20000/METHOD-sSEED.json (and the stage's run record where only its summary was committed)
 #
 # Then: npx tsx scripts/seeds-full-set.ts --base docs/data/eval-full-seeds/base.json \
 #   --seed 0=docs/data/eval-full-seeds/nfe20000/METHOD-s0.json ... (docs/results.md gives the exact lines)
@@ -52,8 +52,11 @@ const same = a.curve.length === b.curve.length && a.curve.every((r, i) => keys.e
 if (!same) { console.error(`training curve differs from the committed ${process.argv[1]}`); process.exit(1) }
 console.log(`training curve identical to the committed one (${a.curve.length} iterations, ${a.trainingNfe} training NFE)`)
 ' "$src/train/$stage/summary.json" "$out/train/$stage/summary.json"
-mkdir -p "$src/train/$stage/run"
-cp "$out/train/$stage/run/run.json" "$out/train/$stage/run/metrics.jsonl" "$src/train/$stage/run/"
+# Stages committed without their run record (summary.json only) get this run's; an existing record stays as it was run.
+if [ ! -f "$src/train/$stage/run/run.json" ]; then
+  mkdir -p "$src/train/$stage/run"
+  cp "$out/train/$stage/run/run.json" "$out/train/$stage/run/metrics.jsonl" "$src/train/$stage/run/"
+fi
 
 if [ ! -f "$result" ]; then
   echo "[$(date +%T)] evaluate $stage on the full sets"
