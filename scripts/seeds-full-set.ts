@@ -35,8 +35,11 @@ const signed = (x: number, digits: number) => `${x >= 0 ? "+" : ""}${x.toFixed(d
 const pct = (x: number) => (100 * x).toFixed(1)
 const withHalf = (d: { mean: number; half: number }, digits: number, scale = 1) =>
   `${signed(scale * d.mean, digits)} ± ${(scale * d.half).toFixed(digits)}`
+// One seed has no spread to give an interval.
 const interval = (d: { mean: number; half: number }, digits: number, scale = 1) =>
-  `${signed(scale * d.mean, digits)} [${signed(scale * (d.mean - d.half), digits)}, ${signed(scale * (d.mean + d.half), digits)}]`
+  Number.isFinite(d.half)
+    ? `${signed(scale * d.mean, digits)} [${signed(scale * (d.mean - d.half), digits)}, ${signed(scale * (d.mean + d.half), digits)}]`
+    : `${signed(scale * d.mean, digits)} (one seed)`
 const accuracy = (samples: ReadonlyArray<Sample>) => {
   const passes = samples.filter((s) => s.pass).length
   const [lo, hi] = Wilson.interval(passes, samples.length)
