@@ -16,7 +16,7 @@
 #
 #   bash scripts/full-set-20k.sh METHOD SEED
 #   # METHOD: rlhf-sharpening-image, diffusion-dpo (docs/data/compare-seeds) or nft, group-pairs (compare-seeds-group)
-#   # writes docs/data/eval-full-seeds/nfe20000/METHOD-sSEED.json (and the stage's run record where only its summary was committed)
+#   # writes docs/data/eval-full-seeds/nfe20000/METHOD-sSEED.json, its logs in logs/ beside it (and the stage's run record where only its summary was committed)
 #
 # Then: npx tsx scripts/seeds-full-set.ts --base docs/data/eval-full-seeds/base.json \
 #   --seed 0=docs/data/eval-full-seeds/nfe20000/METHOD-s0.json ... (docs/results.md gives the exact lines)
@@ -73,4 +73,8 @@ if [ ! -f "$result" ]; then
   tsx pipelines/evaluate.ts --model "$out/train/$stage/model" --rewards aesthetic --json "$result.tmp" > "$out.eval.log" 2>&1
   mv "$result.tmp" "$result"
 fi
+# The logs give the wall times quoted in docs/results.md.
+mkdir -p "$evals/logs"
+cp "$out.train.log" "$evals/logs/$method-s$seed.train.log"
+[ ! -f "$out.eval.log" ] || cp "$out.eval.log" "$evals/logs/$method-s$seed.eval.log"
 echo "[$(date +%T)] done $stage: $result"
