@@ -136,7 +136,7 @@ const main = Effect.gen(function*() {
   if (versus.length > 0) {
     // Seed by seed against the other method: same prompts, sampler and seed, so the clip scores pair per prompt.
     const vLabel = one("versus-label") ?? versus[0].report.model
-    for (const [j, name] of sets.entries()) {
+    for (const name of sets) {
       const diffs = versus.map((v) => {
         const a = setOf(runs.find((r) => r.seed === v.seed)!.report, name).samples
         const b = setOf(v.report, name).samples
