@@ -46,7 +46,7 @@ tsx pipelines/compare.ts --training-nfe 20000 --method-settings pipelines/config
   --curve-prompts 20 --eval-prompts 60 --threads 1 --seeds "$seed" --methods "$method" --out "$out" > "$out.train.log" 2>&1
 
 # The same draws as the committed stage: the same iterations and training NFE per iteration, and the same
-# rewards and losses up to float summation order (a stage first run on more threads or another backend
+# rewards and losses up to float summation order (a stage first run at another revision, thread count or backend
 # differs from the one-thread wasm rerun in the last digits; any other difference fails).
 node -e '
 const [a, b] = process.argv.slice(1).map((f) => JSON.parse(require("fs").readFileSync(f, "utf8")))
