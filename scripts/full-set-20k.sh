@@ -47,7 +47,7 @@ tsx pipelines/compare.ts --training-nfe 20000 --method-settings pipelines/config
 
 # The same draws as the committed stage: the same iterations and training NFE per iteration, and the same
 # rewards and losses up to float summation order (a stage first run at another revision, thread count or backend
-# differs from the one-thread wasm rerun in the last digits; any other difference fails).
+# may differ from the one-thread wasm rerun in the last digits; any other difference fails).
 node -e '
 const [a, b] = process.argv.slice(1).map((f) => JSON.parse(require("fs").readFileSync(f, "utf8")))
 const fail = (why) => { console.error(`training differs from the committed ${process.argv[1]}: ${why}`); process.exit(1) }
