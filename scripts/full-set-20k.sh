@@ -14,26 +14,35 @@
 # prompts, DDIM 50, CFG 5, --rewards aesthetic). Resumable: a finished step is
 # skipped. Wasm on one thread, so two can run side by side on two cores.
 #
-#   bash scripts/full-set-20k.sh METHOD SEED
-#   # METHOD: rlhf-sharpening-image, diffusion-dpo (docs/data/compare-seeds) or nft, group-pairs (compare-seeds-group)
+#   bash scripts/full-set-20k.sh METHOD SEED [compare-k1]
+#   # METHOD: rlhf-sharpening-image, diffusion-dpo (docs/data/compare-seeds), nft, group-pairs (compare-seeds-group),
+#   # or a one-seed row of Table 1's budget (compare-nfe: standard, ddpo, raft, rlhf-sharpening, sft-sharpening,
+#   # sft-sharpening-image; seed 0); `rlhf-sharpening-image 0 compare-k1` is the K = 1 control (k1- in the file names)
 #   # writes docs/data/eval-full-seeds/nfe20000/METHOD-sSEED.json, its logs in logs/ beside it (and the stage's run record where only its summary was committed)
 #
 # Then: npx tsx scripts/seeds-full-set.ts --base docs/data/eval-full-seeds/base.json \
 #   --seed 0=docs/data/eval-full-seeds/nfe20000/METHOD-s0.json ... (docs/results.md gives the exact lines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-method=${1:?usage: full-set-20k.sh METHOD SEED}
-seed=${2:?usage: full-set-20k.sh METHOD SEED}
-case "$method" in
-  rlhf-sharpening-image | diffusion-dpo) src=docs/data/compare-seeds ;;
-  nft | group-pairs) src=docs/data/compare-seeds-group ;;
-  *) echo "full-set-20k.sh: unknown method '$method' (rlhf-sharpening-image, diffusion-dpo, nft, group-pairs)" >&2; exit 2 ;;
+usage="usage: full-set-20k.sh METHOD SEED [compare-k1]"
+method=${1:?$usage}
+seed=${2:?$usage}
+settings=pipelines/configs/compare-shapeworld.json
+prefix=
+case "${3:-}:$method" in
+  :rlhf-sharpening-image | :diffusion-dpo) src=docs/data/compare-seeds ;;
+  :nft | :group-pairs) src=docs/data/compare-seeds-group ;;
+  # Table 1's one-seed rows at the same budget, command and settings.
+  :standard | :ddpo | :raft | :rlhf-sharpening | :sft-sharpening | :sft-sharpening-image) src=docs/data/compare-nfe ;;
+  # The K = 1 control: image-level RLHF with one optimiser step per batch.
+  compare-k1:rlhf-sharpening-image) src=docs/data/compare-k1 settings=pipelines/configs/compare-shapeworld-k1.json prefix=k1- ;;
+  *) echo "full-set-20k.sh: unknown method '$method'${3:+ for $3} (rlhf-sharpening-image, diffusion-dpo, nft, group-pairs; standard, ddpo, raft, rlhf-sharpening, sft-sharpening, sft-sharpening-image; rlhf-sharpening-image compare-k1)" >&2; exit 2 ;;
 esac
 stage=$method-s$seed-nfe20000
 [ -f "$src/train/$stage/summary.json" ] || { echo "full-set-20k.sh: no committed stage $src/train/$stage" >&2; exit 2; }
-out=out/full20k/$method-s$seed
+out=out/full20k/$prefix$method-s$seed
 evals=docs/data/eval-full-seeds/nfe20000
-result=$evals/$method-s$seed.json
+result=$evals/$prefix$method-s$seed.json
 mkdir -p out/full20k "$evals"
 # The pinned Node 24 (the node package) and tsx, as npm scripts and npx see them.
 export PATH="$PWD/node_modules/.bin:$PATH"
@@ -42,7 +51,7 @@ if [ ! -d "$out" ]; then
   rm -rf "$out.tmp" && cp -r "$src" "$out.tmp" && rm -rf "$out.tmp/train" && mv "$out.tmp" "$out"
 fi
 echo "[$(date +%T)] train $stage"
-tsx pipelines/compare.ts --training-nfe 20000 --method-settings pipelines/configs/compare-shapeworld.json --curve-evals 0 \
+tsx pipelines/compare.ts --training-nfe 20000 --method-settings "$settings" --curve-evals 0 \
   --curve-prompts 20 --eval-prompts 60 --threads 1 --seeds "$seed" --methods "$method" --out "$out" > "$out.train.log" 2>&1
 
 # The same draws as the committed stage: the same iterations and training NFE per iteration, and the same
@@ -75,6 +84,6 @@ if [ ! -f "$result" ]; then
 fi
 # The logs give the wall times quoted in docs/results.md.
 mkdir -p "$evals/logs"
-cp "$out.train.log" "$evals/logs/$method-s$seed.train.log"
-[ ! -f "$out.eval.log" ] || cp "$out.eval.log" "$evals/logs/$method-s$seed.eval.log"
+cp "$out.train.log" "$evals/logs/$prefix$method-s$seed.train.log"
+[ ! -f "$out.eval.log" ] || cp "$out.eval.log" "$evals/logs/$prefix$method-s$seed.eval.log"
 echo "[$(date +%T)] done $stage: $result"
